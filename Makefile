@@ -1,0 +1,33 @@
+# Set-up and everyday commands. Needs only python3 (3.11+) and make.
+VENV   ?= .venv
+PYTHON ?= python3
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test lint bench clean
+
+## demo: create the virtualenv, install the worker, run one pass against the sandbox
+demo: $(STAMP)
+	$(BIN)/sync-worker demo
+
+## test: install the test extras and run the linter and the whole test suite
+test: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+## bench: measure throughput, memory and Total Expert requests (writes bench/results.md)
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+clean:
+	rm -rf $(VENV) demo-data sandbox-data bench/work

@@ -1,0 +1,139 @@
+"""Opening the state database: schema, durability settings, file permissions, transactions.
+
+The state file is shared by every process that runs against the same configuration (the
+daemon, a cron run, ``status``), so writes go through :func:`transaction`, which takes
+SQLite's write lock up front (``BEGIN IMMEDIATE``) and waits up to ``busy_timeout`` for it.
+
+sqlite-utils (4.x) does the schema, reads and writes; its write helpers nest inside an open
+transaction as savepoints, so a block under :func:`transaction` commits whole or not at all.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import sqlite_utils
+
+BUSY_TIMEOUT_SECONDS = 30.0
+
+# Columns shared by every work item that can fail and be retried.
+RETRY_COLUMNS = {"attempts": int, "last_error": str, "next_attempt_at": float}
+
+
+class StateBusyError(Exception):
+    """Another process held the state database locked for longer than the busy timeout."""
+
+
+def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
+    """Open (creating if needed) the state database, private to the current user."""
+    _create_private(path)
+    conn = sqlite3.connect(
+        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+    )
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed "stored" or "sent" checkpoint survives a power cut, not just a crash.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    db = sqlite_utils.Database(conn)
+    _ensure_schema(db)
+    return db
+
+
+def _create_private(path: Path) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    os.close(fd)
+
+
+@contextmanager
+def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
+    """Run a block as one write transaction: all of it is committed, or none."""
+    try:
+        db.execute("BEGIN IMMEDIATE")
+    except sqlite3.OperationalError as exc:
+        if "locked" in str(exc) or "busy" in str(exc):
+            raise StateBusyError(f"state database is locked by another process: {exc}") from exc
+        raise
+    try:
+        yield db
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    db.execute("COMMIT")
+
+
+def _ensure_schema(db: sqlite_utils.Database) -> None:
+    with transaction(db):
+        _create_tables(db)
+
+
+def _create_tables(db: sqlite_utils.Database) -> None:
+    db["archives"].create(
+        {
+            "archive_id": str,
+            "conference_id": str,
+            "state": str,
+            "remote_status": str,
+            "sha256": str,
+            "record": str,
+            "path": str,
+            "size": int,
+            "first_seen_at": float,
+            "stored_at": float,
+            "claimed_at": float,
+            **RETRY_COLUMNS,
+        },
+        pk="archive_id",
+        not_null={"conference_id", "state", "attempts"},
+        defaults={"attempts": 0},
+        if_not_exists=True,
+    )
+    db["archives"].create_index(["state", "next_attempt_at"], if_not_exists=True)
+    db["archives"].create_index(["conference_id"], if_not_exists=True)
+    db["participants"].create(
+        {
+            "archive_id": str,
+            "email": str,
+            "name": str,
+            "moderator_email": str,
+            "state": str,
+            **RETRY_COLUMNS,
+        },
+        pk=("archive_id", "email"),
+        not_null={"state", "attempts"},
+        defaults={"attempts": 0},
+        foreign_keys=[("archive_id", "archives", "archive_id")],
+        if_not_exists=True,
+    )
+    db["participants"].create_index(["state", "next_attempt_at"], if_not_exists=True)
+    db["insights"].create(
+        {
+            "archive_id": str,
+            "contact_id": int,
+            "owner_id": int,
+            "email": str,
+            "state": str,
+            "te_insight_id": int,
+            "sent_at": float,
+            **RETRY_COLUMNS,
+        },
+        pk=("archive_id", "contact_id"),
+        not_null={"state", "attempts"},
+        defaults={"attempts": 0},
+        foreign_keys=[("archive_id", "archives", "archive_id")],
+        if_not_exists=True,
+    )
+    db["insights"].create_index(["state", "next_attempt_at"], if_not_exists=True)
+    db["tokens"].create(
+        {"key": str, "access_token": str, "expires_at": float, "obtained_at": float},
+        pk="key",
+        if_not_exists=True,
+    )
+    db["rate_events"].create(
+        {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
+    )
+    db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)

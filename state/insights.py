@@ -1,0 +1,149 @@
+"""The insight outbox and ledger.
+
+``participants`` is the outbox the archive job fills when it stores an archive: one row per
+participant email, to be matched against Total Expert contacts. ``insights`` is the ledger:
+one row per (archive, contact), moved ``pending → sending → sent``. A row left in
+``sending`` means a POST whose outcome is unknown, so it is looked up in Total Expert before
+being posted again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlite_utils
+
+from state.db import transaction
+
+PENDING = "pending"
+MATCHED = "matched"
+NO_MATCH = "no_match"
+FAILED = "failed"
+SENDING = "sending"
+SENT = "sent"
+GIVEN_UP = "given_up"
+
+
+def open_participants(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Participants still to be matched, with their archive's record."""
+    return list(
+        db.query(
+            "select p.*, a.record, a.conference_id from participants p "
+            "join archives a using (archive_id) where p.state in (?, ?) "
+            "order by a.first_seen_at, p.archive_id, p.email",
+            [PENDING, FAILED],
+        )
+    )
+
+
+def record_matches(
+    db: sqlite_utils.Database,
+    archive_id: str,
+    email: str,
+    contacts: Iterable[tuple[int, int]],
+) -> None:
+    """Queue one insight per (contact id, owner id) and close the participant, atomically."""
+    contacts = list(contacts)
+    with transaction(db):
+        db["insights"].insert_all(
+            (
+                {
+                    "archive_id": archive_id,
+                    "contact_id": contact_id,
+                    "owner_id": owner_id,
+                    "email": email,
+                    "state": PENDING,
+                    "attempts": 0,
+                }
+                for contact_id, owner_id in contacts
+            ),
+            ignore=True,
+        )
+        _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
+
+
+def _close_participant(db: sqlite_utils.Database, archive_id: str, email: str, state: str) -> None:
+    db.execute(
+        "update participants set state = ?, last_error = null, next_attempt_at = null "
+        "where archive_id = ? and email = ?",
+        [state, archive_id, email],
+    )
+
+
+def open_insights(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+    """Insights not yet sent nor parked, with their archive's record."""
+    return list(
+        db.query(
+            "select i.*, a.record, a.conference_id from insights i "
+            "join archives a using (archive_id) where i.state in (?, ?) "
+            "order by a.first_seen_at, i.archive_id, i.contact_id",
+            [PENDING, SENDING],
+        )
+    )
+
+
+def mark_sending(db: sqlite_utils.Database, archive_id: str, contact_id: int) -> None:
+    with transaction(db):
+        db.execute(
+            "update insights set state = ? where archive_id = ? and contact_id = ?",
+            [SENDING, archive_id, contact_id],
+        )
+
+
+def mark_sent(
+    db: sqlite_utils.Database, archive_id: str, contact_id: int, te_insight_id: int, now: float
+) -> None:
+    with transaction(db):
+        db.execute(
+            "update insights set state = ?, te_insight_id = ?, sent_at = ?, last_error = null, "
+            "next_attempt_at = null where archive_id = ? and contact_id = ?",
+            [SENT, te_insight_id, now, archive_id, contact_id],
+        )
+
+
+def give_up(db: sqlite_utils.Database, archive_id: str, contact_id: int, error: str) -> None:
+    """Park an insight that Total Expert refused for good (a 4xx other than 401/429)."""
+    with transaction(db):
+        db.execute(
+            "update insights set state = ?, last_error = ?, next_attempt_at = null "
+            "where archive_id = ? and contact_id = ?",
+            [GIVEN_UP, error[:500], archive_id, contact_id],
+        )
+
+
+def for_archive(db: sqlite_utils.Database, archive_id: str) -> list[dict[str, Any]]:
+    """Every participant outcome and insight of one archive, for ``status``."""
+    insights = db.query(
+        "select email, contact_id, state, te_insight_id, attempts, last_error "
+        "from insights where archive_id = ? order by contact_id",
+        [archive_id],
+    )
+    unmatched = db.query(
+        "select email, null as contact_id, state, null as te_insight_id, attempts, last_error "
+        "from participants where archive_id = ? and state != ? order by email",
+        [archive_id, MATCHED],
+    )
+    return [*insights, *unmatched]
+
+
+def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
+    """Put failing and parked participants and insights (of one archive, or all) back to work."""
+    where = "(state in ('given_up', 'failed') or (state = 'sending' and last_error is not null))"
+    params = []
+    if archive_id:
+        where += " and archive_id = ?"
+        params.append(archive_id)
+    with transaction(db):
+        count = db.execute(
+            f"update participants set state = 'pending', attempts = 0, next_attempt_at = null "
+            f"where {where}",
+            params,
+        ).rowcount
+        # A parked insight may have been posted before it failed: look before posting again.
+        count += db.execute(
+            f"update insights set state = 'sending', attempts = 0, next_attempt_at = null "
+            f"where {where}",
+            params,
+        ).rowcount
+    return count

@@ -1,0 +1,63 @@
+"""Failure bookkeeping shared by every kind of work item (archives, participants, insights).
+
+A failed item counts its attempts and waits before the next one, twice as long each time
+up to a ceiling; after ``max_attempts`` it is parked as ``given_up`` until an operator puts
+it back.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import sqlite_utils
+
+from state.db import transaction
+
+GIVEN_UP = "given_up"
+ERROR_LIMIT = 500
+
+
+class RetryPolicy(Protocol):
+    max_attempts: int
+    backoff_seconds: float
+    max_backoff_seconds: float
+
+
+def backoff_delay(attempts: int, policy: RetryPolicy) -> float:
+    """Seconds to wait after the ``attempts``-th failure."""
+    return min(policy.backoff_seconds * 2 ** max(attempts - 1, 0), policy.max_backoff_seconds)
+
+
+def record_failure(
+    db: sqlite_utils.Database,
+    table: str,
+    key: dict[str, Any],
+    error: str,
+    now: float,
+    policy: RetryPolicy,
+    retry_state: str,
+) -> bool:
+    """Count a failed attempt; move the item to ``retry_state`` or park it. True if parked."""
+    where = " and ".join(f"[{column}] = :{column}" for column in key)
+    with transaction(db):
+        row = next(db.query(f"select attempts from [{table}] where {where}", key), None)
+        if row is None:
+            return False
+        attempts = row["attempts"] + 1
+        given_up = attempts >= policy.max_attempts
+        db.execute(
+            f"update [{table}] set state = :state, attempts = :attempts, last_error = :error, "
+            f"next_attempt_at = :next where {where}",
+            {
+                **key,
+                "state": GIVEN_UP if given_up else retry_state,
+                "attempts": attempts,
+                "error": error[:ERROR_LIMIT],
+                "next": None if given_up else now + backoff_delay(attempts, policy),
+            },
+        )
+    return given_up
+
+
+def is_due(row: dict[str, Any], now: float) -> bool:
+    return row["next_attempt_at"] is None or row["next_attempt_at"] <= now

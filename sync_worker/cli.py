@@ -1,0 +1,160 @@
+"""The ``sync-worker`` command line.
+
+Exit codes: 0 all done, 1 some item failed and will be retried, 2 configuration or usage
+error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib import resources
+from pathlib import Path
+
+from state import archives, insights
+from state.db import open_database
+from sync_worker import demo, logs, status
+from sync_worker.checks import run_checks
+from sync_worker.clock import SystemClock
+from sync_worker.config import Config, ConfigError, config_path, load_config
+from sync_worker.runner import run_pass
+from sync_worker.scheduler import Daemon
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sync-worker",
+        description="Claim Flexperto archives and record them as Total Expert insights.",
+    )
+    parser.add_argument("--config", help="config file (default: $SYNC_WORKER_CONFIG)")
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default="auto",
+        help="log rendering; auto = console on a terminal, JSON lines otherwise",
+    )
+    parser.add_argument(
+        "--log-level", choices=tuple(logs.LEVELS), default="info", help="lowest level logged"
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    commands.add_parser("run-once", help="one full pass, then exit")
+    commands.add_parser("run", help="the daemon: a pass every interval until SIGTERM")
+    status = commands.add_parser("status", help="what the checkpoints hold")
+    status.add_argument("--json", action="store_true", help="one JSON object")
+    sandbox = commands.add_parser("sandbox", help="serve the sandbox Flexperto and TE APIs")
+    sandbox.add_argument("--dir", default="sandbox-data", help="folder for sandbox files")
+    sandbox.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="SPEC",
+        help="inject a fault, e.g. te:path=/insights,status=503,times=2 (repeatable)",
+    )
+    demo_parser = commands.add_parser("demo", help="one pass against the sandbox, explained")
+    demo_parser.add_argument("--dir", default="demo-data", help="folder for the demo's files")
+    commands.add_parser("check", help="validate the config and reach both services")
+    retry = commands.add_parser("retry", help="retry failing and parked items on the next pass")
+    which = retry.add_mutually_exclusive_group(required=True)
+    which.add_argument("archive_id", nargs="?", help="the archive to retry")
+    which.add_argument("--all-failed", action="store_true", help="every failing or parked item")
+    init = commands.add_parser("init-config", help="write a commented example config")
+    init.add_argument("path", help="where to write it")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logs.configure(args.log_format, args.log_level)
+    try:
+        if args.command == "demo":
+            return demo.run(Path(args.dir))
+        if args.command == "sandbox":
+            return demo.serve_sandbox(Path(args.dir), args.fault)
+        if args.command == "init-config":
+            return _init_config(Path(args.path), args.force)
+        config = _load(args)
+        return COMMANDS[args.command](config, args)
+    except ConfigError as exc:
+        print(f"sync-worker: configuration error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _load(args: argparse.Namespace) -> Config:
+    config = load_config(config_path(args.config, os.environ))
+    logs.configure(args.log_format, args.log_level, secrets=config.secrets())
+    return config
+
+
+def _run_once(config: Config, _args: argparse.Namespace) -> int:
+    return run_pass(config, SystemClock()).exit_code
+
+
+def _run(config: Config, _args: argparse.Namespace) -> int:
+    Daemon(config, SystemClock()).serve()
+    return EXIT_OK
+
+
+def _status(config: Config, args: argparse.Namespace) -> int:
+    if config.state.database.exists():
+        db = open_database(config.state.database)
+        try:
+            report = status.collect(db)
+        finally:
+            db.close()
+    else:
+        report = status.empty()
+    print(json.dumps(report, indent=2) if args.json else status.render_table(report))
+    return EXIT_OK
+
+
+def _check(config: Config, _args: argparse.Namespace) -> int:
+    findings = run_checks(config, SystemClock())
+    for finding in findings:
+        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.name:<18} {finding.detail}")
+    return EXIT_OK if all(f.ok for f in findings) else EXIT_FAILED
+
+
+def _retry(config: Config, args: argparse.Namespace) -> int:
+    archive_id = None if args.all_failed else args.archive_id
+    db = open_database(config.state.database)
+    try:
+        if archive_id and archives.get(db, archive_id) is None:
+            print(f"sync-worker: no archive {archive_id!r} in the state database", file=sys.stderr)
+            return EXIT_USAGE
+        count = archives.retry_failed(db, archive_id) + insights.retry_failed(db, archive_id)
+    finally:
+        db.close()
+    print(f"{count} item(s) put back to work; the next pass tries them")
+    return EXIT_OK
+
+
+def _init_config(path: Path, force: bool) -> int:
+    if path.exists() and not force:
+        print(f"sync-worker: {path} exists; use --force to overwrite", file=sys.stderr)
+        return EXIT_USAGE
+    example = resources.files("sync_worker").joinpath("config_example.toml").read_text()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(example)
+    print(f"wrote {path}; fill in the secrets or give them from the environment")
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run-once": _run_once,
+    "run": _run,
+    "status": _status,
+    "check": _check,
+    "retry": _retry,
+}
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""``sync-worker demo`` and ``sync-worker sandbox``: the worker against the built-in sandbox."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+
+from sync_worker import logs
+from sync_worker.clock import SystemClock
+from sync_worker.config import ConfigError, load_config
+from sync_worker.runner import run_pass
+from sync_worker.sandbox import Fault, Sandbox
+
+MARKER = ".sync-worker-demo"
+
+
+def run(folder: Path) -> int:
+    """Start the sandbox, run one pass against it, and say what happened."""
+    _fresh_folder(folder)
+    with Sandbox(folder / "sandbox") as sandbox:
+        config_file = folder / "config.toml"
+        config_file.write_text(sandbox.config_toml("archives", "state.db"), encoding="utf-8")
+        config_file.chmod(0o600)
+        config = load_config(config_file, env={})
+        logs.add_secret(sandbox.api_key)
+        logs.add_secret(sandbox.client_secret)
+        result = run_pass(config, SystemClock())
+        print(_report(sandbox, config.state.database, config_file))
+    return result.exit_code
+
+
+def _fresh_folder(folder: Path) -> None:
+    if folder.exists():
+        if not (folder / MARKER).exists():
+            raise ConfigError(f"{folder} exists and is not a demo folder; choose another --dir")
+        shutil.rmtree(folder)
+    folder.mkdir(mode=0o700, parents=True)
+    (folder / MARKER).touch()
+
+
+def _report(sandbox: Sandbox, database: Path, config_file: Path) -> str:
+    from state.db import open_database
+    from sync_worker import status
+
+    db = open_database(database)
+    try:
+        report = status.collect(db)
+    finally:
+        db.close()
+    lines = ["", "Demo pass against the sandbox", "============================="]
+    for archive in report["archives"]:
+        remote = sandbox.flexperto.record(archive["archive_id"])["status"]
+        lines.append(
+            f"archive {archive['archive_id']} (conference {archive['conference_id']}): "
+            f"{archive['state']}; Flexperto now says {remote}"
+        )
+        if archive["path"]:
+            lines.append(f"  stored at {archive['path']} ({archive['size']} bytes)")
+            lines.append(f"  sha256 {archive['sha256']} verified")
+        for item in archive["insights"]:
+            target = f"contact {item['contact_id']}" if item["contact_id"] else "no TE contact"
+            insight = f", TE insight {item['te_insight_id']}" if item["te_insight_id"] else ""
+            lines.append(f"  participant {item['email']}: {target}, {item['state']}{insight}")
+    created = sandbox.totalexpert.insights()
+    lines.append(f"Insights in the sandbox Total Expert: {len(created)}")
+    for insight in created:
+        lines.append(
+            f"  #{insight['id']} contact {insight['contact_id']}: "
+            f"{insight['data'].get('description')}"
+        )
+    lines.append(
+        f"Config used: {config_file}; inspect with: sync-worker --config {config_file} status"
+    )
+    return "\n".join(lines)
+
+
+def serve_sandbox(folder: Path, fault_specs: Sequence[str]) -> int:
+    """Serve the sandbox until SIGINT/SIGTERM, printing a config that points at it."""
+    faults = [Fault.parse(spec) for spec in fault_specs]
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    with Sandbox(folder) as sandbox:
+        for server, fault in faults:
+            sandbox.add_fault(server, fault)
+        print(sandbox.config_toml(str(folder / "archives"), str(folder / "state.db")), flush=True)
+        while not stop.wait(1.0):
+            pass
+    return 0

@@ -1,0 +1,33 @@
+"""Run locks: one holder per job and state file, across processes.
+
+A cron ``run-once`` that overlaps the daemon or a manual run finds the lock taken and steps
+aside. The lock is an ``flock`` on a file beside the database, released by the kernel when
+the holder exits, however it exits.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+class LockHeld(Exception):
+    """Another process is running the same job on the same state file."""
+
+
+@contextmanager
+def job_lock(database: Path, job: str) -> Iterator[None]:
+    path = database.with_name(f"{database.name}.{job}.lock")
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise LockHeld(f"another process holds {path}") from None
+        yield
+    finally:
+        os.close(fd)

@@ -1,0 +1,271 @@
+"""Total Expert: the API's shapes and a client that stays inside its limits.
+
+Every request first spends a token from the shared per-minute bucket; a token request also
+spends one from the per-hour token bucket, and is never retried in the same pass (each try
+would spend another). The access token is cached in SQLite for every process and pass.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import requests
+import sqlite_utils
+import structlog
+
+from state import rate_limit, tokens
+from sync_worker import logs
+from sync_worker.clock import Clock
+from sync_worker.config import HttpConfig, TotalExpertConfig
+from sync_worker.http import (
+    ApiError,
+    TransientError,
+    json_body,
+    new_session,
+    raise_for_status,
+    retry_policy,
+    send,
+)
+
+SERVICE = "totalexpert"
+REQUEST_BUCKET = "totalexpert:requests"
+TOKEN_BUCKET = "totalexpert:tokens"
+MINUTE = 60.0
+HOUR = 3600.0
+# Our clock and the service's differ by the request's travel time: keep a safety margin.
+WINDOW_MARGIN_SECONDS = 1.0
+PAGE_SIZE = 100
+
+
+class TokenBudgetExhausted(Exception):
+    """No token request is allowed before ``next_allowed_at`` (epoch seconds)."""
+
+    def __init__(self, next_allowed_at: float) -> None:
+        super().__init__(f"token request budget spent until {next_allowed_at:.0f}")
+        self.next_allowed_at = next_allowed_at
+
+
+@dataclass(frozen=True)
+class Contact:
+    id: int
+    email: str
+    owner_id: int | None
+
+
+@dataclass(frozen=True)
+class User:
+    id: int
+    email: str
+
+
+class TotalExpertClient:
+    def __init__(
+        self,
+        config: TotalExpertConfig,
+        http: HttpConfig,
+        db: sqlite_utils.Database,
+        clock: Clock,
+    ) -> None:
+        self._config = config
+        self._db = db
+        self._clock = clock
+        self._timeout = http.timeout_seconds
+        self._retrying = retry_policy(http, clock.sleep)
+        self._session = new_session({"Accept": "application/json"})
+        self._token_key = hashlib.sha256(
+            f"{config.base_url}\n{config.client_id}".encode()
+        ).hexdigest()[:32]
+        self._log = structlog.get_logger(service=SERVICE)
+        self.requests_sent = 0
+        self.tokens_requested = 0
+
+    def close(self) -> None:
+        self._session.close()
+
+    # --- endpoints -------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        self._request("GET", "/heartbeat", authenticated=False)
+
+    def token_expiry(self) -> float | None:
+        """When the cached access token expires, if there is one still good."""
+        return tokens.expiry(self._db, self._token_key, self._clock.now())
+
+    def fetch_token(self) -> None:
+        """Make sure a token is cached, requesting one only if none is."""
+        self._token()
+
+    def find_contacts(self, email: str) -> list[Contact]:
+        contacts = []
+        for item in self._pages("/contacts", {"email": email}):
+            contact = _contact(item)
+            if contact is not None and contact.email == email.lower():
+                contacts.append(contact)
+        return contacts
+
+    def find_user(self, email: str) -> User | None:
+        for item in self._pages("/users", {"email": email}):
+            if not isinstance(item, dict):
+                continue
+            user_id, user_email = _int(item.get("id")), item.get("email")
+            if user_id is not None and str(user_email).lower() == email.lower():
+                return User(user_id, email.lower())
+        return None
+
+    def insight_type_id(self, name: str) -> int | None:
+        for item in self._pages("/insight-types", {"type": name}):
+            if isinstance(item, dict) and item.get("type") == name:
+                return _int(item.get("id"))
+        return None
+
+    def create_insight(self, body: dict[str, Any]) -> int:
+        answer = self._request("POST", "/insights", json=body)
+        insight_id = _int(answer.get("id")) if isinstance(answer, dict) else None
+        if insight_id is None:
+            raise ApiError(SERVICE, "insight created but the answer has no id")
+        return insight_id
+
+    def find_insight(self, contact_id: int, type_id: int, archive_id: str) -> int | None:
+        """The id of the contact's insight carrying ``data.flexperto_archive_id``, if any."""
+        for item in self._pages("/insights", {"contact_id": contact_id, "type_id": type_id}):
+            data = item.get("data") if isinstance(item, dict) else None
+            if isinstance(data, dict) and data.get("flexperto_archive_id") == archive_id:
+                return _int(item.get("id"))
+        return None
+
+    # --- plumbing --------------------------------------------------------------------
+
+    def _pages(self, path: str, filters: dict[str, Any]) -> Iterator[Any]:
+        page = 1
+        while True:
+            params = {
+                "filter": ",".join(f"{key}={value}" for key, value in filters.items()),
+                "page[number]": page,
+                "page[size]": PAGE_SIZE,
+            }
+            body = self._request("GET", path, params=params)
+            items = body.get("items") if isinstance(body, dict) else None
+            if not isinstance(items, list):
+                raise ApiError(SERVICE, f"list {path} answered without an items list")
+            yield from items
+            links = body.get("links")
+            next_page = _int(links.get("next")) if isinstance(links, dict) else None
+            if next_page is None or next_page <= page:
+                return
+            page = next_page
+
+    def _request(self, method: str, path: str, authenticated: bool = True, **kwargs: Any) -> Any:
+        def attempt() -> Any:
+            response = self._send(method, path, authenticated, **kwargs)
+            if response.status_code == 401 and authenticated:
+                self._drop_token(response)
+                response = self._send(method, path, authenticated, **kwargs)
+            if response.status_code == 429:
+                self._log.warning("te.rate_limited", path=path)
+            raise_for_status(SERVICE, response)
+            return json_body(SERVICE, response)
+
+        return self._retrying(attempt)
+
+    def _send(
+        self, method: str, path: str, authenticated: bool, **kwargs: Any
+    ) -> requests.Response:
+        headers = {"Authorization": f"Bearer {self._token()}"} if authenticated else {}
+        self._spend(REQUEST_BUCKET, self._config.requests_per_minute, MINUTE)
+        self.requests_sent += 1
+        return send(
+            SERVICE,
+            lambda: self._session.request(
+                method,
+                self._config.base_url + path,
+                headers=headers,
+                timeout=self._timeout,
+                **kwargs,
+            ),
+        )
+
+    def _spend(self, bucket: str, limit: int, window: float) -> None:
+        """Spend a per-minute token, waiting for one to come back if none is left."""
+        while True:
+            now = self._clock.now()
+            next_at = rate_limit.try_spend(
+                self._db, bucket, limit, window + WINDOW_MARGIN_SECONDS, now
+            )
+            if next_at is None:
+                return
+            self._log.info("te.throttled", wait_seconds=round(next_at - now, 3))
+            self._clock.sleep(next_at - now)
+
+    def _token(self) -> str:
+        token = tokens.cached(self._db, self._token_key, self._clock.now())
+        return token if token is not None else self._request_token()
+
+    def _request_token(self) -> str:
+        now = self._clock.now()
+        next_at = rate_limit.try_spend(
+            self._db,
+            TOKEN_BUCKET,
+            self._config.token_requests_per_hour,
+            HOUR + WINDOW_MARGIN_SECONDS,
+            now,
+        )
+        if next_at is not None:
+            raise TokenBudgetExhausted(next_at)
+        self._spend(REQUEST_BUCKET, self._config.requests_per_minute, MINUTE)
+        self.requests_sent += 1
+        self.tokens_requested += 1
+        self._log.info("te.token_requested")
+        try:
+            response = send(SERVICE, self._post_token)
+            raise_for_status(SERVICE, response)
+        except TransientError as exc:
+            # Not retried here: every try would spend one of the few token requests.
+            raise ApiError(SERVICE, f"token request failed: {exc}", exc.status) from None
+        body = json_body(SERVICE, response)
+        token = body.get("access_token") if isinstance(body, dict) else None
+        expires_in = _int(body.get("expires_in")) if isinstance(body, dict) else None
+        if not isinstance(token, str) or not token or expires_in is None:
+            raise ApiError(SERVICE, "token answer lacks access_token or expires_in")
+        logs.add_secret(token)
+        tokens.store(self._db, self._token_key, token, now + expires_in, now)
+        return token
+
+    def _post_token(self) -> requests.Response:
+        credentials = f"{self._config.client_id}:{self._config.client_secret}".encode()
+        return self._session.post(
+            self._config.base_url + "/token",
+            headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
+            json={"grant_type": "client_credentials"},
+            timeout=self._timeout,
+        )
+
+    def _drop_token(self, response: requests.Response) -> None:
+        sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
+        tokens.drop(self._db, self._token_key, sent)
+        self._log.warning("te.token_rejected")
+
+
+def _contact(item: object) -> Contact | None:
+    if not isinstance(item, dict):
+        return None
+    contact_id = _int(item.get("id"))
+    email = item.get("email")
+    if contact_id is None or not isinstance(email, str):
+        return None
+    owner = item.get("owner")
+    owner_id = _int(owner.get("id")) if isinstance(owner, dict) else None
+    return Contact(contact_id, email.lower(), owner_id)
+
+
+def _int(value: object) -> int | None:
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and value.isdigit():
+        return int(value)
+    return None

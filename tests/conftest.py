@@ -1,0 +1,105 @@
+"""Shared fixtures: a sandbox on loopback, a config pointing at it, a fake clock, logs."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from sync_worker import logs
+from sync_worker.clock import FakeClock
+from sync_worker.config import Config, load_config
+from sync_worker.runner import PassResult, run_pass
+from sync_worker.sandbox import Sandbox
+
+# Fast retries for tests; the clock is fake, so backoff waits cost no real time.
+TEST_SETTINGS = """
+[retry]
+max_attempts = 5
+backoff_seconds = 60
+max_backoff_seconds = 600
+[http]
+timeout_seconds = 5
+retries = 3
+retry_wait_seconds = 1
+retry_max_wait_seconds = 10
+"""
+
+
+class SimulatedCrash(BaseException):
+    """Raised from inside the worker to stand for a kill at that instant."""
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path, clock: FakeClock) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path / "sandbox", clock=clock) as running:
+        yield running
+
+
+def write_config(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
+    path = folder / "config.toml"
+    path.write_text(sandbox.config_toml("archives", "state.db") + TEST_SETTINGS + extra)
+    return path
+
+
+@pytest.fixture
+def config(tmp_path: Path, sandbox: Sandbox) -> Config:
+    return load_config(write_config(tmp_path, sandbox), env={})
+
+
+@pytest.fixture
+def log_lines() -> Iterator[Callable[[], list[dict]]]:
+    """Captured JSON log events of the test, at debug level."""
+    stream = io.StringIO()
+    logs.configure("json", "debug", stream=stream)
+
+    def events() -> list[dict]:
+        return [json.loads(line) for line in stream.getvalue().splitlines()]
+
+    yield events
+    logs.configure("json", "info", stream=io.StringIO())
+
+
+class CrashSwitch:
+    """Makes the worker 'die' right when it logs ``event`` for the ``nth`` time."""
+
+    def __init__(self) -> None:
+        self._armed: tuple[str, int] | None = None
+        self._seen = 0
+        processors = structlog.get_config()["processors"]
+        structlog.configure(processors=[self._processor, *processors])
+
+    def arm(self, event: str, nth: int = 1) -> None:
+        self._armed, self._seen = (event, nth), 0
+
+    def disarm(self) -> None:
+        self._armed = None
+
+    def _processor(self, _logger, _method, event_dict):
+        if self._armed and event_dict.get("event") == self._armed[0]:
+            self._seen += 1
+            if self._seen == self._armed[1]:
+                raise SimulatedCrash(self._armed[0])
+        return event_dict
+
+
+@pytest.fixture
+def crash(log_lines) -> CrashSwitch:
+    return CrashSwitch()
+
+
+@pytest.fixture
+def run(config: Config, clock: FakeClock) -> Callable[..., PassResult]:
+    def run_once(**kwargs) -> PassResult:
+        return run_pass(config, clock, **kwargs)
+
+    return run_once

@@ -1,0 +1,254 @@
+"""Kill ``sync-worker run-once`` with SIGKILL at random instants, then check nothing was lost.
+
+Runs the worker as a real subprocess against an in-process sandbox. Half the kills land at a
+uniformly random time into a pass; the other half right after the worker logs a randomly
+chosen step (listing, download, verification, SQLite commits, abandon, insight POST), plus a
+random few milliseconds. New archives keep arriving so that there is always work to cut.
+After the last kill, passes run until nothing is left, and the invariants are checked:
+
+- every archive that was AVAILABLE is stored once, with the bytes Flexperto hashed;
+- no archive was abandoned before its verified file was renamed into place and its SQLite
+  record committed;
+- every matched contact has exactly one insight per archive;
+- no temporary file is left behind;
+- Total Expert's per-minute and token limits were never exceeded.
+
+Usage: python -m tests.crash_tool --kills 1000 [--seed N] [--keep DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from state.db import open_database
+from sync_worker.sandbox import Sandbox
+
+KILL_EVENTS = (
+    "archive.listed",
+    "archive.downloaded",
+    "archive.verified",
+    "archive.stored",
+    "archive.abandoned",
+    "archive.claimed",
+    "te.token_requested",
+    "insight.matched",
+    "insight.posting",
+    "insight.sent",
+)
+# Enough token requests for thousands of kills, each of which may lose a fresh token; the
+# check below still holds the worker to whatever limit is configured.
+TOKEN_REQUESTS_PER_HOUR = 50
+REQUESTS_PER_MINUTE = 1000
+SETTINGS = """
+[retry]
+max_attempts = 1000
+backoff_seconds = 0.001
+max_backoff_seconds = 0.001
+[http]
+timeout_seconds = 10
+retries = 2
+retry_wait_seconds = 0.01
+retry_max_wait_seconds = 0.05
+"""
+PARTICIPANTS = ("max.kunde@example.org", "erika.muster@example.org", "lena.lang@example.org",
+                "nobody@nowhere.example")
+
+
+@dataclass
+class Report:
+    kills: int = 0
+    kills_by_trigger: Counter[str] = field(default_factory=Counter)
+    passes_to_finish: int = 0
+    archives: int = 0
+    insights: int = 0
+    problems: list[str] = field(default_factory=list)
+
+
+def run(kills: int, seed: int, folder: Path) -> Report:
+    rng = random.Random(seed)
+    report = Report()
+    with Sandbox(folder / "sandbox", te_requests_per_minute=REQUESTS_PER_MINUTE,
+                 te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR) as sandbox:
+        config = folder / "config.toml"
+        text = sandbox.config_toml(str(folder / "archives"), str(folder / "state.db"))
+        config.write_text(text.replace(
+            "token_requests_per_hour = 2", f"token_requests_per_hour = {TOKEN_REQUESTS_PER_HOUR}"
+        ) + SETTINGS)
+        for n in range(kills):
+            _add_archive(sandbox, rng, n)
+            _kill_one_pass(config, rng, report)
+        report.passes_to_finish = _finish(config, report)
+        _check(sandbox, folder, report)
+    return report
+
+
+def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
+    participants = [
+        {"account_id": f"p-{n}-{i}", "email": email, "name": email.split("@")[0]}
+        for i, email in enumerate(rng.sample(PARTICIPANTS, rng.randint(1, 2)))
+    ]
+    sandbox.flexperto.add_archive(
+        status="AVAILABLE",
+        moderator={"account_id": "e-17", "email": "anna.expert@bank.example",
+                   "name": "Anna Expert"},
+        participants=participants,
+        size=rng.choice((10_000, 200_000, 3_000_000)),
+    )
+
+
+def _kill_one_pass(config: Path, rng: random.Random, report: Report) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "--config", str(config), "--log-format", "json",
+         "--log-level", "debug", "run-once"],
+        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    if rng.random() < 0.5:
+        trigger = "timer"
+        timer = threading.Timer(rng.uniform(0.0, 1.5), _kill, args=[process])
+        timer.start()
+        _drain(process)
+        timer.cancel()
+    else:
+        trigger = rng.choice(KILL_EVENTS)
+        _kill_after_event(process, trigger, rng)
+    if process.wait() == -signal.SIGKILL:
+        report.kills += 1
+        report.kills_by_trigger[trigger] += 1
+
+
+def _kill_after_event(process: subprocess.Popen, event: str, rng: random.Random) -> None:
+    assert process.stdout is not None
+    for line in process.stdout:
+        if f'"event": "{event}"' in line:
+            time.sleep(rng.uniform(0.0, 0.005))
+            _kill(process)
+            break
+    _drain(process)
+
+
+def _drain(process: subprocess.Popen) -> None:
+    assert process.stdout is not None
+    for _ in process.stdout:
+        pass
+
+
+def _kill(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGKILL)
+
+
+def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
+    for n in range(1, max_passes + 1):
+        result = subprocess.run(
+            [sys.executable, "-m", "sync_worker", "--config", str(config), "run-once"],
+            capture_output=True, text=True, timeout=600,
+        )
+        if result.returncode == 0 and _nothing_open(config.parent / "state.db"):
+            return n
+    report.problems.append(f"work still open after {max_passes} clean passes")
+    return max_passes
+
+
+def _nothing_open(database: Path) -> bool:
+    db = open_database(database)
+    try:
+        open_archives = db.execute(
+            "select count(*) from archives where state != 'claimed'").fetchone()[0]
+        open_participants = db.execute(
+            "select count(*) from participants where state not in ('matched', 'no_match')"
+        ).fetchone()[0]
+        open_insights = db.execute(
+            "select count(*) from insights where state != 'sent'").fetchone()[0]
+    finally:
+        db.close()
+    return open_archives == open_participants == open_insights == 0
+
+
+def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
+    problems = report.problems
+    db = open_database(folder / "state.db")
+    rows = {row["archive_id"]: row for row in db["archives"].rows}
+    abandons = [r for r in sandbox.flexperto.requests if r.path.endswith("/archive/abandon")]
+    first_abandon: dict[str, float] = {}
+    for request in abandons:
+        conference = request.path.split("/")[-3]
+        first_abandon.setdefault(conference, request.received_at)
+    for record in sandbox.flexperto.records():
+        if record["status"] not in ("AVAILABLE", "ABANDONED"):
+            continue
+        report.archives += 1
+        archive_id = record["id"]
+        conference = record["subject"]["conference_id"]
+        path = folder / "archives" / conference / f"{archive_id}.zip"
+        row = rows.get(archive_id)
+        if record["status"] != "ABANDONED":
+            problems.append(f"{archive_id} was never abandoned")
+        if row is None or row["state"] != "claimed":
+            problems.append(f"{archive_id} is not claimed in SQLite: {row and row['state']}")
+            continue
+        if not path.is_file():
+            problems.append(f"{archive_id}: stored file missing")
+            continue
+        if hashlib.sha256(path.read_bytes()).hexdigest() != record["sha256CheckSum"]:
+            problems.append(f"{archive_id}: stored bytes differ from the checksum")
+        abandoned_at = first_abandon.get(conference)
+        if abandoned_at is not None:
+            if row["stored_at"] > abandoned_at:
+                problems.append(f"{archive_id}: abandoned before its SQLite record")
+            if path.stat().st_ctime > abandoned_at + 0.01:
+                problems.append(f"{archive_id}: abandoned before its file was in place")
+    keys = Counter(
+        (i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()
+    )
+    report.insights = len(keys)
+    problems.extend(f"insight doubled: {key}" for key, n in keys.items() if n > 1)
+    expected = {(r["archive_id"], r["contact_id"]) for r in db["insights"].rows}
+    if set(keys) != expected:
+        problems.append(f"insights in TE differ from the ledger: {set(keys) ^ expected}")
+    leftovers = [p for p in (folder / "archives").rglob("*") if p.name.endswith((".part", ".tmp"))]
+    problems.extend(f"temporary file left: {p}" for p in leftovers)
+    te = sandbox.totalexpert
+    if te.max_requests_in_window(60) > REQUESTS_PER_MINUTE:
+        problems.append(f"per-minute limit exceeded: {te.max_requests_in_window(60)}")
+    if te.max_token_requests_in_window(3600) > TOKEN_REQUESTS_PER_HOUR:
+        problems.append(f"token limit exceeded: {te.max_token_requests_in_window(3600)}")
+    if te.rate_limited_count:
+        problems.append(f"TE answered 429 {te.rate_limited_count} times")
+    if sandbox.s3.api_key_rejections:
+        problems.append("the api-key was sent to the download host")
+    db.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--kills", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
+    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    args = parser.parse_args(argv)
+    folder = args.keep or Path(tempfile.mkdtemp(prefix="crash-tool-"))
+    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        report = run(args.kills, args.seed, folder)
+    finally:
+        if args.keep is None:
+            shutil.rmtree(folder, ignore_errors=True)
+    print(json.dumps({"seed": args.seed, **report.__dict__}, indent=2, default=dict))
+    return 1 if report.problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

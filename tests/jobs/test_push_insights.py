@@ -1,0 +1,105 @@
+"""The insight job against the sandbox TE: exactly once, and always inside the limits."""
+
+import subprocess
+import sys
+
+from state.db import open_database
+from sync_worker.config import load_config
+from sync_worker.runner import run_pass
+from sync_worker.sandbox import Fault
+from tests.conftest import write_config
+
+
+def per_archive_and_contact(sandbox):
+    keys = [(i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()]
+    return keys
+
+
+def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, clock, log_lines):
+    # The POST is handled by TE but the answer comes too late for the client.
+    fast = write_config(tmp_path, sandbox)
+    text = fast.read_text().replace("timeout_seconds = 5", "timeout_seconds = 0.3")
+    fast.write_text(text)
+    config = load_config(fast, env={})
+    sandbox.add_fault("te", Fault(method="POST", path="/insights", action="delay", delay=0.6,
+                                  times=1))
+    first = run_pass(config, clock)
+    assert first.exit_code == 1
+    db = open_database(config.state.database)
+    assert any(r["state"] == "sending" for r in db["insights"].rows)
+    clock.advance(config.retry.backoff_seconds)
+    assert run_pass(config, clock).exit_code == 0
+    keys = per_archive_and_contact(sandbox)
+    assert len(keys) == len(set(keys)) == 3
+    assert any(e["event"] == "insight.sent" and e.get("recovered") for e in log_lines())
+
+
+def test_token_is_shared_by_two_processes(sandbox, config, tmp_path):
+    config_file = tmp_path / "config.toml"
+    for _ in range(2):
+        subprocess.run(
+            [sys.executable, "-m", "sync_worker", "--config", str(config_file), "run-once"],
+            check=False, capture_output=True, timeout=60,
+        )
+    assert sandbox.totalexpert.tokens_issued == 1
+    assert len(sandbox.totalexpert.insights()) >= 3
+
+
+def test_rejected_token_is_replaced_once(sandbox, run):
+    run()
+    sandbox.totalexpert.revoke_tokens()
+    sandbox.flexperto.add_archive(
+        status="AVAILABLE",
+        moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
+        participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}],
+    )
+    assert run().exit_code == 0
+    assert sandbox.totalexpert.tokens_issued == 2
+
+
+def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, clock, log_lines):
+    sandbox.totalexpert.revoke_tokens()
+    db = open_database(config.state.database)
+    db["rate_events"].insert_all(
+        [{"bucket": "totalexpert:tokens", "at": clock.now() - 10}] * 2
+    )
+    result = run()
+    assert result.exit_code == 0
+    assert sandbox.totalexpert.token_requests == 0
+    assert sandbox.totalexpert.insights() == []
+    assert any(e["event"] == "te.token_budget_exhausted" for e in log_lines())
+    clock.advance(3600)
+    run()
+    assert len(sandbox.totalexpert.insights()) == 3
+
+
+def test_unknown_contact_is_parked_with_te_reason(sandbox, config, run, log_lines):
+    sandbox.add_fault("te", Fault(method="POST", path="/insights", status=422,
+                                  body='{"error": "Unable to find target for relationship: \'contact\'"}',
+                                  times=1))
+    result = run()
+    assert result.exit_code == 1
+    parked = [r for r in open_database(config.state.database)["insights"].rows
+              if r["state"] == "given_up"]
+    assert len(parked) == 1 and "Unable to find target" in parked[0]["last_error"]
+    assert len(sandbox.totalexpert.insights()) == 2
+
+
+def test_limits_hold_with_a_small_per_minute_budget(sandbox, tmp_path, clock):
+    sandbox.totalexpert.set_limits(requests_per_minute=5)
+    for n in range(6):
+        sandbox.flexperto.add_archive(
+            status="AVAILABLE",
+            moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
+            participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": f"L{n}"}],
+        )
+    path = write_config(tmp_path, sandbox)
+    path.write_text(path.read_text().replace("requests_per_minute = 1000",
+                                             "requests_per_minute = 5"))
+    config = load_config(path, env={})
+    assert run_pass(config, clock).exit_code == 0
+    te = sandbox.totalexpert
+    assert te.rate_limited_count == 0
+    assert te.max_requests_in_window(60) <= 5
+    assert te.max_token_requests_in_window(3600) <= 2
+    assert len(te.insights()) == 9

@@ -1,0 +1,55 @@
+import threading
+
+from state import rate_limit
+from state.db import open_database
+
+
+def test_spends_up_to_the_limit_then_says_when_a_token_returns(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    for i in range(3):
+        assert rate_limit.try_spend(db, "b", 3, 60.0, 100.0 + i) is None
+    assert rate_limit.try_spend(db, "b", 3, 60.0, 130.0) == 160.0
+    assert rate_limit.try_spend(db, "b", 3, 60.0, 160.0) is None  # first token came back
+    assert rate_limit.used(db, "b", 60.0, 160.0) == 3
+
+
+def test_never_more_than_limit_in_any_window(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    spent = []
+    now = 0.0
+    while now < 600:
+        if rate_limit.try_spend(db, "b", 10, 60.0, now) is None:
+            spent.append(now)
+        now += 0.7
+    for start in spent:
+        assert sum(1 for t in spent if start <= t < start + 60.0) <= 10
+    assert len(spent) >= 90
+
+
+def test_buckets_are_independent(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    assert rate_limit.try_spend(db, "a", 1, 60.0, 0.0) is None
+    assert rate_limit.try_spend(db, "b", 1, 60.0, 0.0) is None
+    assert rate_limit.try_spend(db, "a", 1, 60.0, 1.0) == 60.0
+
+
+def test_shared_between_connections_under_contention(tmp_path):
+    path = tmp_path / "s.db"
+    open_database(path).close()
+    granted = []
+    lock = threading.Lock()
+
+    def worker():
+        db = open_database(path)
+        for _ in range(20):
+            if rate_limit.try_spend(db, "b", 25, 60.0, 1000.0) is None:
+                with lock:
+                    granted.append(1)
+        db.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(granted) == 25

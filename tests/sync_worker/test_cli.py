@@ -1,0 +1,121 @@
+"""The command line, run as a real process where the process boundary matters."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from sync_worker.cli import main
+from sync_worker.config import load_config
+
+
+def sync_worker(*args, env=None, timeout=60):
+    return subprocess.run(
+        [sys.executable, "-m", "sync_worker", *args],
+        capture_output=True, text=True, timeout=timeout, env=env,
+    )
+
+
+def test_config_error_exits_2_naming_the_key(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text('[flexperto]\nbase_url = "https://x.example"\napi_key = "k"\nbogus = 1\n')
+    result = sync_worker("--config", str(path), "run-once")
+    assert result.returncode == 2
+    assert "unknown config key flexperto.bogus" in result.stderr
+
+
+def test_http_base_url_to_a_remote_host_is_refused(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text(
+        '[flexperto]\nbase_url = "http://flexperto.example"\napi_key = "k"\n'
+        '[totalexpert]\nclient_id = "i"\nclient_secret = "s"\n'
+    )
+    assert main(["--config", str(path), "status"]) == 2
+
+
+def test_usage_error_exits_2():
+    assert sync_worker("no-such-command").returncode == 2
+
+
+def test_run_once_then_status_json(sandbox, tmp_path, config):
+    config_file = str(tmp_path / "config.toml")
+    result = sync_worker("--config", config_file, "run-once")
+    assert result.returncode == 0, result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert events[0]["event"] == "run.started" and events[-1]["event"] == "run.finished"
+    status = sync_worker("--config", config_file, "status", "--json")
+    report = json.loads(status.stdout)
+    claimed = [a for a in report["archives"] if a["state"] == "claimed"]
+    assert len(claimed) == 3
+    for archive in claimed:
+        assert {"archive_id", "conference_id", "state", "path", "sha256", "attempts",
+                "last_error", "insights"} <= archive.keys()
+    sent = [i for a in claimed for i in a["insights"] if i["state"] == "sent"]
+    assert len(sent) == 3 and all(i["te_insight_id"] for i in sent)
+
+
+def test_status_table_shows_failing_items(sandbox, tmp_path, config, capsys):
+    bad = next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
+    sandbox.flexperto.corrupt_blob(bad["id"])
+    config_file = str(tmp_path / "config.toml")
+    assert main(["--config", config_file, "run-once"]) == 1
+    capsys.readouterr()
+    assert main(["--config", config_file, "status"]) == 0
+    table = capsys.readouterr().out
+    assert "Archives: claimed 2, failed 1" in table
+    assert bad["id"] in table and "sha256" in table
+
+
+def test_retry_puts_a_parked_archive_back(sandbox, tmp_path, config, capsys):
+    bad = next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
+    sandbox.flexperto.corrupt_blob(bad["id"])
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace("max_attempts = 5", "max_attempts = 1"))
+    assert main(["--config", str(path), "run-once"]) == 1
+    report_before = capsys.readouterr()
+    assert "item.given_up" in report_before.out
+    sandbox.flexperto.set_checksum(bad["id"], sandbox.flexperto.blob_sha256(bad["id"]))
+    assert main(["--config", str(path), "run-once"]) == 0  # parked: not tried
+    assert sandbox.flexperto.record(bad["id"])["status"] == "AVAILABLE"
+    assert main(["--config", str(path), "retry", bad["id"]]) == 0
+    assert main(["--config", str(path), "run-once"]) == 0
+    assert sandbox.flexperto.record(bad["id"])["status"] == "ABANDONED"
+
+
+def test_retry_of_an_unknown_archive_is_a_usage_error(sandbox, tmp_path, config):
+    assert main(["--config", str(tmp_path / "config.toml"), "retry", "nope"]) == 2
+
+
+def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, config, capsys):
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("ok  ") == 5 and "new access token obtained" in out
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
+    assert "cached access token reused" in capsys.readouterr().out
+    assert sandbox.totalexpert.tokens_issued == 1
+
+
+def test_check_reports_a_wrong_api_key(sandbox, tmp_path, config, capsys):
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace(sandbox.api_key, "wrong-key"))
+    assert main(["--config", str(path), "check"]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  flexperto" in out and "401" in out
+
+
+def test_init_config_writes_a_loadable_private_example(tmp_path):
+    path = tmp_path / "etc" / "config.toml"
+    assert main(["init-config", str(path)]) == 0
+    assert path.stat().st_mode & 0o777 == 0o600
+    config = load_config(path, env={
+        "FLEXPERTO_API_KEY": "k", "TOTALEXPERT_CLIENT_ID": "i", "TOTALEXPERT_CLIENT_SECRET": "s",
+    })
+    assert config.schedule.interval_seconds == 300
+    assert main(["init-config", str(path)]) == 2
+
+
+@pytest.mark.parametrize("command", ["run-once", "status"])
+def test_missing_config_file_is_a_clear_error(tmp_path, command, capsys):
+    assert main(["--config", str(tmp_path / "missing.toml"), command]) == 2
+    assert "config file not found" in capsys.readouterr().err

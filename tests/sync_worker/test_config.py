@@ -1,0 +1,140 @@
+from pathlib import Path
+
+import pytest
+
+from sync_worker.config import ConfigError, load_config, validate_base_url
+
+MINIMAL = """
+[flexperto]
+base_url = "https://demo.test.flexperto.com"
+api_key = "fx-key"
+[totalexpert]
+client_id = "te-id"
+client_secret = "te-secret"
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_and_relative_paths_resolve_against_the_config_folder(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), env={})
+    assert config.flexperto.page_size == 100
+    assert config.totalexpert.base_url == "https://public.totalexpert.net/v1"
+    assert config.totalexpert.requests_per_minute == 1000
+    assert config.totalexpert.token_requests_per_hour == 2
+    assert config.storage.archive_dir == tmp_path / "archives"
+    assert config.state.database == tmp_path / "state.db"
+    assert config.schedule.interval_seconds == 300
+
+
+def test_unknown_key_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config key flexperto\.api_kee"):
+        load_config(write(tmp_path, MINIMAL.replace("api_key", "api_kee")), env={})
+
+
+def test_unknown_section_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown config section \[extra\]"):
+        load_config(write(tmp_path, MINIMAL + "[extra]\nx = 1\n"), env={})
+
+
+def test_missing_required_key_is_named(tmp_path):
+    with pytest.raises(
+        ConfigError, match=r"missing required config key totalexpert\.client_secret"
+    ):
+        load_config(write(tmp_path, MINIMAL.replace('client_secret = "te-secret"', "")), env={})
+
+
+def test_wrong_type_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"flexperto\.page_size must be int"):
+        load_config(
+            write(tmp_path, MINIMAL.replace("[totalexpert]", "page_size = 'x'\n[totalexpert]")),
+            env={},
+        )
+
+
+def test_secrets_from_environment(tmp_path):
+    text = MINIMAL.replace('api_key = "fx-key"', "").replace('client_secret = "te-secret"', "")
+    config = load_config(
+        write(tmp_path, text),
+        env={"FLEXPERTO_API_KEY": "from-env", "TOTALEXPERT_CLIENT_SECRET": "s3"},
+    )
+    assert config.flexperto.api_key == "from-env"
+    assert config.totalexpert.client_secret == "s3"
+
+
+def test_secrets_from_systemd_credentials_directory(tmp_path):
+    creds = tmp_path / "creds"
+    creds.mkdir()
+    (creds / "flexperto_api_key").write_text("from-credential\n")
+    text = MINIMAL.replace('api_key = "fx-key"', "")
+    config = load_config(write(tmp_path, text), env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert config.flexperto.api_key == "from-credential"
+
+
+def test_file_value_wins_over_secret_environment(tmp_path):
+    config = load_config(write(tmp_path, MINIMAL), env={"FLEXPERTO_API_KEY": "env"})
+    assert config.flexperto.api_key == "fx-key"
+
+
+def test_environment_override_of_any_key(tmp_path):
+    config = load_config(
+        write(tmp_path, MINIMAL),
+        env={"SYNC_WORKER_SCHEDULE_INTERVAL_SECONDS": "60", "SYNC_WORKER_FLEXPERTO_API_KEY": "o"},
+    )
+    assert config.schedule.interval_seconds == 60
+    assert config.flexperto.api_key == "o"
+
+
+def test_bad_environment_override_is_named(tmp_path):
+    with pytest.raises(ConfigError, match=r"schedule\.interval_seconds must be int"):
+        load_config(write(tmp_path, MINIMAL), env={"SYNC_WORKER_SCHEDULE_INTERVAL_SECONDS": "x"})
+
+
+def test_non_positive_limits_are_refused(tmp_path):
+    text = MINIMAL + "requests_per_minute = 0\n"
+    with pytest.raises(ConfigError, match=r"totalexpert\.requests_per_minute must be positive"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_missing_file_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml", env={})
+
+
+def test_invalid_toml_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(write(tmp_path, "[flexperto\n"), env={})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://demo.test.flexperto.com",
+        "http://127.0.0.1:8080",
+        "http://127.5.6.7",
+        "http://localhost:9000/v1",
+        "http://[::1]:8080",
+    ],
+)
+def test_accepted_base_urls(url):
+    assert validate_base_url(url, "x") == url.rstrip("/")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://demo.test.flexperto.com",
+        "http://10.0.0.1",
+        "ftp://127.0.0.1",
+        "demo.test.flexperto.com",
+        "https://user:pw@host.example",
+        "http://localhost.evil.example",
+    ],
+)
+def test_refused_base_urls(url):
+    with pytest.raises(ConfigError):
+        validate_base_url(url, "flexperto.base_url")
