@@ -101,8 +101,11 @@ def _note(ctx: JobContext, record: ArchiveRecord) -> None:
         ctx.stats.add("listed")
 
 
-def claim(ctx: JobContext, row: dict[str, Any]) -> None:
+def claim(ctx: JobContext, listed: dict[str, Any]) -> None:
     """Take one archive as far as it goes: store it if needed, then abandon it."""
+    row = archives.get(ctx.db, listed["archive_id"])
+    if row is None or row["state"] == archives.CLAIMED:
+        return  # claimed meanwhile, with a sibling of its conference
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
         record = parse_record(json.loads(row["record"]))

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import sqlite_utils
 
+from sync_worker.private_files import make_private_dirs
+
 BUSY_TIMEOUT_SECONDS = 30.0
 
 # Columns shared by every work item that can fail and be retried.
@@ -44,7 +46,7 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
 
 
 def _create_private(path: Path) -> None:
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
     os.close(fd)
 

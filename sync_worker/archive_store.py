@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sync_worker.private_files import make_private_dirs
+
 CHUNK_SIZE = 1024 * 1024
 QUARANTINE = ".quarantine"
 
@@ -74,7 +76,7 @@ class ArchiveStore:
         and ``chunks`` must continue where they end. Returns the sha256 and size of it all.
         """
         part = self.part_path(conference_id, archive_id)
-        _make_private_dir(part.parent)
+        make_private_dirs(part.parent)
         digest = hashlib.sha256()
         size = _hash_into(digest, part) if resume and part.is_file() else 0
         flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
@@ -120,7 +122,7 @@ class ArchiveStore:
 
     def quarantine(self, path: Path, archive_id: str) -> Path:
         target_dir = self.root / QUARANTINE
-        _make_private_dir(target_dir)
+        make_private_dirs(target_dir)
         target = target_dir / f"{archive_id}.zip"
         os.replace(path, target)
         _fsync_dir(target_dir)
@@ -164,10 +166,6 @@ def _mismatch(digest: str, size: int, sha256: str, expected_size: int | None) ->
     if digest != sha256:
         return f"sha256 {digest} differs from the record's {sha256}"
     return None
-
-
-def _make_private_dir(path: Path) -> None:
-    path.mkdir(mode=0o700, parents=True, exist_ok=True)
 
 
 def _fsync_dir(path: Path) -> None:

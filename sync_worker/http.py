@@ -13,10 +13,13 @@ from typing import Any
 
 import requests
 import tenacity
+import urllib3
 
 from sync_worker.config import HttpConfig
 
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# A gateway error may hide a request the service did process.
+GATEWAY_STATUSES = frozenset({502, 504})
 USER_AGENT = "flexperto-te-sync/0.1"
 ERROR_TEXT_LIMIT = 300
 
@@ -31,7 +34,12 @@ class ApiError(Exception):
 
 
 class TransientError(ApiError):
-    """A request failed in a way that may pass: worth retrying."""
+    """A request failed in a way that may pass: worth retrying.
+
+    ``maybe_processed`` says whether the service may have acted on the request anyway (a
+    timeout after sending it, a gateway error): such a request is only safe to repeat if it
+    is idempotent.
+    """
 
     def __init__(
         self,
@@ -39,9 +47,11 @@ class TransientError(ApiError):
         message: str,
         status: int | None = None,
         retry_after: float | None = None,
+        maybe_processed: bool = False,
     ) -> None:
         super().__init__(service, message, status)
         self.retry_after = retry_after
+        self.maybe_processed = maybe_processed
 
 
 def new_session(headers: dict[str, str] | None = None, pool_size: int = 8) -> requests.Session:
@@ -62,7 +72,13 @@ def raise_for_status(service: str, response: requests.Response) -> None:
         return
     message = f"HTTP {response.status_code}: {error_text(response)}"
     if response.status_code in RETRYABLE_STATUSES:
-        raise TransientError(service, message, response.status_code, parse_retry_after(response))
+        raise TransientError(
+            service,
+            message,
+            response.status_code,
+            parse_retry_after(response),
+            maybe_processed=response.status_code in GATEWAY_STATUSES,
+        )
     raise ApiError(service, message, response.status_code)
 
 
@@ -104,18 +120,43 @@ def send(service: str, call: Callable[[], requests.Response]) -> requests.Respon
     """Run one HTTP call, mapping network failures to TransientError."""
     try:
         return call()
+    except requests.ConnectTimeout:
+        raise TransientError(service, "timed out connecting") from None
     except requests.Timeout as exc:
-        raise TransientError(service, f"timed out: {type(exc).__name__}") from None
+        raise TransientError(
+            service, f"timed out: {type(exc).__name__}", maybe_processed=True
+        ) from None
     except requests.ConnectionError as exc:
-        raise TransientError(service, f"connection failed: {type(exc).__name__}") from None
+        raise TransientError(
+            service,
+            f"connection failed: {type(exc).__name__}",
+            maybe_processed=not _never_connected(exc),
+        ) from None
     except requests.RequestException as exc:
         raise ApiError(service, f"request failed: {type(exc).__name__}") from None
 
 
-def retry_policy(config: HttpConfig, sleep: Callable[[float], None]) -> tenacity.Retrying:
-    """Exponential backoff with jitter for TransientError, ``config.retries`` extra attempts."""
+def _never_connected(exc: requests.ConnectionError) -> bool:
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def retry_policy(
+    config: HttpConfig, sleep: Callable[[float], None], idempotent: bool = True
+) -> tenacity.Retrying:
+    """Exponential backoff with jitter for TransientError, ``config.retries`` extra attempts.
+
+    For a request that is not ``idempotent``, only failures the service surely did not act
+    on are retried.
+    """
+
+    def worth_retrying(exc: BaseException) -> bool:
+        if not isinstance(exc, TransientError):
+            return False
+        return idempotent or not exc.maybe_processed
+
     return tenacity.Retrying(
-        retry=tenacity.retry_if_exception_type(TransientError),
+        retry=tenacity.retry_if_exception(worth_retrying),
         stop=_stop(config),
         wait=_wait(config),
         sleep=sleep,

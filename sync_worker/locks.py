@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from sync_worker.private_files import make_private_dirs
+
 
 class LockHeld(Exception):
     """Another process is running the same job on the same state file."""
@@ -21,7 +23,7 @@ class LockHeld(Exception):
 @contextmanager
 def job_lock(database: Path, job: str) -> Iterator[None]:
     path = database.with_name(f"{database.name}.{job}.lock")
-    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    make_private_dirs(path.parent)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:

@@ -86,7 +86,5 @@ def run_pass(
         }
         log.info("run.finished", **summary)
     result = PassResult(stats)
-    healthcheck.ping(
-        config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary)
-    )
+    healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
     return result

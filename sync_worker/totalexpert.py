@@ -75,6 +75,7 @@ class TotalExpertClient:
         self._clock = clock
         self._timeout = http.timeout_seconds
         self._retrying = retry_policy(http, clock.sleep)
+        self._retrying_once_only = retry_policy(http, clock.sleep, idempotent=False)
         self._session = new_session({"Accept": "application/json"})
         self._token_key = hashlib.sha256(
             f"{config.base_url}\n{config.client_id}".encode()
@@ -123,7 +124,9 @@ class TotalExpertClient:
         return None
 
     def create_insight(self, body: dict[str, Any]) -> int:
-        answer = self._request("POST", "/insights", json=body)
+        """Post one insight. TE does not deduplicate: a POST that may have been processed is
+        not repeated here (the caller looks for it first on its next try)."""
+        answer = self._request("POST", "/insights", idempotent=False, json=body)
         insight_id = _int(answer.get("id")) if isinstance(answer, dict) else None
         if insight_id is None:
             raise ApiError(SERVICE, "insight created but the answer has no id")
@@ -158,7 +161,14 @@ class TotalExpertClient:
                 return
             page = next_page
 
-    def _request(self, method: str, path: str, authenticated: bool = True, **kwargs: Any) -> Any:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        authenticated: bool = True,
+        idempotent: bool = True,
+        **kwargs: Any,
+    ) -> Any:
         def attempt() -> Any:
             response = self._send(method, path, authenticated, **kwargs)
             if response.status_code == 401 and authenticated:
@@ -169,7 +179,7 @@ class TotalExpertClient:
             raise_for_status(SERVICE, response)
             return json_body(SERVICE, response)
 
-        return self._retrying(attempt)
+        return (self._retrying if idempotent else self._retrying_once_only)(attempt)
 
     def _send(
         self, method: str, path: str, authenticated: bool, **kwargs: Any

@@ -64,8 +64,12 @@ retries = 2
 retry_wait_seconds = 0.01
 retry_max_wait_seconds = 0.05
 """
-PARTICIPANTS = ("max.kunde@example.org", "erika.muster@example.org", "lena.lang@example.org",
-                "nobody@nowhere.example")
+PARTICIPANTS = (
+    "max.kunde@example.org",
+    "erika.muster@example.org",
+    "lena.lang@example.org",
+    "nobody@nowhere.example",
+)
 
 
 @dataclass
@@ -81,13 +85,20 @@ class Report:
 def run(kills: int, seed: int, folder: Path) -> Report:
     rng = random.Random(seed)
     report = Report()
-    with Sandbox(folder / "sandbox", te_requests_per_minute=REQUESTS_PER_MINUTE,
-                 te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR) as sandbox:
+    with Sandbox(
+        folder / "sandbox",
+        te_requests_per_minute=REQUESTS_PER_MINUTE,
+        te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR,
+    ) as sandbox:
         config = folder / "config.toml"
         text = sandbox.config_toml(str(folder / "archives"), str(folder / "state.db"))
-        config.write_text(text.replace(
-            "token_requests_per_hour = 2", f"token_requests_per_hour = {TOKEN_REQUESTS_PER_HOUR}"
-        ) + SETTINGS)
+        config.write_text(
+            text.replace(
+                "token_requests_per_hour = 2",
+                f"token_requests_per_hour = {TOKEN_REQUESTS_PER_HOUR}",
+            )
+            + SETTINGS
+        )
         for n in range(kills):
             _add_archive(sandbox, rng, n)
             _kill_one_pass(config, rng, report)
@@ -103,8 +114,11 @@ def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
     ]
     sandbox.flexperto.add_archive(
         status="AVAILABLE",
-        moderator={"account_id": "e-17", "email": "anna.expert@bank.example",
-                   "name": "Anna Expert"},
+        moderator={
+            "account_id": "e-17",
+            "email": "anna.expert@bank.example",
+            "name": "Anna Expert",
+        },
         participants=participants,
         size=rng.choice((10_000, 200_000, 3_000_000)),
     )
@@ -112,9 +126,21 @@ def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
 
 def _kill_one_pass(config: Path, rng: random.Random, report: Report) -> None:
     process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "--config", str(config), "--log-format", "json",
-         "--log-level", "debug", "run-once"],
-        stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        [
+            sys.executable,
+            "-m",
+            "sync_worker",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "--log-level",
+            "debug",
+            "run-once",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     if rng.random() < 0.5:
         trigger = "timer"
@@ -155,7 +181,9 @@ def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
     for n in range(1, max_passes + 1):
         result = subprocess.run(
             [sys.executable, "-m", "sync_worker", "--config", str(config), "run-once"],
-            capture_output=True, text=True, timeout=600,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
         if result.returncode == 0 and _nothing_open(config.parent / "state.db"):
             return n
@@ -167,12 +195,14 @@ def _nothing_open(database: Path) -> bool:
     db = open_database(database)
     try:
         open_archives = db.execute(
-            "select count(*) from archives where state != 'claimed'").fetchone()[0]
+            "select count(*) from archives where state != 'claimed'"
+        ).fetchone()[0]
         open_participants = db.execute(
             "select count(*) from participants where state not in ('matched', 'no_match')"
         ).fetchone()[0]
         open_insights = db.execute(
-            "select count(*) from insights where state != 'sent'").fetchone()[0]
+            "select count(*) from insights where state != 'sent'"
+        ).fetchone()[0]
     finally:
         db.close()
     return open_archives == open_participants == open_insights == 0

@@ -13,7 +13,10 @@ from sync_worker.config import load_config
 def sync_worker(*args, env=None, timeout=60):
     return subprocess.run(
         [sys.executable, "-m", "sync_worker", *args],
-        capture_output=True, text=True, timeout=timeout, env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
     )
 
 
@@ -49,8 +52,16 @@ def test_run_once_then_status_json(sandbox, tmp_path, config):
     claimed = [a for a in report["archives"] if a["state"] == "claimed"]
     assert len(claimed) == 3
     for archive in claimed:
-        assert {"archive_id", "conference_id", "state", "path", "sha256", "attempts",
-                "last_error", "insights"} <= archive.keys()
+        assert {
+            "archive_id",
+            "conference_id",
+            "state",
+            "path",
+            "sha256",
+            "attempts",
+            "last_error",
+            "insights",
+        } <= archive.keys()
     sent = [i for a in claimed for i in a["insights"] if i["state"] == "sent"]
     assert len(sent) == 3 and all(i["te_insight_id"] for i in sent)
 
@@ -108,9 +119,14 @@ def test_init_config_writes_a_loadable_private_example(tmp_path):
     path = tmp_path / "etc" / "config.toml"
     assert main(["init-config", str(path)]) == 0
     assert path.stat().st_mode & 0o777 == 0o600
-    config = load_config(path, env={
-        "FLEXPERTO_API_KEY": "k", "TOTALEXPERT_CLIENT_ID": "i", "TOTALEXPERT_CLIENT_SECRET": "s",
-    })
+    config = load_config(
+        path,
+        env={
+            "FLEXPERTO_API_KEY": "k",
+            "TOTALEXPERT_CLIENT_ID": "i",
+            "TOTALEXPERT_CLIENT_SECRET": "s",
+        },
+    )
     assert config.schedule.interval_seconds == 300
     assert main(["init-config", str(path)]) == 2
 

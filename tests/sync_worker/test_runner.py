@@ -58,11 +58,13 @@ def test_moderators_own_contact_is_preferred_and_unknown_participants_are_no_mat
 def test_insight_fields(sandbox, config, run):
     run()
     record = next(
-        r for r in sandbox.flexperto.records()
+        r
+        for r in sandbox.flexperto.records()
         if r["subject"]["moderator"]["email"] == "bernd.berater@bank.example"
     )
     [insight] = [
-        i for i in sandbox.totalexpert.insights()
+        i
+        for i in sandbox.totalexpert.insights()
         if i["data"]["flexperto_archive_id"] == record["id"]
     ]
     end = record["subject"]["end"].replace("T", " ").removesuffix("Z")
@@ -72,9 +74,7 @@ def test_insight_fields(sandbox, config, run):
     assert "UTC archived (archive " in insight["data"]["description"]
 
 
-def test_packing_archive_is_claimed_on_a_later_pass_and_then_nothing_is_done(
-    sandbox, config, run
-):
+def test_packing_archive_is_claimed_on_a_later_pass_and_then_nothing_is_done(sandbox, config, run):
     run()
     run()  # the PACKING archive has become AVAILABLE
     assert len(sandbox.totalexpert.insights()) == 4
@@ -84,8 +84,9 @@ def test_packing_archive_is_claimed_on_a_later_pass_and_then_nothing_is_done(
     result = run()
     assert result.exit_code == 0
     assert {r.method for r in sandbox.flexperto.requests} == {"GET"}
-    assert all(r.path.endswith("/communication/conferences/archives")
-               for r in sandbox.flexperto.requests)
+    assert all(
+        r.path.endswith("/communication/conferences/archives") for r in sandbox.flexperto.requests
+    )
     assert sandbox.s3.requests == []
     assert sandbox.totalexpert.requests == []
 

@@ -1,0 +1,258 @@
+"""The sandbox servers' common base: a threaded HTTP/1.1 server on loopback that logs every
+request it serves and applies the faults armed on it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+from sync_worker.clock import Clock
+from sync_worker.sandbox.faults import Fault, FaultList
+
+SEND_CHUNK = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    server: str
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+    status: int
+    received_at: float
+    finished_at: float
+
+
+@dataclass(frozen=True)
+class Incoming:
+    method: str
+    path: str
+    query: dict[str, str]
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class Reply:
+    """An answer: a body in memory, or a byte range of a file streamed from disk."""
+
+    status: int
+    body: bytes = b""
+    headers: dict[str, str] = field(default_factory=dict)
+    file: Path | None = None
+    offset: int = 0
+    length: int = 0
+
+    @classmethod
+    def json(cls, status: int, payload: Any, headers: dict[str, str] | None = None) -> Reply:
+        body = json.dumps(payload).encode()
+        return cls(status, body, {"Content-Type": "application/json", **(headers or {})})
+
+    @property
+    def content_length(self) -> int:
+        return self.length if self.file is not None else len(self.body)
+
+    def chunks(self, limit: int | None = None) -> Iterator[bytes]:
+        """The body, at most ``limit`` bytes of it."""
+        remaining = self.content_length if limit is None else min(limit, self.content_length)
+        if self.file is None:
+            yield self.body[:remaining]
+            return
+        with self.file.open("rb") as handle:
+            handle.seek(self.offset)
+            while remaining > 0:
+                chunk = handle.read(min(SEND_CHUNK, remaining))
+                if not chunk:
+                    return
+                remaining -= len(chunk)
+                yield chunk
+
+
+class ServerState:
+    """What one sandbox server knows; subclasses answer requests in :meth:`handle`."""
+
+    name = "server"
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.faults = FaultList()
+        self._requests: list[RequestRecord] = []
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        with self.lock:
+            return list(self._requests)
+
+    def clear_requests(self) -> None:
+        with self.lock:
+            self._requests.clear()
+
+    def log(self, record: RequestRecord) -> None:
+        with self.lock:
+            self._requests.append(record)
+
+    def handle(self, request: Incoming) -> Reply:
+        raise NotImplementedError
+
+    def error(self, status: int, message: str) -> Reply:
+        """This API's error body for ``status``."""
+        return Reply.json(status, {"error": message})
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    state: ServerState  # set on the per-server subclass
+    timeout = 30
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
+
+    def _dispatch(self) -> None:
+        received_at = self.state.clock.now()
+        request = self._read_request()
+        fault = self.state.faults.take(request.method, request.path)
+        status = self._serve(request, fault)
+        self.state.log(
+            RequestRecord(
+                server=self.state.name,
+                method=request.method,
+                path=request.path,
+                query=request.query,
+                headers=request.headers,
+                body=request.body,
+                status=status,
+                received_at=received_at,
+                finished_at=self.state.clock.now(),
+            )
+        )
+
+    def _read_request(self) -> Incoming:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        parts = urlsplit(self.path)
+        return Incoming(
+            method=self.command,
+            path=parts.path,
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers={key.lower(): value for key, value in self.headers.items()},
+            body=body,
+        )
+
+    def _serve(self, request: Incoming, fault: Fault | None) -> int:
+        action = fault.action if fault else None
+        if action == "reset":
+            self._reset()
+            return 0
+        if action == "delay":
+            time.sleep(fault.delay)
+        if action == "call" and fault.callback is not None:
+            fault.callback(self.state)
+        if action == "respond":
+            reply = self._fault_reply(fault)
+        elif action == "malformed_json":
+            reply = Reply(200, b'{"items": [', {"Content-Type": "application/json"})
+        else:
+            reply = self.state.handle(request)
+        self._send(reply, truncate=action == "truncate")
+        return reply.status
+
+    def _fault_reply(self, fault: Fault) -> Reply:
+        assert fault.status is not None
+        if fault.body is None:
+            reply = self.state.error(fault.status, f"injected HTTP {fault.status}")
+        else:
+            body = fault.body.encode() if isinstance(fault.body, str) else fault.body
+            reply = Reply(fault.status, body, {"Content-Type": "application/json"})
+        reply.headers.update(fault.headers or {})
+        return reply
+
+    def _send(self, reply: Reply, truncate: bool) -> None:
+        try:
+            self._write(reply, truncate)
+        except OSError:  # the client hung up (timed out) before the answer was complete
+            self.close_connection = True
+
+    def _write(self, reply: Reply, truncate: bool) -> None:
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(reply.content_length))
+        if truncate:
+            self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command == "HEAD":
+            return
+        limit = reply.content_length // 2 if truncate else None
+        for chunk in reply.chunks(limit):
+            self.wfile.write(chunk)
+        if truncate:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _reset(self) -> None:
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.connection.close()
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):  # the connection was reset on purpose
+            super().finish()
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        pass  # clients that hang up mid-answer are part of the game
+
+
+class SandboxServer:
+    """One running server: a state object bound to a loopback address."""
+
+    def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = type(f"{state.name}Handler", (_Handler,), {"state": state})
+        self.state = state
+        self._server = _Server((host, port), handler)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.05},
+            name=f"sandbox-{state.name}",
+            daemon=True,
+        )
+
+    @property
+    def url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)

@@ -1,0 +1,363 @@
+"""The sandbox Total Expert: OAuth tokens, contacts, users, insight types and insights, with
+TE's per-minute and token limits enforced by the sandbox clock.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import math
+import secrets
+from collections import deque
+from datetime import UTC, datetime
+from typing import Any
+
+from sync_worker.clock import Clock
+from sync_worker.sandbox.http import Incoming, Reply, ServerState
+
+BASE = "/v1"
+TOKEN_LIFETIME_SECONDS = 3600
+MAX_PAGE_SIZE = 100
+DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+class TotalExpertState(ServerState):
+    name = "totalexpert"
+
+    def __init__(
+        self,
+        clock: Clock,
+        client_id: str,
+        client_secret: str,
+        requests_per_minute: int,
+        token_requests_per_hour: int,
+    ) -> None:
+        super().__init__(clock)
+        self.base_url = ""  # set once listening
+        self._client = (client_id, client_secret)
+        self.requests_per_minute = requests_per_minute
+        self.token_requests_per_hour = token_requests_per_hour
+        self._arrivals: deque[float] = deque()
+        self._token_arrivals: deque[float] = deque()
+        self._all_token_arrivals: list[float] = []
+        self._tokens: dict[str, float] = {}
+        self._users: dict[int, dict[str, Any]] = {}
+        self._contacts: dict[int, dict[str, Any]] = {}
+        self._contacts_by_email: dict[str, list[int]] = {}
+        self._types: dict[int, dict[str, Any]] = {}
+        self._insights: list[dict[str, Any]] = []
+        self._next_id = {"user": 50, "contact": 450, "type": 7, "insight": 9000}
+        self.token_requests = 0
+        self.tokens_issued = 0
+        self.rate_limited_count = 0
+
+    # --- test and seed API --------------------------------------------------------
+
+    def add_user(self, email: str, username: str | None = None, external_id: str | None = None):
+        with self.lock:
+            user = {
+                "id": self._new_id("user"),
+                "email": email,
+                "username": username or email.split("@")[0],
+                "external_id": external_id,
+            }
+            self._users[user["id"]] = user
+            return dict(user)
+
+    def add_contact(
+        self,
+        email: str,
+        owner_id: int,
+        first_name: str = "",
+        last_name: str = "",
+        updated_at: float | None = None,
+    ) -> dict[str, Any]:
+        with self.lock:
+            owner = self._users[owner_id]
+            contact = {
+                "id": self._new_id("contact"),
+                "email": email,
+                "first_name": first_name,
+                "last_name": last_name,
+                "internal_updated_at": _format(updated_at or self.clock.now()),
+                "owner": {k: owner[k] for k in ("id", "email", "username", "external_id")},
+            }
+            self._contacts[contact["id"]] = contact
+            self._contacts_by_email.setdefault(email.lower(), []).append(contact["id"])
+            return json.loads(json.dumps(contact))
+
+    def add_insight_type(self, type_name: str, description: str = "") -> dict[str, Any]:
+        with self.lock:
+            kind = {"id": self._new_id("type"), "type": type_name, "description": description}
+            self._types[kind["id"]] = kind
+            return dict(kind)
+
+    def users(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(u) for u in self._users.values()]
+
+    def contacts(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return json.loads(json.dumps(list(self._contacts.values())))
+
+    def insights(self) -> list[dict[str, Any]]:
+        with self.lock:
+            return json.loads(json.dumps(self._insights))
+
+    def revoke_tokens(self) -> None:
+        with self.lock:
+            self._tokens.clear()
+
+    def set_limits(
+        self, requests_per_minute: int | None = None, token_requests_per_hour: int | None = None
+    ) -> None:
+        with self.lock:
+            if requests_per_minute is not None:
+                self.requests_per_minute = requests_per_minute
+            if token_requests_per_hour is not None:
+                self.token_requests_per_hour = token_requests_per_hour
+
+    def max_requests_in_window(self, seconds: float = 60.0) -> int:
+        """The most requests that arrived within any ``seconds``-long span."""
+        return _max_in_window([r.received_at for r in self.requests], seconds)
+
+    def max_token_requests_in_window(self, seconds: float = 3600.0) -> int:
+        with self.lock:
+            return _max_in_window(list(self._all_token_arrivals), seconds)
+
+    # --- HTTP ---------------------------------------------------------------------
+
+    def handle(self, request: Incoming) -> Reply:
+        if not request.path.startswith(BASE + "/"):
+            return self.error(404, "Not Found")
+        path = request.path.removeprefix(BASE)
+        now = self.clock.now()
+        with self.lock:
+            if not _admit(self._arrivals, now, 60.0, self.requests_per_minute):
+                self.rate_limited_count += 1
+                return self.error(429, "Too Many Requests")
+        if path == "/heartbeat":
+            return Reply.json(200, {"status": "ok"})
+        if path == "/token":
+            return self._token(request, now) if request.method == "POST" else self._405()
+        if not self._authorized(request, now):
+            return self.error(401, "invalid_token")
+        routes = {
+            ("GET", "/contacts"): self._list_contacts,
+            ("GET", "/users"): self._list_users,
+            ("GET", "/insight-types"): self._list_types,
+            ("GET", "/insights"): self._list_insights,
+            ("POST", "/insights"): self._create_insight,
+        }
+        action = routes.get((request.method, path))
+        if action is None:
+            known = any(p == path for _, p in routes)
+            return self._405() if known else self.error(404, "Not Found")
+        return action(request)
+
+    def _405(self) -> Reply:
+        return self.error(405, "Method Not Allowed")
+
+    def _token(self, request: Incoming, now: float) -> Reply:
+        with self.lock:
+            self.token_requests += 1
+            self._all_token_arrivals.append(now)
+            if not _admit(self._token_arrivals, now, 3600.0, self.token_requests_per_hour):
+                self.rate_limited_count += 1
+                return self.error(429, "Too Many Requests")
+        if not self._basic_auth_ok(request.headers.get("authorization", "")):
+            return _oauth_error("invalid_client", "Client authentication failed")
+        if "json" not in request.headers.get("content-type", ""):
+            return self.error(415, "Unsupported Media Type")
+        try:
+            grant = request.json().get("grant_type")
+        except (ValueError, AttributeError):
+            return _oauth_error("invalid_request", "Unable to parse JSON")
+        if grant != "client_credentials":
+            return _oauth_error("unsupported_grant_type", f"grant_type {grant!r} not supported")
+        token = secrets.token_urlsafe(24)
+        with self.lock:
+            self._tokens[token] = now + TOKEN_LIFETIME_SECONDS
+            self.tokens_issued += 1
+        return Reply.json(
+            200,
+            {
+                "access_token": token,
+                "expires_in": TOKEN_LIFETIME_SECONDS,
+                "token_type": "bearer",
+                "scope": "admin",
+            },
+        )
+
+    def _basic_auth_ok(self, header: str) -> bool:
+        scheme, _, encoded = header.partition(" ")
+        if scheme.lower() != "basic":
+            return False
+        try:
+            decoded = base64.b64decode(encoded, validate=True).decode()
+        except (binascii.Error, UnicodeDecodeError):
+            return False
+        client_id, _, client_secret = decoded.partition(":")
+        return secrets.compare_digest(client_id, self._client[0]) and secrets.compare_digest(
+            client_secret, self._client[1]
+        )
+
+    def _authorized(self, request: Incoming, now: float) -> bool:
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self.lock:
+            expiry = self._tokens.get(token)
+        return scheme.lower() == "bearer" and expiry is not None and now < expiry
+
+    def _list_contacts(self, request: Incoming) -> Reply:
+        filters = _filters(request)
+        with self.lock:
+            if "email" in filters:
+                ids = self._contacts_by_email.get(filters["email"].lower(), [])
+                found = [self._contacts[i] for i in ids]
+            else:
+                found = list(self._contacts.values())
+            since = filters.get("internal_updated_at_start")
+            if since:
+                found = [c for c in found if c["internal_updated_at"] >= since]
+            return self._page(request, found)
+
+    def _list_users(self, request: Incoming) -> Reply:
+        email = _filters(request).get("email", "").lower()
+        with self.lock:
+            found = [u for u in self._users.values() if not email or u["email"].lower() == email]
+            return self._page(request, found)
+
+    def _list_types(self, request: Incoming) -> Reply:
+        name = _filters(request).get("type")
+        with self.lock:
+            found = [t for t in self._types.values() if name is None or t["type"] == name]
+            return self._page(request, found)
+
+    def _list_insights(self, request: Incoming) -> Reply:
+        filters = _filters(request)
+        with self.lock:
+            found = [
+                i
+                for i in self._insights
+                if str(i["contact"]["id"]) == filters.get("contact_id", str(i["contact"]["id"]))
+                and str(i["type"]["id"]) == filters.get("type_id", str(i["type"]["id"]))
+            ]
+            return self._page(request, found)
+
+    def _create_insight(self, request: Incoming) -> Reply:
+        if "json" not in request.headers.get("content-type", ""):
+            return self.error(415, "Unsupported Media Type")
+        try:
+            body = request.json()
+        except ValueError:
+            return self.error(400, "Unable to parse JSON")
+        if not isinstance(body, dict):
+            return self.error(400, "Unable to parse JSON")
+        with self.lock:
+            problem = self._insight_problem(body)
+            if problem:
+                return self.error(422, problem)
+            kind = self._find_type(body["type"])
+            insight = {
+                "id": self._new_id("insight"),
+                "type": {"id": kind["id"], "type": kind["type"]},
+                "contact": {"id": body["contact"]["id"]},
+                "owner": {"id": body["owner"]["id"]},
+                "contact_id": body["contact"]["id"],
+                "owner_id": body["owner"]["id"],
+                "insight_date": body["insight_date"],
+                "data": body.get("data") or {},
+                "created_at": self.clock.now(),
+            }
+            self._insights.append(insight)
+        return Reply.json(
+            201, {"id": insight["id"], "created": f"{self.base_url}/insights/{insight['id']}"}
+        )
+
+    def _insight_problem(self, body: dict[str, Any]) -> str | None:
+        if self._find_type(body.get("type")) is None:
+            return "Unable to find target for relationship: 'type'"
+        contact = body.get("contact")
+        if not isinstance(contact, dict) or contact.get("id") not in self._contacts:
+            return "Unable to find target for relationship: 'contact'"
+        owner = body.get("owner")
+        if owner is None:
+            return "owner is required when acting as admin"
+        if not isinstance(owner, dict) or owner.get("id") not in self._users:
+            return "Unable to find target for relationship: 'owner'"
+        date = body.get("insight_date")
+        try:
+            datetime.strptime(str(date), DATE_FORMAT)
+        except ValueError:
+            return "insight_date must be formatted YYYY-MM-DD HH:MM:SS"
+        if not isinstance(body.get("data", {}), dict):
+            return "data must be an object"
+        return None
+
+    def _find_type(self, reference: Any) -> dict[str, Any] | None:
+        if not isinstance(reference, dict):
+            return None
+        for kind in self._types.values():
+            if reference.get("id") == kind["id"] or reference.get("type") == kind["type"]:
+                return kind
+        return None
+
+    def _page(self, request: Incoming, items: list[dict[str, Any]]) -> Reply:
+        try:
+            number = int(request.query.get("page[number]", 1))
+            size = int(request.query.get("page[size]", MAX_PAGE_SIZE))
+        except ValueError:
+            return self.error(400, "page[number] and page[size] must be integers")
+        if number < 1 or not 0 < size <= MAX_PAGE_SIZE:
+            return self.error(400, f"page[size] must be 1..{MAX_PAGE_SIZE}")
+        last = max(1, math.ceil(len(items) / size))
+        chunk = items[(number - 1) * size : number * size]
+        links = {
+            "first": 1,
+            "last": last,
+            "next": number + 1 if number < last else None,
+            "prev": number - 1 if number > 1 else None,
+        }
+        return Reply.json(200, {"items": json.loads(json.dumps(chunk)), "links": links})
+
+    def _new_id(self, kind: str) -> int:
+        self._next_id[kind] += 1
+        return self._next_id[kind]
+
+
+def _admit(arrivals: deque[float], now: float, window: float, limit: int) -> bool:
+    """Count an arrival against a sliding window; False if it is over the limit."""
+    while arrivals and arrivals[0] <= now - window:
+        arrivals.popleft()
+    if len(arrivals) >= limit:
+        return False
+    arrivals.append(now)
+    return True
+
+
+def _max_in_window(times: list[float], seconds: float) -> int:
+    times = sorted(times)
+    best, first = 0, 0
+    for last, moment in enumerate(times):
+        while times[first] <= moment - seconds:
+            first += 1
+        best = max(best, last - first + 1)
+    return best
+
+
+def _filters(request: Incoming) -> dict[str, str]:
+    filters = {}
+    for part in request.query.get("filter", "").split(","):
+        key, sep, value = part.partition("=")
+        if sep:
+            filters[key.strip()] = value.strip()
+    return filters
+
+
+def _oauth_error(code: str, description: str) -> Reply:
+    return Reply.json(400, {"error": code, "error_description": description})
+
+
+def _format(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime(DATE_FORMAT)
