@@ -15,6 +15,7 @@ import structlog
 
 from jobs.context import JobContext
 from state import archives
+from state.db import StateBusyError
 from state.work_items import is_due, record_failure
 from sync_worker.archive_store import StoredFile, VerificationError
 from sync_worker.flexperto import ArchiveRecord, RecordError, parse_record
@@ -112,6 +113,8 @@ def claim(ctx: JobContext, listed: dict[str, Any]) -> None:
         if row["state"] != archives.STORED:
             _store(ctx, record, bound)
         _abandon(ctx, record, bound)
+    except StateBusyError:
+        raise  # the state file is out of reach: stop the pass, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)
 

@@ -23,6 +23,8 @@ class PassStats:
 
     counts: Counter[str] = field(default_factory=Counter)
     bytes_downloaded: int = 0
+    te_requests: int = 0
+    te_tokens_requested: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, count: int = 1) -> None:

@@ -14,6 +14,7 @@ the folder is fsynced after the rename. Folders are 0700 and files 0600.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -65,7 +66,8 @@ class ArchiveStore:
         return path.stat().st_size if path.is_file() else 0
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
-        self.part_path(conference_id, archive_id).unlink(missing_ok=True)
+        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+            self.part_path(conference_id, archive_id).unlink()
 
     def write_partial(
         self, conference_id: str, archive_id: str, chunks: Iterable[bytes], resume: bool

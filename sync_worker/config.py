@@ -50,6 +50,7 @@ class StorageConfig:
 @dataclass(frozen=True)
 class StateConfig:
     database: Path
+    busy_timeout_seconds: float
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
         "token_requests_per_hour": (int, 2),
     },
     "storage": {"archive_dir": (str, "archives")},
-    "state": {"database": (str, "state.db")},
+    "state": {"database": (str, "state.db"), "busy_timeout_seconds": (float, 30.0)},
     "schedule": {"interval_seconds": (int, 300)},
     "retry": {
         "max_attempts": (int, 10),
@@ -147,6 +148,7 @@ POSITIVE_KEYS = {
     "interval_seconds",
     "max_attempts",
     "timeout_seconds",
+    "busy_timeout_seconds",
 }
 
 
@@ -272,7 +274,10 @@ def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
             token_requests_per_hour=te["token_requests_per_hour"],
         ),
         storage=StorageConfig(archive_dir=_path(values["storage"]["archive_dir"], base_dir)),
-        state=StateConfig(database=_path(values["state"]["database"], base_dir)),
+        state=StateConfig(
+            database=_path(values["state"]["database"], base_dir),
+            busy_timeout_seconds=values["state"]["busy_timeout_seconds"],
+        ),
         schedule=ScheduleConfig(**values["schedule"]),
         retry=RetryConfig(**values["retry"]),
         http=HttpConfig(**values["http"]),

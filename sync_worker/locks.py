@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 from sync_worker.private_files import make_private_dirs
@@ -33,3 +33,12 @@ def job_lock(database: Path, job: str) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+@contextmanager
+def job_locks(database: Path, jobs: Iterable[str]) -> Iterator[None]:
+    """All the jobs' locks, or LockHeld naming the first that is taken."""
+    with ExitStack() as stack:
+        for job in jobs:
+            stack.enter_context(job_lock(database, job))
+        yield

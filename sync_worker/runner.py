@@ -12,13 +12,13 @@ import structlog
 
 from jobs import claim_archives, push_insights
 from jobs.context import JobContext, PassStats
-from state.db import open_database
+from state.db import StateBusyError, open_database
 from sync_worker import healthcheck
 from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto import FlexpertoClient
-from sync_worker.locks import LockHeld, job_lock
+from sync_worker.locks import LockHeld, job_locks
 from sync_worker.totalexpert import TotalExpertClient
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
@@ -47,18 +47,43 @@ def run_pass(
     jobs: Sequence[str] = ALL_JOBS,
     stop_requested: Callable[[], bool] = lambda: False,
 ) -> PassResult:
-    """Run ``jobs`` once, in order, each under its lock, and log one ``run.finished``."""
+    """Run ``jobs`` once, in order, under their locks, and log one ``run.finished``."""
     stats = PassStats()
     started = time.monotonic()
     log.info("run.started", jobs=list(jobs))
+    try:
+        with job_locks(config.state.database, jobs):
+            _run_jobs(config, clock, jobs, stats, stop_requested)
+    except LockHeld as exc:
+        log.warning("run.skipped", reason=str(exc))
+        return PassResult(stats, locked_out=True)
+    except StateBusyError as exc:
+        # Nothing is half-done: every checkpoint is one transaction, and this one never began.
+        log.error("state.busy", error=str(exc))
+        stats.add("failed")
+    summary = {
+        "jobs": list(jobs),
+        "outcomes": dict(sorted(stats.counts.items())),
+        "bytes_downloaded": stats.bytes_downloaded,
+        "duration_seconds": round(time.monotonic() - started, 3),
+        "te_requests": stats.te_requests,
+        "te_tokens_requested": stats.te_tokens_requested,
+    }
+    log.info("run.finished", **summary)
+    result = PassResult(stats)
+    healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
+    return result
+
+
+def _run_jobs(
+    config: Config,
+    clock: Clock,
+    jobs: Sequence[str],
+    stats: PassStats,
+    stop_requested: Callable[[], bool],
+) -> None:
     with ExitStack() as stack:
-        try:
-            for name in jobs:
-                stack.enter_context(job_lock(config.state.database, name))
-        except LockHeld as exc:
-            log.warning("run.skipped", reason=str(exc))
-            return PassResult(stats, locked_out=True)
-        db = open_database(config.state.database)
+        db = open_database(config.state.database, config.state.busy_timeout_seconds)
         stack.callback(db.close)
         flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
         stack.callback(flexperto.close)
@@ -74,17 +99,9 @@ def run_pass(
             stats=stats,
             stop_requested=stop_requested,
         )
-        for name in jobs:
-            JOBS[name](context)
-        summary = {
-            "jobs": list(jobs),
-            "outcomes": dict(sorted(stats.counts.items())),
-            "bytes_downloaded": stats.bytes_downloaded,
-            "duration_seconds": round(time.monotonic() - started, 3),
-            "te_requests": totalexpert.requests_sent,
-            "te_tokens_requested": totalexpert.tokens_requested,
-        }
-        log.info("run.finished", **summary)
-    result = PassResult(stats)
-    healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
-    return result
+        try:
+            for name in jobs:
+                JOBS[name](context)
+        finally:
+            stats.te_requests = totalexpert.requests_sent
+            stats.te_tokens_requested = totalexpert.tokens_requested

@@ -50,6 +50,7 @@ class TotalExpertState(ServerState):
         self._next_id = {"user": 50, "contact": 450, "type": 7, "insight": 9000}
         self.token_requests = 0
         self.tokens_issued = 0
+        self.issued_tokens: list[str] = []
         self.rate_limited_count = 0
 
     # --- test and seed API --------------------------------------------------------
@@ -179,6 +180,7 @@ class TotalExpertState(ServerState):
         token = secrets.token_urlsafe(24)
         with self.lock:
             self._tokens[token] = now + TOKEN_LIFETIME_SECONDS
+            self.issued_tokens.append(token)
             self.tokens_issued += 1
         return Reply.json(
             200,

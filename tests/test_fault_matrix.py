@@ -1,0 +1,232 @@
+"""Every fault the sandbox can inject, one test each: the worker says so in its logs, loses
+nothing, abandons nothing it has not stored, carries on with the other archives, and
+finishes the work on a later pass once the fault is gone.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pytest
+
+from state.db import open_database
+from sync_worker.config import load_config
+from sync_worker.runner import run_pass
+from sync_worker.sandbox import Fault, Sandbox
+from tests.conftest import write_config
+
+LIST = "/communication/conferences/archives"
+DOWNLOAD = "/download"
+ABANDON = "/archive/abandon"
+FAST_TIMEOUT = "timeout_seconds = 0.3"
+
+
+@dataclass
+class Case:
+    arm: Callable[[Sandbox], None]
+    expect_event: str
+    heal: Callable[[Sandbox], None] | None = None
+    fast_timeout: bool = False
+    page_size: int = 100
+
+
+def fault(server: str, **options) -> Callable[[Sandbox], None]:
+    return lambda sandbox: sandbox.add_fault(server, Fault(**options))
+
+
+def first(sandbox: Sandbox) -> dict:
+    return next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
+
+
+def corrupt_first(sandbox: Sandbox) -> None:
+    sandbox.flexperto.corrupt_blob(first(sandbox)["id"])
+
+
+def fix_checksums(sandbox: Sandbox) -> None:
+    for record in sandbox.flexperto.records():
+        sandbox.flexperto.set_checksum(record["id"], sandbox.flexperto.blob_sha256(record["id"]))
+
+
+def listing_page(sandbox: Sandbox, extra: list) -> bytes:
+    items = [r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"]
+    return json.dumps({"items": items + extra, "total": len(items) + len(extra)}).encode()
+
+
+def unknown_status(sandbox: Sandbox) -> None:
+    odd = {**first(sandbox), "id": "odd-1", "status": "QUARANTINED"}
+    body = listing_page(sandbox, [odd])
+    sandbox.add_fault("flexperto", Fault(path=LIST, status=200, body=body, times=1))
+
+
+def missing_fields(sandbox: Sandbox) -> None:
+    record = first(sandbox)
+    sandbox.flexperto.add_raw_record({"id": "no-subject", "status": "AVAILABLE"})
+    sandbox.flexperto.add_raw_record({**record, "id": "no-sum", "sha256CheckSum": None})
+    sandbox.flexperto.add_raw_record({k: v for k, v in record.items() if k != "id"})
+
+
+def duplicates_across_pages(sandbox: Sandbox) -> None:
+    sandbox.flexperto.duplicate_in_listing(first(sandbox)["id"])
+
+
+def status_changes_before_download(sandbox: Sandbox) -> None:
+    target = first(sandbox)["id"]
+    sandbox.add_fault(
+        "flexperto",
+        Fault(
+            path=f"{target}{DOWNLOAD}",
+            action="call",
+            callback=lambda state: state.set_status(target, "PACKING"),
+        ),
+    )
+
+
+def repack_done(sandbox: Sandbox) -> None:
+    for record in sandbox.flexperto.records():
+        if record["status"] == "PACKING":
+            sandbox.flexperto.set_status(record["id"], "AVAILABLE")
+
+
+CASES = {
+    "flexperto 429 with Retry-After": Case(
+        fault("flexperto", path=LIST, status=429, headers={"Retry-After": "2"}), "archive.listed"
+    ),
+    "flexperto 429 without Retry-After": Case(
+        fault("flexperto", path=LIST, status=429, times=2), "archive.listed"
+    ),
+    "flexperto 500 on the list": Case(
+        fault("flexperto", path=LIST, status=500, times=None), "archive.list_failed"
+    ),
+    "flexperto 502 on download": Case(
+        fault("flexperto", path=DOWNLOAD, status=502, times=None), "item.failed"
+    ),
+    "flexperto 503 on download": Case(
+        fault("flexperto", path=DOWNLOAD, status=503, times=None), "item.failed"
+    ),
+    "flexperto 504 on abandon": Case(
+        fault("flexperto", path=ABANDON, status=504, times=None), "item.failed"
+    ),
+    "flexperto connection reset": Case(
+        fault("flexperto", path=DOWNLOAD, action="reset", times=None), "item.failed"
+    ),
+    "flexperto slow list": Case(
+        fault("flexperto", path=LIST, action="delay", delay=0.6, times=4),
+        "archive.list_failed",
+        fast_timeout=True,
+    ),
+    "s3 truncated download": Case(fault("s3", action="truncate", times=None), "item.failed"),
+    "s3 connection reset": Case(fault("s3", action="reset", times=None), "item.failed"),
+    "s3 expired URL": Case(
+        fault("s3", status=403, body="<Error><Code>AccessDenied</Code></Error>", times=None),
+        "item.failed",
+    ),
+    "checksum mismatch": Case(corrupt_first, "archive.hash_mismatch", heal=fix_checksums),
+    "malformed JSON list": Case(
+        fault("flexperto", path=LIST, action="malformed_json"), "archive.list_failed"
+    ),
+    "list page without items": Case(
+        fault("flexperto", path=LIST, status=200, body='{"total": 3}'), "archive.list_failed"
+    ),
+    "record missing fields": Case(missing_fields, "archive.rejected"),
+    "unknown status": Case(unknown_status, "archive.rejected"),
+    "duplicate records across pages": Case(duplicates_across_pages, "archive.listed", page_size=2),
+    "status changes between list and download": Case(
+        status_changes_before_download, "item.failed", heal=repack_done
+    ),
+    "te 401 on a valid-looking token": Case(
+        fault("te", path="/contacts", status=401, times=1), "te.token_rejected"
+    ),
+    "te 422 unknown owner": Case(
+        fault(
+            "te",
+            method="POST",
+            path="/insights",
+            status=422,
+            body='{"error": "Unable to find target for relationship: \'owner\'"}',
+        ),
+        "item.given_up",
+    ),
+    "te 503": Case(fault("te", path="/insights", status=503, times=None), "item.failed"),
+    "te 429 with Retry-After": Case(
+        fault("te", path="/contacts", status=429, headers={"Retry-After": "1"}), "te.rate_limited"
+    ),
+    "te connection reset": Case(
+        fault("te", path="/insights", action="reset", times=None), "item.failed"
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_fault(name, sandbox, tmp_path, clock, log_lines):
+    case = CASES[name]
+    path = write_config(tmp_path, sandbox)
+    text = path.read_text().replace("page_size = 100", f"page_size = {case.page_size}")
+    if case.fast_timeout:
+        text = text.replace("timeout_seconds = 5", FAST_TIMEOUT)
+    path.write_text(text)
+    config = load_config(path, env={})
+    expected = {r["id"]: r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"}
+
+    case.arm(sandbox)
+    run_pass(config, clock)
+    events = log_lines()
+    assert any(e["event"] == case.expect_event for e in events), [e["event"] for e in events]
+    assert_nothing_abandoned_unstored(sandbox, config)
+
+    sandbox.flexperto.faults.clear()
+    sandbox.s3.faults.clear()
+    sandbox.totalexpert.faults.clear()
+    if case.heal:
+        case.heal(sandbox)
+    retry_parked(config)
+    for _ in range(4):
+        clock.advance(config.retry.max_backoff_seconds)
+        run_pass(config, clock)
+    assert_all_done(sandbox, config, expected)
+
+
+def retry_parked(config) -> None:
+    from state import archives, insights
+
+    db = open_database(config.state.database)
+    archives.retry_failed(db)
+    insights.retry_failed(db)
+    db.close()
+
+
+def assert_nothing_abandoned_unstored(sandbox: Sandbox, config) -> None:
+    db = open_database(config.state.database)
+    for record in sandbox.flexperto.records():
+        if record["status"] != "ABANDONED":
+            continue
+        row = db["archives"].get(record["id"])
+        assert row["stored_at"] is not None and row["path"], record["id"]
+    db.close()
+
+
+def assert_all_done(sandbox: Sandbox, config, expected: dict[str, dict]) -> None:
+    root = config.storage.archive_dir
+    for archive_id, record in expected.items():
+        path = root / record["subject"]["conference_id"] / f"{archive_id}.zip"
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        assert digest == sandbox.flexperto.record(archive_id)["sha256CheckSum"]
+        assert sandbox.flexperto.record(archive_id)["status"] == "ABANDONED"
+    abandons = Counter(
+        r.path for r in sandbox.flexperto.requests if r.path.endswith(ABANDON) and r.status == 200
+    )
+    assert set(abandons.values()) <= {1}
+    keys = Counter(
+        (i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()
+    )
+    assert set(keys.values()) == {1}
+    db = open_database(config.state.database)
+    assert set(keys) == {(r["archive_id"], r["contact_id"]) for r in db["insights"].rows}
+    assert all(r["state"] == "sent" for r in db["insights"].rows)
+    assert not list(root.glob("*/.*.part"))
+    assert sandbox.s3.api_key_rejections == 0
+    assert sandbox.totalexpert.rate_limited_count <= 1  # only the injected 429s
+    db.close()

@@ -1,0 +1,123 @@
+"""Faults of the machine the worker runs on: a full disk, an unwritable folder, a locked state
+database, two runs started at once."""
+
+from __future__ import annotations
+
+import json
+import resource
+import signal
+import sqlite3
+import subprocess
+import sys
+from collections import Counter
+
+from state.db import open_database
+from sync_worker.config import load_config
+from sync_worker.runner import run_pass
+from sync_worker.sandbox import Fault
+from tests.conftest import write_config
+
+FILE_SIZE_LIMIT = 1024 * 1024
+
+
+def run_cli(config_file, *args, limit_file_size=False, **popen):
+    def limit() -> None:
+        # Writes past the limit fail with EFBIG, as a full disk fails them with ENOSPC.
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
+
+    return subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "--config", str(config_file), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=limit if limit_file_size else None,
+        **popen,
+    )
+
+
+def events_of(output: str) -> list[dict]:
+    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+
+
+def test_full_disk_is_reported_nothing_abandoned_and_no_temp_file_left(sandbox, tmp_path, config):
+    big = sandbox.flexperto.add_archive(status="AVAILABLE", size=3 * FILE_SIZE_LIMIT)
+    config_file = tmp_path / "config.toml"
+    process = run_cli(config_file, "run-once", limit_file_size=True)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err
+    failures = [e for e in events_of(out) if e["event"] == "item.failed"]
+    assert [f["archive_id"] for f in failures] == [big["id"]]
+    assert "File too large" in failures[0]["error"]
+    assert sandbox.flexperto.record(big["id"])["status"] == "AVAILABLE"
+    folder = config.storage.archive_dir / big["subject"]["conference_id"]
+    assert not list(folder.glob(".*"))  # the partial file was removed
+    claimed = [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
+    assert len(claimed) == 3  # the small ones went through
+
+    process = run_cli(config_file, "retry", big["id"])
+    process.communicate(timeout=60)
+    process = run_cli(config_file, "run-once")
+    process.communicate(timeout=120)
+    assert process.returncode == 0
+    assert sandbox.flexperto.record(big["id"])["status"] == "ABANDONED"
+
+
+def test_unwritable_archive_folder_is_a_clear_error(sandbox, tmp_path, clock, log_lines):
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the archive folder should be")
+    path = write_config(tmp_path, sandbox)
+    path.write_text(
+        path.read_text().replace('archive_dir = "archives"', f'archive_dir = "{blocker}/archives"')
+    )
+    config = load_config(path, env={})
+    result = run_pass(config, clock)
+    assert result.exit_code == 1
+    errors = [e for e in log_lines() if e["event"] == "item.failed"]
+    assert len(errors) == 3
+    assert all("NotADirectoryError" in e["error"] for e in errors)
+    assert not [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
+
+
+def test_locked_state_database_is_waited_for_within_a_bound_then_reported(
+    sandbox, tmp_path, clock, log_lines
+):
+    path = write_config(tmp_path, sandbox, "")
+    path.write_text(
+        path.read_text().replace(
+            'database = "state.db"', 'database = "state.db"\nbusy_timeout_seconds = 0.5'
+        )
+    )
+    config = load_config(path, env={})
+    open_database(config.state.database).close()
+    other = sqlite3.connect(config.state.database, isolation_level=None)
+    other.execute("BEGIN EXCLUSIVE")
+    try:
+        result = run_pass(config, clock)
+    finally:
+        other.execute("ROLLBACK")
+        other.close()
+    assert result.exit_code == 1
+    assert any(e["event"] == "state.busy" for e in log_lines())
+    db = open_database(config.state.database)
+    assert db.execute("pragma integrity_check").fetchone()[0] == "ok"
+    assert not [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
+    assert run_pass(config, clock).exit_code == 0
+    assert len([r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]) == 3
+
+
+def test_two_runs_at_once_one_proceeds_the_other_steps_aside(sandbox, tmp_path, config):
+    # Slow the first listing so that both processes are surely alive at the same time.
+    sandbox.add_fault("flexperto", Fault(path="/conferences/archives", action="delay", delay=1.0))
+    config_file = tmp_path / "config.toml"
+    first, second = run_cli(config_file, "run-once"), run_cli(config_file, "run-once")
+    outputs = [process.communicate(timeout=120) for process in (first, second)]
+    assert first.returncode == second.returncode == 0
+    events = [events_of(out) for out, _ in outputs]
+    skipped = [any(e["event"] == "run.skipped" for e in ev) for ev in events]
+    assert sorted(skipped) == [False, True]
+    downloads = Counter(r.path for r in sandbox.s3.requests)
+    assert set(downloads.values()) == {1}
+    abandons = Counter(r.path for r in sandbox.flexperto.requests if r.method == "POST")
+    assert set(abandons.values()) == {1}
+    assert len(sandbox.totalexpert.insights()) == 3
