@@ -18,7 +18,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync_worker.clock import Clock
 from sync_worker.config import Config
-from sync_worker.runner import ALL_JOBS, run_pass
+from sync_worker.runner import ALL_JOBS, PassResult, run_pass
 
 log = structlog.get_logger()
 
@@ -28,6 +28,7 @@ class Daemon:
         self._config = config
         self._clock = clock
         self._stop = threading.Event()
+        self._insights_due = threading.Event()
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(len(ALL_JOBS))},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -64,9 +65,27 @@ class Daemon:
         log.info("daemon.stopped")
 
     def _run_job(self, name: str) -> None:
-        if self._stop.is_set():
+        if name == "insights":
+            # Runs again at once when archives were stored while it was running.
+            self._insights_due.set()
+            while not self._stop.is_set() and self._insights_due.is_set():
+                self._insights_due.clear()
+                self._run_once(name)
             return
+        result = self._run_once(name)
+        if result is not None and result.stats.counts["stored"]:
+            self._wake_insights()
+
+    def _wake_insights(self) -> None:
+        """New archives were stored: push their insights now, not an interval later."""
+        self._insights_due.set()
+        self._scheduler.modify_job("insights", next_run_time=datetime.now(UTC))
+
+    def _run_once(self, name: str) -> PassResult | None:
+        if self._stop.is_set():
+            return None
         try:
-            run_pass(self._config, self._clock, jobs=[name], stop_requested=self.stopping)
+            return run_pass(self._config, self._clock, jobs=[name], stop_requested=self.stopping)
         except Exception:  # the daemon outlives any single failed run
             log.exception("run.crashed", job=name)
+            return None

@@ -46,3 +46,25 @@ def test_level_filter():
     structlog.get_logger().info("quiet")
     structlog.get_logger().warning("loud")
     assert [json.loads(line)["event"] for line in stream.getvalue().splitlines()] == ["loud"]
+
+
+def test_every_event_of_a_pass_is_one_json_line_with_the_stable_fields(sandbox, run, log_lines):
+    run()
+    events = log_lines()
+    assert events[0]["event"] == "run.started" and events[-1]["event"] == "run.finished"
+    for event in events:
+        assert {"event", "level", "timestamp"} <= event.keys()
+        assert event["timestamp"].endswith("Z")
+        if event["event"].startswith("archive.") and event["event"] != "archive.rejected":
+            assert event["archive_id"] and event["conference_id"]
+    names = {e["event"] for e in events}
+    assert {
+        "archive.listed",
+        "archive.downloaded",
+        "archive.verified",
+        "archive.stored",
+        "archive.abandoned",
+        "insight.sent",
+        "insight.no_match",
+        "te.token_requested",
+    } <= names

@@ -1,0 +1,36 @@
+"""The daemon as operators run it: a real process, stopped by SIGTERM."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+
+def test_daemon_runs_both_jobs_at_start_and_stops_cleanly_on_sigterm(sandbox, tmp_path, config):
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(config_file.read_text() + "[schedule]\ninterval_seconds = 3600\n")
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sync_worker", "--config", str(config_file), "run"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    finished_jobs, sent = set(), 0
+    deadline = time.monotonic() + 60
+    assert process.stdout is not None
+    for line in process.stdout:
+        event = json.loads(line)
+        if event["event"] == "run.finished":
+            finished_jobs.update(event["jobs"])
+        sent += event["event"] == "insight.sent"
+        # the archive job wakes the insight job as soon as it has stored archives
+        if sent == 3 or time.monotonic() > deadline:
+            break
+    assert finished_jobs == {"archives", "insights"} and sent == 3
+    process.send_signal(signal.SIGTERM)
+    rest, _ = process.communicate(timeout=30)
+    assert process.returncode == 0
+    events = [json.loads(line)["event"] for line in rest.splitlines()]
+    assert events[-1] == "daemon.stopped"
+    assert len(sandbox.totalexpert.insights()) >= 3
