@@ -9,13 +9,15 @@ next one without downloading, abandoning or queueing anything twice.
 from __future__ import annotations
 
 import json
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from jobs.context import JobContext
 from state import archives
-from state.db import StateBusyError
+from state.db import StateBusyError, ThreadConnections
 from state.work_items import is_due, record_failure
 from sync_worker.archive_store import StoredFile, VerificationError
 from sync_worker.flexperto import ArchiveRecord, RecordError, parse_record
@@ -29,20 +31,56 @@ log = structlog.get_logger(job="archives")
 def run(ctx: JobContext) -> None:
     """One pass of the archive job."""
     refresh_listing(ctx)
+    now = ctx.clock.now()
     rows = archives.open_work(ctx.db)
-    ctx.progress.start_pass(len(rows))
+    due = [row for row in rows if is_due(row, now)]
+    if len(due) < len(rows):
+        ctx.stats.add("waiting", len(rows) - len(due))
+    ctx.progress.start_pass(len(due))
     try:
-        for row in rows:
-            if ctx.stop_requested():
-                log.info("run.stopping")
-                return
-            if is_due(row, ctx.clock.now()):
-                claim(ctx, row)
-            else:
-                ctx.stats.add("waiting")
-            ctx.progress.item_done()
+        _claim_all(ctx, _by_conference(due))
     finally:
         ctx.progress.finish()
+
+
+def _by_conference(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
+    """Archives grouped by conference, which is the unit that abandon works on."""
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        groups.setdefault(row["conference_id"], []).append(row)
+    return list(groups.values())
+
+
+def _claim_all(ctx: JobContext, groups: list[list[dict[str, Any]]]) -> None:
+    """Claim every group, up to ``max_parallel_downloads`` at a time, each in one thread with
+    its own database connection."""
+    workers = min(ctx.config.flexperto.max_parallel_downloads, len(groups))
+    if workers <= 1:
+        for group in groups:
+            _claim_group(ctx, group)
+        return
+    connections = ThreadConnections(
+        ctx.config.state.database, ctx.config.state.busy_timeout_seconds
+    )
+    try:
+        with ThreadPoolExecutor(workers, thread_name_prefix="claim") as pool:
+            futures = [
+                pool.submit(lambda g: _claim_group(replace(ctx, db=connections.get()), g), group)
+                for group in groups
+            ]
+            for future in futures:
+                future.result()  # re-raise what must stop the pass (a busy state file)
+    finally:
+        connections.close()
+
+
+def _claim_group(ctx: JobContext, group: list[dict[str, Any]]) -> None:
+    for row in group:
+        if ctx.stop_requested():
+            log.info("run.stopping")
+            return
+        claim(ctx, row)
+        ctx.progress.item_done()
 
 
 def refresh_listing(ctx: JobContext) -> None:

@@ -67,7 +67,7 @@ def record_stored(
     moderator_email: str | None,
 ) -> None:
     """Checkpoint a durably stored archive and queue its participants, in one transaction."""
-    with transaction(db):
+    with transaction(db, durable=True):
         db.execute(
             "update archives set state = ?, path = ?, size = ?, stored_at = ?, attempts = 0, "
             "last_error = null, next_attempt_at = null where archive_id = ?",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,8 +38,9 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
     conn.execute("PRAGMA journal_mode=WAL")
-    # FULL: a committed "stored" or "sent" checkpoint survives a power cut, not just a crash.
-    conn.execute("PRAGMA synchronous=FULL")
+    # NORMAL: every commit survives a crash of the process; those made with
+    # transaction(durable=True) also survive a power cut. See transaction().
+    conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
     _ensure_schema(db)
@@ -52,20 +54,38 @@ def _create_private(path: Path) -> None:
 
 
 @contextmanager
-def transaction(db: sqlite_utils.Database) -> Iterator[sqlite_utils.Database]:
-    """Run a block as one write transaction: all of it is committed, or none."""
+def transaction(
+    db: sqlite_utils.Database, durable: bool = False
+) -> Iterator[sqlite_utils.Database]:
+    """Run a block as one write transaction: all of it is committed, or none.
+
+    Every commit survives the process being killed. A ``durable`` one is also fsynced
+    before this returns, and with it every commit before it: use it for a checkpoint that an
+    irreversible remote action (abandon, an insight POST) is about to rely on. The others
+    may be lost to a power cut, which only makes a later pass redo an idempotent step.
+    """
+    if durable:
+        db.execute("PRAGMA synchronous=FULL")
+    try:
+        _begin(db)
+        try:
+            yield db
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+    finally:
+        if durable:
+            db.execute("PRAGMA synchronous=NORMAL")
+
+
+def _begin(db: sqlite_utils.Database) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise StateBusyError(f"state database is locked by another process: {exc}") from exc
         raise
-    try:
-        yield db
-    except BaseException:
-        db.execute("ROLLBACK")
-        raise
-    db.execute("COMMIT")
 
 
 def _ensure_schema(db: sqlite_utils.Database) -> None:
@@ -139,3 +159,30 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
     )
     db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
+
+
+class ThreadConnections:
+    """One connection per thread to the same state file, for work spread over threads: a
+    connection runs one transaction at a time."""
+
+    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
+        self._path = path
+        self._busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._opened: list[sqlite_utils.Database] = []
+        self._lock = threading.Lock()
+
+    def get(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            db = open_database(self._path, self._busy_timeout)
+            self._local.db = db
+            with self._lock:
+                self._opened.append(db)
+        return db
+
+    def close(self) -> None:
+        with self._lock:
+            for db in self._opened:
+                db.close()
+            self._opened.clear()

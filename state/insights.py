@@ -84,7 +84,7 @@ def open_insights(db: sqlite_utils.Database) -> list[dict[str, Any]]:
 
 
 def mark_sending(db: sqlite_utils.Database, archive_id: str, contact_id: int) -> None:
-    with transaction(db):
+    with transaction(db, durable=True):
         db.execute(
             "update insights set state = ? where archive_id = ? and contact_id = ?",
             [SENDING, archive_id, contact_id],

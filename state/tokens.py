@@ -30,7 +30,7 @@ def _usable(db: sqlite_utils.Database, key: str, now: float) -> dict | None:
 
 
 def store(db: sqlite_utils.Database, key: str, token: str, expires_at: float, now: float) -> None:
-    with transaction(db):
+    with transaction(db, durable=True):
         db.execute(
             "insert into tokens (key, access_token, expires_at, obtained_at) values (?, ?, ?, ?) "
             "on conflict (key) do update set access_token = excluded.access_token, "

@@ -25,7 +25,8 @@ class Progress:
         self._draw("")
 
     def item_done(self) -> None:
-        self._done += 1
+        with self._lock:
+            self._done += 1
         self._draw("")
 
     def track(self, chunks: Iterable[bytes], label: str, size: int | None) -> Iterator[bytes]:

@@ -1,6 +1,7 @@
 """The archive job against the sandbox: what is abandoned, when, and what never is."""
 
 import stat
+import threading
 
 from state.db import open_database
 from sync_worker.sandbox import Fault
@@ -126,3 +127,13 @@ def test_failed_listing_is_reported_and_other_work_continues(sandbox, config, ru
     result = run()
     assert result.exit_code == 1
     assert sandbox.s3.requests == []
+
+
+def test_archives_download_in_parallel_each_verified_on_its_own(sandbox, config, run):
+    # Each download waits at the barrier until all three are in flight at once: a worker
+    # that downloaded one at a time would break the barrier and fail them.
+    barrier = threading.Barrier(3, timeout=10)
+    sandbox.add_fault("s3", Fault(action="call", callback=lambda _state: barrier.wait(), times=3))
+    assert config.flexperto.max_parallel_downloads >= 3
+    assert run().exit_code == 0
+    assert len([r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]) == 3

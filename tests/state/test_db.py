@@ -28,3 +28,12 @@ def test_transaction_is_all_or_nothing(tmp_path):
     with transaction(db):
         db["rate_events"].insert({"bucket": "b", "at": 1.0})
     assert db["rate_events"].count == 1
+
+
+def test_durable_transaction_is_fsynced_and_restores_the_default(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    assert db.execute("pragma synchronous").fetchone()[0] == 1  # NORMAL
+    with transaction(db, durable=True):
+        assert db.execute("pragma synchronous").fetchone()[0] == 2  # FULL
+        db["rate_events"].insert({"bucket": "b", "at": 1.0})
+    assert db.execute("pragma synchronous").fetchone()[0] == 1
