@@ -14,12 +14,13 @@ from typing import Any
 
 import structlog
 
+from jobs.contact_directory import ContactDirectory
 from jobs.context import JobContext
-from state import insights
+from state import directory, insights
 from state.work_items import is_due, record_failure
 from sync_worker.flexperto import ArchiveRecord, parse_record
 from sync_worker.http import ApiError, TransientError
-from sync_worker.totalexpert import Contact, TokenBudgetExhausted, TotalExpertClient, User
+from sync_worker.totalexpert import TokenBudgetExhausted
 
 # Answers that no retry will change: the item is parked with Total Expert's reason.
 FINAL_STATUSES = frozenset({400, 403, 404, 405, 409, 415, 422})
@@ -39,13 +40,14 @@ def run(ctx: JobContext) -> None:
         return
     try:
         type_id = _insight_type_id(ctx)
-        matcher = ContactMatcher(ctx.totalexpert)
+        contacts = ContactDirectory(ctx)
+        contacts.prepare(_emails(participants))
         for row in participants:
             _stop_if_requested(ctx)
-            match_participant(ctx, matcher, row)
+            match_participant(ctx, contacts, row)
         for row in _due_insights(ctx):
             _stop_if_requested(ctx)
-            push_insight(ctx, type_id, row)
+            push_insight(ctx, contacts, type_id, row)
     except TokenBudgetExhausted as exc:
         log.warning(
             "te.token_budget_exhausted",
@@ -54,6 +56,12 @@ def run(ctx: JobContext) -> None:
         ctx.stats.add("deferred")
     except StopJob as exc:
         log.warning("run.stopping", reason=str(exc))
+
+
+def _emails(participants: list[dict[str, Any]]) -> set[str]:
+    """The addresses matching will ask about: participants, and moderators to prefer."""
+    moderators = {row["moderator_email"] for row in participants if row["moderator_email"]}
+    return {row["email"] for row in participants} | moderators
 
 
 def _stop_if_requested(ctx: JobContext) -> None:
@@ -67,7 +75,11 @@ def _due_insights(ctx: JobContext) -> list[dict[str, Any]]:
 
 
 def _insight_type_id(ctx: JobContext) -> int:
+    """The TE id of the configured insight type, asked once and then kept."""
     name = ctx.config.totalexpert.insight_type
+    cached = directory.get_meta(ctx.db, _type_key(name))
+    if cached is not None:
+        return int(cached)
     try:
         type_id = ctx.totalexpert.insight_type_id(name)
     except ApiError as exc:
@@ -78,37 +90,18 @@ def _insight_type_id(ctx: JobContext) -> int:
         ctx.stats.add("failed")
         log.error("te.insight_type_missing", insight_type=name)
         raise StopJob(f"insight type {name!r} does not exist in Total Expert")
+    directory.set_meta(ctx.db, {_type_key(name): str(type_id)})
     return type_id
 
 
-class ContactMatcher:
-    """Finds the contacts a participant's insight goes to; remembers experts for the pass."""
-
-    def __init__(self, client: TotalExpertClient) -> None:
-        self._client = client
-        self._users: dict[str, User | None] = {}
-
-    def contacts_for(self, email: str, moderator_email: str | None) -> list[Contact]:
-        contacts = [c for c in self._client.find_contacts(email) if c.owner_id is not None]
-        if len({contact.owner_id for contact in contacts}) <= 1 or not moderator_email:
-            return contacts  # nothing to prefer: spare the user lookup
-        moderator = self._user(moderator_email)
-        if moderator is not None:
-            own = [contact for contact in contacts if contact.owner_id == moderator.id]
-            if own:
-                return own
-        return contacts
-
-    def _user(self, email: str) -> User | None:
-        if email not in self._users:
-            self._users[email] = self._client.find_user(email)
-        return self._users[email]
+def _type_key(name: str) -> str:
+    return f"insight_type:{name}"
 
 
-def match_participant(ctx: JobContext, matcher: ContactMatcher, row: dict[str, Any]) -> None:
+def match_participant(ctx: JobContext, contacts: ContactDirectory, row: dict[str, Any]) -> None:
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
-        contacts = matcher.contacts_for(row["email"], row["moderator_email"])
+        matched = contacts.contacts_for(row["email"], row["moderator_email"])
     except (TransientError, ApiError) as exc:
         _fail(
             ctx,
@@ -120,17 +113,19 @@ def match_participant(ctx: JobContext, matcher: ContactMatcher, row: dict[str, A
         )
         return
     insights.record_matches(
-        ctx.db, row["archive_id"], row["email"], [(c.id, c.owner_id) for c in contacts]
+        ctx.db, row["archive_id"], row["email"], [(c.id, c.owner_id) for c in matched]
     )
-    if contacts:
-        bound.info("insight.matched", contacts=[c.id for c in contacts])
+    if matched:
+        bound.info("insight.matched", contacts=[c.id for c in matched])
         ctx.stats.add("matched")
     else:
         bound.info("insight.no_match", participant=row["email"])
         ctx.stats.add("no_match")
 
 
-def push_insight(ctx: JobContext, type_id: int, row: dict[str, Any]) -> None:
+def push_insight(
+    ctx: JobContext, contacts: ContactDirectory, type_id: int, row: dict[str, Any]
+) -> None:
     archive_id, contact_id = row["archive_id"], row["contact_id"]
     bound = log.bind(
         archive_id=archive_id, conference_id=row["conference_id"], contact_id=contact_id
@@ -150,6 +145,7 @@ def push_insight(ctx: JobContext, type_id: int, row: dict[str, Any]) -> None:
         te_id = ctx.totalexpert.create_insight(insight_body(ctx, record, row))
     except (TransientError, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status in FINAL_STATUSES:
+            _forget_missing_targets(ctx, contacts, str(exc), contact_id)
             insights.give_up(ctx.db, archive_id, contact_id, str(exc))
             bound.error("item.given_up", kind="insight", error=str(exc))
             ctx.stats.add("given_up")
@@ -159,6 +155,16 @@ def push_insight(ctx: JobContext, type_id: int, row: dict[str, Any]) -> None:
     insights.mark_sent(ctx.db, archive_id, contact_id, te_id, ctx.clock.now())
     bound.info("insight.sent", te_insight_id=te_id)
     ctx.stats.add("sent")
+
+
+def _forget_missing_targets(
+    ctx: JobContext, contacts: ContactDirectory, error: str, contact_id: int
+) -> None:
+    """A 422 "Unable to find target" means our copy of TE is stale: drop what it names."""
+    if "'contact'" in error:
+        contacts.forget(contact_id)
+    if "'type'" in error:
+        directory.forget_meta(ctx.db, _type_key(ctx.config.totalexpert.insight_type))
 
 
 def insight_body(ctx: JobContext, record: ArchiveRecord, row: dict[str, Any]) -> dict[str, Any]:

@@ -159,6 +159,18 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
     )
     db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
+    db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
+    db["te_contacts"].create(
+        {"contact_id": int, "email": str, "owner_id": int}, pk="contact_id", if_not_exists=True
+    )
+    db["te_contacts"].create_index(["email"], if_not_exists=True)
+    db["te_users"].create({"user_id": int, "email": str}, pk="user_id", if_not_exists=True)
+    db["te_users"].create_index(["email"], if_not_exists=True)
+    db["te_lookups"].create(
+        {"email": str, "kind": str, "looked_up_at": float},
+        pk=("email", "kind"),
+        if_not_exists=True,
+    )
 
 
 class ThreadConnections:

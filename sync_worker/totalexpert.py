@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import requests
@@ -100,21 +101,37 @@ class TotalExpertClient:
         """Make sure a token is cached, requesting one only if none is."""
         self._token()
 
+    def contacts_page(self, page: int) -> tuple[list[Contact], int]:
+        """One page of all the organisation's contacts, and how many pages there are."""
+        items, links = self._page("/contacts", {}, page)
+        return _contacts(items), _int(links.get("last")) or page
+
+    def contacts_from_page(self, page: int) -> Iterator[Contact]:
+        """Every contact from ``page`` on."""
+        for item in self._pages("/contacts", {}, page):
+            yield from _contacts([item])
+
+    def contacts_updated_since(self, since: datetime) -> Iterator[Contact]:
+        filters = {"internal_updated_at_start": _te_time(since)}
+        for item in self._pages("/contacts", filters):
+            yield from _contacts([item])
+
+    def users_updated_since(self, since: datetime | None) -> Iterator[User]:
+        filters = {"internal_updated_at_start": _te_time(since)} if since else {}
+        for item in self._pages("/users", filters):
+            user = _user(item)
+            if user is not None:
+                yield user
+
     def find_contacts(self, email: str) -> list[Contact]:
-        contacts = []
-        for item in self._pages("/contacts", {"email": email}):
-            contact = _contact(item)
-            if contact is not None and contact.email == email.lower():
-                contacts.append(contact)
-        return contacts
+        found = _contacts(self._pages("/contacts", {"email": email}))
+        return [contact for contact in found if contact.email == email.lower()]
 
     def find_user(self, email: str) -> User | None:
         for item in self._pages("/users", {"email": email}):
-            if not isinstance(item, dict):
-                continue
-            user_id, user_email = _int(item.get("id")), item.get("email")
-            if user_id is not None and str(user_email).lower() == email.lower():
-                return User(user_id, email.lower())
+            user = _user(item)
+            if user is not None and user.email == email.lower():
+                return user
         return None
 
     def insight_type_id(self, name: str) -> int | None:
@@ -142,24 +159,28 @@ class TotalExpertClient:
 
     # --- plumbing --------------------------------------------------------------------
 
-    def _pages(self, path: str, filters: dict[str, Any]) -> Iterator[Any]:
-        page = 1
+    def _pages(self, path: str, filters: dict[str, Any], page: int = 1) -> Iterator[Any]:
+        """The items of every page from ``page`` on."""
         while True:
-            params = {
-                "filter": ",".join(f"{key}={value}" for key, value in filters.items()),
-                "page[number]": page,
-                "page[size]": PAGE_SIZE,
-            }
-            body = self._request("GET", path, params=params)
-            items = body.get("items") if isinstance(body, dict) else None
-            if not isinstance(items, list):
-                raise ApiError(SERVICE, f"list {path} answered without an items list")
+            items, links = self._page(path, filters, page)
             yield from items
-            links = body.get("links")
-            next_page = _int(links.get("next")) if isinstance(links, dict) else None
+            next_page = _int(links.get("next"))
             if next_page is None or next_page <= page:
                 return
             page = next_page
+
+    def _page(
+        self, path: str, filters: dict[str, Any], page: int
+    ) -> tuple[list[Any], dict[str, Any]]:
+        params: dict[str, Any] = {"page[number]": page, "page[size]": PAGE_SIZE}
+        if filters:
+            params["filter"] = ",".join(f"{key}={value}" for key, value in filters.items())
+        body = self._request("GET", path, params=params)
+        items = body.get("items") if isinstance(body, dict) else None
+        if not isinstance(items, list):
+            raise ApiError(SERVICE, f"list {path} answered without an items list")
+        links = body.get("links")
+        return items, links if isinstance(links, dict) else {}
 
     def _request(
         self,
@@ -257,6 +278,23 @@ class TotalExpertClient:
         sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
         tokens.drop(self._db, self._token_key, sent)
         self._log.warning("te.token_rejected")
+
+
+def _contacts(items: Iterable[object]) -> list[Contact]:
+    return [contact for contact in map(_contact, items) if contact is not None]
+
+
+def _user(item: object) -> User | None:
+    if not isinstance(item, dict):
+        return None
+    user_id, email = _int(item.get("id")), item.get("email")
+    if user_id is None or not isinstance(email, str):
+        return None
+    return User(user_id, email.lower())
+
+
+def _te_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S")
 
 
 def _contact(item: object) -> Contact | None:

@@ -55,13 +55,16 @@ class TotalExpertState(ServerState):
 
     # --- test and seed API --------------------------------------------------------
 
-    def add_user(self, email: str, username: str | None = None, external_id: str | None = None):
+    def add_user(
+        self, email: str, username: str | None = None, external_id: str | None = None
+    ) -> dict[str, Any]:
         with self.lock:
             user = {
                 "id": self._new_id("user"),
                 "email": email,
                 "username": username or email.split("@")[0],
                 "external_id": external_id,
+                "internal_updated_at": _format(self.clock.now()),
             }
             self._users[user["id"]] = user
             return dict(user)
@@ -87,6 +90,19 @@ class TotalExpertState(ServerState):
             self._contacts[contact["id"]] = contact
             self._contacts_by_email.setdefault(email.lower(), []).append(contact["id"])
             return json.loads(json.dumps(contact))
+
+    def update_contact(self, contact_id: int, owner_id: int) -> None:
+        """Give a contact to another owner (it shows up in later delta queries)."""
+        with self.lock:
+            owner = self._users[owner_id]
+            contact = self._contacts[contact_id]
+            contact["owner"] = {k: owner[k] for k in ("id", "email", "username", "external_id")}
+            contact["internal_updated_at"] = _format(self.clock.now())
+
+    def delete_contact(self, contact_id: int) -> None:
+        with self.lock:
+            contact = self._contacts.pop(contact_id)
+            self._contacts_by_email[contact["email"].lower()].remove(contact_id)
 
     def add_insight_type(self, type_name: str, description: str = "") -> dict[str, Any]:
         with self.lock:
@@ -225,9 +241,15 @@ class TotalExpertState(ServerState):
             return self._page(request, found)
 
     def _list_users(self, request: Incoming) -> Reply:
-        email = _filters(request).get("email", "").lower()
+        filters = _filters(request)
+        email = filters.get("email", "").lower()
+        since = filters.get("internal_updated_at_start", "")
         with self.lock:
-            found = [u for u in self._users.values() if not email or u["email"].lower() == email]
+            found = [
+                u
+                for u in self._users.values()
+                if (not email or u["email"].lower() == email) and u["internal_updated_at"] >= since
+            ]
             return self._page(request, found)
 
     def _list_types(self, request: Incoming) -> Reply:

@@ -1,0 +1,111 @@
+"""A local copy of Total Expert's contacts and users, so that matching a participant costs
+no request.
+
+Filled once in pages, then kept current with TE's ``internal_updated_at_start`` filter on
+each pass. For an organisation too large to copy for the work at hand, contacts are looked
+up one email at a time instead, and those answers are kept here too (``te_lookups``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+import sqlite_utils
+
+from state.db import transaction
+
+CONTACTS_SYNCED_AT = "contacts_synced_at"
+USERS_SYNCED_AT = "users_synced_at"
+CONTACT_PAGES = "contact_pages"
+CONTACT_PAGES_SEEN_AT = "contact_pages_seen_at"
+
+
+def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+    row = next(db.query("select value from te_meta where key = ?", [key]), None)
+    return None if row is None else row["value"]
+
+
+def set_meta(db: sqlite_utils.Database, values: dict[str, str]) -> None:
+    with transaction(db):
+        db["te_meta"].upsert_all(
+            [{"key": key, "value": value} for key, value in values.items()], pk="key"
+        )
+
+
+def forget_meta(db: sqlite_utils.Database, key: str) -> None:
+    with transaction(db):
+        db.execute("delete from te_meta where key = ?", [key])
+
+
+def store_contacts(db: sqlite_utils.Database, contacts: Iterable[dict[str, Any]]) -> None:
+    """Insert or update contacts: dicts with contact_id, email, owner_id."""
+    rows = list(contacts)  # taken before the transaction: producing them may need the database
+    with transaction(db):
+        db["te_contacts"].upsert_all(rows, pk="contact_id")
+
+
+def contacts_by_email(db: sqlite_utils.Database, email: str) -> list[dict[str, Any]]:
+    return list(
+        db.query(
+            "select contact_id, email, owner_id from te_contacts where email = ? "
+            "order by contact_id",
+            [email.lower()],
+        )
+    )
+
+
+def forget_contact(db: sqlite_utils.Database, contact_id: int) -> None:
+    """Drop a contact TE no longer knows, and any cached lookup that returned it."""
+    with transaction(db):
+        db.execute(
+            "delete from te_lookups where email in "
+            "(select email from te_contacts where contact_id = ?)",
+            [contact_id],
+        )
+        db.execute("delete from te_contacts where contact_id = ?", [contact_id])
+
+
+def store_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]]) -> None:
+    """Insert or update users: dicts with user_id, email."""
+    rows = list(users)
+    with transaction(db):
+        db["te_users"].upsert_all(rows, pk="user_id")
+
+
+def user_by_email(db: sqlite_utils.Database, email: str) -> dict[str, Any] | None:
+    return next(
+        db.query("select user_id, email from te_users where email = ?", [email.lower()]), None
+    )
+
+
+def record_lookup(db: sqlite_utils.Database, email: str, kind: str, now: float) -> None:
+    """Remember that ``email`` was looked up as a ``kind`` (contact/user) at ``now``."""
+    with transaction(db):
+        db["te_lookups"].upsert(
+            {"email": email.lower(), "kind": kind, "looked_up_at": now}, pk=("email", "kind")
+        )
+
+
+def looked_up_since(db: sqlite_utils.Database, email: str, kind: str, since: float) -> bool:
+    row = next(
+        db.query(
+            "select 1 from te_lookups where email = ? and kind = ? and looked_up_at >= ?",
+            [email.lower(), kind, since],
+        ),
+        None,
+    )
+    return row is not None
+
+
+def replace_contacts_of(
+    db: sqlite_utils.Database, email: str, contacts: Iterable[dict[str, Any]], now: float
+) -> None:
+    """Store what a lookup of ``email`` found (perhaps nothing), replacing what was known."""
+    rows = list(contacts)
+    with transaction(db):
+        db.execute("delete from te_contacts where email = ?", [email.lower()])
+        db["te_contacts"].upsert_all(rows, pk="contact_id")
+        db["te_lookups"].upsert(
+            {"email": email.lower(), "kind": "contact", "looked_up_at": now}, pk=("email", "kind")
+        )

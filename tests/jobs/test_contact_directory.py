@@ -1,0 +1,83 @@
+"""Matching participants to TE contacts from the local copy, and what that saves."""
+
+from state.db import open_database
+
+ANNA = {"account_id": "e-17", "email": "anna.expert@bank.example", "name": "Anna Expert"}
+
+
+def add_meeting(sandbox, *emails):
+    return sandbox.flexperto.add_archive(
+        status="AVAILABLE",
+        moderator=ANNA,
+        participants=[{"account_id": f"p{i}", "email": e, "name": e} for i, e in enumerate(emails)],
+    )
+
+
+def te_paths(sandbox):
+    return [(r.method, r.path, r.query.get("filter", "")) for r in sandbox.totalexpert.requests]
+
+
+def test_once_filled_a_pass_costs_one_post_per_insight_plus_two(sandbox, run):
+    run()
+    run()  # the archive that was PACKING
+    sandbox.totalexpert.clear_requests()
+    for _ in range(5):
+        add_meeting(sandbox, "lena.lang@example.org", "erika.muster@example.org")
+    run()
+    requests = te_paths(sandbox)
+    posts = [r for r in requests if r[0] == "POST"]
+    assert len(posts) == 10
+    assert len(requests) == 12  # + contacts and users changed since the last pass
+    assert all("internal_updated_at_start=" in f for m, p, f in requests if m == "GET")
+
+
+def test_big_organisation_and_little_work_looks_emails_up_one_by_one(sandbox, run):
+    anna = next(u for u in sandbox.totalexpert.users() if u["email"] == ANNA["email"])
+    for n in range(1000):  # 11 pages of contacts, for 4 participants and 3 moderators
+        sandbox.totalexpert.add_contact(f"customer{n}@example.org", anna["id"])
+    run()
+    gets = [r for r in te_paths(sandbox) if r[0] == "GET" and r[1] == "/v1/contacts"]
+    assert len(gets) == 1 + 4  # one probe for the size, then one lookup per participant
+    assert sum("email=" in f for _m, _p, f in gets) == 4
+
+
+def test_a_changed_owner_is_picked_up_by_the_next_pass(sandbox, config, run):
+    run()
+    te = sandbox.totalexpert
+    bernd = next(u for u in te.users() if u["email"] == "bernd.berater@bank.example")
+    lena = next(c for c in te.contacts() if c["email"] == "lena.lang@example.org")
+    te.update_contact(lena["id"], bernd["id"])
+    meeting = add_meeting(sandbox, "lena.lang@example.org")
+    run()
+    [newest] = [i for i in te.insights() if i["data"]["flexperto_archive_id"] == meeting["id"]]
+    assert newest["contact_id"] == lena["id"] and newest["owner_id"] == bernd["id"]
+
+
+def test_a_contact_te_no_longer_knows_is_dropped_from_the_copy(sandbox, config, run):
+    run()
+    te = sandbox.totalexpert
+    lena = next(c for c in te.contacts() if c["email"] == "lena.lang@example.org")
+    te.delete_contact(lena["id"])  # deletions do not show in "updated since" queries
+    add_meeting(sandbox, "lena.lang@example.org")
+    run()
+    db = open_database(config.state.database)
+    assert db["te_contacts"].count_where("contact_id = ?", [lena["id"]]) == 0
+    parked = [r for r in db["insights"].rows if r["state"] == "given_up"]
+    assert len(parked) == 1 and "'contact'" in parked[0]["last_error"]
+
+
+def test_insight_type_is_asked_for_once(sandbox, run):
+    run()
+    add_meeting(sandbox, "lena.lang@example.org")
+    run()
+    asked = [r for r in te_paths(sandbox) if r[1] == "/v1/insight-types"]
+    assert len(asked) == 1
+
+
+def test_unknown_address_falls_back_to_one_lookup(sandbox, run):
+    run()
+    sandbox.totalexpert.clear_requests()
+    add_meeting(sandbox, "new.person@example.org")
+    run()
+    lookups = [f for m, p, f in te_paths(sandbox) if p == "/v1/contacts" and "email=" in f]
+    assert lookups == ["email=new.person@example.org"]
