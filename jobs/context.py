@@ -25,6 +25,7 @@ class PassStats:
     bytes_downloaded: int = 0
     te_requests: int = 0
     te_tokens_requested: int = 0
+    network_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: str, count: int = 1) -> None:

@@ -20,6 +20,7 @@ import requests
 from sync_worker.config import FlexpertoConfig, HttpConfig, is_loopback
 from sync_worker.http import (
     ApiError,
+    NetworkTime,
     TransientError,
     json_body,
     new_session,
@@ -182,6 +183,7 @@ class FlexpertoClient:
         self._session = new_session({"api-key": config.api_key, "Accept": "application/json"})
         # The pre-signed download URL points at another host: never send it the api-key.
         self._download_session = new_session()
+        self.network = NetworkTime()
 
     def close(self) -> None:
         self._session.close()
@@ -233,6 +235,7 @@ class FlexpertoClient:
             lambda: self._download_session.get(
                 url, stream=True, timeout=self._timeout, headers=headers, allow_redirects=False
             ),
+            self.network,
         )
         if response.status_code >= 300:
             response.close()
@@ -240,18 +243,27 @@ class FlexpertoClient:
             raise ApiError(SERVICE, f"download URL answered HTTP {response.status_code}")
         return response
 
-    @staticmethod
-    def iter_chunks(response: requests.Response) -> Iterator[bytes]:
+    def iter_chunks(self, response: requests.Response) -> Iterator[bytes]:
         """The body of an open download in large chunks; a broken stream is transient."""
-        try:
-            yield from response.iter_content(DOWNLOAD_CHUNK_SIZE)
-        except requests.RequestException as exc:
-            raise TransientError(SERVICE, f"download interrupted: {type(exc).__name__}") from None
+        chunks = response.iter_content(DOWNLOAD_CHUNK_SIZE)
+        while True:
+            try:
+                with self.network.measure():
+                    chunk = next(chunks, None)
+            except requests.RequestException as exc:
+                raise TransientError(
+                    SERVICE, f"download interrupted: {type(exc).__name__}"
+                ) from None
+            if chunk is None:
+                return
+            yield chunk
 
     def abandon(self, conference_id: str) -> None:
         """Claim the conference's archive. Tried once: the caller checks the outcome."""
         url = self._base + ABANDON_PATH.format(conference_id=conference_id)
-        response = send(SERVICE, lambda: self._session.post(url, timeout=self._timeout))
+        response = send(
+            SERVICE, lambda: self._session.post(url, timeout=self._timeout), self.network
+        )
         raise_for_status(SERVICE, response)
 
     def _get_json(self, path: str, params: dict[str, Any] | None = None) -> Any:
@@ -264,6 +276,7 @@ class FlexpertoClient:
                 lambda: self._session.request(
                     method, self._base + path, timeout=self._timeout, **kwargs
                 ),
+                self.network,
             )
             raise_for_status(SERVICE, response)
             return response

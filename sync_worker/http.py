@@ -8,7 +8,10 @@ longest wait, the call gives up so that the pass can move on and a later pass tr
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import requests
@@ -116,10 +119,31 @@ def json_body(service: str, response: requests.Response) -> Any:
         ) from None
 
 
-def send(service: str, call: Callable[[], requests.Response]) -> requests.Response:
+class NetworkTime:
+    """Seconds spent waiting on the network, summed over threads (for the pass summary)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self._lock = threading.Lock()
+
+    @contextmanager
+    def measure(self) -> Iterator[None]:
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = time.perf_counter() - started
+            with self._lock:
+                self.seconds += elapsed
+
+
+def send(
+    service: str, call: Callable[[], requests.Response], network: NetworkTime
+) -> requests.Response:
     """Run one HTTP call, mapping network failures to TransientError."""
     try:
-        return call()
+        with network.measure():
+            return call()
     except requests.ConnectTimeout:
         raise TransientError(service, "timed out connecting") from None
     except requests.Timeout as exc:

@@ -66,6 +66,7 @@ def run_pass(
         "outcomes": dict(sorted(stats.counts.items())),
         "bytes_downloaded": stats.bytes_downloaded,
         "duration_seconds": round(time.monotonic() - started, 3),
+        "network_seconds": round(stats.network_seconds, 3),
         "te_requests": stats.te_requests,
         "te_tokens_requested": stats.te_tokens_requested,
     }
@@ -105,3 +106,4 @@ def _run_jobs(
         finally:
             stats.te_requests = totalexpert.requests_sent
             stats.te_tokens_requested = totalexpert.tokens_requested
+            stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds

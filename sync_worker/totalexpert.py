@@ -24,6 +24,7 @@ from sync_worker.clock import Clock
 from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
     ApiError,
+    NetworkTime,
     TransientError,
     json_body,
     new_session,
@@ -84,6 +85,7 @@ class TotalExpertClient:
         self._log = structlog.get_logger(service=SERVICE)
         self.requests_sent = 0
         self.tokens_requested = 0
+        self.network = NetworkTime()
 
     def close(self) -> None:
         self._session.close()
@@ -217,6 +219,7 @@ class TotalExpertClient:
                 timeout=self._timeout,
                 **kwargs,
             ),
+            self.network,
         )
 
     def _spend(self, bucket: str, limit: int, window: float) -> None:
@@ -251,7 +254,7 @@ class TotalExpertClient:
         self.tokens_requested += 1
         self._log.info("te.token_requested")
         try:
-            response = send(SERVICE, self._post_token)
+            response = send(SERVICE, self._post_token, self.network)
             raise_for_status(SERVICE, response)
         except TransientError as exc:
             # Not retried here: every try would spend one of the few token requests.
