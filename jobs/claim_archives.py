@@ -9,6 +9,7 @@ next one without downloading, abandoning or queueing anything twice.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -17,7 +18,7 @@ import structlog
 
 from jobs.context import JobContext
 from state import archives
-from state.db import StateBusyError, ThreadConnections
+from state.db import StateBusyError, ThreadConnections, make_durable
 from state.work_items import is_due, record_failure
 from sync_worker.archive_store import StoredFile, VerificationError
 from sync_worker.flexperto import ArchiveRecord, RecordError, parse_record
@@ -29,44 +30,52 @@ log = structlog.get_logger(job="archives")
 
 
 def run(ctx: JobContext) -> None:
-    """One pass of the archive job."""
+    """One pass of the archive job: store what is new, make that durable, then abandon."""
     refresh_listing(ctx)
-    now = ctx.clock.now()
-    rows = archives.open_work(ctx.db)
-    due = [row for row in rows if is_due(row, now)]
-    if len(due) < len(rows):
-        ctx.stats.add("waiting", len(rows) - len(due))
-    ctx.progress.start_pass(len(due))
+    open_work = archives.open_work(ctx.db)
+    due = _due(ctx, open_work)
+    if len(due) < len(open_work):
+        ctx.stats.add("waiting", len(open_work) - len(due))
+    to_store = [row for row in due if row["state"] != archives.STORED]
+    ctx.progress.start_pass(len(to_store))
     try:
-        _claim_all(ctx, _by_conference(due))
+        _in_parallel(ctx, to_store, store)
     finally:
         ctx.progress.finish()
+    # One fsync makes every "stored" checkpoint of this pass survive a power cut before
+    # anything is abandoned: cheaper than one per archive, and just as safe.
+    make_durable(ctx.db)
+    for row in _due(ctx, archives.open_work(ctx.db)):
+        if ctx.stop_requested():
+            log.info("run.stopping")
+            return
+        if row["state"] == archives.STORED:
+            abandon(ctx, row)
 
 
-def _by_conference(rows: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
-    """Archives grouped by conference, which is the unit that abandon works on."""
-    groups: dict[str, list[dict[str, Any]]] = {}
-    for row in rows:
-        groups.setdefault(row["conference_id"], []).append(row)
-    return list(groups.values())
+def _due(ctx: JobContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    now = ctx.clock.now()
+    return [row for row in rows if is_due(row, now)]
 
 
-def _claim_all(ctx: JobContext, groups: list[list[dict[str, Any]]]) -> None:
-    """Claim every group, up to ``max_parallel_downloads`` at a time, each in one thread with
-    its own database connection."""
-    workers = min(ctx.config.flexperto.max_parallel_downloads, len(groups))
+def _in_parallel(
+    ctx: JobContext, rows: list[dict[str, Any]], step: Callable[[JobContext, dict], None]
+) -> None:
+    """Run ``step`` on every row, ``max_parallel_downloads`` at a time, each thread with its
+    own database connection."""
+    workers = min(ctx.config.flexperto.max_parallel_downloads, len(rows))
     if workers <= 1:
-        for group in groups:
-            _claim_group(ctx, group)
+        _each(ctx, rows, step)
         return
     connections = ThreadConnections(
         ctx.config.state.database, ctx.config.state.busy_timeout_seconds
     )
+    chunks = [rows[n::workers] for n in range(workers)]
     try:
-        with ThreadPoolExecutor(workers, thread_name_prefix="claim") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="archives") as pool:
             futures = [
-                pool.submit(lambda g: _claim_group(replace(ctx, db=connections.get()), g), group)
-                for group in groups
+                pool.submit(lambda c: _each(replace(ctx, db=connections.get()), c, step), chunk)
+                for chunk in chunks
             ]
             for future in futures:
                 future.result()  # re-raise what must stop the pass (a busy state file)
@@ -74,12 +83,14 @@ def _claim_all(ctx: JobContext, groups: list[list[dict[str, Any]]]) -> None:
         connections.close()
 
 
-def _claim_group(ctx: JobContext, group: list[dict[str, Any]]) -> None:
-    for row in group:
+def _each(
+    ctx: JobContext, rows: list[dict[str, Any]], step: Callable[[JobContext, dict], None]
+) -> None:
+    for row in rows:
         if ctx.stop_requested():
             log.info("run.stopping")
             return
-        claim(ctx, row)
+        step(ctx, row)
         ctx.progress.item_done()
 
 
@@ -95,8 +106,19 @@ def refresh_listing(ctx: JobContext) -> None:
         except ApiError as exc:
             log.error("archive.list_failed", status=status, error=str(exc))
             ctx.stats.add("failed")
-    for record in seen.values():
-        _note(ctx, record)
+    listings = [
+        archives.Listing(r.archive_id, r.conference_id, r.status, r.sha256, r.raw)
+        for r in seen.values()
+    ]
+    for archive_id in archives.note_listed(ctx.db, listings, ctx.clock.now()):
+        record = seen[archive_id]
+        log.info(
+            "archive.listed",
+            archive_id=archive_id,
+            conference_id=record.conference_id,
+            status=record.status,
+        )
+        ctx.stats.add("listed")
 
 
 def _parse_listed(ctx: JobContext, raw: object, status: str) -> ArchiveRecord | None:
@@ -117,43 +139,28 @@ def _parse_listed(ctx: JobContext, raw: object, status: str) -> ArchiveRecord | 
     return record
 
 
-def _note(ctx: JobContext, record: ArchiveRecord) -> None:
-    known = archives.get(ctx.db, record.archive_id)
-    if known is not None and known["state"] == archives.CLAIMED:
-        return
-    archives.note_listed(
-        ctx.db,
-        record.archive_id,
-        record.conference_id,
-        record.status,
-        record.sha256,
-        record.raw,
-        ctx.clock.now(),
-    )
-    if known is None:
-        log.info(
-            "archive.listed",
-            archive_id=record.archive_id,
-            conference_id=record.conference_id,
-            status=record.status,
-        )
-        ctx.stats.add("listed")
-
-
-def claim(ctx: JobContext, listed: dict[str, Any]) -> None:
-    """Take one archive as far as it goes: store it if needed, then abandon it."""
-    row = archives.get(ctx.db, listed["archive_id"])
-    if row is None or row["state"] == archives.CLAIMED:
-        return  # claimed meanwhile, with a sibling of its conference
+def store(ctx: JobContext, row: dict[str, Any]) -> None:
+    """Download, verify and store one archive, and checkpoint it (not yet durably)."""
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
-        record = parse_record(json.loads(row["record"]))
-        if row["state"] != archives.STORED:
-            _store(ctx, record, bound)
-        _abandon(ctx, record, bound)
+        _store(ctx, parse_record(json.loads(row["record"])), bound)
     except StateBusyError:
         raise  # the state file is out of reach: stop the pass, not just this archive
     except Exception as exc:  # one bad archive never stops the others
+        _fail(ctx, row, exc, bound)
+
+
+def abandon(ctx: JobContext, listed: dict[str, Any]) -> None:
+    """Abandon a stored archive's conference at Flexperto, and checkpoint the claim."""
+    row = archives.get(ctx.db, listed["archive_id"])
+    if row is None or row["state"] != archives.STORED:
+        return  # claimed meanwhile, with a sibling of its conference
+    bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
+    try:
+        _abandon(ctx, parse_record(json.loads(row["record"])), bound)
+    except StateBusyError:
+        raise
+    except Exception as exc:
         _fail(ctx, row, exc, bound)
 
 

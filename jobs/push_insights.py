@@ -22,6 +22,8 @@ from sync_worker.flexperto import ArchiveRecord, parse_record
 from sync_worker.http import ApiError, TransientError
 from sync_worker.totalexpert import TokenBudgetExhausted
 
+# Insights marked "sending" with one fsync before they are posted one by one.
+SENDING_BATCH = 50
 # Answers that no retry will change: the item is parked with Total Expert's reason.
 FINAL_STATUSES = frozenset({400, 403, 404, 405, 409, 415, 422})
 
@@ -45,9 +47,20 @@ def run(ctx: JobContext) -> None:
         for row in participants:
             _stop_if_requested(ctx)
             match_participant(ctx, contacts, row)
-        for row in _due_insights(ctx):
-            _stop_if_requested(ctx)
-            push_insight(ctx, contacts, type_id, row)
+        due = _due_insights(ctx)
+        for start in range(0, len(due), SENDING_BATCH):
+            batch = due[start : start + SENDING_BATCH]
+            insights.mark_sending(
+                ctx.db,
+                [
+                    (r["archive_id"], r["contact_id"])
+                    for r in batch
+                    if r["state"] != insights.SENDING
+                ],
+            )
+            for row in batch:
+                _stop_if_requested(ctx)
+                push_insight(ctx, contacts, type_id, row)
     except TokenBudgetExhausted as exc:
         log.warning(
             "te.token_budget_exhausted",
@@ -140,7 +153,6 @@ def push_insight(
                 ctx.stats.add("sent")
                 return
         record = parse_record(json.loads(row["record"]))
-        insights.mark_sending(ctx.db, archive_id, contact_id)
         bound.debug("insight.posting")
         te_id = ctx.totalexpert.create_insight(insight_body(ctx, record, row))
     except (TransientError, ApiError) as exc:

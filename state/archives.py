@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlite_utils
 
@@ -31,30 +31,50 @@ def get(db: sqlite_utils.Database, archive_id: str) -> dict[str, Any] | None:
     return next(db.query("select * from archives where archive_id = ?", [archive_id]), None)
 
 
-def note_listed(
-    db: sqlite_utils.Database,
-    archive_id: str,
-    conference_id: str,
-    remote_status: str,
-    sha256: str | None,
-    record: dict[str, Any],
-    now: float,
-) -> dict[str, Any]:
-    """Remember a listed record (first sighting creates it as pending); returns the row."""
+class Listing(NamedTuple):
+    """One archive as Flexperto lists it."""
+
+    archive_id: str
+    conference_id: str
+    remote_status: str
+    sha256: str | None
+    record: dict[str, Any]
+
+
+def note_listed(db: sqlite_utils.Database, listings: Iterable[Listing], now: float) -> list[str]:
+    """Remember listed archives, in one transaction: a first sighting is created pending, a
+    known one gets its latest status (and record, until stored). Claimed ones are left
+    alone. Returns the ids seen for the first time."""
+    new = []
     with transaction(db):
-        db.execute(
-            "insert into archives (archive_id, conference_id, state, remote_status, sha256, "
-            "record, first_seen_at, attempts) values (?, ?, ?, ?, ?, ?, ?, 0) "
-            "on conflict (archive_id) do update set remote_status = excluded.remote_status, "
-            "record = iif(state in ('stored', 'claimed'), record, excluded.record), "
-            "sha256 = iif(state in ('stored', 'claimed'), sha256, excluded.sha256), "
-            "conference_id = iif(state in ('stored', 'claimed'), conference_id, "
-            "excluded.conference_id)",
-            [archive_id, conference_id, PENDING, remote_status, sha256, json.dumps(record), now],
-        )
-    row = get(db, archive_id)
-    assert row is not None
-    return row
+        for item in listings:
+            known = next(
+                db.query("select state from archives where archive_id = ?", [item.archive_id]),
+                None,
+            )
+            if known is not None and known["state"] == CLAIMED:
+                continue
+            if known is None:
+                new.append(item.archive_id)
+            db.execute(
+                "insert into archives (archive_id, conference_id, state, remote_status, sha256, "
+                "record, first_seen_at, attempts) values (?, ?, ?, ?, ?, ?, ?, 0) "
+                "on conflict (archive_id) do update set remote_status = excluded.remote_status, "
+                "record = iif(state in ('stored', 'claimed'), record, excluded.record), "
+                "sha256 = iif(state in ('stored', 'claimed'), sha256, excluded.sha256), "
+                "conference_id = iif(state in ('stored', 'claimed'), conference_id, "
+                "excluded.conference_id)",
+                [
+                    item.archive_id,
+                    item.conference_id,
+                    PENDING,
+                    item.remote_status,
+                    item.sha256,
+                    json.dumps(item.record),
+                    now,
+                ],
+            )
+    return new
 
 
 def record_stored(
@@ -66,26 +86,22 @@ def record_stored(
     participants: Iterable[tuple[str, str]],
     moderator_email: str | None,
 ) -> None:
-    """Checkpoint a durably stored archive and queue its participants, in one transaction."""
-    with transaction(db, durable=True):
+    """Checkpoint a stored archive and queue its participants, in one transaction.
+
+    Not fsynced here: the archive job makes all of a pass's checkpoints durable at once
+    (state.db.make_durable) before it abandons anything.
+    """
+    with transaction(db):
         db.execute(
             "update archives set state = ?, path = ?, size = ?, stored_at = ?, attempts = 0, "
             "last_error = null, next_attempt_at = null where archive_id = ?",
             [STORED, path, size, now, archive_id],
         )
-        db["participants"].insert_all(
-            (
-                {
-                    "archive_id": archive_id,
-                    "email": email,
-                    "name": name,
-                    "moderator_email": moderator_email,
-                    "state": "pending",
-                    "attempts": 0,
-                }
-                for email, name in participants
-            ),
-            ignore=True,
+        # plain SQL on the hot path: sqlite-utils' insert_all inspects the table on each call
+        db.conn.executemany(
+            "insert or ignore into participants (archive_id, email, name, moderator_email, "
+            "state, attempts) values (?, ?, ?, ?, 'pending', 0)",
+            [(archive_id, email, name, moderator_email) for email, name in participants],
         )
 
 

@@ -79,6 +79,12 @@ def transaction(
             db.execute("PRAGMA synchronous=NORMAL")
 
 
+def make_durable(db: sqlite_utils.Database) -> None:
+    """Fsync every commit made so far (a durable commit syncs all that precede it)."""
+    with transaction(db, durable=True):
+        db.execute("insert or replace into durable_marks (id, at) values (1, julianday('now'))")
+
+
 def _begin(db: sqlite_utils.Database) -> None:
     try:
         db.execute("BEGIN IMMEDIATE")
@@ -159,6 +165,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
     )
     db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
+    db["durable_marks"].create({"id": int, "at": float}, pk="id", if_not_exists=True)
     db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db["te_contacts"].create(
         {"contact_id": int, "email": str, "owner_id": int}, pk="contact_id", if_not_exists=True

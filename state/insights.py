@@ -46,19 +46,10 @@ def record_matches(
     """Queue one insight per (contact id, owner id) and close the participant, atomically."""
     contacts = list(contacts)
     with transaction(db):
-        db["insights"].insert_all(
-            (
-                {
-                    "archive_id": archive_id,
-                    "contact_id": contact_id,
-                    "owner_id": owner_id,
-                    "email": email,
-                    "state": PENDING,
-                    "attempts": 0,
-                }
-                for contact_id, owner_id in contacts
-            ),
-            ignore=True,
+        db.conn.executemany(
+            "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
+            "attempts) values (?, ?, ?, ?, 'pending', 0)",
+            [(archive_id, contact_id, owner_id, email) for contact_id, owner_id in contacts],
         )
         _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
 
@@ -83,12 +74,15 @@ def open_insights(db: sqlite_utils.Database) -> list[dict[str, Any]]:
     )
 
 
-def mark_sending(db: sqlite_utils.Database, archive_id: str, contact_id: int) -> None:
+def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> None:
+    """Mark insights (archive id, contact id) as about to be posted, durably: after a crash
+    or a power cut, each is looked for in TE before it is posted again."""
     with transaction(db, durable=True):
-        db.execute(
-            "update insights set state = ? where archive_id = ? and contact_id = ?",
-            [SENDING, archive_id, contact_id],
-        )
+        for archive_id, contact_id in keys:
+            db.execute(
+                "update insights set state = ? where archive_id = ? and contact_id = ?",
+                [SENDING, archive_id, contact_id],
+            )
 
 
 def mark_sent(

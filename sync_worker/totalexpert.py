@@ -86,6 +86,7 @@ class TotalExpertClient:
         self.requests_sent = 0
         self.tokens_requested = 0
         self.network = NetworkTime()
+        self._remembered: tuple[str, float] | None = None  # token, and until when to use it
 
     def close(self) -> None:
         self._session.close()
@@ -235,10 +236,17 @@ class TotalExpertClient:
             self._clock.sleep(next_at - now)
 
     def _token(self) -> str:
-        token = tokens.cached(self._db, self._token_key, self._clock.now())
-        return token if token is not None else self._request_token()
+        """The access token: remembered for this pass, shared through the state file."""
+        now = self._clock.now()
+        if self._remembered is not None and self._remembered[1] > now:
+            return self._remembered[0]
+        token, expires_at = tokens.cached(self._db, self._token_key, now), self.token_expiry()
+        if token is None or expires_at is None:
+            token, expires_at = self._request_token()
+        self._remembered = (token, expires_at - tokens.EXPIRY_MARGIN_SECONDS)
+        return token
 
-    def _request_token(self) -> str:
+    def _request_token(self) -> tuple[str, float]:
         now = self._clock.now()
         next_at = rate_limit.try_spend(
             self._db,
@@ -266,7 +274,7 @@ class TotalExpertClient:
             raise ApiError(SERVICE, "token answer lacks access_token or expires_in")
         logs.add_secret(token)
         tokens.store(self._db, self._token_key, token, now + expires_in, now)
-        return token
+        return token, now + expires_in
 
     def _post_token(self) -> requests.Response:
         credentials = f"{self._config.client_id}:{self._config.client_secret}".encode()
@@ -280,6 +288,7 @@ class TotalExpertClient:
     def _drop_token(self, response: requests.Response) -> None:
         sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
         tokens.drop(self._db, self._token_key, sent)
+        self._remembered = None
         self._log.warning("te.token_rejected")
 
 

@@ -5,7 +5,9 @@ SHA = "a" * 64
 
 
 def listed(db, archive_id, conference_id="c1", status="AVAILABLE", now=0.0):
-    return archives.note_listed(db, archive_id, conference_id, status, SHA, {"id": archive_id}, now)
+    item = archives.Listing(archive_id, conference_id, status, SHA, {"id": archive_id})
+    archives.note_listed(db, [item], now)
+    return archives.get(db, archive_id)
 
 
 def test_first_sighting_is_pending_and_later_ones_update_the_status(tmp_path):
@@ -36,7 +38,8 @@ def test_listing_does_not_rewrite_a_stored_record(tmp_path):
     db = open_database(tmp_path / "s.db")
     listed(db, "a1")
     archives.record_stored(db, "a1", "/x", 1, 1.0, [], None)
-    archives.note_listed(db, "a1", "c9", "AVAILABLE", "b" * 64, {"id": "changed"}, 2.0)
+    changed = archives.Listing("a1", "c9", "AVAILABLE", "b" * 64, {"id": "changed"})
+    assert archives.note_listed(db, [changed], 2.0) == []
     row = archives.get(db, "a1")
     assert (row["sha256"], row["conference_id"], row["record"]) == (SHA, "c1", '{"id": "a1"}')
 

@@ -18,7 +18,8 @@ def test_backoff_doubles_up_to_the_ceiling():
 
 def test_failures_back_off_then_park(tmp_path):
     db = open_database(tmp_path / "s.db")
-    archives.note_listed(db, "a1", "c1", "AVAILABLE", "0" * 64, {"id": "a1"}, now=0.0)
+    listing = archives.Listing("a1", "c1", "AVAILABLE", "0" * 64, {"id": "a1"})
+    assert archives.note_listed(db, [listing], now=0.0) == ["a1"]
     key = {"archive_id": "a1"}
     assert not record_failure(db, "archives", key, "boom", 100.0, Policy(), "failed")
     row = archives.get(db, "a1")

@@ -1,0 +1,424 @@
+"""Benchmark: how fast the worker moves archive bytes, how much memory it needs, and how many
+Total Expert requests it spends, against the sandbox on loopback.
+
+Prints a table of measured figures with the goal beside each and writes it, with the date
+and the machine, to bench/results.md. Run it with `make bench` (or `python bench/run.py`);
+`--quick` runs every part on small sizes, to check that the script works.
+
+The worker runs as a separate process (`sync-worker run-once`), as in production, so that
+it shares no interpreter with the sandbox servers, which run in this process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from state import directory
+from state.db import open_database
+from sync_worker.config import load_config
+from sync_worker.flexperto import FlexpertoClient
+from sync_worker.sandbox import Sandbox
+
+HERE = Path(__file__).resolve().parent
+WORK = HERE / "work"
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+EXPERT = {"account_id": "e-1", "email": "expert0@bank.example", "name": "Expert 0"}
+
+
+@dataclass
+class Row:
+    measure: str
+    figure: str
+    goal: str
+    met: bool | None
+
+    def markdown(self) -> str:
+        verdict = {True: "met", False: "NOT met", None: "-"}[self.met]
+        return f"| {self.measure} | {self.figure} | {self.goal} | {verdict} |"
+
+
+def fresh(name: str) -> Path:
+    folder = WORK / name
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def config_file(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
+    path = folder / "config.toml"
+    path.write_text(sandbox.config_toml("archives", "state.db") + extra)
+    return path
+
+
+def run_once(config: Path) -> tuple[list[dict], int]:
+    """Run `sync-worker run-once`; its JSON log events and its peak RSS in KiB."""
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sync_worker",
+            "--config",
+            str(config),
+            "--log-format",
+            "json",
+            "run-once",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    output = process.stdout.read() if process.stdout else ""
+    _pid, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    if process.returncode not in (0, 1):
+        raise RuntimeError(f"run-once failed with {process.returncode}")
+    return events, usage.ru_maxrss
+
+
+def event_time(event: dict) -> float:
+    return datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp()
+
+
+def summary(events: list[dict]) -> dict:
+    return next(e for e in events if e["event"] == "run.finished")
+
+
+# --- 1. throughput -----------------------------------------------------------------------
+
+
+def throughput(size: int, repeats: int) -> list[Row]:
+    worker, curl = [], []
+    for attempt in range(repeats):
+        folder = fresh(f"throughput-{attempt}")
+        with Sandbox(folder / "sandbox", seed=False) as sandbox:
+            record = sandbox.flexperto.add_archive(size=size, participants=[])
+            config = config_file(folder, sandbox)
+            events, _rss = run_once(config)
+            listed = next(e for e in events if e["event"] == "archive.listed")
+            verified = next(e for e in events if e["event"] == "archive.verified")
+            worker.append(size / (event_time(verified) - event_time(listed)) / MIB)
+            curl.append(curl_throughput(config, record["id"], size))
+        shutil.rmtree(folder)
+    ours, theirs = statistics.median(worker), statistics.median(curl)
+    ratio = ours / theirs
+    return [
+        Row(
+            f"download+verify+store {size // MIB} MiB (worker, fsync included)",
+            f"{ours:,.0f} MB/s",
+            "",
+            None,
+        ),
+        Row("`curl -s URL | sha256sum`, same storage host", f"{theirs:,.0f} MB/s", "", None),
+        Row("throughput ratio worker / curl", f"{ratio:.2f}", ">= 0.9", ratio >= 0.9),
+    ]
+
+
+def curl_throughput(config: Path, archive_id: str, size: int) -> float:
+    settings = load_config(config, env={})
+    client = FlexpertoClient(settings.flexperto, settings.http, time.sleep)
+    url = client.download_url(archive_id)
+    client.close()
+    started = time.perf_counter()
+    subprocess.run(
+        f"curl -s '{url}' | sha256sum", shell=True, check=True, stdout=subprocess.DEVNULL
+    )
+    return size / (time.perf_counter() - started) / MIB
+
+
+# --- 2. memory ---------------------------------------------------------------------------
+
+
+def memory(sizes: list[int]) -> list[Row]:
+    peaks = []
+    for size in sizes:
+        folder = fresh(f"memory-{size}")
+        with Sandbox(folder / "sandbox", seed=False) as sandbox:
+            sandbox.flexperto.add_archive(size=size, participants=[])
+            _events, rss_kib = run_once(config_file(folder, sandbox))
+        peaks.append(rss_kib / 1024)
+        shutil.rmtree(folder)
+    figures = ", ".join(
+        f"{size // MIB} MiB: {peak:.0f} MiB" for size, peak in zip(sizes, peaks, strict=True)
+    )
+    flat = max(peaks) - min(peaks) < 8
+    return [
+        Row(
+            "peak RSS of run-once by archive size",
+            figures,
+            "< 80 MiB, flat",
+            max(peaks) < 80 and flat,
+        ),
+    ]
+
+
+# --- 3. TE requests per insight ----------------------------------------------------------
+
+
+def te_requests(archives: int, contacts: int, passes: int, experts: int) -> list[Row]:
+    folder = fresh("te-requests")
+    rng = random.Random(7)
+    with Sandbox(folder / "sandbox", seed=False, te_requests_per_minute=10**6) as sandbox:
+        te = sandbox.totalexpert
+        users = [te.add_user(f"expert{n}@bank.example") for n in range(experts)]
+        emails = [f"customer{n}@example.org" for n in range(contacts)]
+        last_month = time.time() - 30 * 86400  # an organisation's contacts change slowly
+        for n, email in enumerate(emails):
+            te.add_contact(email, users[n % experts]["id"], updated_at=last_month)
+        te.add_insight_type("flexperto_conference_archived")
+        config = config_file(folder, sandbox)
+        seen: list[str] = []
+        per_pass = []
+        for _ in range(passes):
+            before = len(te.requests)
+            sent_before = len(te.insights())
+            for _ in range(archives // passes):
+                people = [pick_participant(rng, emails, seen) for _ in range(2)]
+                sandbox.flexperto.add_archive(
+                    moderator={**EXPERT, "email": rng.choice(users)["email"]},
+                    participants=[{"account_id": e, "email": e, "name": e} for e in people],
+                )
+            run_once(config)
+            per_pass.append((len(te.requests) - before, len(te.insights()) - sent_before))
+    warm_requests, warm_insights = per_pass[0]
+    steady_requests = sum(r for r, _ in per_pass[1:])
+    steady_insights = sum(i for _, i in per_pass[1:])
+    steady = steady_requests / steady_insights
+    insights = warm_insights + steady_insights
+    naive = (2 * 2 * archives + insights + passes) / insights
+    shutil.rmtree(folder)
+    return [
+        Row(
+            f"TE requests per insight, steady state ({archives} archives, {contacts:,} "
+            f"contacts, {passes} passes)",
+            f"{steady:.3f}",
+            "<= 1.1",
+            steady <= 1.1,
+        ),
+        Row(
+            "TE one-time warm-up (copy of contacts and users, type, token)",
+            f"{warm_requests - warm_insights} requests",
+            "",
+            None,
+        ),
+        Row(
+            "naive baseline (per participant: contact + user lookup; token per pass)",
+            f"{naive:.2f} per insight (computed)",
+            "",
+            None,
+        ),
+    ]
+
+
+def pick_participant(rng: random.Random, emails: list[str], seen: list[str]) -> str:
+    """30% of participants are people met before."""
+    if seen and rng.random() < 0.3:
+        return rng.choice(seen)
+    email = rng.choice(emails)
+    seen.append(email)
+    return email
+
+
+def small_org(contacts: int, archives: int, passes: int) -> list[Row]:
+    """Requests for a small organisation, with the copy of contacts and with lookups."""
+    costs = {}
+    for strategy in ("copy", "lookups"):
+        folder = fresh(f"small-org-{strategy}")
+        with Sandbox(folder / "sandbox", seed=False) as sandbox:
+            te = sandbox.totalexpert
+            user = te.add_user(EXPERT["email"])
+            emails = [f"c{n}@example.org" for n in range(contacts)]
+            for email in emails:
+                te.add_contact(email, user["id"], updated_at=time.time() - 30 * 86400)
+            te.add_insight_type("flexperto_conference_archived")
+            config = config_file(folder, sandbox)
+            if strategy == "lookups":
+                force_lookups(load_config(config, env={}).state.database)
+            rng = random.Random(3)
+            for _ in range(passes):
+                for _ in range(archives // passes):
+                    email = rng.choice(emails)
+                    sandbox.flexperto.add_archive(
+                        moderator=EXPERT,
+                        participants=[{"account_id": "p", "email": email, "name": email}],
+                    )
+                run_once(config)
+            costs[strategy] = (len(te.requests), len(te.insights()))
+        shutil.rmtree(folder)
+    (copy, sent), (lookups, _) = costs["copy"], costs["lookups"]
+    chosen = "copy" if copy <= lookups else "lookups"
+    return [
+        Row(
+            f"small org ({contacts} contacts, {archives} archives, {passes} passes): TE requests",
+            f"copy {copy}, lookups {lookups} for {sent} insights",
+            "auto picks the cheaper",
+            None,
+        ),
+        Row("", f"cheaper here: {chosen}", "", None),
+    ]
+
+
+def force_lookups(database: Path) -> None:
+    """Make the worker believe the organisation is too large to copy."""
+    db = open_database(database)
+    directory.set_meta(
+        db,
+        {
+            directory.CONTACT_PAGES: str(10**9),
+            directory.CONTACT_PAGES_SEEN_AT: str(time.time() + 10**6),
+        },
+    )
+    db.close()
+
+
+# --- 4. drain time -----------------------------------------------------------------------
+
+
+def drain(archives: int, limit: int) -> list[Row]:
+    folder = fresh("drain")
+    with Sandbox(folder / "sandbox", seed=False, te_requests_per_minute=limit) as sandbox:
+        te = sandbox.totalexpert
+        user = te.add_user(EXPERT["email"])
+        emails = [f"d{n}@example.org" for n in range(200)]
+        for email in emails:
+            te.add_contact(email, user["id"])
+        te.add_insight_type("flexperto_conference_archived")
+        for n in range(archives):
+            sandbox.flexperto.add_archive(
+                moderator=EXPERT,
+                content=b"tiny archive %d" % n,
+                participants=[{"account_id": "p", "email": emails[n % 200], "name": "P"}],
+            )
+        config = config_file(folder, sandbox)
+        run_once(config)
+        times = sorted(r.received_at for r in te.requests)
+        rejected = te.rate_limited_count
+        sent = len(te.insights())
+    shutil.rmtree(folder)
+    ideal = 60.0 * ((len(times) - 1) // limit)
+    actual = times[-1] - times[0]
+    efficiency = ideal / actual if ideal else 1.0  # under one window: nothing to wait for
+    return [
+        Row(
+            f"drain {archives} archives at {limit} TE requests/min: time for "
+            f"{len(times)} requests ({sent} insights)",
+            f"{actual:.0f} s (ideal {ideal:.0f} s)",
+            "",
+            None,
+        ),
+        Row("achieved rate / limit", f"{efficiency:.3f}", ">= 0.95", efficiency >= 0.95),
+        Row("HTTP 429 answers while draining", str(rejected), "0", rejected == 0),
+    ]
+
+
+# --- 5. bookkeeping ----------------------------------------------------------------------
+
+
+def bookkeeping(archives: int) -> list[Row]:
+    folder = fresh("bookkeeping")
+    with Sandbox(folder / "sandbox", seed=False, te_requests_per_minute=10**7) as sandbox:
+        te = sandbox.totalexpert
+        user = te.add_user(EXPERT["email"])
+        emails = [f"b{n}@example.org" for n in range(500)]
+        for email in emails:
+            te.add_contact(email, user["id"])
+        te.add_insight_type("flexperto_conference_archived")
+        for n in range(archives):
+            sandbox.flexperto.add_archive(
+                moderator=EXPERT,
+                content=b"tiny archive %d" % n,
+                participants=[{"account_id": "p", "email": emails[n % 500], "name": "P"}],
+            )
+        config = config_file(folder, sandbox)
+        # one download at a time, so that wall time minus network time is bookkeeping
+        config.write_text(
+            config.read_text().replace(
+                "page_size = 100", "page_size = 100\nmax_parallel_downloads = 1"
+            )
+        )
+        events, _rss = run_once(config)
+    shutil.rmtree(folder)
+    finished = summary(events)
+    outside = finished["duration_seconds"] - finished["network_seconds"]
+    per_archive = 1000 * outside / archives
+    return [
+        Row(
+            f"bookkeeping outside network I/O, {archives:,} tiny archives (pass "
+            f"{finished['duration_seconds']:.0f} s, network {finished['network_seconds']:.0f} s)",
+            f"{per_archive:.2f} ms per archive",
+            "< 2 ms",
+            per_archive < 2,
+        ),
+    ]
+
+
+# --- report ------------------------------------------------------------------------------
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        names = [
+            line.split(":", 1)[1].strip()
+            for line in cpuinfo.read_text().splitlines()
+            if line.startswith("model name")
+        ]
+        cpu = names[0] if names else cpu
+    return (
+        f"{platform.system()} {platform.release()}, {cpu}, {os.cpu_count()} cores, "
+        f"Python {platform.python_version()}"
+    )
+
+
+def report(rows: list[Row], elapsed: float, quick: bool) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"- date: {datetime.now(UTC).strftime('%Y-%m-%d %H:%M UTC')}",
+        f"- machine: {machine()}",
+        f"- run: `python bench/run.py{' --quick' if quick else ''}` ({elapsed:.0f} s)",
+        "",
+        "| measure | figure | goal | |",
+        "|---|---|---|---|",
+        *(row.markdown() for row in rows),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Benchmark the sync worker on loopback.")
+    parser.add_argument("--quick", action="store_true", help="small sizes, to test the script")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    q = args.quick
+    rows = [
+        *throughput(64 * MIB if q else GIB, 1 if q else 3),
+        *memory([16 * MIB, 32 * MIB] if q else [256 * MIB, GIB, 2 * GIB]),
+        *te_requests(100 if q else 1000, 2000 if q else 20_000, 5 if q else 10, 5),
+        *small_org(300, 20 if q else 60, 3),
+        *drain(200 if q else 2000, 600),
+        *bookkeeping(500 if q else 10_000),
+    ]
+    text = report(rows, time.monotonic() - started, q)
+    print(text)
+    (HERE / ("results-quick.md" if q else "results.md")).write_text(text)
+    shutil.rmtree(WORK, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
