@@ -165,6 +165,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
     )
     db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
+    db["rate_counts"].create({"bucket": str, "used": int}, pk="bucket", if_not_exists=True)
     db["durable_marks"].create({"id": int, "at": float}, pk="id", if_not_exists=True)
     db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     db["te_contacts"].create(

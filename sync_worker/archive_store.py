@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sync_worker.private_files import make_private_dirs
+from sync_worker.private_files import fsync_dir, make_private_dirs
 
 CHUNK_SIZE = 1024 * 1024
 QUARANTINE = ".quarantine"
@@ -114,21 +114,21 @@ class ArchiveStore:
         final = self.final_path(conference_id, archive_id)
         os.replace(part, final)
         self._write_record(final.with_suffix(".json"), record)
-        _fsync_dir(final.parent)
+        fsync_dir(final.parent)
         return StoredFile(final, digest, size)
 
     def ensure_record(self, stored: StoredFile, record: dict[str, Any]) -> None:
         """Write the record beside an already stored file (idempotent)."""
         self._write_record(stored.path.with_suffix(".json"), record)
-        _fsync_dir(stored.path.parent)
+        fsync_dir(stored.path.parent)
 
     def quarantine(self, path: Path, archive_id: str) -> Path:
         target_dir = self.root / QUARANTINE
         make_private_dirs(target_dir)
         target = target_dir / f"{archive_id}.zip"
         os.replace(path, target)
-        _fsync_dir(target_dir)
-        _fsync_dir(path.parent)
+        fsync_dir(target_dir)
+        fsync_dir(path.parent)
         return target
 
     def stray_partials(self) -> list[Path]:
@@ -168,11 +168,3 @@ def _mismatch(digest: str, size: int, sha256: str, expected_size: int | None) ->
     if digest != sha256:
         return f"sha256 {digest} differs from the record's {sha256}"
     return None
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

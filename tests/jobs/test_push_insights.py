@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+from state import rate_limit
 from state.db import open_database
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
@@ -74,7 +75,8 @@ def test_rejected_token_is_replaced_once(sandbox, run):
 def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, clock, log_lines):
     sandbox.totalexpert.revoke_tokens()
     db = open_database(config.state.database)
-    db["rate_events"].insert_all([{"bucket": "totalexpert:tokens", "at": clock.now() - 10}] * 2)
+    for _ in range(2):  # another process spent the hour's token requests
+        rate_limit.try_spend(db, "totalexpert:tokens", 2, 3601.0, clock.now() - 10)
     result = run()
     assert result.exit_code == 0
     assert sandbox.totalexpert.token_requests == 0
