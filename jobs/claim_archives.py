@@ -194,7 +194,6 @@ def _download(ctx: JobContext, record: ArchiveRecord, bound: Any) -> StoredFile:
     """Fetch the archive into its ``.part`` file, resuming what an earlier pass left."""
     assert record.sha256 is not None
     conference_id, archive_id = record.conference_id, record.archive_id
-    written = None
     if ctx.store.partial_size(conference_id, archive_id):
         written = ctx.store.write_partial(conference_id, archive_id, (), resume=True)
         if written[0] != record.sha256:

@@ -2,10 +2,12 @@
 the moderator when the moderator is a TE user.
 
 Answers come from the local copy of the organisation's contacts and users (state.directory)
-once that copy is worth having: it is filled when TE reports no more pages of contacts than
-there are emails to look up now, and then brought up to date on every pass by asking only
-for what changed since the previous one. Until then each email is looked up on its own and
-the answer is kept for a day.
+once that copy is worth having: it is filled when copying (one request per page of 100
+contacts) costs no more than the lookups already made in the past day plus those at hand,
+and then brought up to date on every pass by asking only for what changed since the
+previous one. Until then each email is looked up on its own and the answer is kept for a
+day. Like renting skis until the rent would have bought them, this never spends more than
+twice what the better choice in hindsight would have.
 """
 
 from __future__ import annotations
@@ -37,12 +39,15 @@ class ContactDirectory:
         self.indexed = False
 
     def prepare(self, emails: set[str]) -> None:
-        """Make the local copy current, or build it if that costs fewer requests than
-        looking up ``emails`` one by one."""
+        """Make the local copy current, or build it once looking addresses up one by one
+        would cost more: the lookups of the past day plus those at hand."""
         if directory.get_meta(self._db, directory.CONTACTS_SYNCED_AT) is not None:
             self._refresh()
-        elif self._contact_pages() <= len(emails):
-            self._fill()
+        else:
+            since = self._clock.now() - LOOKUP_TTL_SECONDS
+            lookups = len(emails) + directory.contact_lookups_since(self._db, since)
+            if self._contact_pages() <= lookups:
+                self._fill()
         self.indexed = directory.get_meta(self._db, directory.CONTACTS_SYNCED_AT) is not None
 
     def contacts_for(self, email: str, moderator_email: str | None) -> list[Contact]:

@@ -43,11 +43,13 @@ def run(ctx: JobContext) -> None:
     try:
         type_id = _insight_type_id(ctx)
         contacts = ContactDirectory(ctx)
-        contacts.prepare(_emails(participants))
+        if participants:
+            contacts.prepare(_emails(participants))
         for row in participants:
             _stop_if_requested(ctx)
             match_participant(ctx, contacts, row)
         due = _due_insights(ctx)
+        # If the pass stops early, the rest of a batch is looked up before it is posted.
         for start in range(0, len(due), SENDING_BATCH):
             batch = due[start : start + SENDING_BATCH]
             insights.mark_sending(

@@ -109,3 +109,10 @@ def replace_contacts_of(
         db["te_lookups"].upsert(
             {"email": email.lower(), "kind": "contact", "looked_up_at": now}, pk=("email", "kind")
         )
+
+
+def contact_lookups_since(db: sqlite_utils.Database, since: float) -> int:
+    """How many addresses were looked up one by one since ``since``."""
+    return db.execute(
+        "select count(*) from te_lookups where kind = 'contact' and looked_up_at >= ?", [since]
+    ).fetchone()[0]

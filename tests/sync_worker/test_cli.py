@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import requests
 
 from sync_worker.cli import main
 from sync_worker.config import load_config
@@ -135,3 +136,44 @@ def test_init_config_writes_a_loadable_private_example(tmp_path):
 def test_missing_config_file_is_a_clear_error(tmp_path, command, capsys):
     assert main(["--config", str(tmp_path / "missing.toml"), command]) == 2
     assert "config file not found" in capsys.readouterr().err
+
+
+def test_demo_runs_end_to_end_and_explains(tmp_path):
+    result = sync_worker("demo", "--dir", str(tmp_path / "demo"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("; Flexperto now says ABANDONED") == 3
+    assert "Insights in the sandbox Total Expert: 3" in result.stdout
+    assert result.stdout.count(" verified") == 3
+
+
+def test_sandbox_command_prints_a_working_config(tmp_path):
+    import signal
+    import tomllib
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "sync_worker",
+            "sandbox",
+            "--dir",
+            str(tmp_path / "sb"),
+            "--fault",
+            "te:path=/heartbeat,status=503",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    lines = []
+    assert process.stdout is not None
+    for line in process.stdout:
+        lines.append(line)
+        if line.startswith("database"):
+            break
+    config = tomllib.loads("".join(lines))
+    assert config["flexperto"]["base_url"].startswith("http://127.0.0.1:")
+    heartbeat = requests.get(config["totalexpert"]["base_url"] + "/heartbeat", timeout=5)
+    assert heartbeat.status_code == 503  # the fault given on the command line
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=10) == 0
