@@ -288,21 +288,27 @@ def force_lookups(database: Path) -> None:
 # --- 4. drain time -----------------------------------------------------------------------
 
 
+def add_backlog(sandbox: Sandbox, archives: int, contacts: int) -> None:
+    """Tiny archives with one participant each, all of them contacts of one expert."""
+    te = sandbox.totalexpert
+    user = te.add_user(EXPERT["email"])
+    emails = [f"c{n}@example.org" for n in range(contacts)]
+    for email in emails:
+        te.add_contact(email, user["id"])
+    te.add_insight_type("flexperto_conference_archived")
+    for n in range(archives):
+        sandbox.flexperto.add_archive(
+            moderator=EXPERT,
+            content=b"tiny archive %d" % n,
+            participants=[{"account_id": "p", "email": emails[n % contacts], "name": "P"}],
+        )
+
+
 def drain(archives: int, limit: int) -> list[Row]:
     folder = fresh("drain")
     with Sandbox(folder / "sandbox", seed=False, te_requests_per_minute=limit) as sandbox:
         te = sandbox.totalexpert
-        user = te.add_user(EXPERT["email"])
-        emails = [f"d{n}@example.org" for n in range(200)]
-        for email in emails:
-            te.add_contact(email, user["id"])
-        te.add_insight_type("flexperto_conference_archived")
-        for n in range(archives):
-            sandbox.flexperto.add_archive(
-                moderator=EXPERT,
-                content=b"tiny archive %d" % n,
-                participants=[{"account_id": "p", "email": emails[n % 200], "name": "P"}],
-            )
+        add_backlog(sandbox, archives, contacts=200)
         config = config_file(folder, sandbox)
         run_once(config)
         times = sorted(r.received_at for r in te.requests)
@@ -331,18 +337,7 @@ def drain(archives: int, limit: int) -> list[Row]:
 def bookkeeping(archives: int) -> list[Row]:
     folder = fresh("bookkeeping")
     with Sandbox(folder / "sandbox", seed=False, te_requests_per_minute=10**7) as sandbox:
-        te = sandbox.totalexpert
-        user = te.add_user(EXPERT["email"])
-        emails = [f"b{n}@example.org" for n in range(500)]
-        for email in emails:
-            te.add_contact(email, user["id"])
-        te.add_insight_type("flexperto_conference_archived")
-        for n in range(archives):
-            sandbox.flexperto.add_archive(
-                moderator=EXPERT,
-                content=b"tiny archive %d" % n,
-                participants=[{"account_id": "p", "email": emails[n % 500], "name": "P"}],
-            )
+        add_backlog(sandbox, archives, contacts=500)
         config = config_file(folder, sandbox)
         # one download at a time, so that wall time minus network time is bookkeeping
         config.write_text(

@@ -141,7 +141,7 @@ class ArchiveStore:
         temp = path.with_name(f".{path.name}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(record, handle, indent=2, sort_keys=True)
+            handle.write(json.dumps(record, sort_keys=True))  # C encoder: no indent
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)

@@ -44,8 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run-once", help="one full pass, then exit")
     commands.add_parser("run", help="the daemon: a pass every interval until SIGTERM")
-    status = commands.add_parser("status", help="what the checkpoints hold")
-    status.add_argument("--json", action="store_true", help="one JSON object")
+    status_parser = commands.add_parser("status", help="what the checkpoints hold")
+    status_parser.add_argument("--json", action="store_true", help="one JSON object")
     sandbox = commands.add_parser("sandbox", help="serve the sandbox Flexperto and TE APIs")
     sandbox.add_argument("--dir", default="sandbox-data", help="folder for sandbox files")
     sandbox.add_argument(
@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return demo.run(Path(args.dir))
         if args.command == "sandbox":
-            return demo.serve_sandbox(Path(args.dir), args.fault)
+            try:
+                return demo.serve_sandbox(Path(args.dir), args.fault)
+            except ValueError as exc:
+                print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
+                return EXIT_USAGE
         if args.command == "init-config":
             return _init_config(Path(args.path), args.force)
         config = _load(args)

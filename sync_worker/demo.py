@@ -8,7 +8,8 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from sync_worker import logs
+from state.db import open_database
+from sync_worker import logs, status
 from sync_worker.clock import SystemClock
 from sync_worker.config import ConfigError, load_config
 from sync_worker.runner import run_pass
@@ -25,8 +26,8 @@ def run(folder: Path) -> int:
         config_file.write_text(sandbox.config_toml("archives", "state.db"), encoding="utf-8")
         config_file.chmod(0o600)
         config = load_config(config_file, env={})
-        logs.add_secret(sandbox.api_key)
-        logs.add_secret(sandbox.client_secret)
+        for secret in config.secrets():
+            logs.add_secret(secret)
         result = run_pass(config, SystemClock())
         print(_report(sandbox, config.state.database, config_file))
     return result.exit_code
@@ -42,9 +43,6 @@ def _fresh_folder(folder: Path) -> None:
 
 
 def _report(sandbox: Sandbox, database: Path, config_file: Path) -> str:
-    from state.db import open_database
-    from sync_worker import status
-
     db = open_database(database)
     try:
         report = status.collect(db)
