@@ -131,12 +131,6 @@ class ArchiveStore:
         fsync_dir(path.parent)
         return target
 
-    def stray_partials(self) -> list[Path]:
-        """``.part`` files left by interrupted downloads, for cleanup reporting."""
-        if not self.root.is_dir():
-            return []
-        return sorted(self.root.glob("*/.*.zip.part"))
-
     def _write_record(self, path: Path, record: dict[str, Any]) -> None:
         temp = path.with_name(f".{path.name}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
