@@ -10,23 +10,12 @@ from state.db import transaction
 EXPIRY_MARGIN_SECONDS = 120.0
 
 
-def cached(db: sqlite_utils.Database, key: str, now: float) -> str | None:
-    """The cached token for ``key`` if it is still good for a while."""
-    row = _usable(db, key, now)
-    return None if row is None else row["access_token"]
-
-
-def expiry(db: sqlite_utils.Database, key: str, now: float) -> float | None:
-    """When the cached token for ``key`` expires, if it is still good for a while."""
-    row = _usable(db, key, now)
-    return None if row is None else row["expires_at"]
-
-
-def _usable(db: sqlite_utils.Database, key: str, now: float) -> dict | None:
+def lookup(db: sqlite_utils.Database, key: str, now: float) -> tuple[str, float] | None:
+    """The cached token for ``key`` and its expiry, if it is still good for a while."""
     row = next(db.query("select access_token, expires_at from tokens where key = ?", [key]), None)
     if row is None or row["expires_at"] - EXPIRY_MARGIN_SECONDS <= now:
         return None
-    return row
+    return row["access_token"], row["expires_at"]
 
 
 def store(db: sqlite_utils.Database, key: str, token: str, expires_at: float, now: float) -> None:

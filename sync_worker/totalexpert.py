@@ -98,7 +98,8 @@ class TotalExpertClient:
 
     def token_expiry(self) -> float | None:
         """When the cached access token expires, if there is one still good."""
-        return tokens.expiry(self._db, self._token_key, self._clock.now())
+        cached = tokens.lookup(self._db, self._token_key, self._clock.now())
+        return None if cached is None else cached[1]
 
     def fetch_token(self) -> None:
         """Make sure a token is cached, requesting one only if none is."""
@@ -209,7 +210,7 @@ class TotalExpertClient:
         self, method: str, path: str, authenticated: bool, **kwargs: Any
     ) -> requests.Response:
         headers = {"Authorization": f"Bearer {self._token()}"} if authenticated else {}
-        self._spend(REQUEST_BUCKET, self._config.requests_per_minute, MINUTE)
+        self._spend_request_slot()
         self.requests_sent += 1
         return send(
             SERVICE,
@@ -223,12 +224,16 @@ class TotalExpertClient:
             self.network,
         )
 
-    def _spend(self, bucket: str, limit: int, window: float) -> None:
-        """Spend a per-minute token, waiting for one to come back if none is left."""
+    def _spend_request_slot(self) -> None:
+        """Take a slot from the per-minute bucket, waiting for one to come back if needed."""
         while True:
             now = self._clock.now()
             next_at = rate_limit.try_spend(
-                self._db, bucket, limit, window + WINDOW_MARGIN_SECONDS, now
+                self._db,
+                REQUEST_BUCKET,
+                self._config.requests_per_minute,
+                MINUTE + WINDOW_MARGIN_SECONDS,
+                now,
             )
             if next_at is None:
                 return
@@ -240,9 +245,7 @@ class TotalExpertClient:
         now = self._clock.now()
         if self._remembered is not None and self._remembered[1] > now:
             return self._remembered[0]
-        token, expires_at = tokens.cached(self._db, self._token_key, now), self.token_expiry()
-        if token is None or expires_at is None:
-            token, expires_at = self._request_token()
+        token, expires_at = tokens.lookup(self._db, self._token_key, now) or self._request_token()
         self._remembered = (token, expires_at - tokens.EXPIRY_MARGIN_SECONDS)
         return token
 
@@ -257,7 +260,7 @@ class TotalExpertClient:
         )
         if next_at is not None:
             raise TokenBudgetExhausted(next_at)
-        self._spend(REQUEST_BUCKET, self._config.requests_per_minute, MINUTE)
+        self._spend_request_slot()
         self.requests_sent += 1
         self.tokens_requested += 1
         self._log.info("te.token_requested")

@@ -22,7 +22,7 @@ from tests.conftest import write_config
 LIST = "/communication/conferences/archives"
 DOWNLOAD = "/download"
 ABANDON = "/archive/abandon"
-FAST_TIMEOUT = "timeout_seconds = 0.3"
+FAST_TIMEOUT = "timeout_seconds = 1"
 
 
 @dataclass
@@ -114,7 +114,7 @@ CASES = {
         fault("flexperto", path=DOWNLOAD, action="reset", times=None), "item.failed"
     ),
     "flexperto slow list": Case(
-        fault("flexperto", path=LIST, action="delay", delay=0.6, times=4),
+        fault("flexperto", path=LIST, action="delay", delay=2, times=4),
         "archive.list_failed",
         fast_timeout=True,
     ),

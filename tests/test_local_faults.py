@@ -108,7 +108,7 @@ def test_locked_state_database_is_waited_for_within_a_bound_then_reported(
 
 def test_two_runs_at_once_one_proceeds_the_other_steps_aside(sandbox, tmp_path, config):
     # Slow the first listing so that both processes are surely alive at the same time.
-    sandbox.add_fault("flexperto", Fault(path="/conferences/archives", action="delay", delay=1.0))
+    sandbox.add_fault("flexperto", Fault(path="/conferences/archives", action="delay", delay=2.0))
     config_file = tmp_path / "config.toml"
     first, second = run_cli(config_file, "run-once"), run_cli(config_file, "run-once")
     outputs = [process.communicate(timeout=120) for process in (first, second)]

@@ -29,11 +29,11 @@ def per_archive_and_contact(sandbox):
 def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, clock, log_lines):
     # The POST is handled by TE but the answer comes too late for the client.
     fast = write_config(tmp_path, sandbox)
-    text = fast.read_text().replace("timeout_seconds = 5", "timeout_seconds = 0.3")
+    text = fast.read_text().replace("timeout_seconds = 5", "timeout_seconds = 1")
     fast.write_text(text)
     config = load_config(fast, env={})
     sandbox.add_fault(
-        "te", Fault(method="POST", path="/insights", action="delay", delay=0.6, times=1)
+        "te", Fault(method="POST", path="/insights", action="delay", delay=2.5, times=1)
     )
     first = run_pass(config, clock)
     assert first.exit_code == 1
