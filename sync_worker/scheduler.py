@@ -1,7 +1,8 @@
 """The daemon: APScheduler runs each job every ``interval_seconds`` until SIGTERM/SIGINT.
 
-Each job has at most one run at a time (``max_instances=1``), missed runs are coalesced
-into one, and the first run starts at once. A stop signal lets the item in hand finish:
+Each job has at most one run at a time (the archive job through ``max_instances=1``, the
+insight job through its own guard, so that a wake-up is never dropped), missed runs are
+coalesced into one, and the first run starts at once. A stop signal lets the item in hand finish:
 jobs check :attr:`Daemon.stopping` between items.
 """
 
@@ -28,9 +29,12 @@ class Daemon:
         self._config = config
         self._clock = clock
         self._stop = threading.Event()
-        self._insights_due = threading.Event()
+        # Wake-ups of the insight job: guarded so that none is lost while it finishes.
+        self._insights_lock = threading.Lock()
+        self._insights_running = False
+        self._insights_due = False
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(ALL_JOBS))},
+            executors={"default": ThreadPoolExecutor(len(ALL_JOBS) + 1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -43,6 +47,9 @@ class Daemon:
                 id=name,
                 name=name,
                 next_run_time=datetime.now(UTC),
+                # A wake-up may arrive while the insight job is returning: let it start, it
+                # then finds the job running (_run_insights) and leaves a note instead.
+                max_instances=2 if name == "insights" else 1,
             )
 
     def stopping(self) -> bool:
@@ -66,19 +73,33 @@ class Daemon:
 
     def _run_job(self, name: str) -> None:
         if name == "insights":
-            # Runs again at once when archives were stored while it was running.
-            self._insights_due.set()
-            while not self._stop.is_set() and self._insights_due.is_set():
-                self._insights_due.clear()
-                self._run_once(name)
+            self._run_insights()
             return
         result = self._run_once(name)
         if result is not None and result.stats.counts["stored"]:
             self._wake_insights()
 
+    def _run_insights(self) -> None:
+        """Run the insight job until no wake-up came in while it ran."""
+        with self._insights_lock:
+            if self._insights_running:
+                self._insights_due = True
+                return
+            self._insights_running, self._insights_due = True, True
+        while True:
+            with self._insights_lock:
+                if self._stop.is_set() or not self._insights_due:
+                    self._insights_running = False
+                    return
+                self._insights_due = False
+            self._run_once("insights")
+
     def _wake_insights(self) -> None:
         """New archives were stored: push their insights now, not an interval later."""
-        self._insights_due.set()
+        with self._insights_lock:
+            self._insights_due = True
+            if self._insights_running:
+                return  # the running job sees the flag before it stops
         self._scheduler.modify_job("insights", next_run_time=datetime.now(UTC))
 
     def _run_once(self, name: str) -> PassResult | None:
