@@ -134,7 +134,9 @@ class _Handler(BaseHTTPRequestHandler):
         received_at = self.state.clock.now()
         request = self._read_request()
         fault = self.state.faults.take(request.method, request.path)
-        status = self._serve(request, fault)
+        action = fault.action if fault else None
+        reply = None if action == "reset" else self._answer(request, fault)
+        # Logged before the answer goes out: whoever has the answer finds the request logged.
         self.state.log(
             RequestRecord(
                 server=self.state.name,
@@ -143,11 +145,15 @@ class _Handler(BaseHTTPRequestHandler):
                 query=request.query,
                 headers=request.headers,
                 body=request.body,
-                status=status,
+                status=0 if reply is None else reply.status,
                 received_at=received_at,
                 finished_at=self.state.clock.now(),
             )
         )
+        if reply is None:
+            self._reset()
+        else:
+            self._send(reply, truncate=action == "truncate")
 
     def _read_request(self) -> Incoming:
         length = int(self.headers.get("Content-Length") or 0)
@@ -161,23 +167,18 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
         )
 
-    def _serve(self, request: Incoming, fault: Fault | None) -> int:
+    def _answer(self, request: Incoming, fault: Fault | None) -> Reply:
+        """The reply to send: the fault's, or the API's own (after a delay or a callback)."""
         action = fault.action if fault else None
-        if action == "reset":
-            self._reset()
-            return 0
         if action == "delay":
             time.sleep(fault.delay)
         if action == "call" and fault.callback is not None:
             fault.callback(self.state)
         if action == "respond":
-            reply = self._fault_reply(fault)
-        elif action == "malformed_json":
-            reply = Reply(200, b'{"items": [', {"Content-Type": "application/json"})
-        else:
-            reply = self.state.handle(request)
-        self._send(reply, truncate=action == "truncate")
-        return reply.status
+            return self._fault_reply(fault)
+        if action == "malformed_json":
+            return Reply(200, b'{"items": [', {"Content-Type": "application/json"})
+        return self.state.handle(request)
 
     def _fault_reply(self, fault: Fault) -> Reply:
         assert fault.status is not None
