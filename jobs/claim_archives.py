@@ -157,7 +157,7 @@ def abandon(ctx: JobContext, listed: dict[str, Any]) -> None:
         return  # claimed meanwhile, with a sibling of its conference
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
-        _abandon(ctx, parse_record(json.loads(row["record"])), bound)
+        _abandon(ctx, row["remote_status"], parse_record(json.loads(row["record"])), bound)
     except StateBusyError:
         raise
     except Exception as exc:
@@ -236,10 +236,8 @@ def _fetch(ctx: JobContext, record: ArchiveRecord, offset: int) -> tuple[str, in
     return written
 
 
-def _abandon(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
-    row = archives.get(ctx.db, record.archive_id)
-    assert row is not None
-    if row["remote_status"] == "ABANDONED":
+def _abandon(ctx: JobContext, remote_status: str, record: ArchiveRecord, bound: Any) -> None:
+    if remote_status == "ABANDONED":  # as the last listing said
         archives.mark_claimed(ctx.db, record.archive_id, ctx.clock.now())
         bound.info("archive.claimed", already_abandoned=True)
         ctx.stats.add("claimed")
