@@ -1,14 +1,21 @@
 """Sandbox Flexperto, storage host ("S3") and Total Expert servers on loopback.
 
 Used by the tests, by ``sync-worker demo`` and ``sync-worker sandbox``, and by the
-benchmark. Each server logs every request it serves and takes switchable faults.
+benchmark. Each server logs every request it serves and takes switchable faults::
+
+    with Sandbox(tmp_path, clock=FakeClock()) as sb:
+        sb.add_fault("te", Fault(path="/insights$", status=503))
+        config_text = sb.config_toml("archives", "state.db")
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import secrets
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -16,13 +23,26 @@ from sync_worker.clock import Clock, SystemClock
 from sync_worker.sandbox.faults import Fault
 from sync_worker.sandbox.flexperto import FlexpertoState, S3State
 from sync_worker.sandbox.http import RequestRecord, SandboxServer, ServerState
-from sync_worker.sandbox.seed import INSIGHT_TYPE, seed_flexperto, seed_totalexpert
+from sync_worker.sandbox.seed import INSIGHT_TYPE, seed_sandbox
 from sync_worker.sandbox.totalexpert import TotalExpertState
 
-__all__ = ["Fault", "RequestRecord", "Sandbox"]
+__all__ = [
+    "Fault",
+    "FlexpertoState",
+    "RequestRecord",
+    "S3State",
+    "Sandbox",
+    "TotalExpertState",
+]
 
 
 class Sandbox:
+    """The three servers, their secrets and their state; ``start``/``stop`` or ``with``.
+
+    Sockets are bound (``ports`` = Flexperto, storage host, TE; 0 = any free port) when the
+    sandbox is made, so the URLs are known before it starts.
+    """
+
     def __init__(
         self,
         data_dir: Path,
@@ -31,10 +51,11 @@ class Sandbox:
         te_requests_per_minute: int = 1000,
         te_token_requests_per_hour: int = 2,
         packing_listings: int = 1,
+        ports: tuple[int, int, int] = (0, 0, 0),
     ) -> None:
         self.clock = clock or SystemClock()
         self.api_key = secrets.token_urlsafe(24)
-        self.client_id = "sandbox-" + secrets.token_hex(4)
+        self.client_id = secrets.token_urlsafe(12)
         self.client_secret = secrets.token_urlsafe(24)
         data_dir.mkdir(parents=True, exist_ok=True)
         self.flexperto = FlexpertoState(self.clock, data_dir, self.api_key, packing_listings)
@@ -46,19 +67,27 @@ class Sandbox:
             te_requests_per_minute,
             te_token_requests_per_hour,
         )
-        self._servers = {
-            "flexperto": SandboxServer(self.flexperto),
-            "s3": SandboxServer(self.s3, host=_second_loopback()),
-            "totalexpert": SandboxServer(self.totalexpert),
-        }
+        sequence = _shared_counter()
+        for state in self._states():
+            state.sequence = sequence
+        self._servers: dict[str, SandboxServer] = {}
+        hosts = ("127.0.0.1", _second_loopback(), "127.0.0.1")
+        try:
+            for state, host, port in zip(self._states(), hosts, ports, strict=True):
+                self._servers[state.name] = SandboxServer(state, host=host, port=port)
+        except OSError:
+            self.stop()
+            raise
         self.flexperto_url = self._servers["flexperto"].url
         self.s3_url = self._servers["s3"].url
         self.totalexpert_url = self._servers["totalexpert"].url + "/v1"
         self.flexperto.s3_url = self.s3_url
         self.totalexpert.base_url = self.totalexpert_url
         if seed:
-            seed_totalexpert(self.totalexpert)
-            seed_flexperto(self.flexperto)
+            seed_sandbox(self.flexperto, self.totalexpert)
+
+    def _states(self) -> tuple[ServerState, ServerState, ServerState]:
+        return (self.flexperto, self.s3, self.totalexpert)
 
     def start(self) -> Sandbox:
         for server in self._servers.values():
@@ -66,8 +95,12 @@ class Sandbox:
         return self
 
     def stop(self) -> None:
-        for server in self._servers.values():
-            server.stop()
+        """Stop the servers (in parallel, it is quicker) and close their connections."""
+        stopping = [threading.Thread(target=s.stop) for s in self._servers.values()]
+        for thread in stopping:
+            thread.start()
+        for thread in stopping:
+            thread.join()
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -81,16 +114,17 @@ class Sandbox:
         self.stop()
 
     def state(self, server: str) -> ServerState:
-        return self._servers[server].state
+        """The state of ``flexperto``, ``s3`` or ``te``/``totalexpert``."""
+        return self._servers["totalexpert" if server == "te" else server].state
 
     def add_fault(self, server: str, fault: Fault) -> None:
         """Arm ``fault`` on ``flexperto``, ``s3`` or ``te``/``totalexpert``."""
-        self.state("totalexpert" if server == "te" else server).faults.add(fault)
+        self.state(server).faults.add(fault)
 
     def requests(self) -> list[RequestRecord]:
         """Every request served by the three servers, in order of arrival."""
-        served = [r for s in self._servers.values() for r in s.state.requests]
-        return sorted(served, key=lambda record: record.received_at)
+        served = [entry for s in self._servers.values() for entry in s.state.numbered_requests()]
+        return [record for _, record in sorted(served, key=lambda entry: entry[0])]
 
     def config_toml(self, archive_dir: str, database: str) -> str:
         """A worker configuration pointing at this sandbox."""
@@ -107,6 +141,17 @@ class Sandbox:
             f"[storage]\narchive_dir = {q(archive_dir)}\n"
             f"[state]\ndatabase = {q(database)}\n"
         )
+
+
+def _shared_counter() -> Callable[[], int]:
+    """A thread-safe 0, 1, 2... shared by the servers to number requests on arrival."""
+    numbers, lock = itertools.count(), threading.Lock()
+
+    def next_number() -> int:
+        with lock:
+            return next(numbers)
+
+    return next_number
 
 
 def _second_loopback() -> str:

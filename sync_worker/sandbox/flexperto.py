@@ -3,23 +3,33 @@
 Archive files live on disk under ``data_dir/blobs``; the download endpoint redirects to a
 separate server (the storage host) with a pre-signed, expiring URL, and that server refuses
 any request carrying the Flexperto api-key.
+
+Listings are ordered by ``created_at`` then ``id``; records added with
+:meth:`FlexpertoState.add_raw_record` and repeats from
+:meth:`FlexpertoState.duplicate_in_listing` follow, in the order they were added. A PACKING
+record turns AVAILABLE once it has been through ``packing_listings`` listings that could
+show it as AVAILABLE (offset 0, no status filter or one naming AVAILABLE).
 """
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import hmac
 import io
 import json
 import os
+import random
 import re
 import secrets
 import uuid
 import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote, unquote
 
 from sync_worker.clock import Clock
 from sync_worker.sandbox.http import Incoming, Reply, ServerState
@@ -33,6 +43,7 @@ S3_OBJECT = re.compile(r"/archives/([^/]+)\.zip")
 URL_LIFETIME_SECONDS = 300
 MAX_LIMIT = 500
 FILL_BLOCK = 1024 * 1024
+FIRST_MEETING = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
 
 
 @dataclass
@@ -43,23 +54,27 @@ class Blob:
 
 
 class FlexpertoState(ServerState):
+    """Archive records and files, and the Flexperto API over them."""
+
     name = "flexperto"
 
     def __init__(self, clock: Clock, data_dir: Path, api_key: str, packing_listings: int) -> None:
         super().__init__(clock)
         self.api_key = api_key
-        self.s3_url = ""  # set once the storage host is listening
+        self.s3_url = ""  # set once the storage host is bound
         self.signing_key = secrets.token_bytes(16)
         self._blob_dir = data_dir / "blobs"
         self._blob_dir.mkdir(parents=True, exist_ok=True)
-        self._entries: list[dict[str, Any]] = []  # listing order, raw records included
         self._records: dict[str, dict[str, Any]] = {}
+        self._ordered: list[dict[str, Any]] = []  # records by (created_at, id)
+        self._extras: list[Any] = []  # raw records and repeats, listed after the records
+        self._by_conference: dict[str, list[dict[str, Any]]] = {}
         self._blobs: dict[str, Blob] = {}
         self._abandoned_at: dict[str, float] = {}
-        self._packing: dict[str, int] = {}  # archive id -> listings it stays PACKING for
+        self._packing_until: dict[str, int] = {}  # archive id -> listings it stays PACKING for
         self._packing_listings = packing_listings
         self._listings = 0
-        self._conference_seq = 4700
+        self._added = 0
 
     # --- test and seed API --------------------------------------------------------
 
@@ -76,15 +91,22 @@ class FlexpertoState(ServerState):
         content: bytes | None = None,
         error: str | None = None,
     ) -> dict[str, Any]:
-        """Create an archive (and its file) and return its record."""
-        with self.lock:
-            self._conference_seq += 1
-            conference_id = conference_id or f"c-{self._conference_seq}"
+        """Create an archive and its file; return (a copy of) its record.
+
+        Without ``start`` the meetings follow each other an hour apart from 2026-11-20 09:00
+        UTC. The file is a small real zip, or ``content``, or ``size`` pseudo-random bytes
+        (written in blocks, never held in memory).
+        """
         archive_id = archive_id or str(uuid.uuid4())
-        start = start or datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
+        with self.lock:
+            if archive_id in self._records:
+                raise ValueError(f"archive {archive_id!r} exists already")
+            self._added += 1
+            number = self._added
+        start = start or FIRST_MEETING + timedelta(hours=number - 1)
         end = end or start + timedelta(minutes=45)
         subject = {
-            "conference_id": conference_id,
+            "conference_id": conference_id or f"c-{4700 + number}",
             "start": _iso(start),
             "end": _iso(end),
             "moderator": moderator,
@@ -103,32 +125,35 @@ class FlexpertoState(ServerState):
         with self.lock:
             self._blobs[archive_id] = blob
             self._records[archive_id] = record
-            self._entries.append(record)
+            self._by_conference.setdefault(subject["conference_id"], []).append(record)
+            bisect.insort(self._ordered, record, key=_listing_order)
             if status == "PACKING":
-                self._packing[archive_id] = self._packing_listings
-        return record
+                self._packing_until[archive_id] = self._listings + self._packing_listings
+            return _copy(record)
 
     def add_raw_record(self, record: Any) -> None:
-        """List ``record`` exactly as given, however malformed."""
+        """List ``record`` exactly as given, however malformed (it has no file)."""
         with self.lock:
-            self._entries.append(record)
+            self._extras.append(record)
 
     def duplicate_in_listing(self, archive_id: str) -> None:
+        """List the record a second time, after all the others."""
         with self.lock:
-            self._entries.append(self._records[archive_id])
+            self._extras.append(self._records[archive_id])
 
     def records(self) -> list[dict[str, Any]]:
+        """Copies of the archive records, in the order they were added."""
         with self.lock:
-            return [json.loads(json.dumps(r)) for r in self._records.values()]
+            return [_copy(r) for r in self._records.values()]
 
     def record(self, archive_id: str) -> dict[str, Any]:
         with self.lock:
-            return json.loads(json.dumps(self._records[archive_id]))
+            return _copy(self._records[archive_id])
 
     def set_status(self, archive_id: str, status: str) -> None:
         with self.lock:
             self._records[archive_id]["status"] = status
-            self._packing.pop(archive_id, None)
+            self._packing_until.pop(archive_id, None)
 
     def set_checksum(self, archive_id: str, sha256: str) -> None:
         with self.lock:
@@ -136,29 +161,35 @@ class FlexpertoState(ServerState):
 
     def blob_sha256(self, archive_id: str) -> str:
         """The sha256 of the bytes the storage host serves now."""
-        blob = self._blobs[archive_id]
         digest = hashlib.sha256()
-        with blob.path.open("rb") as handle:
+        with self._blob(archive_id).path.open("rb") as handle:
             while chunk := handle.read(FILL_BLOCK):
                 digest.update(chunk)
         return digest.hexdigest()
 
     def corrupt_blob(self, archive_id: str) -> None:
-        """Flip bytes in the stored file so that it no longer matches its checksum."""
-        path = self._blobs[archive_id].path
-        with path.open("r+b") as handle:
-            handle.seek(self._blobs[archive_id].size // 2)
+        """Flip a byte in the middle of the stored file: it no longer matches its checksum."""
+        blob = self._blob(archive_id)
+        with self.lock, blob.path.open("r+b") as handle:
+            handle.seek(blob.size // 2)
             byte = handle.read(1)
             handle.seek(-1, os.SEEK_CUR)
             handle.write(bytes([byte[0] ^ 0xFF]))
 
     def abandoned_at(self, archive_id: str) -> float | None:
+        """Clock time at which the archive was abandoned, None if it was not."""
         with self.lock:
             return self._abandoned_at.get(archive_id)
 
     def blob(self, archive_id: str) -> Blob | None:
         with self.lock:
             return self._blobs.get(archive_id)
+
+    def _blob(self, archive_id: str) -> Blob:
+        blob = self.blob(archive_id)
+        if blob is None:
+            raise KeyError(archive_id)
+        return blob
 
     # --- HTTP ---------------------------------------------------------------------
 
@@ -179,7 +210,7 @@ class FlexpertoState(ServerState):
             if match:
                 if request.method != method:
                     return self.error(405, "method not allowed")
-                return action(request, *match.groups())
+                return action(request, *map(unquote, match.groups()))
         return self.error(404, "no such endpoint")
 
     def _list(self, request: Incoming) -> Reply:
@@ -194,18 +225,19 @@ class FlexpertoState(ServerState):
         with self.lock:
             if offset == 0 and (not wanted or "AVAILABLE" in wanted):
                 self._count_listing()
-            entries = [e for e in self._entries if not wanted or _status(e) in wanted]
-            page = json.loads(json.dumps(entries[offset : offset + limit]))
+            listed = [e for e in self._ordered + self._extras if not wanted or _status(e) in wanted]
+            page = _copy(listed[offset : offset + limit])
         return Reply.json(
-            200, {"items": page, "total": len(entries), "limit": limit, "offset": offset}
+            200, {"items": page, "total": len(listed), "limit": limit, "offset": offset}
         )
 
     def _count_listing(self) -> None:
+        """One more listing: PACKING records whose time has come turn AVAILABLE."""
         self._listings += 1
-        for archive_id, listings in list(self._packing.items()):
-            if self._listings > listings:
+        for archive_id, until in list(self._packing_until.items()):
+            if self._listings > until:
                 self._records[archive_id]["status"] = "AVAILABLE"
-                del self._packing[archive_id]
+                del self._packing_until[archive_id]
 
     def _get(self, _request: Incoming, archive_id: str) -> Reply:
         with self.lock:
@@ -222,15 +254,14 @@ class FlexpertoState(ServerState):
         expires = int(self.clock.now()) + URL_LIFETIME_SECONDS
         signature = sign(self.signing_key, archive_id, expires)
         location = (
-            f"{self.s3_url}/archives/{archive_id}.zip?expires={expires}&signature={signature}"
+            f"{self.s3_url}/archives/{quote(archive_id, safe='')}.zip"
+            f"?expires={expires}&signature={signature}"
         )
         return Reply(302, b"", {"Location": location})
 
     def _abandon(self, _request: Incoming, conference_id: str) -> Reply:
         with self.lock:
-            records = [
-                r for r in self._records.values() if r["subject"]["conference_id"] == conference_id
-            ]
+            records = self._by_conference.get(conference_id)
             if not records:
                 return self.error(404, "conference not found")
             for record in records:
@@ -246,7 +277,7 @@ class FlexpertoState(ServerState):
         digest = hashlib.sha256()
         written = 0
         with path.open("wb") as handle:
-            for chunk in _blob_chunks(subject, size, content):
+            for chunk in _blob_chunks(archive_id, subject, size, content):
                 handle.write(chunk)
                 digest.update(chunk)
                 written += len(chunk)
@@ -263,8 +294,8 @@ class S3State(ServerState):
         self._flexperto = flexperto
         self.api_key_rejections = 0
 
-    def error(self, status: int, message: str) -> Reply:
-        body = f"<Error><Code>AccessDenied</Code><Message>{message}</Message></Error>"
+    def error(self, status: int, message: str, code: str = "AccessDenied") -> Reply:
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message></Error>"
         return Reply(status, body.encode(), {"Content-Type": "application/xml"})
 
     def handle(self, request: Incoming) -> Reply:
@@ -272,13 +303,16 @@ class S3State(ServerState):
             with self.lock:
                 self.api_key_rejections += 1
             return self.error(403, "Unexpected api-key header")
+        if request.method not in ("GET", "HEAD"):
+            return self.error(405, "The method is not allowed", "MethodNotAllowed")
         match = S3_OBJECT.fullmatch(request.path)
-        blob = self._flexperto.blob(match.group(1)) if match else None
-        if blob is None or request.method not in ("GET", "HEAD"):
-            return self.error(404, "NoSuchKey")
-        denied = self._check_signature(match.group(1), request.query)
-        if denied:
+        key = unquote(match.group(1)) if match else ""
+        denied = self._check_signature(key, request.query)
+        if denied:  # as on S3: no signature, no answer about whether the key exists
             return self.error(403, denied)
+        blob = self._flexperto.blob(key)
+        if blob is None:
+            return self.error(404, "The specified key does not exist", "NoSuchKey")
         return _ranged(blob, request.headers.get("range"))
 
     def _check_signature(self, archive_id: str, query: dict[str, str]) -> str | None:
@@ -314,36 +348,57 @@ def _ranged(blob: Blob, range_header: str | None) -> Reply:
     return Reply(206, headers=headers, file=blob.path, offset=first, length=last - first + 1)
 
 
-def _blob_chunks(subject: dict[str, Any], size: int | None, content: bytes | None):
-    """A small real zip by default; ``size`` pseudo-random bytes for big test archives."""
+def _blob_chunks(
+    archive_id: str, subject: dict[str, Any], size: int | None, content: bytes | None
+) -> Iterator[bytes]:
+    """``content``; or ``size`` pseudo-random bytes; or else a small real zip."""
     if content is not None:
         yield content
-        return
-    if size is None:
-        yield _small_zip(subject)
-        return
+    elif size is not None:
+        yield from _filler(size)
+    else:
+        yield _small_zip(archive_id, subject)
+
+
+def _filler(size: int) -> Iterator[bytes]:
+    """``size`` pseudo-random bytes in blocks of at most 1 MiB, no two blocks alike."""
     block = os.urandom(min(FILL_BLOCK, size))
     remaining = size
     while remaining > 0:
-        chunk = block[: min(len(block), remaining)]
+        chunk = block[:remaining]
         yield chunk
         remaining -= len(chunk)
-        # vary each block so that no two regions of the file are alike
         block = hashlib.sha256(block[:64]).digest() + block[32:]
 
 
-def _small_zip(subject: dict[str, Any]) -> bytes:
+def _small_zip(archive_id: str, subject: dict[str, Any]) -> bytes:
+    """A small archive as Flexperto packs it; the same bytes for the same id and subject."""
+    rng = random.Random(archive_id)
+    stamp = datetime.fromisoformat(subject["start"]).timetuple()[:6]
+    files = {
+        "themis/metadata.json": json.dumps(subject, indent=2).encode(),
+        "themis/chat.json": json.dumps([{"from": "moderator", "text": "Hallo"}]).encode(),
+        "themis/recording.mp4": rng.randbytes(4096),
+        "mithra/contract.pdf": b"%PDF-1.4\n% sandbox contract\n%%EOF\n",
+    }
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("themis/metadata.json", json.dumps(subject, indent=2))
-        archive.writestr("themis/chat.json", json.dumps([{"from": "moderator", "text": "Hallo"}]))
-        archive.writestr("themis/recording.mp4", os.urandom(4096))
-        archive.writestr("mithra/contract.pdf", b"%PDF-1.4\n% sandbox contract\n%%EOF\n")
+        for name, data in files.items():
+            archive.writestr(zipfile.ZipInfo(name, stamp), data, zipfile.ZIP_DEFLATED)
     return buffer.getvalue()
+
+
+def _listing_order(record: dict[str, Any]) -> tuple[str, str]:
+    return (record["created_at"], record["id"])
 
 
 def _status(entry: Any) -> Any:
     return entry.get("status") if isinstance(entry, dict) else None
+
+
+def _copy(value: Any) -> Any:
+    """A deep copy of JSON data, so callers never share the server's dicts."""
+    return json.loads(json.dumps(value))
 
 
 def _iso(moment: datetime) -> str:

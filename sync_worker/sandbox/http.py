@@ -1,16 +1,20 @@
 """The sandbox servers' common base: a threaded HTTP/1.1 server on loopback that logs every
 request it serves and applies the faults armed on it.
+
+A server is a :class:`ServerState` subclass (the API: ``handle(Incoming) -> Reply``) bound by
+a :class:`SandboxServer`. Replies always carry ``Content-Length``, so connections stay alive.
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -25,6 +29,8 @@ SEND_CHUNK = 1024 * 1024
 
 @dataclass(frozen=True)
 class RequestRecord:
+    """One request as a server saw it; times are the sandbox clock's."""
+
     server: str
     method: str
     path: str
@@ -38,6 +44,8 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class Incoming:
+    """A parsed request handed to :meth:`ServerState.handle`."""
+
     method: str
     path: str
     query: dict[str, str]
@@ -85,7 +93,11 @@ class Reply:
 
 
 class ServerState:
-    """What one sandbox server knows; subclasses answer requests in :meth:`handle`."""
+    """What one sandbox server knows; subclasses answer requests in :meth:`handle`.
+
+    ``sequence`` numbers requests on arrival; the sandbox shares one between its servers so
+    that their logs merge in order of arrival.
+    """
 
     name = "server"
 
@@ -93,20 +105,26 @@ class ServerState:
         self.clock = clock
         self.lock = threading.RLock()
         self.faults = FaultList()
-        self._requests: list[RequestRecord] = []
+        self.sequence: Callable[[], int] = itertools.count().__next__
+        self._log: list[tuple[int, RequestRecord]] = []
 
     @property
     def requests(self) -> list[RequestRecord]:
+        """A copy of this server's request log, in order of arrival."""
+        return [record for _, record in self.numbered_requests()]
+
+    def numbered_requests(self) -> list[tuple[int, RequestRecord]]:
+        """The request log with each request's arrival number."""
         with self.lock:
-            return list(self._requests)
+            return sorted(self._log, key=lambda entry: entry[0])
 
     def clear_requests(self) -> None:
         with self.lock:
-            self._requests.clear()
+            self._log.clear()
 
-    def log(self, record: RequestRecord) -> None:
+    def log(self, number: int, record: RequestRecord) -> None:
         with self.lock:
-            self._requests.append(record)
+            self._log.append((number, record))
 
     def handle(self, request: Incoming) -> Reply:
         raise NotImplementedError
@@ -131,13 +149,14 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
     def _dispatch(self) -> None:
-        received_at = self.state.clock.now()
+        number, received_at = self.state.sequence(), self.state.clock.now()
         request = self._read_request()
         fault = self.state.faults.take(request.method, request.path)
         action = fault.action if fault else None
         reply = None if action == "reset" else self._answer(request, fault)
         # Logged before the answer goes out: whoever has the answer finds the request logged.
         self.state.log(
+            number,
             RequestRecord(
                 server=self.state.name,
                 method=request.method,
@@ -148,7 +167,7 @@ class _Handler(BaseHTTPRequestHandler):
                 status=0 if reply is None else reply.status,
                 received_at=received_at,
                 finished_at=self.state.clock.now(),
-            )
+            ),
         )
         if reply is None:
             self._reset()
@@ -156,7 +175,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(reply, truncate=action == "truncate")
 
     def _read_request(self) -> Incoming:
-        length = int(self.headers.get("Content-Length") or 0)
+        try:
+            length = max(0, int(self.headers.get("Content-Length") or 0))
+        except ValueError:  # the body cannot be framed: take none and close afterwards
+            length, self.close_connection = 0, True
         body = self.rfile.read(length) if length else b""
         parts = urlsplit(self.path)
         return Incoming(
@@ -228,15 +250,41 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class _Server(ThreadingHTTPServer):
+    """Tracks its open connections so that stopping can close them."""
+
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 128  # parallel clients must not wait for a SYN retransmit
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+        super().__init__(address, handler)
+        self._open: set[socket.socket] = set()
+        self._open_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self._open_lock:
+            self._open.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.discard(request)
+        super().shutdown_request(request)
+
+    def close_connections(self) -> None:
+        """End every open connection (kept-alive ones included)."""
+        with self._open_lock:
+            connections = list(self._open)
+        for connection in connections:
+            with contextlib.suppress(OSError):
+                connection.shutdown(socket.SHUT_RDWR)
 
     def handle_error(self, request: Any, _client_address: Any) -> None:
         pass  # clients that hang up mid-answer are part of the game
 
 
 class SandboxServer:
-    """One running server: a state object bound to a loopback address."""
+    """One server: a state object bound to a loopback address (port 0: a free one)."""
 
     def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0) -> None:
         handler = type(f"{state.name}Handler", (_Handler,), {"state": state})
@@ -244,7 +292,7 @@ class SandboxServer:
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.05},
+            kwargs={"poll_interval": 0.02},
             name=f"sandbox-{state.name}",
             daemon=True,
         )
@@ -258,6 +306,9 @@ class SandboxServer:
         self._thread.start()
 
     def stop(self) -> None:
-        self._server.shutdown()
+        """Stop serving, close the listening socket and every open connection."""
+        if self._thread.is_alive():
+            self._server.shutdown()
+            self._thread.join(timeout=5)
         self._server.server_close()
-        self._thread.join(timeout=5)
+        self._server.close_connections()

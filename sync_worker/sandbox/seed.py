@@ -4,18 +4,23 @@ Total Expert: users Anna Expert and Bernd Berater; contacts max.kunde@example.or
 by Anna, one by Bernd: TE deduplicates per owner), erika.muster@example.org (Bernd) and
 lena.lang@example.org (Anna); the insight type ``flexperto_conference_archived``.
 
-Flexperto, one archive per conference:
+Flexperto, one archive per conference (c-4701 to c-4705), meetings of 45 minutes an hour
+apart from 2026-11-20 09:00 UTC; the moderator is listed among the participants:
 
 - AVAILABLE, moderated by Anna: Max Kunde (two TE contacts, Anna's is chosen) and
   nobody@nowhere.example (no TE contact: ``no_match``);
 - AVAILABLE, moderated by Bernd: Erika Muster;
 - AVAILABLE, moderated by kim.extern@partner.example (not a TE user): Lena Lang;
-- PACKING, moderated by Anna: Max Kunde; turns AVAILABLE after the first pass;
-- FAILED with error "recording missing".
+- PACKING, moderated by Anna: Max Kunde; turns AVAILABLE after ``packing_listings`` listings
+  (by default: after the first pass);
+- FAILED, moderated by Bernd, with error "recording missing".
+
+Archive ids are fixed (uuid5 of ``sandbox-seed-N``), and so are the files and checksums.
 """
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,6 +31,7 @@ INSIGHT_TYPE = "flexperto_conference_archived"
 
 
 def person(account_id: str, email: str, name: str) -> dict[str, Any]:
+    """A Flexperto account as it appears in an archive's subject."""
     return {"account_id": account_id, "email": email, "name": name}
 
 
@@ -38,7 +44,13 @@ LENA = person("p-101", "lena.lang@example.org", "Lena Lang")
 NOBODY = person("p-102", "nobody@nowhere.example", "No Body")
 
 
+def seed_archive_id(number: int) -> str:
+    """The fixed id of the ``number``-th seeded archive (counting from 1)."""
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-seed-{number}"))
+
+
 def seed_totalexpert(te: TotalExpertState) -> None:
+    """Add the sample users, contacts and insight type."""
     anna = te.add_user(ANNA["email"], "anna.expert", "e-17")
     bernd = te.add_user(BERND["email"], "bernd.berater", "e-18")
     te.add_contact(MAX["email"], anna["id"], "Max", "Kunde")
@@ -49,6 +61,7 @@ def seed_totalexpert(te: TotalExpertState) -> None:
 
 
 def seed_flexperto(flexperto: FlexpertoState) -> None:
+    """Add the five sample archives; call it before adding any other archive."""
     day = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     meetings = [
         ("AVAILABLE", ANNA, [MAX, NOBODY], None),
@@ -60,6 +73,7 @@ def seed_flexperto(flexperto: FlexpertoState) -> None:
     for hour, (status, moderator, participants, error) in enumerate(meetings):
         start = day + timedelta(hours=hour)
         flexperto.add_archive(
+            archive_id=seed_archive_id(hour + 1),
             status=status,
             moderator=moderator,
             participants=[moderator, *participants],
@@ -67,3 +81,9 @@ def seed_flexperto(flexperto: FlexpertoState) -> None:
             end=start + timedelta(minutes=45),
             error=error,
         )
+
+
+def seed_sandbox(flexperto: FlexpertoState, te: TotalExpertState) -> None:
+    """All the sample data."""
+    seed_totalexpert(te)
+    seed_flexperto(flexperto)

@@ -1,5 +1,10 @@
 """The sandbox Total Expert: OAuth tokens, contacts, users, insight types and insights, with
 TE's per-minute and token limits enforced by the sandbox clock.
+
+Every request under ``/v1`` counts toward a sliding 60-second window of
+``requests_per_minute``; token requests also count toward a sliding hour of
+``token_requests_per_hour``. Over either limit the answer is 429 without ``Retry-After``.
+Requests over a limit do not take a place in its window.
 """
 
 from __future__ import annotations
@@ -8,8 +13,10 @@ import base64
 import binascii
 import json
 import math
+import re
 import secrets
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,9 +27,13 @@ BASE = "/v1"
 TOKEN_LIFETIME_SECONDS = 3600
 MAX_PAGE_SIZE = 100
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
+DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
+PUBLIC_INSIGHT_KEYS = ("id", "type", "contact", "owner", "insight_date", "data")
 
 
 class TotalExpertState(ServerState):
+    """Users, contacts, insight types, insights and tokens, and the TE API over them."""
+
     name = "totalexpert"
 
     def __init__(
@@ -52,6 +63,15 @@ class TotalExpertState(ServerState):
         self.tokens_issued = 0
         self.issued_tokens: list[str] = []
         self.rate_limited_count = 0
+        self._routes: dict[tuple[str, str], Callable[[Incoming], Reply]] = {
+            ("GET", "/heartbeat"): lambda _request: Reply.json(200, {"status": "ok"}),
+            ("POST", "/token"): self._token,
+            ("GET", "/contacts"): self._list_contacts,
+            ("GET", "/users"): self._list_users,
+            ("GET", "/insight-types"): self._list_types,
+            ("GET", "/insights"): self._list_insights,
+            ("POST", "/insights"): self._create_insight,
+        }
 
     # --- test and seed API --------------------------------------------------------
 
@@ -77,6 +97,7 @@ class TotalExpertState(ServerState):
         last_name: str = "",
         updated_at: float | None = None,
     ) -> dict[str, Any]:
+        updated = self.clock.now() if updated_at is None else updated_at
         with self.lock:
             owner = self._users[owner_id]
             contact = {
@@ -84,7 +105,7 @@ class TotalExpertState(ServerState):
                 "email": email,
                 "first_name": first_name,
                 "last_name": last_name,
-                "internal_updated_at": _format(updated_at or self.clock.now()),
+                "internal_updated_at": _format(updated),
                 "owner": {k: owner[k] for k in ("id", "email", "username", "external_id")},
             }
             self._contacts[contact["id"]] = contact
@@ -154,29 +175,19 @@ class TotalExpertState(ServerState):
             if not _admit(self._arrivals, now, 60.0, self.requests_per_minute):
                 self.rate_limited_count += 1
                 return self.error(429, "Too Many Requests")
-        if path == "/heartbeat":
-            return Reply.json(200, {"status": "ok"})
-        if path == "/token":
-            return self._token(request, now) if request.method == "POST" else self._405()
-        if not self._authorized(request, now):
-            return self.error(401, "invalid_token")
-        routes = {
-            ("GET", "/contacts"): self._list_contacts,
-            ("GET", "/users"): self._list_users,
-            ("GET", "/insight-types"): self._list_types,
-            ("GET", "/insights"): self._list_insights,
-            ("POST", "/insights"): self._create_insight,
-        }
-        action = routes.get((request.method, path))
+        action = self._routes.get((request.method, path))
         if action is None:
-            known = any(p == path for _, p in routes)
+            known = any(p == path for _, p in self._routes)
             return self._405() if known else self.error(404, "Not Found")
+        if path not in ("/heartbeat", "/token") and not self._authorized(request, now):
+            return self.error(401, "invalid_token")
         return action(request)
 
     def _405(self) -> Reply:
         return self.error(405, "Method Not Allowed")
 
-    def _token(self, request: Incoming, now: float) -> Reply:
+    def _token(self, request: Incoming) -> Reply:
+        now = self.clock.now()
         with self.lock:
             self.token_requests += 1
             self._all_token_arrivals.append(now)
@@ -262,10 +273,9 @@ class TotalExpertState(ServerState):
         filters = _filters(request)
         with self.lock:
             found = [
-                i
+                {key: i[key] for key in PUBLIC_INSIGHT_KEYS}
                 for i in self._insights
-                if str(i["contact"]["id"]) == filters.get("contact_id", str(i["contact"]["id"]))
-                and str(i["type"]["id"]) == filters.get("type_id", str(i["type"]["id"]))
+                if all(str(i.get(key)) == value for key, value in filters.items())
             ]
             return self._page(request, found)
 
@@ -290,6 +300,7 @@ class TotalExpertState(ServerState):
                 "owner": {"id": body["owner"]["id"]},
                 "contact_id": body["contact"]["id"],
                 "owner_id": body["owner"]["id"],
+                "type_id": kind["id"],
                 "insight_date": body["insight_date"],
                 "data": body.get("data") or {},
                 "created_at": self.clock.now(),
@@ -302,18 +313,13 @@ class TotalExpertState(ServerState):
     def _insight_problem(self, body: dict[str, Any]) -> str | None:
         if self._find_type(body.get("type")) is None:
             return "Unable to find target for relationship: 'type'"
-        contact = body.get("contact")
-        if not isinstance(contact, dict) or contact.get("id") not in self._contacts:
+        if _reference(body.get("contact")) not in self._contacts:
             return "Unable to find target for relationship: 'contact'"
-        owner = body.get("owner")
-        if owner is None:
+        if body.get("owner") is None:
             return "owner is required when acting as admin"
-        if not isinstance(owner, dict) or owner.get("id") not in self._users:
+        if _reference(body.get("owner")) not in self._users:
             return "Unable to find target for relationship: 'owner'"
-        date = body.get("insight_date")
-        try:
-            datetime.strptime(str(date), DATE_FORMAT)
-        except ValueError:
+        if not _is_date(body.get("insight_date")):
             return "insight_date must be formatted YYYY-MM-DD HH:MM:SS"
         if not isinstance(body.get("data", {}), dict):
             return "data must be an object"
@@ -377,6 +383,23 @@ def _filters(request: Incoming) -> dict[str, str]:
         if sep:
             filters[key.strip()] = value.strip()
     return filters
+
+
+def _reference(value: Any) -> int | None:
+    """The integer id of a relationship object such as ``{"id": 451}``, else None."""
+    target = value.get("id") if isinstance(value, dict) else None
+    return target if isinstance(target, int) and not isinstance(target, bool) else None
+
+
+def _is_date(value: Any) -> bool:
+    """Whether ``value`` is a real date and time written ``YYYY-MM-DD HH:MM:SS``."""
+    if not isinstance(value, str) or not DATE_SHAPE.fullmatch(value):
+        return False
+    try:
+        datetime.strptime(value, DATE_FORMAT)
+    except ValueError:
+        return False
+    return True
 
 
 def _oauth_error(code: str, description: str) -> Reply:
