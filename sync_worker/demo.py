@@ -13,15 +13,15 @@ from sync_worker import logs, status
 from sync_worker.clock import SystemClock
 from sync_worker.config import ConfigError, load_config
 from sync_worker.runner import run_pass
-from sync_worker.sandbox import Fault, Sandbox
+from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox
 
 MARKER = ".sync-worker-demo"
 
 
-def run(folder: Path) -> int:
+def run(folder: Path, dialect: Dialect = LENIENT) -> int:
     """Start the sandbox, run one pass against it, and say what happened."""
     _fresh_folder(folder)
-    with Sandbox(folder / "sandbox") as sandbox:
+    with Sandbox(folder / "sandbox", dialect=dialect) as sandbox:
         config_file = folder / "config.toml"
         config_file.write_text(sandbox.config_toml("archives", "state.db"), encoding="utf-8")
         config_file.chmod(0o600)
@@ -75,14 +75,14 @@ def _report(sandbox: Sandbox, database: Path, config_file: Path) -> str:
     return "\n".join(lines)
 
 
-def serve_sandbox(folder: Path, fault_specs: Sequence[str]) -> int:
+def serve_sandbox(folder: Path, fault_specs: Sequence[str], dialect: Dialect = LENIENT) -> int:
     """Serve the sandbox until SIGINT/SIGTERM, printing a config that points at it."""
     faults = [Fault.parse(spec) for spec in fault_specs]
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Sandbox(folder) as sandbox:
+    with Sandbox(folder, dialect=dialect) as sandbox:
         for server, fault in faults:
             sandbox.add_fault(server, fault)
         print(sandbox.config_toml(str(folder / "archives"), str(folder / "state.db")), flush=True)

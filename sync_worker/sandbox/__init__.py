@@ -6,6 +6,9 @@ benchmark. Each server logs every request it serves and takes switchable faults:
     with Sandbox(tmp_path, clock=FakeClock()) as sb:
         sb.add_fault("te", Fault(path="/insights$", status=503))
         config_text = sb.config_toml("archives", "state.db")
+
+``dialect`` (default :data:`LENIENT`) says how far the servers go beyond the vendors'
+documents; :data:`STRICT` keeps to them.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sync_worker.clock import Clock, SystemClock
+from sync_worker.sandbox.dialect import LENIENT, STRICT, Dialect
 from sync_worker.sandbox.faults import Fault
 from sync_worker.sandbox.flexperto import FlexpertoState, S3State
 from sync_worker.sandbox.http import RequestRecord, SandboxServer, ServerState
@@ -27,6 +31,9 @@ from sync_worker.sandbox.seed import INSIGHT_TYPE, seed_sandbox
 from sync_worker.sandbox.totalexpert import TotalExpertState
 
 __all__ = [
+    "LENIENT",
+    "STRICT",
+    "Dialect",
     "Fault",
     "FlexpertoState",
     "RequestRecord",
@@ -52,13 +59,17 @@ class Sandbox:
         te_token_requests_per_hour: int = 2,
         packing_listings: int = 1,
         ports: tuple[int, int, int] = (0, 0, 0),
+        dialect: Dialect = LENIENT,
     ) -> None:
         self.clock = clock or SystemClock()
+        self.dialect = dialect
         self.api_key = secrets.token_urlsafe(24)
         self.client_id = secrets.token_urlsafe(12)
         self.client_secret = secrets.token_urlsafe(24)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.flexperto = FlexpertoState(self.clock, data_dir, self.api_key, packing_listings)
+        self.flexperto = FlexpertoState(
+            self.clock, data_dir, self.api_key, packing_listings, dialect
+        )
         self.s3 = S3State(self.clock, self.flexperto)
         self.totalexpert = TotalExpertState(
             self.clock,
@@ -66,6 +77,7 @@ class Sandbox:
             self.client_secret,
             te_requests_per_minute,
             te_token_requests_per_hour,
+            dialect,
         )
         sequence = _shared_counter()
         for state in self._states():

@@ -6,9 +6,14 @@ any request carrying the Flexperto api-key.
 
 Listings are ordered by ``created_at`` then ``id``; records added with
 :meth:`FlexpertoState.add_raw_record` and repeats from
-:meth:`FlexpertoState.duplicate_in_listing` follow, in the order they were added. A PACKING
-record turns AVAILABLE once it has been through ``packing_listings`` listings that could
-show it as AVAILABLE (offset 0, no status filter or one naming AVAILABLE).
+:meth:`FlexpertoState.duplicate_in_listing` follow, in the order they were added, whatever
+their status. A PACKING record turns AVAILABLE once it has been through ``packing_listings``
+listings that could show it as AVAILABLE (offset 0, no status filter or one naming
+AVAILABLE).
+
+The :class:`~sync_worker.sandbox.dialect.Dialect` decides where the endpoints live, what the
+list takes and answers, which fields records show (raw records are always shown exactly as
+given) and what abandon answers. Archive files are the same in every dialect.
 """
 
 from __future__ import annotations
@@ -32,13 +37,14 @@ from typing import Any
 from urllib.parse import quote, unquote
 
 from sync_worker.clock import Clock
+from sync_worker.sandbox.dialect import Dialect
 from sync_worker.sandbox.http import Incoming, Reply, ServerState
 
-API = "/api/v2"
-LIST = re.compile(rf"{API}/communication/conferences/archives")
-RECORD = re.compile(rf"{API}/communication/archives/archives/([^/]+)")
-DOWNLOAD = re.compile(rf"{API}/communication/archives/archives/([^/]+)/download")
-ABANDON = re.compile(rf"{API}/communication/conferences/conferences/([^/]+)/archive/abandon")
+LIST = "/communication/conferences/archives"
+RECORD = "/communication/archives/archives/([^/]+)"
+DOWNLOAD = "/communication/archives/archives/([^/]+)/download"
+ABANDON = "/communication/conferences/conferences/([^/]+)/archive/abandon"
+DEFAULT_LIMIT = 100
 S3_OBJECT = re.compile(r"/archives/([^/]+)\.zip")
 URL_LIFETIME_SECONDS = 300
 MAX_LIMIT = 500
@@ -53,21 +59,36 @@ class Blob:
     size: int
 
 
+@dataclass(frozen=True)
+class _Raw:
+    """A listing entry from :meth:`FlexpertoState.add_raw_record`: any value, shown as is."""
+
+    value: Any
+
+
 class FlexpertoState(ServerState):
     """Archive records and files, and the Flexperto API over them."""
 
     name = "flexperto"
 
-    def __init__(self, clock: Clock, data_dir: Path, api_key: str, packing_listings: int) -> None:
+    def __init__(
+        self,
+        clock: Clock,
+        data_dir: Path,
+        api_key: str,
+        packing_listings: int,
+        dialect: Dialect,
+    ) -> None:
         super().__init__(clock)
         self.api_key = api_key
+        self.dialect = dialect
         self.s3_url = ""  # set once the storage host is bound
         self.signing_key = secrets.token_bytes(16)
         self._blob_dir = data_dir / "blobs"
         self._blob_dir.mkdir(parents=True, exist_ok=True)
         self._records: dict[str, dict[str, Any]] = {}
         self._ordered: list[dict[str, Any]] = []  # records by (created_at, id)
-        self._extras: list[Any] = []  # raw records and repeats, listed after the records
+        self._extras: list[_Raw | dict[str, Any]] = []  # raw records and repeats, listed last
         self._by_conference: dict[str, list[dict[str, Any]]] = {}
         self._blobs: dict[str, Blob] = {}
         self._abandoned_at: dict[str, float] = {}
@@ -75,6 +96,16 @@ class FlexpertoState(ServerState):
         self._packing_listings = packing_listings
         self._listings = 0
         self._added = 0
+        api = re.escape(dialect.flexperto_prefix)
+        self._routes = tuple(
+            (method, re.compile(api + path), action)
+            for method, path, action in (
+                ("GET", LIST, self._list),
+                ("GET", DOWNLOAD, self._download),
+                ("GET", RECORD, self._get),
+                ("POST", ABANDON, self._abandon),
+            )
+        )
 
     # --- test and seed API --------------------------------------------------------
 
@@ -134,7 +165,7 @@ class FlexpertoState(ServerState):
     def add_raw_record(self, record: Any) -> None:
         """List ``record`` exactly as given, however malformed (it has no file)."""
         with self.lock:
-            self._extras.append(record)
+            self._extras.append(_Raw(record))
 
     def duplicate_in_listing(self, archive_id: str) -> None:
         """List the record a second time, after all the others."""
@@ -199,13 +230,7 @@ class FlexpertoState(ServerState):
     def handle(self, request: Incoming) -> Reply:
         if request.headers.get("api-key") != self.api_key:
             return self.error(401, "missing or invalid api-key")
-        routes = (
-            ("GET", LIST, self._list),
-            ("GET", DOWNLOAD, self._download),
-            ("GET", RECORD, self._get),
-            ("POST", ABANDON, self._abandon),
-        )
-        for method, pattern, action in routes:
+        for method, pattern, action in self._routes:
             match = pattern.fullmatch(request.path)
             if match:
                 if request.method != method:
@@ -214,22 +239,64 @@ class FlexpertoState(ServerState):
         return self.error(404, "no such endpoint")
 
     def _list(self, request: Incoming) -> Reply:
+        if request.query and not self.dialect.flexperto_list_params:
+            return self.error(400, f"unknown query parameter '{next(iter(request.query))}'")
         try:
-            limit = int(request.query.get("limit", 100))
-            offset = int(request.query.get("offset", 0))
-        except ValueError:
-            return self.error(400, "limit and offset must be integers")
-        if not 0 < limit <= MAX_LIMIT or offset < 0:
-            return self.error(400, f"limit must be 1..{MAX_LIMIT}, offset >= 0")
+            offset, limit = self._window(request.query)
+        except ValueError as problem:
+            return self.error(400, str(problem))
         wanted = set(filter(None, request.query.get("status", "").split(",")))
         with self.lock:
             if offset == 0 and (not wanted or "AVAILABLE" in wanted):
                 self._count_listing()
-            listed = [e for e in self._ordered + self._extras if not wanted or _status(e) in wanted]
-            page = _copy(listed[offset : offset + limit])
-        return Reply.json(
-            200, {"items": page, "total": len(listed), "limit": limit, "offset": offset}
-        )
+            listed = self._listed(wanted)
+            end = None if limit is None else offset + limit
+            answer: dict[str, Any] = {"items": [self._shown(e) for e in listed[offset:end]]}
+        if self.dialect.flexperto_list_extras:
+            answer.update(total=len(listed), limit=limit, offset=offset)
+        return Reply.json(200, answer)
+
+    def _window(self, query: dict[str, str]) -> tuple[int, int | None]:
+        """The ``offset`` and ``limit`` asked for; limit None: everything.
+
+        Raises ValueError, with the message for the client, on values out of range.
+        """
+        # A default page only where the client can ask for the next one and see that it
+        # exists; otherwise it would silently hide records.
+        paged = self.dialect.flexperto_list_params and self.dialect.flexperto_list_extras
+        default = DEFAULT_LIMIT if paged else None
+        try:
+            limit = int(query["limit"]) if "limit" in query else default
+            offset = int(query.get("offset", 0))
+        except ValueError:
+            raise ValueError("limit and offset must be integers") from None
+        if (limit is not None and not 0 < limit <= MAX_LIMIT) or offset < 0:
+            raise ValueError(f"limit must be 1..{MAX_LIMIT}, offset >= 0")
+        return offset, limit
+
+    def _listed(self, wanted: set[str]) -> list[_Raw | dict[str, Any]]:
+        """The entries a listing filtered on ``wanted`` statuses (none: no filter) shows."""
+        records = [r for r in self._ordered if self._lists(r["status"], wanted)]
+        return records + [e for e in self._extras if not wanted or _status(e) in wanted]
+
+    def _lists(self, status: str, wanted: set[str]) -> bool:
+        """Whether a record in ``status`` is listed for the ``wanted`` statuses."""
+        if wanted:
+            return status in wanted
+        return self.dialect.flexperto_list_all_statuses or status == "AVAILABLE"
+
+    def _shown(self, entry: _Raw | dict[str, Any]) -> Any:
+        """A copy of a listing entry as the API shows it."""
+        return _copy(entry.value) if isinstance(entry, _Raw) else self._public(entry)
+
+    def _public(self, record: dict[str, Any]) -> dict[str, Any]:
+        """A copy of ``record`` with only the fields the dialect shows."""
+        shown = _copy(record)
+        if not self.dialect.flexperto_record_size:
+            del shown["size"]
+        if not self.dialect.flexperto_record_people:
+            shown["subject"] = {"conference_id": record["subject"]["conference_id"]}
+        return shown
 
     def _count_listing(self) -> None:
         """One more listing: PACKING records whose time has come turn AVAILABLE."""
@@ -242,7 +309,9 @@ class FlexpertoState(ServerState):
     def _get(self, _request: Incoming, archive_id: str) -> Reply:
         with self.lock:
             record = self._records.get(archive_id)
-            return Reply.json(200, record) if record else self.error(404, "archive not found")
+            if record is None:
+                return self.error(404, "archive not found")
+            return Reply.json(200, self._public(record))
 
     def _download(self, _request: Incoming, archive_id: str) -> Reply:
         with self.lock:
@@ -268,6 +337,8 @@ class FlexpertoState(ServerState):
                 if record["status"] == "AVAILABLE":
                     record["status"] = "ABANDONED"
                     self._abandoned_at[record["id"]] = self.clock.now()
+        if not self.dialect.flexperto_abandon_body:
+            return Reply(204)
         return Reply.json(200, {"conference_id": conference_id, "status": "ABANDONED"})
 
     def _write_blob(
@@ -313,7 +384,8 @@ class S3State(ServerState):
         blob = self._flexperto.blob(key)
         if blob is None:
             return self.error(404, "The specified key does not exist", "NoSuchKey")
-        return _ranged(blob, request.headers.get("range"))
+        ranges = self._flexperto.dialect.s3_ranges
+        return _ranged(blob, request.headers.get("range") if ranges else None)
 
     def _check_signature(self, archive_id: str, query: dict[str, str]) -> str | None:
         try:
@@ -392,8 +464,9 @@ def _listing_order(record: dict[str, Any]) -> tuple[str, str]:
     return (record["created_at"], record["id"])
 
 
-def _status(entry: Any) -> Any:
-    return entry.get("status") if isinstance(entry, dict) else None
+def _status(entry: _Raw | dict[str, Any]) -> Any:
+    value = entry.value if isinstance(entry, _Raw) else entry
+    return value.get("status") if isinstance(value, dict) else None
 
 
 def _copy(value: Any) -> Any:

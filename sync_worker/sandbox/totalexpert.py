@@ -5,6 +5,10 @@ Every request under ``/v1`` counts toward a sliding 60-second window of
 ``requests_per_minute``; token requests also count toward a sliding hour of
 ``token_requests_per_hour``. Over either limit the answer is 429 without ``Retry-After``.
 Requests over a limit do not take a place in its window.
+
+The :class:`~sync_worker.sandbox.dialect.Dialect` decides which query parameters and filter
+attributes the lists take, which fields their items show, and what ``POST /insights``
+answers. Records keep every field inside, whatever the dialect shows.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sync_worker.clock import Clock
+from sync_worker.sandbox.dialect import Dialect
 from sync_worker.sandbox.http import Incoming, Reply, ServerState
 
 BASE = "/v1"
@@ -28,7 +33,18 @@ TOKEN_LIFETIME_SECONDS = 3600
 MAX_PAGE_SIZE = 100
 DATE_FORMAT = "%Y-%m-%d %H:%M:%S"
 DATE_SHAPE = re.compile(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2}")
-PUBLIC_INSIGHT_KEYS = ("id", "type", "contact", "owner", "insight_date", "data")
+LIST_PARAMS = ("page[number]", "page[size]", "filter")
+UPDATED_SINCE = "internal_updated_at_start"
+UPDATED_AT = "internal_updated_at"
+# The documented fields of each list's items (API-NOTES.md), in the order records keep them.
+CONTACT_FIELDS = ("id", "email", "first_name", "last_name", "owner")
+USER_FIELDS = ("id", "email", "username", "external_id")
+TYPE_FIELDS = ("id", "type", "description")
+INSIGHT_FIELDS = ("id", "type", "contact", "owner", "insight_date", "data")
+
+
+class _BadQuery(Exception):
+    """A query the dialect refuses; the message is the 400 answer's error."""
 
 
 class TotalExpertState(ServerState):
@@ -43,8 +59,10 @@ class TotalExpertState(ServerState):
         client_secret: str,
         requests_per_minute: int,
         token_requests_per_hour: int,
+        dialect: Dialect,
     ) -> None:
         super().__init__(clock)
+        self.dialect = dialect
         self.base_url = ""  # set once listening
         self._client = (client_id, client_secret)
         self.requests_per_minute = requests_per_minute
@@ -72,6 +90,12 @@ class TotalExpertState(ServerState):
             ("GET", "/insights"): self._list_insights,
             ("POST", "/insights"): self._create_insight,
         }
+        extra = (UPDATED_AT,) if dialect.te_extra_fields else ()
+        data = () if dialect.te_insight_data_listed else ("data",)
+        self._contact_fields = frozenset(CONTACT_FIELDS + extra)
+        self._user_fields = frozenset(USER_FIELDS + extra)
+        self._type_fields = frozenset(TYPE_FIELDS)
+        self._insight_fields = frozenset(INSIGHT_FIELDS).difference(data)
 
     # --- test and seed API --------------------------------------------------------
 
@@ -181,7 +205,10 @@ class TotalExpertState(ServerState):
             return self._405() if known else self.error(404, "Not Found")
         if path not in ("/heartbeat", "/token") and not self._authorized(request, now):
             return self.error(401, "invalid_token")
-        return action(request)
+        try:
+            return action(request)
+        except _BadQuery as problem:
+            return self.error(400, str(problem))
 
     def _405(self) -> Reply:
         return self.error(405, "Method Not Allowed")
@@ -238,46 +265,69 @@ class TotalExpertState(ServerState):
             expiry = self._tokens.get(token)
         return scheme.lower() == "bearer" and expiry is not None and now < expiry
 
-    def _list_contacts(self, request: Incoming) -> Reply:
+    def _filters(self, request: Incoming, known: tuple[str, ...]) -> dict[str, str]:
+        """The list filters of ``request`` that take effect; ``known``: the list's attributes.
+
+        Raises _BadQuery for a parameter or a filter attribute the dialect refuses.
+        """
+        if self.dialect.te_strict_queries:
+            unknown = [name for name in request.query if name not in LIST_PARAMS]
+            if unknown:
+                raise _BadQuery(f"unknown query parameter '{unknown[0]}'")
         filters = _filters(request)
+        refused = [name for name in filters if self._refuses(name, known)]
+        if refused:
+            raise _BadQuery(f"unknown filter attribute {refused}")
+        if UPDATED_SINCE in known and self.dialect.te_updated_since == "ignored":
+            filters.pop(UPDATED_SINCE, None)
+        return filters
+
+    def _refuses(self, attribute: str, known: tuple[str, ...]) -> bool:
+        """Whether the filter ``attribute`` is an error, on a list taking ``known`` ones."""
+        if attribute == UPDATED_SINCE and attribute in known:
+            return self.dialect.te_updated_since == "rejected"
+        return self.dialect.te_strict_queries and attribute not in known
+
+    def _list_contacts(self, request: Incoming) -> Reply:
+        filters = self._filters(request, ("email", UPDATED_SINCE))
         with self.lock:
             if "email" in filters:
                 ids = self._contacts_by_email.get(filters["email"].lower(), [])
                 found = [self._contacts[i] for i in ids]
             else:
                 found = list(self._contacts.values())
-            since = filters.get("internal_updated_at_start")
+            since = filters.get(UPDATED_SINCE)
             if since:
                 found = [c for c in found if c["internal_updated_at"] >= since]
-            return self._page(request, found)
+            return self._page(request, found, self._contact_fields)
 
     def _list_users(self, request: Incoming) -> Reply:
-        filters = _filters(request)
+        filters = self._filters(request, ("email", UPDATED_SINCE))
         email = filters.get("email", "").lower()
-        since = filters.get("internal_updated_at_start", "")
+        since = filters.get(UPDATED_SINCE, "")
         with self.lock:
             found = [
                 u
                 for u in self._users.values()
                 if (not email or u["email"].lower() == email) and u["internal_updated_at"] >= since
             ]
-            return self._page(request, found)
+            return self._page(request, found, self._user_fields)
 
     def _list_types(self, request: Incoming) -> Reply:
-        name = _filters(request).get("type")
+        name = self._filters(request, ("type",)).get("type")
         with self.lock:
             found = [t for t in self._types.values() if name is None or t["type"] == name]
-            return self._page(request, found)
+            return self._page(request, found, self._type_fields)
 
     def _list_insights(self, request: Incoming) -> Reply:
-        filters = _filters(request)
+        filters = self._filters(request, ("contact_id", "type_id"))
         with self.lock:
             found = [
-                {key: i[key] for key in PUBLIC_INSIGHT_KEYS}
+                i
                 for i in self._insights
                 if all(str(i.get(key)) == value for key, value in filters.items())
             ]
-            return self._page(request, found)
+            return self._page(request, found, self._insight_fields)
 
     def _create_insight(self, request: Incoming) -> Reply:
         if "json" not in request.headers.get("content-type", ""):
@@ -306,6 +356,8 @@ class TotalExpertState(ServerState):
                 "created_at": self.clock.now(),
             }
             self._insights.append(insight)
+        if not self.dialect.te_insight_answer_id:
+            return Reply.json(201, {})
         return Reply.json(
             201, {"id": insight["id"], "created": f"{self.base_url}/insights/{insight['id']}"}
         )
@@ -333,7 +385,10 @@ class TotalExpertState(ServerState):
                 return kind
         return None
 
-    def _page(self, request: Incoming, items: list[dict[str, Any]]) -> Reply:
+    def _page(
+        self, request: Incoming, items: list[dict[str, Any]], fields: frozenset[str]
+    ) -> Reply:
+        """One page of ``items``, each showing only ``fields``."""
         try:
             number = int(request.query.get("page[number]", 1))
             size = int(request.query.get("page[size]", MAX_PAGE_SIZE))
@@ -349,7 +404,8 @@ class TotalExpertState(ServerState):
             "next": number + 1 if number < last else None,
             "prev": number - 1 if number > 1 else None,
         }
-        return Reply.json(200, {"items": json.loads(json.dumps(chunk)), "links": links})
+        shown = [{key: value for key, value in i.items() if key in fields} for i in chunk]
+        return Reply.json(200, {"items": json.loads(json.dumps(shown)), "links": links})
 
     def _new_id(self, kind: str) -> int:
         self._next_id[kind] += 1

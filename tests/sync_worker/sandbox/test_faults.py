@@ -13,6 +13,9 @@ import requests
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.faults import FaultList
 
+# These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
+pytestmark = pytest.mark.lenient_only
+
 LIST = "/communication/conferences/archives"
 
 

@@ -20,6 +20,9 @@ import requests
 from sync_worker.clock import FakeClock
 from sync_worker.sandbox import Sandbox
 
+# These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
+pytestmark = pytest.mark.lenient_only
+
 LIST = "/communication/conferences/archives"
 
 

@@ -7,6 +7,9 @@ import requests
 
 from sync_worker.sandbox import Fault
 
+# These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
+pytestmark = pytest.mark.lenient_only
+
 API = "/api/v2"
 
 

@@ -11,6 +11,9 @@ import requests
 from sync_worker.clock import FakeClock
 from sync_worker.sandbox import Sandbox
 
+# These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
+pytestmark = pytest.mark.lenient_only
+
 INSIGHT_TYPE = "flexperto_conference_archived"
 CLIENT_CREDENTIALS = {"grant_type": "client_credentials"}
 NO_TARGET = "Unable to find target for relationship: '{}'"
