@@ -3,13 +3,15 @@
 An archive is abandoned (and so scheduled for deletion by Flexperto) only once its file is
 complete on disk, fsynced, hash-verified, renamed into place, and checkpointed in SQLite.
 Each step is checkpointed or idempotent, so a pass cut short anywhere is completed by the
-next one without downloading, abandoning or queueing anything twice.
+next one without downloading, abandoning or queueing anything twice. Each archive is one
+item: whatever goes wrong with it is recorded as its failure, and the others go on.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
@@ -17,21 +19,39 @@ from typing import Any
 import structlog
 
 from jobs.context import JobContext
-from state import archives
-from state.db import StateBusyError, ThreadConnections, make_durable
-from state.work_items import is_due, record_failure
+from jobs.item_failures import JOB_STOPPERS, fail_item
+from state import archives, capabilities
+from state.db import ThreadConnections, make_durable
+from state.work_items import is_due
 from sync_worker.archive_store import StoredFile, VerificationError
-from sync_worker.flexperto import ArchiveRecord, RecordError, parse_record
+from sync_worker.flexperto import (
+    PREFERRED_LISTING,
+    ArchiveRecord,
+    ListingForm,
+    RecordError,
+    parse_record,
+    people_from_archive,
+)
 from sync_worker.http import ApiError
 
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED")
+# A form short of the preferred one is tried again after this long: services change.
+RECHECK_SECONDS = 7 * 24 * 3600
+# How a failed archive waits: not yet stored -> failed; stored (abandon failed) -> stored.
+FAILURE_TRANSITIONS = {
+    archives.PENDING: archives.FAILED,
+    archives.FAILED: archives.FAILED,
+    archives.STORED: archives.STORED,
+}
+# The record's status as Flexperto reports it, when the listing did not show the archive.
+CLAIMED_REMOTELY = frozenset({"ABANDONED", "EXPIRED"})
 
 log = structlog.get_logger(job="archives")
 
 
 def run(ctx: JobContext) -> None:
     """One pass of the archive job: store what is new, make that durable, then abandon."""
-    refresh_listing(ctx)
+    listed = refresh_listing(ctx)
     open_work = archives.open_work(ctx.db)
     due = _due(ctx, open_work)
     if len(due) < len(open_work):
@@ -50,7 +70,7 @@ def run(ctx: JobContext) -> None:
             log.info("run.stopping")
             return
         if row["state"] == archives.STORED:
-            abandon(ctx, row)
+            abandon(ctx, row, row["archive_id"] in listed)
 
 
 def _due(ctx: JobContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -94,18 +114,19 @@ def _each(
         ctx.progress.item_done()
 
 
-def refresh_listing(ctx: JobContext) -> None:
-    """Record every downloadable archive Flexperto lists; bad records are logged, skipped."""
+def refresh_listing(ctx: JobContext) -> set[str]:
+    """Record every downloadable archive Flexperto lists; bad records are logged, skipped.
+    Returns the ids of the archives listed (those not listed are looked up one by one
+    before they are abandoned)."""
     seen: dict[str, ArchiveRecord] = {}
-    for status in LISTED_STATUSES:
-        try:
-            for raw in ctx.flexperto.list_records(status):
-                record = _parse_listed(ctx, raw, status)
-                if record is not None:
-                    seen[record.archive_id] = record
-        except ApiError as exc:
-            log.error("archive.list_failed", status=status, error=str(exc))
-            ctx.stats.add("failed")
+    try:
+        for raw in _listed_records(ctx):
+            record = _parse_listed(ctx, raw)
+            if record is not None:
+                seen[record.archive_id] = record
+    except ApiError as exc:  # keep what was listed before the failure
+        log.error("archive.list_failed", error=str(exc))
+        ctx.stats.add("failed")
     listings = [
         archives.Listing(r.archive_id, r.conference_id, r.status, r.sha256, r.raw)
         for r in seen.values()
@@ -119,9 +140,47 @@ def refresh_listing(ctx: JobContext) -> None:
             status=record.status,
         )
         ctx.stats.add("listed")
+    return set(seen)
 
 
-def _parse_listed(ctx: JobContext, raw: object, status: str) -> ArchiveRecord | None:
+def _listed_records(ctx: JobContext) -> Iterator[object]:
+    """The raw records of the listing, asked for in the form the service accepts: the
+    remembered one, else the preferred one; when the service refuses it (400/404), the
+    forms are tried in turn and the one that works is remembered."""
+    decision = capabilities.get(ctx.db, capabilities.LISTING_FORM)
+    form = ListingForm.from_text(decision.value) if decision else None
+    stale = decision is not None and decision.older_than(RECHECK_SECONDS, ctx.clock.now())
+    if form not in (None, PREFERRED_LISTING) and stale:
+        form = _negotiate_listing(ctx)  # the service may have gained what it lacked
+    ctx.flexperto.use(form or PREFERRED_LISTING)
+    try:
+        yield from ctx.flexperto.list_records(LISTED_STATUSES)
+    except ApiError as exc:
+        if exc.status not in (400, 404):
+            raise
+        # Records already listed before the refusal and listed again are harmless.
+        ctx.flexperto.use(_negotiate_listing(ctx))
+        yield from ctx.flexperto.list_records(LISTED_STATUSES)
+        return
+    if form is None:
+        capabilities.put(
+            ctx.db, capabilities.LISTING_FORM, PREFERRED_LISTING.text(), ctx.clock.now()
+        )
+
+
+def _negotiate_listing(ctx: JobContext) -> ListingForm:
+    form = ctx.flexperto.negotiate_listing()
+    previous = capabilities.put(ctx.db, capabilities.LISTING_FORM, form.text(), ctx.clock.now())
+    if form != PREFERRED_LISTING and (previous is None or previous.value != form.text()):
+        log.warning(
+            "flexperto.capability_missing",
+            capability="archive list with /api/v2, status filter and limit/offset paging",
+            using=form.describe(),
+        )
+    return form
+
+
+def _parse_listed(ctx: JobContext, raw: object) -> ArchiveRecord | None:
     try:
         record = parse_record(raw)
     except RecordError as exc:
@@ -129,12 +188,9 @@ def _parse_listed(ctx: JobContext, raw: object, status: str) -> ArchiveRecord | 
         ctx.stats.add("rejected")
         return None
     if not record.downloadable:
-        log.warning(
-            "archive.skipped_status",
-            archive_id=record.archive_id,
-            status=record.status,
-            listed_as=status,
-        )
+        # Asked for by status, the list should not show it; unfiltered, it shows everything.
+        level = log.warning if ctx.flexperto.filters_by_status else log.debug
+        level("archive.skipped_status", archive_id=record.archive_id, status=record.status)
         return None
     return record
 
@@ -144,21 +200,22 @@ def store(ctx: JobContext, row: dict[str, Any]) -> None:
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
         _store(ctx, parse_record(json.loads(row["record"])), bound)
-    except StateBusyError:
+    except JOB_STOPPERS:
         raise  # the state file is out of reach: stop the pass, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)
 
 
-def abandon(ctx: JobContext, listed: dict[str, Any]) -> None:
-    """Abandon a stored archive's conference at Flexperto, and checkpoint the claim."""
-    row = archives.get(ctx.db, listed["archive_id"])
-    if row is None or row["state"] != archives.STORED:
-        return  # claimed meanwhile, with a sibling of its conference
+def abandon(ctx: JobContext, row: dict[str, Any], listed: bool) -> None:
+    """Abandon a stored archive's conference at Flexperto, and checkpoint the claim.
+    ``listed``: the archive was in this pass's listing, so its status there is current."""
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
-        _abandon(ctx, row["remote_status"], parse_record(json.loads(row["record"])), bound)
-    except StateBusyError:
+        current = archives.get(ctx.db, row["archive_id"])
+        if current is None or current["state"] != archives.STORED:
+            return  # claimed meanwhile, with a sibling of its conference
+        _abandon(ctx, current, listed, bound)
+    except JOB_STOPPERS:
         raise
     except Exception as exc:
         _fail(ctx, row, exc, bound)
@@ -172,10 +229,14 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         bound.info("archive.recovered", path=str(stored.path))
     else:
         stored = _download(ctx, record, bound)
+    moderator, people = record.moderator, record.participants
+    if not record.people_listed:
+        moderator, people = people_from_archive(stored.path)
+        bound.info("archive.people_from_metadata", participants=len(people))
     participants = [
         (person.email, person.name)
-        for person in record.participants
-        if record.moderator is None or person.email != record.moderator.email
+        for person in people
+        if moderator is None or person.email != moderator.email
     ]
     archives.record_stored(
         ctx.db,
@@ -184,7 +245,7 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         stored.size,
         ctx.clock.now(),
         participants,
-        record.moderator.email if record.moderator else None,
+        moderator.email if moderator else None,
     )
     bound.info("archive.stored", path=str(stored.path), size=stored.size, sha256=stored.sha256)
     ctx.stats.add("stored")
@@ -236,63 +297,47 @@ def _fetch(ctx: JobContext, record: ArchiveRecord, offset: int) -> tuple[str, in
     return written
 
 
-def _abandon(ctx: JobContext, remote_status: str, record: ArchiveRecord, bound: Any) -> None:
-    if remote_status == "ABANDONED":  # as the last listing said
-        archives.mark_claimed(ctx.db, record.archive_id, ctx.clock.now())
+def _abandon(ctx: JobContext, row: dict[str, Any], listed: bool, bound: Any) -> None:
+    archive_id, conference_id = row["archive_id"], row["conference_id"]
+    remote_status = row["remote_status"] if listed else _remote_status(ctx, archive_id)
+    if remote_status in CLAIMED_REMOTELY:  # abandoned already (by a pass cut short, say)
+        archives.mark_claimed(ctx.db, archive_id, ctx.clock.now())
         bound.info("archive.claimed", already_abandoned=True)
         ctx.stats.add("claimed")
         return
-    waiting_for = archives.unsafe_siblings(ctx.db, record.conference_id, record.archive_id)
+    waiting_for = archives.unsafe_siblings(ctx.db, conference_id, archive_id)
     if waiting_for:
         bound.info("archive.abandon_deferred", waiting_for=waiting_for)
         ctx.stats.add("deferred")
         return
     try:
-        ctx.flexperto.abandon(record.conference_id)
+        ctx.flexperto.abandon(conference_id)
     except ApiError:
         # Not retried blindly: an abandon whose answer was lost may well have taken effect.
-        if not _already_abandoned(ctx, record.archive_id):
+        if _remote_status(ctx, archive_id, quiet=True) not in CLAIMED_REMOTELY:
             raise
     bound.info("archive.abandoned")
-    claimed = archives.mark_conference_claimed(ctx.db, record.conference_id, ctx.clock.now())
+    claimed = archives.mark_conference_claimed(ctx.db, conference_id, ctx.clock.now())
     bound.info("archive.claimed", archives_claimed=claimed)
     ctx.stats.add("abandoned", claimed)
 
 
-def _already_abandoned(ctx: JobContext, archive_id: str) -> bool:
+def _remote_status(ctx: JobContext, archive_id: str, quiet: bool = False) -> str | None:
+    """The record's status as Flexperto reports it now. With ``quiet``, None when it cannot
+    be read (the caller then keeps to what it knew); otherwise that is an error."""
     try:
-        return parse_record(ctx.flexperto.get_record(archive_id)).status == "ABANDONED"
+        return parse_record(ctx.flexperto.get_record(archive_id)).status
     except (ApiError, RecordError):
-        return False
+        if quiet:
+            return None
+        raise
 
 
 def _fail(ctx: JobContext, row: dict[str, Any], exc: Exception, bound: Any) -> None:
-    error = _describe(exc)
-    stored = row["state"] == archives.STORED
-    if isinstance(exc, OSError) and not stored:
-        ctx.store.discard_partial(row["conference_id"], row["archive_id"])
-    given_up = record_failure(
-        ctx.db,
-        "archives",
-        {"archive_id": row["archive_id"]},
-        error,
-        ctx.clock.now(),
-        ctx.config.retry,
-        archives.STORED if stored else archives.FAILED,
-    )
-    if given_up:
-        bound.error("item.given_up", kind="archive", error=error)
-        ctx.stats.add("given_up")
-    else:
-        bound.warning(
-            "item.failed", kind="archive", step="abandon" if stored else "store", error=error
-        )
-        ctx.stats.add("failed")
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, ApiError | VerificationError | RecordError):
-        return str(exc)
-    if isinstance(exc, OSError):
-        return f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or 'no file'})"
-    return f"{type(exc).__name__}: {exc}"
+    key = {"archive_id": row["archive_id"]}
+    failure = fail_item(ctx, bound, "archive", "archives", key, exc, FAILURE_TRANSITIONS)
+    stored = failure is not None and failure.previous_state == archives.STORED
+    if isinstance(exc, OSError) and failure is not None and not stored:
+        # A file system error may have left the partial file in any shape: start afresh.
+        with contextlib.suppress(OSError):
+            ctx.store.discard_partial(row["conference_id"], row["archive_id"])

@@ -1,9 +1,14 @@
 """The insight job: match stored archives' participants to Total Expert contacts and post
 one "Conference archived" insight per matched contact, exactly once.
 
-Exactly once: an insight is marked ``sending`` before its POST and ``sent`` with Total
-Expert's id after. One found still ``sending`` (a crash or timeout hid the outcome) is first
-looked for among the contact's insights by ``data.flexperto_archive_id``.
+Exactly once: an insight is marked ``sending`` before its POST and ``sent`` after TE accepts
+it. One found still ``sending`` (a crash or timeout hid the outcome) is first looked for
+among the contact's insights by ``data.flexperto_archive_id``; if TE's list cannot tell
+(it does not show ``data``), the insight is parked ``unverified`` instead of risking a
+second one.
+
+Each participant and each insight is one item: a failure is recorded for it and the job
+goes on, except that once TE cannot be reached the rest waits for a later pass.
 """
 
 from __future__ import annotations
@@ -16,8 +21,9 @@ import structlog
 
 from jobs.contact_directory import ContactDirectory
 from jobs.context import JobContext
+from jobs.item_failures import JOB_STOPPERS, fail_item
 from state import directory, insights
-from state.work_items import is_due, record_failure
+from state.work_items import is_due
 from sync_worker.flexperto import ArchiveRecord, parse_record
 from sync_worker.http import ApiError, TransientError
 from sync_worker.totalexpert import TokenBudgetExhausted
@@ -26,12 +32,20 @@ from sync_worker.totalexpert import TokenBudgetExhausted
 SENDING_BATCH = 50
 # Answers that no retry will change: the item is parked with Total Expert's reason.
 FINAL_STATUSES = frozenset({400, 403, 404, 405, 409, 415, 422})
+PARTICIPANT_FAILURE = {insights.PENDING: insights.FAILED, insights.FAILED: insights.FAILED}
+# A failed insight may have been posted: it is looked for before it is posted again.
+INSIGHT_FAILURE = {insights.PENDING: insights.SENDING, insights.SENDING: insights.SENDING}
+UNVERIFIABLE = (
+    "cannot tell whether Total Expert already has this insight: its insight list does not "
+    "show data.flexperto_archive_id. Check in TE; if it is not there, `sync-worker retry` "
+    "posts it"
+)
 
 log = structlog.get_logger(job="insights")
 
 
-class StopJob(Exception):
-    """Total Expert is unreachable or out of budget: leave the rest for a later pass."""
+class TotalExpertUnavailable(Exception):
+    """TE could not be reached: the rest of the job waits for a later pass."""
 
 
 def run(ctx: JobContext) -> None:
@@ -41,36 +55,36 @@ def run(ctx: JobContext) -> None:
     if not participants and not _due_insights(ctx):
         return
     try:
-        type_id = _insight_type_id(ctx)
-        contacts = ContactDirectory(ctx)
-        if participants:
-            contacts.prepare(_emails(participants))
-        for row in participants:
-            _stop_if_requested(ctx)
-            match_participant(ctx, contacts, row)
-        due = _due_insights(ctx)
-        # If the pass stops early, the rest of a batch is looked up before it is posted.
-        for start in range(0, len(due), SENDING_BATCH):
-            batch = due[start : start + SENDING_BATCH]
-            insights.mark_sending(
-                ctx.db,
-                [
-                    (r["archive_id"], r["contact_id"])
-                    for r in batch
-                    if r["state"] != insights.SENDING
-                ],
-            )
-            for row in batch:
-                _stop_if_requested(ctx)
-                push_insight(ctx, contacts, type_id, row)
+        _match_and_push(ctx, participants)
     except TokenBudgetExhausted as exc:
         log.warning(
             "te.token_budget_exhausted",
             next_allowed_at=datetime.fromtimestamp(exc.next_allowed_at, UTC).isoformat(),
         )
         ctx.stats.add("deferred")
-    except StopJob as exc:
+    except TotalExpertUnavailable as exc:
         log.warning("run.stopping", reason=str(exc))
+
+
+def _match_and_push(ctx: JobContext, participants: list[dict[str, Any]]) -> None:
+    type_id = _insight_type_id(ctx)
+    contacts = ContactDirectory(ctx)
+    if participants:
+        contacts.prepare(_emails(participants))
+    for row in participants:
+        if _stop_requested(ctx) or not match_participant(ctx, contacts, row):
+            return
+    due = _due_insights(ctx)
+    # If the pass stops early, the rest of a batch is looked up before it is posted.
+    for start in range(0, len(due), SENDING_BATCH):
+        batch = due[start : start + SENDING_BATCH]
+        insights.mark_sending(
+            ctx.db,
+            [(r["archive_id"], r["contact_id"]) for r in batch if r["state"] != insights.SENDING],
+        )
+        for row in batch:
+            if _stop_requested(ctx) or not push_insight(ctx, contacts, type_id, row):
+                return
 
 
 def _emails(participants: list[dict[str, Any]]) -> set[str]:
@@ -79,9 +93,11 @@ def _emails(participants: list[dict[str, Any]]) -> set[str]:
     return {row["email"] for row in participants} | moderators
 
 
-def _stop_if_requested(ctx: JobContext) -> None:
+def _stop_requested(ctx: JobContext) -> bool:
     if ctx.stop_requested():
-        raise StopJob("stop requested")
+        log.info("run.stopping", reason="stop requested")
+        return True
+    return False
 
 
 def _due_insights(ctx: JobContext) -> list[dict[str, Any]]:
@@ -100,11 +116,11 @@ def _insight_type_id(ctx: JobContext) -> int:
     except ApiError as exc:
         ctx.stats.add("failed")
         log.error("item.failed", kind="insight_type", error=str(exc))
-        raise StopJob("insight type lookup failed") from None
+        raise TotalExpertUnavailable("insight type lookup failed") from None
     if type_id is None:
         ctx.stats.add("failed")
         log.error("te.insight_type_missing", insight_type=name)
-        raise StopJob(f"insight type {name!r} does not exist in Total Expert")
+        raise TotalExpertUnavailable(f"insight type {name!r} does not exist in Total Expert")
     directory.set_meta(ctx.db, {_type_key(name): str(type_id)})
     return type_id
 
@@ -113,62 +129,99 @@ def _type_key(name: str) -> str:
     return f"insight_type:{name}"
 
 
-def match_participant(ctx: JobContext, contacts: ContactDirectory, row: dict[str, Any]) -> None:
+def match_participant(ctx: JobContext, contacts: ContactDirectory, row: dict[str, Any]) -> bool:
+    """Queue the participant's insights, or record why not. False when TE could not be
+    reached: the caller stops."""
     bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
     try:
         matched = contacts.contacts_for(row["email"], row["moderator_email"])
-    except (TransientError, ApiError) as exc:
-        _fail(
-            ctx,
-            "participants",
-            {"archive_id": row["archive_id"], "email": row["email"]},
-            exc,
-            insights.FAILED,
-            bound,
+        insights.record_matches(
+            ctx.db, row["archive_id"], row["email"], [(c.id, c.owner_id) for c in matched]
         )
-        return
-    insights.record_matches(
-        ctx.db, row["archive_id"], row["email"], [(c.id, c.owner_id) for c in matched]
-    )
-    if matched:
-        bound.info("insight.matched", contacts=[c.id for c in matched])
-        ctx.stats.add("matched")
-    else:
-        bound.info("insight.no_match", participant=row["email"])
-        ctx.stats.add("no_match")
+        if matched:
+            bound.info("insight.matched", contacts=[c.id for c in matched])
+            ctx.stats.add("matched")
+        else:
+            bound.info("insight.no_match", participant=row["email"])
+            ctx.stats.add("no_match")
+    except JOB_STOPPERS:
+        raise
+    except Exception as exc:
+        key = {"archive_id": row["archive_id"], "email": row["email"]}
+        fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_FAILURE)
+        return not isinstance(exc, TransientError)
+    return True
 
 
 def push_insight(
     ctx: JobContext, contacts: ContactDirectory, type_id: int, row: dict[str, Any]
-) -> None:
+) -> bool:
+    """Post one insight unless TE has it already. False when TE could not be reached: the
+    caller stops."""
     archive_id, contact_id = row["archive_id"], row["contact_id"]
     bound = log.bind(
         archive_id=archive_id, conference_id=row["conference_id"], contact_id=contact_id
     )
-    key = {"archive_id": archive_id, "contact_id": contact_id}
     try:
-        if row["state"] == insights.SENDING:
-            found = ctx.totalexpert.find_insight(contact_id, type_id, archive_id)
-            if found is not None:
-                insights.mark_sent(ctx.db, archive_id, contact_id, found, ctx.clock.now())
-                bound.info("insight.sent", te_insight_id=found, recovered=True)
-                ctx.stats.add("sent")
-                return
-        record = parse_record(json.loads(row["record"]))
-        bound.debug("insight.posting")
-        te_id = ctx.totalexpert.create_insight(insight_body(ctx, record, row))
-    except (TransientError, ApiError) as exc:
-        if isinstance(exc, ApiError) and exc.status in FINAL_STATUSES:
-            _forget_missing_targets(ctx, contacts, str(exc), contact_id)
-            insights.give_up(ctx.db, archive_id, contact_id, str(exc))
-            bound.error("item.given_up", kind="insight", error=str(exc))
+        _push(ctx, type_id, row, bound)
+    except JOB_STOPPERS:
+        raise
+    except ApiError as exc:
+        if exc.status not in FINAL_STATUSES:  # transient failures never carry one
+            return _failed(ctx, row, exc, bound)
+        _forget_missing_targets(ctx, contacts, str(exc), contact_id)
+        insights.give_up(ctx.db, archive_id, contact_id, str(exc))
+        bound.error("item.given_up", kind="insight", error=str(exc))
+        ctx.stats.add("given_up")
+    except Exception as exc:
+        return _failed(ctx, row, exc, bound)
+    return True
+
+
+def _push(ctx: JobContext, type_id: int, row: dict[str, Any], bound: Any) -> None:
+    archive_id, contact_id = row["archive_id"], row["contact_id"]
+    if row["state"] == insights.SENDING:
+        search = ctx.totalexpert.find_insight(contact_id, type_id, archive_id)
+        if search.found:
+            _sent(ctx, row, search.insight_id, bound, recovered=True)
+            return
+        if not search.verifiable:
+            insights.give_up(ctx.db, archive_id, contact_id, UNVERIFIABLE, insights.UNVERIFIED)
+            bound.error("item.given_up", kind="insight", error=UNVERIFIABLE)
             ctx.stats.add("given_up")
             return
-        _fail(ctx, "insights", key, exc, insights.SENDING, bound)
-        return
-    insights.mark_sent(ctx.db, archive_id, contact_id, te_id, ctx.clock.now())
-    bound.info("insight.sent", te_insight_id=te_id)
+    record = parse_record(json.loads(row["record"]))
+    bound.debug("insight.posting")
+    te_id = ctx.totalexpert.create_insight(insight_body(ctx, record, row))
+    _sent(ctx, row, te_id, bound)
+    if te_id is None:
+        _learn_id(ctx, type_id, row, bound)
+
+
+def _sent(
+    ctx: JobContext, row: dict[str, Any], te_id: int | None, bound: Any, recovered: bool = False
+) -> None:
+    insights.mark_sent(ctx.db, row["archive_id"], row["contact_id"], te_id, ctx.clock.now())
+    bound.info("insight.sent", te_insight_id=te_id, **({"recovered": True} if recovered else {}))
     ctx.stats.add("sent")
+
+
+def _learn_id(ctx: JobContext, type_id: int, row: dict[str, Any], bound: Any) -> None:
+    """TE accepted the insight without saying its id: look it up, for the ledger. Failing
+    that is no failure of the insight, which is sent."""
+    try:
+        search = ctx.totalexpert.find_insight(row["contact_id"], type_id, row["archive_id"])
+    except ApiError as exc:
+        bound.info("insight.id_unknown", error=str(exc))
+        return
+    if search.insight_id is not None:
+        insights.set_te_insight_id(ctx.db, row["archive_id"], row["contact_id"], search.insight_id)
+
+
+def _failed(ctx: JobContext, row: dict[str, Any], exc: Exception, bound: Any) -> bool:
+    key = {"archive_id": row["archive_id"], "contact_id": row["contact_id"]}
+    fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_FAILURE)
+    return not isinstance(exc, TransientError)
 
 
 def _forget_missing_targets(
@@ -209,21 +262,3 @@ def describe(record: ArchiveRecord) -> str:
         parts.append(f"on {span} UTC")
     parts.append(f"archived (archive {record.archive_id[:8]})")
     return " ".join(parts)
-
-
-def _fail(
-    ctx: JobContext,
-    table: str,
-    key: dict[str, Any],
-    exc: Exception,
-    retry_state: str,
-    bound: Any,
-) -> None:
-    given_up = record_failure(
-        ctx.db, table, key, str(exc), ctx.clock.now(), ctx.config.retry, retry_state
-    )
-    level = bound.error if given_up else bound.warning
-    level("item.given_up" if given_up else "item.failed", kind=table[:-1], error=str(exc))
-    ctx.stats.add("given_up" if given_up else "failed")
-    if isinstance(exc, TransientError):
-        raise StopJob(f"Total Expert unavailable: {exc}")

@@ -168,17 +168,41 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db["rate_counts"].create({"bucket": str, "used": int}, pk="bucket", if_not_exists=True)
     db["durable_marks"].create({"id": int, "at": float}, pk="id", if_not_exists=True)
     db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    db["te_contacts"].create(
-        {"contact_id": int, "email": str, "owner_id": int}, pk="contact_id", if_not_exists=True
+    # seen_at: when TE last showed the row; a complete re-read drops the rows it did not show.
+    _create_or_extend(
+        db,
+        "te_contacts",
+        {"contact_id": int, "email": str, "owner_id": int, "seen_at": float},
+        pk="contact_id",
     )
     db["te_contacts"].create_index(["email"], if_not_exists=True)
-    db["te_users"].create({"user_id": int, "email": str}, pk="user_id", if_not_exists=True)
+    _create_or_extend(
+        db, "te_users", {"user_id": int, "email": str, "seen_at": float}, pk="user_id"
+    )
     db["te_users"].create_index(["email"], if_not_exists=True)
     db["te_lookups"].create(
         {"email": str, "kind": str, "looked_up_at": float},
         pk=("email", "kind"),
         if_not_exists=True,
     )
+    db["capabilities"].create(
+        {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
+    )
+
+
+def _create_or_extend(
+    db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str
+) -> None:
+    """Create a table, or add the columns that a state file written by an older version
+    lacks (new columns are nullable, so old rows stay valid)."""
+    table = db[name]
+    if not table.exists():
+        table.create(columns, pk=pk)
+        return
+    existing = table.columns_dict
+    for column, kind in columns.items():
+        if column not in existing:
+            table.add_column(column, kind)
 
 
 class ThreadConnections:

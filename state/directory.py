@@ -1,9 +1,11 @@
 """A local copy of Total Expert's contacts and users, so that matching a participant costs
 no request.
 
-Filled once in pages, then kept current with TE's ``internal_updated_at_start`` filter on
-each pass. For an organisation too large to copy for the work at hand, contacts are looked
-up one email at a time instead, and those answers are kept here too (``te_lookups``).
+Filled in pages, then kept current with what changed since the last pass where TE supports
+that (see jobs.contact_directory), or re-read whole. Every row remembers when TE last showed
+it (``seen_at``), so that a complete re-read can drop what TE no longer has. For an
+organisation too large to copy for the work at hand, contacts are looked up one email at a
+time instead, and those answers are kept here too (``te_lookups``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from state.db import transaction
 
 CONTACTS_SYNCED_AT = "contacts_synced_at"
 USERS_SYNCED_AT = "users_synced_at"
+FULL_READ_AT = "full_read_at"
 CONTACT_PAGES = "contact_pages"
 CONTACT_PAGES_SEEN_AT = "contact_pages_seen_at"
 
@@ -38,9 +41,12 @@ def forget_meta(db: sqlite_utils.Database, key: str) -> None:
         db.execute("delete from te_meta where key = ?", [key])
 
 
-def store_contacts(db: sqlite_utils.Database, contacts: Iterable[dict[str, Any]]) -> None:
-    """Insert or update contacts: dicts with contact_id, email, owner_id."""
-    rows = list(contacts)  # taken before the transaction: producing them may need the database
+def store_contacts(
+    db: sqlite_utils.Database, contacts: Iterable[dict[str, Any]], now: float
+) -> None:
+    """Insert or update contacts (dicts with contact_id, email, owner_id) seen at ``now``."""
+    # taken before the transaction: producing them may need the database
+    rows = [{**row, "seen_at": now} for row in contacts]
     with transaction(db):
         db["te_contacts"].upsert_all(rows, pk="contact_id")
 
@@ -66,11 +72,29 @@ def forget_contact(db: sqlite_utils.Database, contact_id: int) -> None:
         db.execute("delete from te_contacts where contact_id = ?", [contact_id])
 
 
-def store_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]]) -> None:
-    """Insert or update users: dicts with user_id, email."""
-    rows = list(users)
+def store_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]], now: float) -> None:
+    """Insert or update users (dicts with user_id, email) seen at ``now``."""
+    rows = [{**row, "seen_at": now} for row in users]
     with transaction(db):
         db["te_users"].upsert_all(rows, pk="user_id")
+
+
+def drop_unseen(db: sqlite_utils.Database, since: float) -> int:
+    """After a complete re-read that began at ``since``: drop the contacts and users it did
+    not show (TE deleted them), and the cached lookups that returned such contacts."""
+    with transaction(db):
+        db.execute(
+            "delete from te_lookups where kind = 'contact' and email in (select email from "
+            "te_contacts where coalesce(seen_at, 0) < ?)",
+            [since],
+        )
+        dropped = db.execute(
+            "delete from te_contacts where coalesce(seen_at, 0) < ?", [since]
+        ).rowcount
+        dropped += db.execute(
+            "delete from te_users where coalesce(seen_at, 0) < ?", [since]
+        ).rowcount
+    return dropped
 
 
 def user_by_email(db: sqlite_utils.Database, email: str) -> dict[str, Any] | None:
@@ -102,7 +126,7 @@ def replace_contacts_of(
     db: sqlite_utils.Database, email: str, contacts: Iterable[dict[str, Any]], now: float
 ) -> None:
     """Store what a lookup of ``email`` found (perhaps nothing), replacing what was known."""
-    rows = list(contacts)
+    rows = [{**row, "seen_at": now} for row in contacts]
     with transaction(db):
         db.execute("delete from te_contacts where email = ?", [email.lower()])
         db["te_contacts"].upsert_all(rows, pk="contact_id")

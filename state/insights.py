@@ -4,7 +4,9 @@
 participant email, to be matched against Total Expert contacts. ``insights`` is the ledger:
 one row per (archive, contact), moved ``pending → sending → sent``. A row left in
 ``sending`` means a POST whose outcome is unknown, so it is looked up in Total Expert before
-being posted again.
+being posted again. When that look-up cannot be trusted (TE's insight list does not show
+the ``data`` we sent), the row is parked as ``unverified``: posting it again could double
+it, so an operator decides.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ FAILED = "failed"
 SENDING = "sending"
 SENT = "sent"
 GIVEN_UP = "given_up"
+UNVERIFIED = "unverified"
 
 
 def open_participants(db: sqlite_utils.Database) -> list[dict[str, Any]]:
@@ -86,8 +89,13 @@ def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> 
 
 
 def mark_sent(
-    db: sqlite_utils.Database, archive_id: str, contact_id: int, te_insight_id: int, now: float
+    db: sqlite_utils.Database,
+    archive_id: str,
+    contact_id: int,
+    te_insight_id: int | None,
+    now: float,
 ) -> None:
+    """TE has the insight; ``te_insight_id`` is None when TE did not say its id."""
     with transaction(db):
         db.execute(
             "update insights set state = ?, te_insight_id = ?, sent_at = ?, last_error = null, "
@@ -96,13 +104,31 @@ def mark_sent(
         )
 
 
-def give_up(db: sqlite_utils.Database, archive_id: str, contact_id: int, error: str) -> None:
-    """Park an insight that Total Expert refused for good (a 4xx other than 401/429)."""
+def set_te_insight_id(
+    db: sqlite_utils.Database, archive_id: str, contact_id: int, te_insight_id: int
+) -> None:
+    """Note the id of a sent insight, learnt after the fact."""
+    with transaction(db):
+        db.execute(
+            "update insights set te_insight_id = ? where archive_id = ? and contact_id = ?",
+            [te_insight_id, archive_id, contact_id],
+        )
+
+
+def give_up(
+    db: sqlite_utils.Database,
+    archive_id: str,
+    contact_id: int,
+    error: str,
+    state: str = GIVEN_UP,
+) -> None:
+    """Park an insight: refused for good by Total Expert (a 4xx other than 401/429), or
+    ``UNVERIFIED`` (its POST's outcome cannot be found out)."""
     with transaction(db):
         db.execute(
             "update insights set state = ?, last_error = ?, next_attempt_at = null "
             "where archive_id = ? and contact_id = ?",
-            [GIVEN_UP, error[:500], archive_id, contact_id],
+            [state, error[:500], archive_id, contact_id],
         )
 
 
@@ -122,22 +148,24 @@ def for_archive(db: sqlite_utils.Database, archive_id: str) -> list[dict[str, An
 
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
-    """Put failing and parked participants and insights (of one archive, or all) back to work."""
-    where = "(state in ('given_up', 'failed') or (state = 'sending' and last_error is not null))"
-    params = []
-    if archive_id:
-        where += " and archive_id = ?"
-        params.append(archive_id)
+    """Put failing and parked participants and insights (of one archive, or all) back to work.
+
+    A parked insight may have been posted before it failed, so it is looked for before it is
+    posted again; except an ``unverified`` one, which cannot be looked for: the operator who
+    retries it has checked that TE does not have it, and it is posted.
+    """
+    failing = "state in ('given_up', 'failed') or (state = 'sending' and last_error is not null)"
+    which, params = ("and archive_id = ?", [archive_id]) if archive_id else ("", [])
     with transaction(db):
         count = db.execute(
-            f"update participants set state = 'pending', attempts = 0, next_attempt_at = null "
-            f"where {where}",
+            "update participants set state = 'pending', attempts = 0, next_attempt_at = null "
+            f"where ({failing}) {which}",
             params,
         ).rowcount
-        # A parked insight may have been posted before it failed: look before posting again.
         count += db.execute(
-            f"update insights set state = 'sending', attempts = 0, next_attempt_at = null "
-            f"where {where}",
+            "update insights set state = case when state = 'unverified' then 'pending' "
+            "else 'sending' end, attempts = 0, next_attempt_at = null "
+            f"where ({failing} or state = 'unverified') {which}",
             params,
         ).rowcount
     return count

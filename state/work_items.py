@@ -2,11 +2,14 @@
 
 A failed item counts its attempts and waits before the next one, twice as long each time
 up to a ceiling; after ``max_attempts`` it is parked as ``given_up`` until an operator puts
-it back.
+it back. A failure never moves an item backwards: one that was finished before the failure
+showed (claimed, sent, matched) stays as it is.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlite_utils
@@ -23,6 +26,14 @@ class RetryPolicy(Protocol):
     max_backoff_seconds: float
 
 
+@dataclass(frozen=True)
+class Failure:
+    """A failed attempt as recorded: the item's state before it, and whether it is parked."""
+
+    previous_state: str
+    given_up: bool
+
+
 def backoff_delay(attempts: int, policy: RetryPolicy) -> float:
     """Seconds to wait after the ``attempts``-th failure."""
     return min(policy.backoff_seconds * 2 ** max(attempts - 1, 0), policy.max_backoff_seconds)
@@ -35,14 +46,16 @@ def record_failure(
     error: str,
     now: float,
     policy: RetryPolicy,
-    retry_state: str,
-) -> bool:
-    """Count a failed attempt; move the item to ``retry_state`` or park it. True if parked."""
+    transitions: Mapping[str, str],
+) -> Failure | None:
+    """Count a failed attempt of an open item and move it to ``transitions[its state]``, or
+    park it. Returns None, recording nothing, when the item is missing or its state is not
+    a key of ``transitions`` (it was finished before the failure)."""
     where = " and ".join(f"[{column}] = :{column}" for column in key)
     with transaction(db):
-        row = next(db.query(f"select attempts from [{table}] where {where}", key), None)
-        if row is None:
-            return False
+        row = next(db.query(f"select state, attempts from [{table}] where {where}", key), None)
+        if row is None or row["state"] not in transitions:
+            return None
         attempts = row["attempts"] + 1
         given_up = attempts >= policy.max_attempts
         db.execute(
@@ -50,13 +63,13 @@ def record_failure(
             f"next_attempt_at = :next where {where}",
             {
                 **key,
-                "state": GIVEN_UP if given_up else retry_state,
+                "state": GIVEN_UP if given_up else transitions[row["state"]],
                 "attempts": attempts,
                 "error": error[:ERROR_LIMIT],
                 "next": None if given_up else now + backoff_delay(attempts, policy),
             },
         )
-    return given_up
+    return Failure(row["state"], given_up)
 
 
 def is_due(row: dict[str, Any], now: float) -> bool:

@@ -1,4 +1,11 @@
-"""``sync-worker check``: is everything in place for a pass? Answers in plain words."""
+"""``sync-worker check``: is everything in place for a pass, and which of the worker's
+assumptions about the two APIs hold? Answers in plain words.
+
+Each finding is ``ok``, ``fallback`` (an assumption does not hold here: the worker does
+without it, as the detail says) or ``FAIL`` (a pass cannot work until this is fixed).
+Everything asked of the services is read-only, and Total Expert's requests go through the
+same rate-limit buckets as a pass's; a token is requested only when none is cached.
+"""
 
 from __future__ import annotations
 
@@ -7,43 +14,92 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+import sqlite_utils
+
+from state import capabilities
 from state.db import open_database
 from sync_worker.clock import Clock
 from sync_worker.config import Config
-from sync_worker.flexperto import FlexpertoClient
+from sync_worker.flexperto import (
+    PREFERRED_LISTING,
+    FlexpertoClient,
+    ListingForm,
+    RecordError,
+    parse_record,
+)
 from sync_worker.http import ApiError
-from sync_worker.totalexpert import TokenBudgetExhausted, TotalExpertClient
+from sync_worker.totalexpert import (
+    FILTER_SUPPORTED,
+    UPDATED_SINCE_FILTER,
+    TokenBudgetExhausted,
+    TotalExpertClient,
+)
+
+OK, FALLBACK, FAIL = "ok", "fallback", "FAIL"
 
 
 @dataclass(frozen=True)
 class Finding:
     name: str
-    ok: bool
+    status: str
     detail: str
+
+    @property
+    def ok(self) -> bool:
+        return self.status != FAIL
+
+
+class Fallback(Exception):
+    """An assumption that does not hold; the message says what the worker does instead."""
 
 
 def run_checks(config: Config, clock: Clock) -> list[Finding]:
     findings = [
         _check("state database", lambda: _state(config)),
         _check("archive folder", lambda: _archive_dir(config)),
-        _check("flexperto", lambda: _flexperto(config, clock)),
     ]
-    db = open_database(config.state.database)
+    flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
     try:
-        client = TotalExpertClient(config.totalexpert, config.http, db, clock)
-        findings.append(_check("totalexpert", lambda: _heartbeat(client)))
-        findings.append(_check("totalexpert token", lambda: _token(client)))
-        client.close()
+        findings.append(_check("flexperto listing", lambda: _listing(flexperto)))
+        if findings[-1].ok:
+            findings.append(_check("flexperto records", lambda: _records(flexperto)))
     finally:
+        flexperto.close()
+    db = open_database(config.state.database)
+    client = TotalExpertClient(config.totalexpert, config.http, db, clock)
+    try:
+        findings.extend(_totalexpert_findings(config, client))
+        findings.extend(_remembered(db))
+    finally:
+        client.close()
         db.close()
+    return findings
+
+
+def _totalexpert_findings(config: Config, client: TotalExpertClient) -> list[Finding]:
+    findings = [
+        _check("totalexpert", lambda: _heartbeat(client)),
+        _check("totalexpert token", lambda: _token(client)),
+    ]
+    if not findings[-1].ok:
+        return findings  # everything below needs a token
+    type_id: list[int] = []
+    findings.append(
+        _check("insight type", lambda: _insight_type(client, config, type_id)),
+    )
+    findings.append(_check("contacts changed since", lambda: _updated_since(client)))
+    if type_id:
+        findings.append(_check("insight search", lambda: _insight_data(client, type_id[0])))
     return findings
 
 
 def _check(name: str, probe: Callable[[], str]) -> Finding:
     try:
-        return Finding(name, True, probe())
-    except (ApiError, OSError, TokenBudgetExhausted) as exc:
-        return Finding(name, False, str(exc))
+        return Finding(name, OK, probe())
+    except Fallback as exc:
+        return Finding(name, FALLBACK, str(exc))
+    except (ApiError, OSError, TokenBudgetExhausted, RecordError) as exc:
+        return Finding(name, FAIL, str(exc))
 
 
 def _state(config: Config) -> str:
@@ -59,13 +115,33 @@ def _archive_dir(config: Config) -> str:
     return f"{folder} is writable"
 
 
-def _flexperto(config: Config, clock: Clock) -> str:
-    client = FlexpertoClient(config.flexperto, config.http, clock.sleep)
-    try:
-        client.probe()
-    finally:
-        client.close()
-    return f"{config.flexperto.base_url} lists archives with this api-key"
+def _listing(client: FlexpertoClient) -> str:
+    form = client.negotiate_listing()
+    client.use(form)
+    if form != PREFERRED_LISTING:
+        raise Fallback(f"the archive list takes only this form: {form.describe()}")
+    return f"archives listed with this api-key ({form.describe()})"
+
+
+def _records(client: FlexpertoClient) -> str:
+    raw = client.first_record()
+    if raw is None:
+        return "no archive listed now: the record fields will be checked on another day"
+    record = parse_record(raw)
+    missing = [
+        text
+        for absent, text in (
+            (record.size is None, "no 'size' (the sha256 alone verifies downloads)"),
+            (
+                not record.people_listed,
+                "no subject.participants (read from each archive's own metadata)",
+            ),
+        )
+        if absent
+    ]
+    if missing:
+        raise Fallback("records have " + "; ".join(missing))
+    return "records carry the checksum, size and participants"
 
 
 def _heartbeat(client: TotalExpertClient) -> str:
@@ -82,3 +158,47 @@ def _token(client: TotalExpertClient) -> str:
     expiry = client.token_expiry()
     until = datetime.fromtimestamp(expiry, UTC).isoformat() if expiry else "unknown"
     return f"{detail}, valid until {until}"
+
+
+def _insight_type(client: TotalExpertClient, config: Config, found: list[int]) -> str:
+    name = config.totalexpert.insight_type
+    type_id = client.insight_type_id(name)
+    if type_id is None:
+        raise ApiError("totalexpert", f"insight type {name!r} does not exist: ask TE for it")
+    found.append(type_id)
+    return f"{name!r} exists (id {type_id})"
+
+
+def _updated_since(client: TotalExpertClient) -> str:
+    verdict = client.probe_updated_since()
+    if verdict != FILTER_SUPPORTED:
+        raise Fallback(
+            f"filter {UPDATED_SINCE_FILTER} {verdict}: the copy of contacts is re-read whole "
+            "at most daily, or addresses are looked up one by one"
+        )
+    return f"filter {UPDATED_SINCE_FILTER} works: passes ask only for what changed"
+
+
+def _insight_data(client: TotalExpertClient, type_id: int) -> str:
+    shown = client.lists_insight_data(type_id)
+    if shown is None:
+        return "no insight of this type yet: whether TE lists their data is checked later"
+    if not shown:
+        raise Fallback(
+            "TE lists insights without their data: an insight whose POST went unanswered "
+            "is parked as unverified instead of being looked for"
+        )
+    return "TE lists insights with their data: unanswered POSTs are looked for, not repeated"
+
+
+def _remembered(db: sqlite_utils.Database) -> list[Finding]:
+    """What passes have learnt and use now (state.capabilities)."""
+    findings = []
+    for name, decision in capabilities.everything(db).items():
+        value = decision.value
+        if name == capabilities.LISTING_FORM:
+            form = ListingForm.from_text(value)
+            value = form.describe() if form else value
+        since = datetime.fromtimestamp(decision.decided_at, UTC).isoformat(timespec="seconds")
+        findings.append(Finding("remembered", OK, f"{name}: {value} (since {since})"))
+    return findings

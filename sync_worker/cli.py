@@ -1,7 +1,8 @@
 """The ``sync-worker`` command line.
 
-Exit codes: 0 all done, 1 some item failed and will be retried, 2 configuration or usage
-error.
+Exit codes: 0 all done, 1 some item failed and will be retried (or a command failed), 2
+configuration or usage error, 130 interrupted. No exception leaves a command as a
+traceback: an unexpected one is logged as ``command.failed`` and told on stderr in one line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+import structlog
+
 from state import archives, insights
 from state.db import open_database
 from sync_worker import demo, logs, status
@@ -21,9 +24,12 @@ from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import Config, ConfigError, config_path, load_config
 from sync_worker.runner import run_pass
+from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+log = structlog.get_logger()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     demo_parser = commands.add_parser("demo", help="one pass against the sandbox, explained")
     demo_parser.add_argument("--dir", default="demo-data", help="folder for the demo's files")
+    for with_sandbox in (sandbox, demo_parser):
+        with_sandbox.add_argument(
+            "--strict",
+            action="store_true",
+            help="the sandbox answers only what the vendors' documents say, refusing the rest",
+        )
     commands.add_parser("check", help="validate the config and reach both services")
     retry = commands.add_parser("retry", help="retry failing and parked items on the next pass")
     which = retry.add_mutually_exclusive_group(required=True)
@@ -72,21 +84,39 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logs.configure(args.log_format, args.log_level)
     try:
-        if args.command == "demo":
-            return demo.run(Path(args.dir))
-        if args.command == "sandbox":
-            try:
-                return demo.serve_sandbox(Path(args.dir), args.fault)
-            except ValueError as exc:
-                print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
-                return EXIT_USAGE
-        if args.command == "init-config":
-            return _init_config(Path(args.path), args.force)
-        config = _load(args)
-        return COMMANDS[args.command](config, args)
+        return _dispatch(args)
     except ConfigError as exc:
         print(f"sync-worker: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("sync-worker: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as exc:  # the last boundary: a message and an exit code, no traceback
+        details = logs.describe_exception(exc)
+        log.error("command.failed", command=args.command, **details)
+        print(
+            f"sync-worker: {args.command} failed: {details['error_class']}: "
+            f"{logs.mask(details['error'])}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "demo":
+        return demo.run(Path(args.dir), STRICT if args.strict else LENIENT)
+    if args.command == "sandbox":
+        try:
+            return demo.serve_sandbox(
+                Path(args.dir), args.fault, STRICT if args.strict else LENIENT
+            )
+        except ValueError as exc:
+            print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+    if args.command == "init-config":
+        return _init_config(Path(args.path), args.force)
+    config = _load(args)
+    return COMMANDS[args.command](config, args)
 
 
 def _load(args: argparse.Namespace) -> Config:
@@ -120,7 +150,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 def _check(config: Config, _args: argparse.Namespace) -> int:
     findings = run_checks(config, SystemClock())
     for finding in findings:
-        print(f"{'ok  ' if finding.ok else 'FAIL'}  {finding.name:<18} {finding.detail}")
+        print(f"{finding.status:<8}  {finding.name:<22} {finding.detail}")
     return EXIT_OK if all(f.ok for f in findings) else EXIT_FAILED
 
 

@@ -1,7 +1,8 @@
 """What both API clients share: sessions, error types and the retry policy.
 
 Retries are for faults that a moment's wait may cure: connection errors, timeouts, 429 and
-502/503/504. A ``Retry-After`` header is honoured; when it asks for longer than the policy's
+500/502/503/504 (neither vendor documents 500; it is taken as a passing fault). A
+``Retry-After`` header is honoured; when it asks for longer than the policy's
 longest wait, the call gives up so that the pass can move on and a later pass tries again.
 """
 
@@ -20,9 +21,9 @@ import urllib3
 
 from sync_worker.config import HttpConfig
 
-RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
-# A gateway error may hide a request the service did process.
-GATEWAY_STATUSES = frozenset({502, 504})
+RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
+# A server or gateway error may hide a request the service did process.
+MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
 USER_AGENT = "flexperto-te-sync/0.1"
 ERROR_TEXT_LIMIT = 300
 
@@ -80,7 +81,7 @@ def raise_for_status(service: str, response: requests.Response) -> None:
             message,
             response.status_code,
             parse_retry_after(response),
-            maybe_processed=response.status_code in GATEWAY_STATUSES,
+            maybe_processed=response.status_code in MAYBE_PROCESSED_STATUSES,
         )
     raise ApiError(service, message, response.status_code)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import sys
 import threading
+import traceback
 from collections.abc import Iterable, MutableMapping
+from pathlib import Path
 from typing import Any, TextIO
 
 import structlog
@@ -29,6 +31,10 @@ SECRET_FIELDS = frozenset(
 )
 MIN_SECRET_LENGTH = 4
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+ERROR_TEXT_LIMIT = 500
+# Where the project's packages sit (the repository, or site-packages), and their names.
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+OUR_PACKAGES = ("sync_worker", "jobs", "state")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
@@ -52,6 +58,13 @@ def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Mutab
     return event
 
 
+def mask(text: str) -> str:
+    """``text`` with every registered secret replaced, for output outside the log."""
+    with _secrets_lock:
+        secrets = sorted(_secrets, key=len, reverse=True)
+    return _scrub(text, secrets)
+
+
 def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, str):
         for secret in secrets:
@@ -65,6 +78,28 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     if isinstance(value, BaseException):
         return _scrub(f"{type(value).__name__}: {value}", secrets)
     return value
+
+
+def describe_exception(exc: BaseException) -> dict[str, str]:
+    """Log fields for an unexpected exception, in place of a traceback: its class, its
+    message (shortened; secrets are masked when the event is rendered), and where in the
+    worker's own code it was raised, for a bug report."""
+    fields = {"error_class": type(exc).__name__, "error": str(exc)[:ERROR_TEXT_LIMIT]}
+    for frame in reversed(traceback.extract_tb(exc.__traceback__)):
+        path = _our_path(frame.filename)
+        if path is not None:
+            fields["where"] = f"{path}:{frame.lineno} in {frame.name}"
+            break
+    return fields
+
+
+def _our_path(filename: str) -> str | None:
+    """``filename`` relative to the source root if it belongs to one of our packages."""
+    path = Path(filename).resolve()
+    if not path.is_relative_to(SOURCE_ROOT):
+        return None
+    relative = path.relative_to(SOURCE_ROOT)
+    return str(relative) if relative.parts[0] in OUR_PACKAGES else None
 
 
 def configure(

@@ -1,4 +1,11 @@
-"""One pass of the worker: the jobs, their locks, their clients, and the summary event."""
+"""One pass of the worker: the jobs, their locks, their clients, and the summary event.
+
+Error boundaries: an item that fails is recorded by its job and the job goes on; anything
+else a job raises ends that job with one ``job.failed`` event, and the next job still runs;
+a pass that cannot even be set up (state file, clients) logs ``run.failed``. Each counts as
+a failure (exit 1), and ``run.finished`` is logged whatever happened: no exception leaves a
+pass.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +26,7 @@ from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto import FlexpertoClient
 from sync_worker.locks import LockHeld, job_locks
+from sync_worker.logs import describe_exception
 from sync_worker.totalexpert import TotalExpertClient
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
@@ -61,6 +69,9 @@ def run_pass(
         # Nothing is half-done: every checkpoint is one transaction, and this one never began.
         log.error("state.busy", error=str(exc))
         stats.add("failed")
+    except Exception as exc:  # the pass could not be set up (state file, locks, clients)
+        log.error("run.failed", **describe_exception(exc))
+        stats.add("failed")
     summary = {
         "jobs": list(jobs),
         "outcomes": dict(sorted(stats.counts.items())),
@@ -102,8 +113,19 @@ def _run_jobs(
         )
         try:
             for name in jobs:
-                JOBS[name](context)
+                _run_job(name, context)
         finally:
             stats.te_requests = totalexpert.requests_sent
             stats.te_tokens_requested = totalexpert.tokens_requested
             stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds
+
+
+def _run_job(name: str, context: JobContext) -> None:
+    """Run one job; whatever it raises ends it (not the pass) with one ``job.failed``."""
+    try:
+        JOBS[name](context)
+    except StateBusyError:
+        raise  # the other job could not reach the state file either: end the pass
+    except Exception as exc:
+        log.error("job.failed", job=name, **describe_exception(exc))
+        context.stats.add("failed")

@@ -3,6 +3,13 @@
 Every request first spends a token from the shared per-minute bucket; a token request also
 spends one from the per-hour token bucket, and is never retried in the same pass (each try
 would spend another). The access token is cached in SQLite for every process and pass.
+
+Shapes the documents do not give, each with a way back (the README's table "What we assume
+about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
+tells whether TE has it; jobs.contact_directory does without), the id in the answer to
+``POST /insights`` (without one the insight still counts as created), ``data`` echoed by
+``GET /insights`` (:class:`InsightSearch` says when a search cannot be trusted), and
+``expires_in`` (the documented hour when it is missing).
 """
 
 from __future__ import annotations
@@ -38,6 +45,11 @@ REQUEST_BUCKET = "totalexpert:requests"
 TOKEN_BUCKET = "totalexpert:tokens"
 MINUTE = 60.0
 HOUR = 3600.0
+# "Once you have retrieved a token, that token is valid for 1 hour." (getting-started guide)
+DOCUMENTED_TOKEN_LIFETIME = 3600
+UPDATED_SINCE_FILTER = "internal_updated_at_start"
+# Answers of probe_updated_since.
+FILTER_SUPPORTED, FILTER_REJECTED, FILTER_IGNORED = "supported", "rejected", "ignored"
 # Our clock and the service's differ by the request's travel time: keep a safety margin.
 WINDOW_MARGIN_SECONDS = 1.0
 PAGE_SIZE = 100
@@ -62,6 +74,19 @@ class Contact:
 class User:
     id: int
     email: str
+
+
+@dataclass(frozen=True)
+class InsightSearch:
+    """What a search of a contact's insights for one archive found.
+
+    ``verifiable`` is False when TE listed insights without their ``data``: then "not
+    found" proves nothing, and posting again could double the insight.
+    """
+
+    found: bool
+    insight_id: int | None = None
+    verifiable: bool = True
 
 
 class TotalExpertClient:
@@ -116,12 +141,26 @@ class TotalExpertClient:
             yield from _contacts([item])
 
     def contacts_updated_since(self, since: datetime) -> Iterator[Contact]:
-        filters = {"internal_updated_at_start": _te_time(since)}
+        filters = {UPDATED_SINCE_FILTER: _te_time(since)}
         for item in self._pages("/contacts", filters):
             yield from _contacts([item])
 
+    def probe_updated_since(self) -> str:
+        """Whether TE filters contacts by ``internal_updated_at_start`` (not documented):
+        asks for those changed after tomorrow, which must be none. Answers
+        FILTER_SUPPORTED, FILTER_REJECTED (400) or FILTER_IGNORED (contacts came back).
+        An organisation without contacts looks supported, and costs nothing either way."""
+        tomorrow = datetime.fromtimestamp(self._clock.now() + 86_400, UTC)
+        try:
+            items, _links = self._page("/contacts", {UPDATED_SINCE_FILTER: _te_time(tomorrow)}, 1)
+        except ApiError as exc:
+            if exc.status == 400:
+                return FILTER_REJECTED
+            raise
+        return FILTER_IGNORED if items else FILTER_SUPPORTED
+
     def users_updated_since(self, since: datetime | None) -> Iterator[User]:
-        filters = {"internal_updated_at_start": _te_time(since)} if since else {}
+        filters = {UPDATED_SINCE_FILTER: _te_time(since)} if since else {}
         for item in self._pages("/users", filters):
             user = _user(item)
             if user is not None:
@@ -144,22 +183,37 @@ class TotalExpertClient:
                 return _int(item.get("id"))
         return None
 
-    def create_insight(self, body: dict[str, Any]) -> int:
-        """Post one insight. TE does not deduplicate: a POST that may have been processed is
-        not repeated here (the caller looks for it first on its next try)."""
-        answer = self._request("POST", "/insights", idempotent=False, json=body)
-        insight_id = _int(answer.get("id")) if isinstance(answer, dict) else None
-        if insight_id is None:
-            raise ApiError(SERVICE, "insight created but the answer has no id")
-        return insight_id
+    def create_insight(self, body: dict[str, Any]) -> int | None:
+        """Post one insight; returns its id, or None when TE accepted it (2xx) without
+        saying which (the answer's shape is not documented). TE does not deduplicate: a POST
+        that may have been processed is not repeated here (the caller looks for it first on
+        its next try)."""
+        response = self._request_response("POST", "/insights", idempotent=False, json=body)
+        try:
+            answer = response.json()
+        except ValueError:
+            return None
+        return _int(answer.get("id")) if isinstance(answer, dict) else None
 
-    def find_insight(self, contact_id: int, type_id: int, archive_id: str) -> int | None:
-        """The id of the contact's insight carrying ``data.flexperto_archive_id``, if any."""
+    def lists_insight_data(self, type_id: int) -> bool | None:
+        """Whether ``GET /insights`` shows each insight's ``data`` (what a search for a
+        possibly posted insight relies on); None when no insight of the type exists yet."""
+        items, _links = self._page("/insights", {"type_id": type_id}, 1)
+        listed = [item for item in items if isinstance(item, dict)]
+        return None if not listed else all(isinstance(i.get("data"), dict) for i in listed)
+
+    def find_insight(self, contact_id: int, type_id: int, archive_id: str) -> InsightSearch:
+        """Look for the contact's insight carrying ``data.flexperto_archive_id``."""
+        verifiable = True
         for item in self._pages("/insights", {"contact_id": contact_id, "type_id": type_id}):
-            data = item.get("data") if isinstance(item, dict) else None
-            if isinstance(data, dict) and data.get("flexperto_archive_id") == archive_id:
-                return _int(item.get("id"))
-        return None
+            if not isinstance(item, dict):
+                continue
+            data = item.get("data")
+            if not isinstance(data, dict):
+                verifiable = False
+            elif data.get("flexperto_archive_id") == archive_id and _for_contact(item, contact_id):
+                return InsightSearch(True, _int(item.get("id")))
+        return InsightSearch(False, verifiable=verifiable)
 
     # --- plumbing --------------------------------------------------------------------
 
@@ -186,15 +240,21 @@ class TotalExpertClient:
         links = body.get("links")
         return items, links if isinstance(links, dict) else {}
 
-    def _request(
+    def _request(self, method: str, path: str, authenticated: bool = True, **kwargs: Any) -> Any:
+        """The JSON answer of a request (see :meth:`_request_response`)."""
+        return json_body(SERVICE, self._request_response(method, path, authenticated, **kwargs))
+
+    def _request_response(
         self,
         method: str,
         path: str,
         authenticated: bool = True,
         idempotent: bool = True,
         **kwargs: Any,
-    ) -> Any:
-        def attempt() -> Any:
+    ) -> requests.Response:
+        """A successful answer, after retries; a rejected token is replaced once."""
+
+        def attempt() -> requests.Response:
             response = self._send(method, path, authenticated, **kwargs)
             if response.status_code == 401 and authenticated:
                 self._drop_token(response)
@@ -202,7 +262,7 @@ class TotalExpertClient:
             if response.status_code == 429:
                 self._log.warning("te.rate_limited", path=path)
             raise_for_status(SERVICE, response)
-            return json_body(SERVICE, response)
+            return response
 
         return (self._retrying if idempotent else self._retrying_once_only)(attempt)
 
@@ -272,9 +332,9 @@ class TotalExpertClient:
             raise ApiError(SERVICE, f"token request failed: {exc}", exc.status) from None
         body = json_body(SERVICE, response)
         token = body.get("access_token") if isinstance(body, dict) else None
-        expires_in = _int(body.get("expires_in")) if isinstance(body, dict) else None
-        if not isinstance(token, str) or not token or expires_in is None:
-            raise ApiError(SERVICE, "token answer lacks access_token or expires_in")
+        if not isinstance(token, str) or not token:
+            raise ApiError(SERVICE, "token answer lacks access_token")
+        expires_in = _int(body.get("expires_in")) or DOCUMENTED_TOKEN_LIFETIME
         logs.add_secret(token)
         tokens.store(self._db, self._token_key, token, now + expires_in, now)
         return token, now + expires_in
@@ -306,6 +366,16 @@ def _user(item: object) -> User | None:
     if user_id is None or not isinstance(email, str):
         return None
     return User(user_id, email.lower())
+
+
+def _for_contact(insight: dict[str, Any], contact_id: int) -> bool:
+    """Whether a listed insight belongs to the contact, as far as it says (in case TE
+    ignores the contact filter and lists other contacts' insights too)."""
+    contact = insight.get("contact")
+    shown = (
+        _int(contact.get("id")) if isinstance(contact, dict) else _int(insight.get("contact_id"))
+    )
+    return shown is None or shown == contact_id
 
 
 def _te_time(moment: datetime) -> str:

@@ -1,4 +1,11 @@
-"""Shared fixtures: a sandbox on loopback, a config pointing at it, a fake clock, logs."""
+"""Shared fixtures: a sandbox on loopback, a config pointing at it, a fake clock, logs.
+
+Every test that uses the ``sandbox`` fixture runs twice: against the lenient sandbox (which
+answers the shapes the worker prefers, beyond the vendors' documents) and against the strict
+one (which knows only the documents, so the worker's fallbacks are what works). A test
+marked ``lenient_only`` checks one of the worker's optimisations, which only the lenient
+sandbox allows, and runs once.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ from sync_worker import logs
 from sync_worker.clock import FakeClock
 from sync_worker.config import Config, load_config
 from sync_worker.runner import PassResult, run_pass
-from sync_worker.sandbox import Sandbox
+from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
 
 # Fast retries for tests; the clock is fake, so backoff waits cost no real time.
 TEST_SETTINGS = """
@@ -34,15 +41,59 @@ class SimulatedCrash(BaseException):
     """Raised from inside the worker to stand for a kill at that instant."""
 
 
+class InjectedError(Exception):
+    """An arbitrary exception raised from inside the worker, standing for a bug there."""
+
+
+SANDBOX_MODES = {"lenient": LENIENT, "strict": STRICT}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "lenient_only: checks an optimisation that needs more than the vendors' documents "
+        "promise; runs against the lenient sandbox only",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "sandbox_mode" in metafunc.fixturenames:
+        lenient_only = metafunc.definition.get_closest_marker("lenient_only") is not None
+        metafunc.parametrize("sandbox_mode", ["lenient"] if lenient_only else list(SANDBOX_MODES))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_logging() -> None:
+    """Each test starts with logs going nowhere: a test that ran the CLI may have left them
+    pointed at a capture stream that pytest has closed since."""
+    logs.configure("json", "info", stream=io.StringIO())
+
+
 @pytest.fixture
 def clock() -> FakeClock:
     return FakeClock()
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path, clock: FakeClock) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path / "sandbox", clock=clock) as running:
+def sandbox(tmp_path: Path, clock: FakeClock, sandbox_mode: str) -> Iterator[Sandbox]:
+    with Sandbox(tmp_path / "sandbox", clock=clock, dialect=SANDBOX_MODES[sandbox_mode]) as running:
         yield running
+
+
+@pytest.fixture
+def sandbox_in(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., tuple[Sandbox, Config]]]:
+    """Start a sandbox speaking a given dialect: ``sandbox_in(dialect)`` gives it and a
+    config pointing at it (for tests of one fallback at a time)."""
+    started: list[Sandbox] = []
+
+    def start(dialect: Dialect, extra: str = "") -> tuple[Sandbox, Config]:
+        running = Sandbox(tmp_path / "sandbox", clock=clock, dialect=dialect).start()
+        started.append(running)
+        return running, load_config(write_config(tmp_path, running, extra), env={})
+
+    yield start
+    for running in started:
+        running.stop()
 
 
 def write_config(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
@@ -70,16 +121,17 @@ def log_lines() -> Iterator[Callable[[], list[dict]]]:
 
 
 class CrashSwitch:
-    """Makes the worker 'die' right when it logs ``event`` for the ``nth`` time."""
+    """Makes the worker 'die' (or raise ``error``) right when it logs ``event`` for the
+    ``nth`` time."""
 
     def __init__(self) -> None:
-        self._armed: tuple[str, int] | None = None
+        self._armed: tuple[str, int, type[BaseException]] | None = None
         self._seen = 0
         processors = structlog.get_config()["processors"]
         structlog.configure(processors=[self._processor, *processors])
 
-    def arm(self, event: str, nth: int = 1) -> None:
-        self._armed, self._seen = (event, nth), 0
+    def arm(self, event: str, nth: int = 1, error: type[BaseException] = SimulatedCrash) -> None:
+        self._armed, self._seen = (event, nth, error), 0
 
     def disarm(self) -> None:
         self._armed = None
@@ -88,7 +140,7 @@ class CrashSwitch:
         if self._armed and event_dict.get("event") == self._armed[0]:
             self._seen += 1
             if self._seen == self._armed[1]:
-                raise SimulatedCrash(self._armed[0])
+                raise self._armed[2](f"injected at {self._armed[0]}")
         return event_dict
 
 

@@ -32,6 +32,16 @@ class Case:
     heal: Callable[[Sandbox], None] | None = None
     fast_timeout: bool = False
     page_size: int = 100
+    faulted_passes: int = 1  # for faults that only a later pass runs into
+    reached: Callable[[Sandbox], bool] = lambda _sandbox: True  # the fault was run into
+
+
+def faults(*arms: Callable[[Sandbox], None]) -> Callable[[Sandbox], None]:
+    def arm_all(sandbox: Sandbox) -> None:
+        for arm in arms:
+            arm(sandbox)
+
+    return arm_all
 
 
 def fault(server: str, **options) -> Callable[[Sandbox], None]:
@@ -157,6 +167,47 @@ CASES = {
     "te connection reset": Case(
         fault("te", path="/insights", action="reset", times=None), "item.failed"
     ),
+    # A plain 500 (documented by neither vendor) on every endpoint a pass uses.
+    "flexperto 500 on download": Case(
+        fault("flexperto", path=DOWNLOAD, status=500, times=None), "item.failed"
+    ),
+    "flexperto 500 on abandon and on the record": Case(
+        faults(
+            fault("flexperto", path=ABANDON, status=500, times=None),
+            fault(
+                "flexperto", method="GET", path="/archives/archives/[^/]+$", status=500, times=None
+            ),
+        ),
+        "item.failed",
+    ),
+    "s3 500": Case(fault("s3", status=500, times=None), "item.failed"),
+    "te 500 on POST /token": Case(
+        fault("te", path="/token$", status=500, times=None), "item.failed"
+    ),
+    "te 500 on GET /insight-types": Case(
+        fault("te", path="/insight-types$", status=500, times=None), "item.failed"
+    ),
+    "te 500 on GET /contacts": Case(
+        fault("te", path="/contacts$", status=500, times=None), "te.directory_unavailable"
+    ),
+    "te 500 on GET /users": Case(
+        fault("te", path="/users$", status=500, times=None), "te.directory_unavailable"
+    ),
+    "te 500 on POST /insights": Case(
+        fault("te", method="POST", path="/insights$", status=500, times=None), "item.failed"
+    ),
+    "te 500 on GET /insights": Case(  # the look-up of an insight whose POST went unanswered
+        faults(
+            fault("te", method="POST", path="/insights$", status=502, times=1),
+            fault("te", method="GET", path="/insights$", status=500, times=None),
+        ),
+        "item.failed",
+        faulted_passes=2,
+        reached=lambda sandbox: any(
+            r.method == "GET" and r.path.endswith("/insights") and r.status == 500
+            for r in sandbox.totalexpert.requests
+        ),
+    ),
 }
 
 
@@ -172,9 +223,12 @@ def test_fault(name, sandbox, tmp_path, clock, log_lines):
     expected = {r["id"]: r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"}
 
     case.arm(sandbox)
-    run_pass(config, clock)
+    for _ in range(case.faulted_passes):
+        clock.advance(config.retry.max_backoff_seconds)
+        run_pass(config, clock)
     events = log_lines()
     assert any(e["event"] == case.expect_event for e in events), [e["event"] for e in events]
+    assert case.reached(sandbox)
     assert_nothing_abandoned_unstored(sandbox, config)
 
     sandbox.flexperto.faults.clear()

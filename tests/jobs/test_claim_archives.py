@@ -1,10 +1,21 @@
 """The archive job against the sandbox: what is abandoned, when, and what never is."""
 
+import hashlib
+import json
 import stat
 import threading
+from collections import Counter
+from dataclasses import replace
 
+import pytest
+
+from state import capabilities
 from state.db import open_database
-from sync_worker.sandbox import Fault
+from sync_worker.config import load_config
+from sync_worker.flexperto import ListingForm
+from sync_worker.runner import run_pass
+from sync_worker.sandbox import LENIENT, STRICT, Fault
+from tests.conftest import SimulatedCrash, write_config
 
 
 def abandon_requests(sandbox):
@@ -51,6 +62,7 @@ def test_api_key_never_reaches_the_download_host(sandbox, run):
     assert all(r.headers.get("api-key") == sandbox.api_key for r in sandbox.flexperto.requests)
 
 
+@pytest.mark.lenient_only  # the documents do not say the list shows ABANDONED records
 def test_abandoned_but_never_stored_archive_is_downloaded(sandbox, config, run):
     record = sandbox.flexperto.add_archive(
         status="ABANDONED",
@@ -137,3 +149,102 @@ def test_archives_download_in_parallel_each_verified_on_its_own(sandbox, config,
     assert config.flexperto.max_parallel_downloads >= 3
     assert run().exit_code == 0
     assert len([r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]) == 3
+
+
+def claimed_everything(sandbox, config):
+    db = open_database(config.state.database)
+    available = [r for r in sandbox.flexperto.records() if r["status"] != "FAILED"]
+    return all(
+        db["archives"].get(r["id"])["state"] == "claimed" and r["status"] == "ABANDONED"
+        for r in available
+    )
+
+
+@pytest.mark.parametrize(
+    "dialect",
+    [
+        replace(LENIENT, flexperto_list_params=False),
+        replace(LENIENT, flexperto_prefix=""),
+        replace(STRICT, flexperto_prefix=""),
+    ],
+    ids=["no query parameters", "no /api/v2 prefix", "neither"],
+)
+def test_a_refused_listing_form_is_replaced_and_remembered(sandbox_in, clock, log_lines, dialect):
+    sandbox, config = sandbox_in(dialect)
+    run_pass(config, clock)
+    run_pass(config, clock)  # the archive that was PACKING
+    assert claimed_everything(sandbox, config)
+    assert len([e for e in log_lines() if e["event"] == "flexperto.capability_missing"]) == 1
+    db = open_database(config.state.database)
+    form = ListingForm.from_text(capabilities.get(db, capabilities.LISTING_FORM).value)
+    assert form.prefix == dialect.flexperto_prefix
+    assert form.status_filter == form.paging == dialect.flexperto_list_params
+    sandbox.flexperto.clear_requests()
+    run_pass(config, clock)  # the remembered form is used at once
+    statuses = [r.status for r in sandbox.flexperto.requests]
+    assert statuses == ([200, 200] if form.status_filter else [200])  # AVAILABLE, ABANDONED
+
+
+@pytest.mark.parametrize("page_size", [2, 3])
+def test_a_listing_that_ignores_paging_is_read_once(sandbox, tmp_path, clock, page_size):
+    records = [r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"]
+    everything = json.dumps({"items": records}).encode()
+    sandbox.add_fault(
+        "flexperto", Fault(path="/conferences/archives$", status=200, body=everything, times=None)
+    )
+    path = write_config(tmp_path, sandbox)
+    path.write_text(path.read_text().replace("page_size = 100", f"page_size = {page_size}"))
+    run_pass(load_config(path, env={}), clock)
+    lists = [r for r in sandbox.flexperto.requests if r.path.endswith("/conferences/archives")]
+    assert len(lists) <= 4  # at most two pages per status asked for, never an endless loop
+    assert all(r["status"] == "ABANDONED" for r in map(sandbox.flexperto.record, ids(records)))
+
+
+def ids(records):
+    return [r["id"] for r in records]
+
+
+def test_participants_missing_from_records_are_read_from_the_archive(sandbox_in, clock, log_lines):
+    sandbox, config = sandbox_in(replace(STRICT, flexperto_record_people=False))
+    run_pass(config, clock)
+    run_pass(config, clock)  # the archive that was PACKING
+    assert [e["participants"] for e in log_lines() if e["event"] == "archive.people_from_metadata"]
+    created = sandbox.totalexpert.insights()
+    assert len(created) == 4  # as with full records: the moderators are not participants
+    max_contacts = [c["id"] for c in sandbox.totalexpert.contacts() if c["email"].startswith("max")]
+    anna = next(u for u in sandbox.totalexpert.users() if u["email"].startswith("anna"))
+    assert {i["owner_id"] for i in created if i["contact_id"] in max_contacts} == {anna["id"]}
+
+
+def test_a_stored_archive_the_listing_did_not_show_is_looked_up_before_abandoning(
+    sandbox, config, run, clock, crash
+):
+    crash.arm("archive.abandoned", 1)  # Flexperto has it abandoned; the ledger says stored
+    with pytest.raises(SimulatedCrash):
+        run()
+    crash.disarm()
+    sandbox.add_fault("flexperto", Fault(path="/conferences/archives$", status=503, times=None))
+    clock.advance(3600)
+    run()  # the listing fails: every stored archive is asked about on its own
+    abandons = Counter(r.path for r in abandon_requests(sandbox))
+    assert set(abandons.values()) == {1}
+    looked_up = [r for r in sandbox.flexperto.requests if "/archives/archives/" in r.path]
+    assert looked_up and all(r.method == "GET" for r in looked_up)
+    db = open_database(config.state.database)
+    assert {row["state"] for row in db["archives"].rows} == {"claimed"}
+
+
+def test_a_storage_host_without_ranges_starts_over(sandbox_in, clock):
+    sandbox, config = sandbox_in(replace(LENIENT, s3_ranges=False))
+    record = sandbox.flexperto.add_archive(status="AVAILABLE", size=5 * 1024 * 1024)
+    sandbox.add_fault("s3", Fault(path=record["id"], action="truncate", times=1))
+    run_pass(config, clock)
+    part = config.storage.archive_dir / record["subject"]["conference_id"]
+    assert (part / f".{record['id']}.zip.part").stat().st_size > 0
+    clock.advance(config.retry.backoff_seconds)
+    run_pass(config, clock)
+    answers = [r.status for r in downloads(sandbox, record["id"])]
+    assert answers == [200, 200]  # the Range was ignored: the whole file again
+    stored = part / f"{record['id']}.zip"
+    assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256CheckSum"]
+    assert sandbox.flexperto.record(record["id"])["status"] == "ABANDONED"

@@ -5,12 +5,10 @@ worker catches, right when it logs the named step: the state left is what a kill
 instant leaves (for real SIGKILLs, see test_crash_tool.py).
 """
 
-import hashlib
-from collections import Counter
-
 import pytest
 
 from tests.conftest import SimulatedCrash
+from tests.invariants import assert_claimed_once
 
 STEPS = [
     ("archive.listed", 1),
@@ -40,21 +38,4 @@ def test_next_pass_completes_a_crashed_one(sandbox, config, run, crash, event, n
         run()
     crash.disarm()
     assert run().exit_code == 0
-
-    root = config.storage.archive_dir
-    for archive_id, record in expected.items():
-        path = root / record["subject"]["conference_id"] / f"{archive_id}.zip"
-        assert hashlib.sha256(path.read_bytes()).hexdigest() == record["sha256CheckSum"]
-        assert sandbox.flexperto.record(archive_id)["status"] == "ABANDONED"
-    assert not list(root.glob("*/.*.part"))
-
-    full_downloads = Counter(
-        r.path for r in sandbox.s3.requests if r.status == 200 and "range" not in r.headers
-    )
-    assert all(count == 1 for count in full_downloads.values()), full_downloads
-    abandons = Counter(r.path for r in sandbox.flexperto.requests if r.method == "POST")
-    assert all(count == 1 for count in abandons.values()), abandons
-    keys = Counter(
-        (i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()
-    )
-    assert len(keys) >= 3 and set(keys.values()) == {1}
+    assert_claimed_once(sandbox, config, expected)

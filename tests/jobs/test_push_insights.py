@@ -3,12 +3,14 @@
 import subprocess
 import sys
 import time
+from dataclasses import replace
 
 from state import rate_limit
 from state.db import open_database
+from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
-from sync_worker.sandbox import Fault
+from sync_worker.sandbox import LENIENT, Fault
 from tests.conftest import write_config
 
 
@@ -120,3 +122,48 @@ def test_limits_hold_with_a_small_per_minute_budget(sandbox, tmp_path, clock):
     assert te.max_requests_in_window(60) <= 5
     assert te.max_token_requests_in_window(3600) <= 2
     assert len(te.insights()) == 9
+
+
+def test_an_answer_without_an_id_still_counts_and_the_id_is_looked_up(sandbox_in, clock):
+    sandbox, config = sandbox_in(replace(LENIENT, te_insight_answer_id=False))
+    assert run_pass(config, clock).exit_code == 0
+    in_te = {
+        (i["data"]["flexperto_archive_id"], i["contact_id"]): i["id"]
+        for i in sandbox.totalexpert.insights()
+    }
+    db = open_database(config.state.database)
+    ledger = {(r["archive_id"], r["contact_id"]): r["te_insight_id"] for r in db["insights"].rows}
+    assert ledger == in_te and len(in_te) == 3
+
+
+def test_an_unanswered_post_is_parked_when_te_lists_insights_without_their_data(
+    sandbox_in, clock, tmp_path, log_lines
+):
+    sandbox, config = sandbox_in(replace(LENIENT, te_insight_data_listed=False))
+    run_pass(config, clock)  # Lena's contact has an insight now, listed without its data
+    meeting = sandbox.flexperto.add_archive(
+        status="AVAILABLE",
+        moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
+        participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}],
+    )
+    sandbox.add_fault("te", Fault(method="POST", path="/insights$", status=502, times=1))
+    assert run_pass(config, clock).exit_code == 1  # the POST's outcome is unknown
+    clock.advance(config.retry.max_backoff_seconds)
+    posts_before = len([r for r in sandbox.totalexpert.requests if r.method == "POST"])
+    run_pass(config, clock)
+    db = open_database(config.state.database)
+    [row] = [r for r in db["insights"].rows if r["archive_id"] == meeting["id"]]
+    assert row["state"] == "unverified" and "Check in TE" in row["last_error"]
+    assert len([r for r in sandbox.totalexpert.requests if r.method == "POST"]) == posts_before
+    assert any(e["event"] == "item.given_up" for e in log_lines())
+
+    # the operator finds it missing in TE and retries: it is posted, once
+    assert main(["--config", str(tmp_path / "config.toml"), "retry", meeting["id"]]) == 0
+    run_pass(config, clock)
+    sent = [
+        i
+        for i in sandbox.totalexpert.insights()
+        if i["data"]["flexperto_archive_id"] == meeting["id"]
+    ]
+    assert len(sent) == 1
+    assert db["insights"].get((meeting["id"], row["contact_id"]))["state"] == "sent"

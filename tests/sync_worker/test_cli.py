@@ -3,12 +3,16 @@
 import json
 import subprocess
 import sys
+from dataclasses import replace
 
 import pytest
 import requests
 
 from sync_worker.cli import main
 from sync_worker.config import load_config
+from sync_worker.sandbox import STRICT, Sandbox
+from sync_worker.sandbox.seed import ANNA, LENA
+from tests.conftest import write_config
 
 
 def sync_worker(*args, env=None, timeout=60):
@@ -99,21 +103,82 @@ def test_retry_of_an_unknown_archive_is_a_usage_error(sandbox, tmp_path, config)
     assert main(["--config", str(tmp_path / "config.toml"), "retry", "nope"]) == 2
 
 
+def findings(out: str) -> dict[str, tuple[str, str]]:
+    """The lines `check` printed (not the log events), by name: (status, detail); what is
+    remembered by the name of the capability."""
+    found = {}
+    for line in out.splitlines():
+        if line.startswith("{"):
+            continue
+        status, name, detail = line[:8].strip(), line[10:33].strip(), line[33:]
+        if name == "remembered":
+            name, _, detail = detail.partition(": ")
+        found[name] = (status, detail)
+    return found
+
+
 def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, config, capsys):
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("ok  ") == 5 and "new access token obtained" in out
+    found = findings(capsys.readouterr().out)
+    assert set(found) == {
+        "state database",
+        "archive folder",
+        "flexperto listing",
+        "flexperto records",
+        "totalexpert",
+        "totalexpert token",
+        "insight type",
+        "contacts changed since",
+        "insight search",
+    }
+    assert "new access token obtained" in found["totalexpert token"][1]
+    assert all(status in ("ok", "fallback") for status, _ in found.values())
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
-    assert "cached access token reused" in capsys.readouterr().out
+    assert "cached access token reused" in findings(capsys.readouterr().out)["totalexpert token"][1]
     assert sandbox.totalexpert.tokens_issued == 1
+    assert {r.method for r in sandbox.flexperto.requests + sandbox.totalexpert.requests} <= {
+        "GET",
+        "POST",
+    }
+    assert [r.path for r in sandbox.totalexpert.requests if r.method == "POST"] == ["/v1/token"]
+    assert all(r.method == "GET" for r in sandbox.flexperto.requests)
+
+
+def test_check_names_the_fallbacks_in_use(tmp_path, clock, capsys):
+    dialect = replace(STRICT, flexperto_record_people=False, te_insight_data_listed=False)
+    with Sandbox(tmp_path / "sandbox", clock=clock, dialect=dialect) as strict:
+        config_file = write_config(tmp_path, strict)
+        for _ in range(2):  # insights to list; the second pass tries the TE filter
+            strict.flexperto.add_archive(moderator=ANNA, participants=[ANNA, LENA])
+            assert main(["--config", str(config_file), "run-once"]) == 0
+        strict.flexperto.add_archive()  # a record to look at
+        capsys.readouterr()
+        assert main(["--config", str(config_file), "check"]) == 0
+    found = findings(capsys.readouterr().out)
+    fallbacks = {name: detail for name, (status, detail) in found.items() if status == "fallback"}
+    assert set(fallbacks) == {
+        "flexperto listing",
+        "flexperto records",
+        "contacts changed since",
+        "insight search",
+    }
+    assert "no status filter" in fallbacks["flexperto listing"]
+    assert "no paging" in fallbacks["flexperto listing"]
+    assert "no 'size'" in fallbacks["flexperto records"]
+    assert "participants" in fallbacks["flexperto records"]
+    assert "rejected" in fallbacks["contacts changed since"]
+    assert "parked as unverified" in fallbacks["insight search"]
+    # what the passes before learnt, and use
+    assert found["flexperto.listing_form"][1].startswith("prefix /api/v2, no status filter")
+    assert found["te.updated_since_filter"][1].startswith("rejected")
 
 
 def test_check_reports_a_wrong_api_key(sandbox, tmp_path, config, capsys):
     path = tmp_path / "config.toml"
     path.write_text(path.read_text().replace(sandbox.api_key, "wrong-key"))
     assert main(["--config", str(path), "check"]) == 1
-    out = capsys.readouterr().out
-    assert "FAIL  flexperto" in out and "401" in out
+    status, detail = findings(capsys.readouterr().out)["flexperto listing"]
+    assert status == "FAIL" and "401" in detail
 
 
 def test_init_config_writes_a_loadable_private_example(tmp_path):
@@ -177,3 +242,25 @@ def test_sandbox_command_prints_a_working_config(tmp_path):
     assert heartbeat.status_code == 503  # the fault given on the command line
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=10) == 0
+
+
+def test_a_state_file_that_is_not_a_database_is_an_error_not_a_traceback(sandbox, tmp_path, config):
+    config.state.database.write_bytes(b"this is not a SQLite database, " * 100)
+    config_file = str(tmp_path / "config.toml")
+    result = sync_worker("--config", config_file, "run-once")
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    [failed] = [e for e in events if e["event"] == "run.failed"]
+    assert failed["error_class"] == "DatabaseError" and failed["level"] == "error"
+    assert events[-1]["event"] == "run.finished"
+    assert sandbox.flexperto.requests == []  # nothing was done without a state file
+
+    status = sync_worker("--config", config_file, "status")
+    assert status.returncode == 1
+    assert "Traceback" not in status.stdout + status.stderr
+    assert (
+        status.stderr.strip()
+        .splitlines()[-1]
+        .startswith("sync-worker: status failed: DatabaseError:")
+    )

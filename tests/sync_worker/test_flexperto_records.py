@@ -1,14 +1,17 @@
 """The record parser: untrusted JSON in, a safe ArchiveRecord or a clear RecordError out."""
 
+import base64
 import contextlib
 import copy
+import json
+import zipfile
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker.flexperto import RecordError, is_safe_id, parse_record
+from sync_worker.flexperto import RecordError, is_safe_id, parse_record, people_from_archive
 
 GOOD = {
     "id": "9b2f0c1e-1111-2222-3333-444455556666",
@@ -116,3 +119,75 @@ def test_accepted_ids_always_stay_inside_the_archive_folder(archive_id, conferen
     assert target.parent.parent == root
     assert is_safe_id(parsed.archive_id) and is_safe_id(parsed.conference_id)
     assert not parsed.archive_id.startswith(".")
+
+
+def test_a_base64_checksum_is_read_as_the_same_sha256():
+    digest = bytes.fromhex("ab" * 32)
+    record = parse_record(with_changes(sha256CheckSum=base64.b64encode(digest).decode()))
+    assert record.sha256 == "ab" * 32
+
+
+@pytest.mark.parametrize("value", ["AB" * 31, "q" * 44, "q" * 42 + "==", "", 123, None])
+def test_other_checksums_are_rejected(value):
+    with pytest.raises(RecordError, match="sha256CheckSum"):
+        parse_record(with_changes(sha256CheckSum=value))
+
+
+def test_a_record_without_participants_says_so():
+    record = copy.deepcopy(GOOD)
+    del record["subject"]["participants"]
+    assert parse_record(GOOD).people_listed
+    assert not parse_record(record).people_listed
+    assert parse_record(with_changes(participants=[])).people_listed
+
+
+def write_zip(path: Path, files: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(path, "w") as archive:
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_people_are_read_from_the_archives_metadata(tmp_path):
+    metadata = {
+        "tenant": "demo",
+        "conference": {
+            "moderator": {"email": "Anna.Expert@bank.example", "name": "Anna"},
+            "participants": [
+                {"email": "max.kunde@example.org", "name": "Max"},
+                {"email": "anna.expert@bank.example", "name": "Anna again"},
+                {"email": "max.kunde@example.org", "name": "Max twice"},
+                {"name": "no email"},
+            ],
+        },
+    }
+    path = write_zip(
+        tmp_path / "a.zip",
+        {
+            "themis/metadata.json": json.dumps(metadata).encode(),
+            "themis/chat.json": json.dumps([{"email": "chat@example.org"}]).encode(),
+            "mithra/contract.pdf": b"%PDF",
+        },
+    )
+    moderator, participants = people_from_archive(path)
+    assert moderator.email == "anna.expert@bank.example"
+    assert [p.email for p in participants] == ["max.kunde@example.org"]
+
+
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"themis/metadata.json": b"{not json"},
+        {"themis/metadata.json": b"[]"},
+        {"other/metadata.json": b'{"email": "x@example.org"}'},
+        {"themis/metadata.json": b"[" * 100_000 + b"]" * 100_000},
+    ],
+)
+def test_unreadable_metadata_yields_nobody(tmp_path, files):
+    assert people_from_archive(write_zip(tmp_path / "a.zip", files)) == (None, ())
+
+
+def test_a_file_that_is_not_a_zip_yields_nobody(tmp_path):
+    path = tmp_path / "a.zip"
+    path.write_bytes(b"not a zip")
+    assert people_from_archive(path) == (None, ())

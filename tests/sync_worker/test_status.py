@@ -25,7 +25,13 @@ def test_failing_archive_shows_its_error_and_next_attempt(tmp_path):
     listing = archives.Listing("a1", "c1", "AVAILABLE", "0" * 64, {"id": "a1"})
     archives.note_listed(db, [listing], now)
     record_failure(
-        db, "archives", {"archive_id": "a1"}, "sha256 mismatch", now, Policy(), archives.FAILED
+        db,
+        "archives",
+        {"archive_id": "a1"},
+        "sha256 mismatch",
+        now,
+        Policy(),
+        {archives.PENDING: archives.FAILED},
     )
     report = status.collect(db)
     [archive] = report["archives"]
