@@ -37,3 +37,25 @@ def test_durable_transaction_is_fsynced_and_restores_the_default(tmp_path):
         assert db.execute("pragma synchronous").fetchone()[0] == 2  # FULL
         db["rate_events"].insert({"bucket": "b", "at": 1.0})
     assert db.execute("pragma synchronous").fetchone()[0] == 1
+
+
+def test_a_state_file_of_an_older_version_gains_the_new_columns(tmp_path):
+    import sqlite3
+
+    path = tmp_path / "old.db"
+    old = sqlite3.connect(path)
+    old.execute(
+        "create table te_contacts (contact_id integer primary key, email text, owner_id int)"
+    )
+    old.execute("insert into te_contacts values (1, 'a@example.org', 5)")
+    old.commit()
+    old.close()
+    db = open_database(path)
+    assert "seen_at" in db["te_contacts"].columns_dict
+    assert db["te_contacts"].get(1) == {
+        "contact_id": 1,
+        "email": "a@example.org",
+        "owner_id": 5,
+        "seen_at": None,
+    }
+    assert db["capabilities"].exists()

@@ -68,3 +68,34 @@ def test_every_event_of_a_pass_is_one_json_line_with_the_stable_fields(sandbox, 
         "insight.no_match",
         "te.token_requested",
     } <= names
+
+
+def raise_here():
+    raise KeyError("the missing key")
+
+
+def test_an_unexpected_exception_is_described_without_a_traceback():
+    try:
+        raise_here()
+    except KeyError as exc:
+        fields = logs.describe_exception(exc)
+    assert fields["error_class"] == "KeyError"
+    assert fields["error"] == "'the missing key'"
+    assert "where" not in fields  # raised in a test: not the worker's own code
+
+
+def test_where_names_the_innermost_frame_of_our_own_code(tmp_path):
+    from state.db import open_database
+
+    (tmp_path / "s.db").write_bytes(b"not a database " * 100)
+    try:
+        open_database(tmp_path / "s.db")
+    except Exception as exc:
+        fields = logs.describe_exception(exc)
+    assert fields["error_class"] == "DatabaseError"
+    assert fields["where"].startswith("state/db.py:")
+
+
+def test_mask_hides_registered_secrets_outside_the_log():
+    logs.add_secret("hunter2-secret")
+    assert logs.mask("the key hunter2-secret leaked") == "the key [REDACTED] leaked"

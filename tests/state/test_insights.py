@@ -1,0 +1,42 @@
+from state import archives, insights
+from state.db import open_database
+
+
+def ledger_with(tmp_path, *archive_ids):
+    db = open_database(tmp_path / "s.db")
+    for archive_id in archive_ids:
+        archives.note_listed(
+            db, [archives.Listing(archive_id, "c1", "AVAILABLE", "0" * 64, {})], now=0.0
+        )
+        archives.record_stored(db, archive_id, "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
+        insights.record_matches(db, archive_id, "p@example.org", [(451, 50)])
+    return db
+
+
+def state_of(db, archive_id):
+    return db["insights"].get((archive_id, 451))["state"]
+
+
+def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(tmp_path):
+    db = ledger_with(tmp_path, "a1", "a2")
+    insights.give_up(db, "a1", 451, "cannot tell", insights.UNVERIFIED)
+    insights.give_up(db, "a2", 451, "HTTP 422")
+    assert insights.retry_failed(db) == 2
+    assert state_of(db, "a1") == "pending"  # an operator checked TE: post it
+    assert state_of(db, "a2") == "sending"  # may have been posted: look first
+
+
+def test_retry_of_one_archive_leaves_the_others_alone(tmp_path):
+    db = ledger_with(tmp_path, "a1", "a2")
+    insights.give_up(db, "a1", 451, "cannot tell", insights.UNVERIFIED)
+    insights.give_up(db, "a2", 451, "cannot tell", insights.UNVERIFIED)
+    assert insights.retry_failed(db, "a2") == 1
+    assert (state_of(db, "a1"), state_of(db, "a2")) == ("unverified", "pending")
+
+
+def test_a_sent_insight_may_have_no_te_id_and_learn_it_later(tmp_path):
+    db = ledger_with(tmp_path, "a1")
+    insights.mark_sent(db, "a1", 451, None, now=5.0)
+    assert (state_of(db, "a1"), db["insights"].get(("a1", 451))["te_insight_id"]) == ("sent", None)
+    insights.set_te_insight_id(db, "a1", 451, 9001)
+    assert db["insights"].get(("a1", 451))["te_insight_id"] == 9001
