@@ -1,19 +1,23 @@
 """Kill ``sync-worker run-once`` with SIGKILL at random instants, then check nothing was lost.
 
-Runs the worker as a real subprocess against an in-process sandbox. Half the kills land at a
+Runs the worker as a real subprocess against an in-process sandbox (lenient, or with
+``--strict`` the one that knows only the vendors' documents). Half the kills land at a
 uniformly random time into a pass; the other half right after the worker logs a randomly
 chosen step (listing, download, verification, SQLite commits, abandon, insight POST), plus a
-random few milliseconds. New archives keep arriving so that there is always work to cut.
-After the last kill, passes run until nothing is left, and the invariants are checked:
+random few milliseconds. New archives keep arriving so that there is always work to cut, and
+before some passes TE's tokens are revoked or a fault is armed (a 500, a reset, a truncated
+download...). After the last kill, passes run until nothing is left, and the invariants are
+checked:
 
 - every archive that was AVAILABLE is stored once, with the bytes Flexperto hashed;
 - no archive was abandoned before its verified file was renamed into place and its SQLite
   record committed;
 - every matched contact has exactly one insight per archive;
 - no temporary file is left behind;
-- Total Expert's per-minute and token limits were never exceeded.
+- Total Expert's per-minute and token limits were never exceeded;
+- no run, killed or not, printed a traceback; the last pass exits 0.
 
-Usage: python -m tests.crash_tool --kills 1000 [--seed N] [--keep DIR]
+Usage: python -m tests.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
 """
 
 from __future__ import annotations
@@ -31,11 +35,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from state.db import open_database
-from sync_worker.sandbox import Sandbox
+from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
 
 KILL_EVENTS = (
     "archive.listed",
@@ -65,6 +69,25 @@ retry_wait_seconds = 0.01
 retry_max_wait_seconds = 0.05
 """
 MAX_ATTEMPTS_PER_KILL = 5
+# Armed before some passes (each for one to three requests): what a real day may bring.
+FAULTS = (
+    ("flexperto", Fault(path="/conferences/archives$", status=503)),
+    ("flexperto", Fault(path="/download$", status=500)),
+    ("flexperto", Fault(path="/archive/abandon$", status=502)),
+    ("s3", Fault(action="truncate")),
+    ("s3", Fault(action="reset")),
+    ("te", Fault(method="POST", path="/insights$", status=500)),
+    ("te", Fault(method="POST", path="/insights$", action="reset")),
+    ("te", Fault(path="/contacts$", status=500)),
+    ("te", Fault(path="/users$", status=500)),
+    ("te", Fault(method="GET", path="/insights$", status=503)),
+)
+STDERR_LOG = "stderr.log"
+CHAOS_RATE = 0.2  # share of passes that get a fault, and (separately) revoked tokens
+# Each revocation may cost one of the hour's token requests: a third of them at most, so
+# that kills (which can lose a fresh token) never exhaust the budget within a run. Past
+# it, the worker rightly waits for the hour to end.
+MAX_REVOCATIONS = TOKEN_REQUESTS_PER_HOUR // 3
 PARTICIPANTS = (
     "max.kunde@example.org",
     "erika.muster@example.org",
@@ -77,19 +100,23 @@ PARTICIPANTS = (
 class Report:
     kills: int = 0
     kills_by_trigger: Counter[str] = field(default_factory=Counter)
+    faults_armed: int = 0
+    tokens_revoked: int = 0
+    tracebacks: int = 0
     passes_to_finish: int = 0
     archives: int = 0
     insights: int = 0
     problems: list[str] = field(default_factory=list)
 
 
-def run(kills: int, seed: int, folder: Path) -> Report:
+def run(kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT) -> Report:
     rng = random.Random(seed)
     report = Report()
     with Sandbox(
         folder / "sandbox",
         te_requests_per_minute=REQUESTS_PER_MINUTE,
         te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR,
+        dialect=dialect,
     ) as sandbox:
         config = folder / "config.toml"
         text = sandbox.config_toml(str(folder / "archives"), str(folder / "state.db"))
@@ -105,12 +132,26 @@ def run(kills: int, seed: int, folder: Path) -> Report:
             if report.kills >= kills:
                 break
             _add_archive(sandbox, rng, attempt)
+            _stir(sandbox, rng, report)
             started = time.monotonic()
             if not _kill_one_pass(config, rng, report, typical_pass):
                 typical_pass = time.monotonic() - started  # it finished: aim within that
+        for server in ("flexperto", "s3", "te"):
+            sandbox.state(server).faults.clear()
         report.passes_to_finish = _finish(config, report)
         _check(sandbox, folder, report)
     return report
+
+
+def _stir(sandbox: Sandbox, rng: random.Random, report: Report) -> None:
+    """Before some passes: revoke TE's tokens, arm a fault for the next few requests."""
+    if rng.random() < CHAOS_RATE and report.tokens_revoked < MAX_REVOCATIONS:
+        sandbox.totalexpert.revoke_tokens()
+        report.tokens_revoked += 1
+    if rng.random() < CHAOS_RATE:
+        server, fault = rng.choice(FAULTS)
+        sandbox.add_fault(server, replace(fault, times=rng.randint(1, 3)))
+        report.faults_armed += 1
 
 
 def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
@@ -131,54 +172,52 @@ def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
 
 
 def _kill_one_pass(config: Path, rng: random.Random, report: Report, typical: float) -> bool:
-    """Start a pass and kill it at a random instant; False if it finished first."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sync_worker",
-            "--config",
-            str(config),
-            "--log-format",
-            "json",
-            "--log-level",
-            "debug",
-            "run-once",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    if rng.random() < 0.5:
-        trigger = "timer"
-        timer = threading.Timer(rng.uniform(0.0, typical), _kill, args=[process])
-        timer.start()
-        _drain(process)
-        timer.cancel()
-    else:
-        trigger = rng.choice(KILL_EVENTS)
-        _kill_after_event(process, trigger, rng)
-    if process.wait() != -signal.SIGKILL:
-        return False
+    """Start a pass and kill it at a random instant; False if it finished first. What the
+    pass writes to stderr is kept in STDERR_LOG beside the config, checked at the end."""
+    with (config.parent / STDERR_LOG).open("a") as errors:
+        process = subprocess.Popen(
+            worker_command(config, "--log-format", "json", "--log-level", "debug", "run-once"),
+            stdout=subprocess.PIPE,
+            stderr=errors,
+            text=True,
+        )
+        if rng.random() < 0.5:
+            trigger = "timer"
+            timer = threading.Timer(rng.uniform(0.0, typical), _kill, args=[process])
+            timer.start()
+            _watch(process, report, rng)
+            timer.cancel()
+        else:
+            trigger = rng.choice(KILL_EVENTS)
+            _watch(process, report, rng, kill_after=trigger)
+        if process.wait() != -signal.SIGKILL:
+            return False
     report.kills += 1
     report.kills_by_trigger[trigger] += 1
     return True
 
 
-def _kill_after_event(process: subprocess.Popen, event: str, rng: random.Random) -> None:
+def _watch(
+    process: subprocess.Popen, report: Report, rng: random.Random, kill_after: str | None = None
+) -> None:
+    """Read the pass's log to its end, counting tracebacks; with ``kill_after``, kill the
+    process a few random milliseconds after it logs that event."""
     assert process.stdout is not None
     for line in process.stdout:
-        if f'"event": "{event}"' in line:
+        report.tracebacks += _tracebacks(line)
+        if kill_after is not None and f'"event": "{kill_after}"' in line:
             time.sleep(rng.uniform(0.0, 0.005))
             _kill(process)
-            break
-    _drain(process)
+            kill_after = None
 
 
-def _drain(process: subprocess.Popen) -> None:
-    assert process.stdout is not None
-    for _ in process.stdout:
-        pass
+def _tracebacks(text: str) -> int:
+    """Tracebacks in some output: printed, or as a log event's exception field."""
+    return text.count("Traceback") + text.count('"exception":')
+
+
+def worker_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "sync_worker", "--config", str(config), *args]
 
 
 def _kill(process: subprocess.Popen) -> None:
@@ -187,17 +226,29 @@ def _kill(process: subprocess.Popen) -> None:
 
 
 def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
+    output = ""
     for n in range(1, max_passes + 1):
         result = subprocess.run(
-            [sys.executable, "-m", "sync_worker", "--config", str(config), "run-once"],
+            worker_command(config, "--log-format", "json", "run-once"),
             capture_output=True,
             text=True,
             timeout=600,
         )
+        output = result.stdout
+        report.tracebacks += _tracebacks(result.stdout + result.stderr)
         if result.returncode == 0 and _nothing_open(config.parent / "state.db"):
             return n
-    report.problems.append(f"work still open after {max_passes} clean passes")
+    report.problems.append(
+        f"work still open after {max_passes} clean passes; the last one logged "
+        f"{dict(_complaints(output))}"
+    )
     return max_passes
+
+
+def _complaints(log: str) -> Counter[str]:
+    """The warnings and errors in a pass's JSON log, by event."""
+    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
+    return Counter(e["event"] for e in events if e.get("level") in ("warning", "error"))
 
 
 def _nothing_open(database: Path) -> bool:
@@ -269,6 +320,9 @@ def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
         problems.append(f"TE answered 429 {te.rate_limited_count} times")
     if sandbox.s3.api_key_rejections:
         problems.append("the api-key was sent to the download host")
+    report.tracebacks += _tracebacks((folder / STDERR_LOG).read_text())
+    if report.tracebacks:
+        problems.append(f"{report.tracebacks} traceback(s) in the runs' output")
     db.close()
 
 
@@ -277,15 +331,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kills", type=int, default=50)
     parser.add_argument("--seed", type=int, default=int.from_bytes(os.urandom(4), "big"))
     parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    parser.add_argument(
+        "--strict", action="store_true", help="a sandbox that knows only the vendors' documents"
+    )
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="crash-tool-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        report = run(args.kills, args.seed, folder)
+        report = run(args.kills, args.seed, folder, STRICT if args.strict else LENIENT)
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
-    print(json.dumps({"seed": args.seed, **report.__dict__}, indent=2, default=dict))
+    print(
+        json.dumps(
+            {"seed": args.seed, "strict": args.strict, **report.__dict__}, indent=2, default=dict
+        )
+    )
     return 1 if report.problems else 0
 
 

@@ -1,14 +1,21 @@
-"""Real SIGKILLs of real worker processes, a bounded number of them (see crash_tool.py)."""
+"""Real SIGKILLs of real worker processes, a bounded number of them, with revoked tokens
+and faults between them, against both sandboxes (see crash_tool.py)."""
 
 import os
 
+import pytest
+
+from sync_worker.sandbox import LENIENT, STRICT
 from tests import crash_tool
 
 KILLS = int(os.environ.get("CRASH_TOOL_KILLS", "50"))
 
 
-def test_random_kills_lose_nothing_and_double_nothing(tmp_path):
-    report = crash_tool.run(KILLS, seed=int.from_bytes(os.urandom(4), "big"), folder=tmp_path)
-    assert report.problems == []
+@pytest.mark.parametrize("dialect", [LENIENT, STRICT], ids=["lenient", "strict"])
+def test_random_kills_lose_nothing_and_double_nothing(tmp_path, dialect):
+    seed = int.from_bytes(os.urandom(4), "big")
+    report = crash_tool.run(KILLS, seed=seed, folder=tmp_path, dialect=dialect)
+    assert report.problems == [], f"seed {seed}"
     assert report.kills == KILLS
     assert report.archives >= KILLS
+    assert report.tracebacks == 0
