@@ -25,8 +25,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from state import directory
-from state.db import open_database
+from sync_worker.state import directory
+from sync_worker.state.db import open_database
+
 from sync_worker.config import load_config
 from sync_worker.flexperto import FlexpertoClient
 from sync_worker.sandbox import Sandbox

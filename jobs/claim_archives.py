@@ -17,12 +17,12 @@ from dataclasses import replace
 from typing import Any
 
 import structlog
+from sync_worker.jobs.context import JobContext
+from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
+from sync_worker.state import archives, capabilities
+from sync_worker.state.db import ThreadConnections, make_durable
+from sync_worker.state.work_items import is_due
 
-from jobs.context import JobContext
-from jobs.item_failures import JOB_STOPPERS, fail_item
-from state import archives, capabilities
-from state.db import ThreadConnections, make_durable
-from state.work_items import is_due
 from sync_worker.archive_store import StoredFile, VerificationError
 from sync_worker.flexperto import (
     PREFERRED_LISTING,

@@ -11,9 +11,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from jobs.context import JobContext
-from state.db import StateBusyError
-from state.work_items import Failure, record_failure
+from sync_worker.jobs.context import JobContext
+from sync_worker.state.db import StateBusyError
+from sync_worker.state.work_items import Failure, record_failure
+
 from sync_worker.archive_store import VerificationError
 from sync_worker.flexperto import RecordError
 from sync_worker.http import ApiError

@@ -18,12 +18,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+from sync_worker.jobs.contact_directory import ContactDirectory
+from sync_worker.jobs.context import JobContext
+from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
+from sync_worker.state import directory, insights
+from sync_worker.state.work_items import is_due
 
-from jobs.contact_directory import ContactDirectory
-from jobs.context import JobContext
-from jobs.item_failures import JOB_STOPPERS, fail_item
-from state import directory, insights
-from state.work_items import is_due
 from sync_worker.flexperto import ArchiveRecord, parse_record
 from sync_worker.http import ApiError, TransientError
 from sync_worker.totalexpert import TokenBudgetExhausted

@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 # The capabilities there are.
 LISTING_FORM = "flexperto.listing_form"  # a flexperto.ListingForm, as text

@@ -14,8 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 CONTACTS_SYNCED_AT = "contacts_synced_at"
 USERS_SYNCED_AT = "users_synced_at"

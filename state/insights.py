@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 PENDING = "pending"
 MATCHED = "matched"

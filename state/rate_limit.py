@@ -11,8 +11,7 @@ transaction across processes.
 from __future__ import annotations
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 
 def try_spend(

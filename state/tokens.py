@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 # Stop using a token this long before Total Expert says it expires.
 EXPIRY_MARGIN_SECONDS = 120.0

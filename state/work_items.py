@@ -13,8 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlite_utils
-
-from state.db import transaction
+from sync_worker.state.db import transaction
 
 GIVEN_UP = "given_up"
 ERROR_LIMIT = 500

@@ -16,8 +16,6 @@ from datetime import UTC, datetime
 
 import sqlite_utils
 
-from state import capabilities
-from state.db import open_database
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto import (
@@ -28,6 +26,8 @@ from sync_worker.flexperto import (
     parse_record,
 )
 from sync_worker.http import ApiError
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 from sync_worker.totalexpert import (
     FILTER_SUPPORTED,
     UPDATED_SINCE_FILTER,

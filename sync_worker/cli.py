@@ -17,8 +17,6 @@ from pathlib import Path
 
 import structlog
 
-from state import archives, insights
-from state.db import open_database
 from sync_worker import demo, logs, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
@@ -26,6 +24,8 @@ from sync_worker.config import Config, ConfigError, config_path, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
+from sync_worker.state import archives, insights
+from sync_worker.state.db import open_database
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 

@@ -8,12 +8,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from state.db import open_database
 from sync_worker import logs, status
 from sync_worker.clock import SystemClock
 from sync_worker.config import ConfigError, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox
+from sync_worker.state.db import open_database
 
 MARKER = ".sync-worker-demo"
 

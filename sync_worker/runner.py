@@ -17,16 +17,16 @@ from dataclasses import dataclass
 
 import structlog
 
-from jobs import claim_archives, push_insights
-from jobs.context import JobContext, PassStats
-from state.db import StateBusyError, open_database
 from sync_worker import healthcheck
 from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto import FlexpertoClient
+from sync_worker.jobs import claim_archives, push_insights
+from sync_worker.jobs.context import JobContext, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import describe_exception
+from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.totalexpert import TotalExpertClient
 
 JOBS: dict[str, Callable[[JobContext], None]] = {

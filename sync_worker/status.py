@@ -8,7 +8,7 @@ from typing import Any
 
 import sqlite_utils
 
-from state import insights
+from sync_worker.state import insights
 
 ARCHIVE_FIELDS = (
     "archive_id",

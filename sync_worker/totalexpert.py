@@ -25,7 +25,6 @@ import requests
 import sqlite_utils
 import structlog
 
-from state import rate_limit, tokens
 from sync_worker import logs
 from sync_worker.clock import Clock
 from sync_worker.config import HttpConfig, TotalExpertConfig
@@ -39,6 +38,7 @@ from sync_worker.http import (
     retry_policy,
     send,
 )
+from sync_worker.state import rate_limit, tokens
 
 SERVICE = "totalexpert"
 REQUEST_BUCKET = "totalexpert:requests"

@@ -33,7 +33,7 @@ def assert_claimed_once(sandbox: Sandbox, config: Config, expected: dict[str, di
 def assert_consistent(sandbox: Sandbox, config: Config) -> None:
     """What must hold after any pass, finished or not: nothing is abandoned at Flexperto
     that is not stored here with the right bytes, and the ledger agrees with TE."""
-    from state.db import open_database
+    from sync_worker.state.db import open_database
 
     db = open_database(config.state.database)
     try:

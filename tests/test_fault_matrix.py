@@ -12,8 +12,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
+from sync_worker.state.db import open_database
 
-from state.db import open_database
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
@@ -244,7 +244,7 @@ def test_fault(name, sandbox, tmp_path, clock, log_lines):
 
 
 def retry_parked(config) -> None:
-    from state import archives, insights
+    from sync_worker.state import archives, insights
 
     db = open_database(config.state.database)
     archives.retry_failed(db)

@@ -11,7 +11,8 @@ import subprocess
 import sys
 from collections import Counter
 
-from state.db import open_database
+from sync_worker.state.db import open_database
+
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault

@@ -7,8 +7,8 @@ import subprocess
 import sys
 
 import pytest
+from sync_worker.state.db import open_database
 
-from state.db import open_database
 from sync_worker.flexperto import FlexpertoClient
 from sync_worker.http import ApiError, new_session
 from sync_worker.sandbox import Fault

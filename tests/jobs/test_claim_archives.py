@@ -8,9 +8,9 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 
-from state import capabilities
-from state.db import open_database
 from sync_worker.config import load_config
 from sync_worker.flexperto import ListingForm
 from sync_worker.runner import run_pass

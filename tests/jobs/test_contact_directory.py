@@ -3,9 +3,9 @@
 from dataclasses import replace
 
 import pytest
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 
-from state import capabilities
-from state.db import open_database
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
 

@@ -5,8 +5,9 @@ import sys
 import time
 from dataclasses import replace
 
-from state import rate_limit
-from state.db import open_database
+from sync_worker.state import rate_limit
+from sync_worker.state.db import open_database
+
 from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass

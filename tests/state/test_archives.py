@@ -1,5 +1,5 @@
-from state import archives, insights
-from state.db import open_database
+from sync_worker.state import archives, insights
+from sync_worker.state.db import open_database
 
 SHA = "a" * 64
 

@@ -1,5 +1,5 @@
-from state import capabilities
-from state.db import open_database
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 
 
 def test_a_decision_is_remembered_with_its_time(tmp_path):

@@ -1,8 +1,7 @@
 import stat
 
 import pytest
-
-from state.db import open_database, transaction
+from sync_worker.state.db import open_database, transaction
 
 
 def test_database_file_is_private(tmp_path):

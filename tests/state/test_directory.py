@@ -1,5 +1,5 @@
-from state import directory
-from state.db import open_database
+from sync_worker.state import directory
+from sync_worker.state.db import open_database
 
 
 def contact(contact_id, email="a@example.org", owner_id=1):

@@ -1,7 +1,7 @@
 import threading
 
-from state import rate_limit
-from state.db import open_database
+from sync_worker.state import rate_limit
+from sync_worker.state.db import open_database
 
 
 def test_spends_up_to_the_limit_then_says_when_a_token_returns(tmp_path):

@@ -1,5 +1,5 @@
-from state import tokens
-from state.db import open_database
+from sync_worker.state import tokens
+from sync_worker.state.db import open_database
 
 
 def test_cached_until_shortly_before_expiry(tmp_path):

@@ -1,8 +1,8 @@
 from dataclasses import dataclass
 
-from state import archives
-from state.db import open_database
-from state.work_items import Failure, backoff_delay, is_due, record_failure
+from sync_worker.state import archives
+from sync_worker.state.db import open_database
+from sync_worker.state.work_items import Failure, backoff_delay, is_due, record_failure
 
 OPEN = {"pending": "failed", "failed": "failed", "stored": "stored"}
 

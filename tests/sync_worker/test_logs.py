@@ -85,7 +85,7 @@ def test_an_unexpected_exception_is_described_without_a_traceback():
 
 
 def test_where_names_the_innermost_frame_of_our_own_code(tmp_path):
-    from state.db import open_database
+    from sync_worker.state.db import open_database
 
     (tmp_path / "s.db").write_bytes(b"not a database " * 100)
     try:

@@ -3,7 +3,8 @@
 import hashlib
 import json
 
-from state.db import open_database
+from sync_worker.state.db import open_database
+
 from sync_worker.locks import job_lock
 
 

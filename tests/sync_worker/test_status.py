@@ -3,10 +3,10 @@
 from dataclasses import dataclass
 
 from freezegun import freeze_time
+from sync_worker.state import archives
+from sync_worker.state.db import open_database
+from sync_worker.state.work_items import record_failure
 
-from state import archives
-from state.db import open_database
-from state.work_items import record_failure
 from sync_worker import status
 from sync_worker.clock import SystemClock
 
