@@ -47,6 +47,14 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     return db
 
 
+def open_memory_database() -> sqlite_utils.Database:
+    """A private database with the same schema that lives only as long as this process:
+    for a command that must work even when the state file cannot be opened."""
+    db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
+    _ensure_schema(db)
+    return db
+
+
 def _create_private(path: Path) -> None:
     make_private_dirs(path.parent)
     fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)

@@ -17,7 +17,9 @@ def lookup(db: sqlite_utils.Database, key: str, now: float) -> tuple[str, float]
     return row["access_token"], row["expires_at"]
 
 
-def store(db: sqlite_utils.Database, key: str, token: str, expires_at: float, now: float) -> None:
+def remember(
+    db: sqlite_utils.Database, key: str, token: str, expires_at: float, now: float
+) -> None:
     with transaction(db, durable=True):
         db.execute(
             "insert into tokens (key, access_token, expires_at, obtained_at) values (?, ?, ?, ?) "

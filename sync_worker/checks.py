@@ -10,6 +10,7 @@ same rate-limit buckets as a pass's; a token is requested only when none is cach
 from __future__ import annotations
 
 import os
+import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,7 +28,8 @@ from sync_worker.flexperto import (
 )
 from sync_worker.http import ApiError
 from sync_worker.state import capabilities
-from sync_worker.state.db import open_database
+from sync_worker.state.db import StateBusyError, open_database, open_memory_database
+from sync_worker.state.te_access import SharedAccess
 from sync_worker.totalexpert import (
     FILTER_SUPPORTED,
     UPDATED_SINCE_FILTER,
@@ -65,8 +67,9 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
             findings.append(_check("flexperto records", lambda: _records(flexperto)))
     finally:
         flexperto.close()
-    db = open_database(config.state.database)
-    client = TotalExpertClient(config.totalexpert, config.http, db, clock)
+    db = _state_or_memory(config)
+    access = SharedAccess.for_config(db, config.totalexpert)
+    client = TotalExpertClient(config.totalexpert, config.http, access, clock)
     try:
         findings.extend(_totalexpert_findings(config, client))
         findings.extend(_remembered(db))
@@ -74,6 +77,15 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
         client.close()
         db.close()
     return findings
+
+
+def _state_or_memory(config: Config) -> sqlite_utils.Database:
+    """The state file, whose budgets and token every process shares; if it cannot be opened
+    (the first finding says why), a private one, so that TE can still be checked."""
+    try:
+        return open_database(config.state.database)
+    except (OSError, sqlite3.Error, StateBusyError):
+        return open_memory_database()
 
 
 def _totalexpert_findings(config: Config, client: TotalExpertClient) -> list[Finding]:
@@ -98,8 +110,9 @@ def _check(name: str, probe: Callable[[], str]) -> Finding:
         return Finding(name, OK, probe())
     except Fallback as exc:
         return Finding(name, FALLBACK, str(exc))
-    except (ApiError, OSError, TokenBudgetExhausted, RecordError) as exc:
-        return Finding(name, FAIL, str(exc))
+    except (ApiError, OSError, TokenBudgetExhausted, RecordError, sqlite3.Error) as exc:
+        plain = isinstance(exc, ApiError | TokenBudgetExhausted)
+        return Finding(name, FAIL, str(exc) if plain else f"{type(exc).__name__}: {exc}")
 
 
 def _state(config: Config) -> str:
@@ -150,14 +163,14 @@ def _heartbeat(client: TotalExpertClient) -> str:
 
 
 def _token(client: TotalExpertClient) -> str:
-    if client.token_expiry() is None:
+    if client.token_usable_until() is None:
         client.fetch_token()
         detail = "new access token obtained"
     else:
         detail = "cached access token reused"
-    expiry = client.token_expiry()
-    until = datetime.fromtimestamp(expiry, UTC).isoformat() if expiry else "unknown"
-    return f"{detail}, valid until {until}"
+    until = client.token_usable_until()
+    when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds") if until else "?"
+    return f"{detail}, used until {when}"
 
 
 def _insight_type(client: TotalExpertClient, config: Config, found: list[int]) -> str:

@@ -27,6 +27,7 @@ from sync_worker.jobs.context import JobContext, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import describe_exception
 from sync_worker.state.db import StateBusyError, open_database
+from sync_worker.state.te_access import SharedAccess
 from sync_worker.totalexpert import TotalExpertClient
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
@@ -99,7 +100,8 @@ def _run_jobs(
         stack.callback(db.close)
         flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
         stack.callback(flexperto.close)
-        totalexpert = TotalExpertClient(config.totalexpert, config.http, db, clock)
+        access = SharedAccess.for_config(db, config.totalexpert)
+        totalexpert = TotalExpertClient(config.totalexpert, config.http, access, clock)
         stack.callback(totalexpert.close)
         context = JobContext(
             config=config,

@@ -1,8 +1,9 @@
 """Total Expert: the API's shapes and a client that stays inside its limits.
 
-Every request first spends a token from the shared per-minute bucket; a token request also
-spends one from the per-hour token bucket, and is never retried in the same pass (each try
-would spend another). The access token is cached in SQLite for every process and pass.
+Every request first spends a slot of the per-minute budget; a token request also one of
+the hourly token budget, and is never retried in the same pass (each try would spend
+another). The budgets and the cached token are kept by an :class:`Access` the client is
+given: state.te_access shares them with every process through the state file.
 
 Shapes the documents do not give, each with a way back (the README's table "What we assume
 about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
@@ -15,17 +16,14 @@ tells whether TE has it; jobs.contact_directory does without), the id in the ans
 from __future__ import annotations
 
 import base64
-import hashlib
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import requests
-import sqlite_utils
 import structlog
 
-from sync_worker import logs
 from sync_worker.clock import Clock
 from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
@@ -38,7 +36,6 @@ from sync_worker.http import (
     retry_policy,
     send,
 )
-from sync_worker.state import rate_limit, tokens
 
 SERVICE = "totalexpert"
 REQUEST_BUCKET = "totalexpert:requests"
@@ -89,24 +86,34 @@ class InsightSearch:
     verifiable: bool = True
 
 
+class Access(Protocol):
+    """Where the client's budgets and access token are kept (state.te_access.SharedAccess).
+    A spend returns None when the slot is taken, else when the next one comes back."""
+
+    def spend_request(self, now: float) -> float | None: ...
+
+    def spend_token_request(self, now: float) -> float | None: ...
+
+    def cached_token(self, now: float) -> tuple[str, float] | None:
+        """The token, and until when to use it."""
+
+    def keep_token(self, token: str, expires_at: float, now: float) -> float:
+        """Keep a new token; returns until when to use it."""
+
+    def drop_token(self, token: str) -> None: ...
+
+
 class TotalExpertClient:
     def __init__(
-        self,
-        config: TotalExpertConfig,
-        http: HttpConfig,
-        db: sqlite_utils.Database,
-        clock: Clock,
+        self, config: TotalExpertConfig, http: HttpConfig, access: Access, clock: Clock
     ) -> None:
         self._config = config
-        self._db = db
+        self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds
         self._retrying = retry_policy(http, clock.sleep)
         self._retrying_once_only = retry_policy(http, clock.sleep, idempotent=False)
         self._session = new_session({"Accept": "application/json"})
-        self._token_key = hashlib.sha256(
-            f"{config.base_url}\n{config.client_id}".encode()
-        ).hexdigest()[:32]
         self._log = structlog.get_logger(service=SERVICE)
         self.requests_sent = 0
         self.tokens_requested = 0
@@ -121,9 +128,9 @@ class TotalExpertClient:
     def heartbeat(self) -> None:
         self._request("GET", "/heartbeat", authenticated=False)
 
-    def token_expiry(self) -> float | None:
-        """When the cached access token expires, if there is one still good."""
-        cached = tokens.lookup(self._db, self._token_key, self._clock.now())
+    def token_usable_until(self) -> float | None:
+        """Until when the cached access token is used, if there is one."""
+        cached = self._access.cached_token(self._clock.now())
         return None if cached is None else cached[1]
 
     def fetch_token(self) -> None:
@@ -285,39 +292,26 @@ class TotalExpertClient:
         )
 
     def _spend_request_slot(self) -> None:
-        """Take a slot from the per-minute bucket, waiting for one to come back if needed."""
+        """Take a slot from the per-minute budget, waiting for one to come back if needed."""
         while True:
             now = self._clock.now()
-            next_at = rate_limit.try_spend(
-                self._db,
-                REQUEST_BUCKET,
-                self._config.requests_per_minute,
-                MINUTE + WINDOW_MARGIN_SECONDS,
-                now,
-            )
+            next_at = self._access.spend_request(now)
             if next_at is None:
                 return
             self._log.info("te.throttled", wait_seconds=round(next_at - now, 3))
             self._clock.sleep(next_at - now)
 
     def _token(self) -> str:
-        """The access token: remembered for this pass, shared through the state file."""
+        """The access token: remembered for this pass, else the one kept for every
+        process, else a new one."""
         now = self._clock.now()
-        if self._remembered is not None and self._remembered[1] > now:
-            return self._remembered[0]
-        token, expires_at = tokens.lookup(self._db, self._token_key, now) or self._request_token()
-        self._remembered = (token, expires_at - tokens.EXPIRY_MARGIN_SECONDS)
-        return token
+        if self._remembered is None or self._remembered[1] <= now:
+            self._remembered = self._access.cached_token(now) or self._request_token()
+        return self._remembered[0]
 
     def _request_token(self) -> tuple[str, float]:
         now = self._clock.now()
-        next_at = rate_limit.try_spend(
-            self._db,
-            TOKEN_BUCKET,
-            self._config.token_requests_per_hour,
-            HOUR + WINDOW_MARGIN_SECONDS,
-            now,
-        )
+        next_at = self._access.spend_token_request(now)
         if next_at is not None:
             raise TokenBudgetExhausted(next_at)
         self._spend_request_slot()
@@ -335,9 +329,7 @@ class TotalExpertClient:
         if not isinstance(token, str) or not token:
             raise ApiError(SERVICE, "token answer lacks access_token")
         expires_in = _int(body.get("expires_in")) or DOCUMENTED_TOKEN_LIFETIME
-        logs.add_secret(token)
-        tokens.store(self._db, self._token_key, token, now + expires_in, now)
-        return token, now + expires_in
+        return token, self._access.keep_token(token, now + expires_in, now)
 
     def _post_token(self) -> requests.Response:
         credentials = f"{self._config.client_id}:{self._config.client_secret}".encode()
@@ -350,7 +342,7 @@ class TotalExpertClient:
 
     def _drop_token(self, response: requests.Response) -> None:
         sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
-        tokens.drop(self._db, self._token_key, sent)
+        self._access.drop_token(sent)
         self._remembered = None
         self._log.warning("te.token_rejected")
 

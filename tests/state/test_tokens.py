@@ -4,20 +4,20 @@ from sync_worker.state.db import open_database
 
 def test_cached_until_shortly_before_expiry(tmp_path):
     db = open_database(tmp_path / "s.db")
-    tokens.store(db, "k", "tok", expires_at=1000.0 + 3600, now=1000.0)
+    tokens.remember(db, "k", "tok", expires_at=1000.0 + 3600, now=1000.0)
     assert tokens.lookup(db, "k", 1000.0) == ("tok", 4600.0)
     assert tokens.lookup(db, "k", 4600.0 - tokens.EXPIRY_MARGIN_SECONDS - 1) == ("tok", 4600.0)
     assert tokens.lookup(db, "k", 4600.0 - tokens.EXPIRY_MARGIN_SECONDS) is None
 
 
 def test_visible_to_another_connection(tmp_path):
-    tokens.store(open_database(tmp_path / "s.db"), "k", "tok", 5000.0, 0.0)
+    tokens.remember(open_database(tmp_path / "s.db"), "k", "tok", 5000.0, 0.0)
     assert tokens.lookup(open_database(tmp_path / "s.db"), "k", 0.0) == ("tok", 5000.0)
 
 
 def test_drop_only_removes_the_rejected_token(tmp_path):
     db = open_database(tmp_path / "s.db")
-    tokens.store(db, "k", "new", 5000.0, 0.0)
+    tokens.remember(db, "k", "new", 5000.0, 0.0)
     tokens.drop(db, "k", "old")
     assert tokens.lookup(db, "k", 0.0) == ("new", 5000.0)
     tokens.drop(db, "k", "new")

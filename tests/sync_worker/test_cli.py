@@ -264,3 +264,12 @@ def test_a_state_file_that_is_not_a_database_is_an_error_not_a_traceback(sandbox
         .splitlines()[-1]
         .startswith("sync-worker: status failed: DatabaseError:")
     )
+
+
+def test_check_reaches_te_even_when_the_state_file_is_broken(sandbox, tmp_path, config, capsys):
+    config.state.database.write_bytes(b"not a database " * 100)
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 1
+    found = findings(capsys.readouterr().out)
+    assert found["state database"][0] == "FAIL" and "DatabaseError" in found["state database"][1]
+    assert found["totalexpert"] == ("ok", "heartbeat answered")
+    assert found["totalexpert token"][0] == "ok"
