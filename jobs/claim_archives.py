@@ -13,7 +13,9 @@ import contextlib
 import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 import structlog
@@ -23,7 +25,7 @@ from sync_worker.state import archives, capabilities
 from sync_worker.state.db import ThreadConnections, make_durable
 from sync_worker.state.work_items import is_due
 
-from sync_worker.archive_store import StoredFile, VerificationError
+from sync_worker.archive_store import ArchiveFile, Download, VerificationError
 from sync_worker.flexperto import (
     PREFERRED_LISTING,
     ArchiveRecord,
@@ -223,15 +225,25 @@ def abandon(ctx: JobContext, row: dict[str, Any], listed: bool) -> None:
 
 def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     assert record.sha256 is not None  # parse_record guarantees it for downloadable records
-    stored = ctx.store.find_verified(record.conference_id, record.archive_id, record.sha256)
-    if stored is not None:
-        ctx.store.ensure_record(stored, record.raw)
-        bound.info("archive.recovered", path=str(stored.path))
+    target = ArchiveFile(record.conference_id, record.archive_id, record.sha256, record.size)
+
+    def written(size: int, fetched: int) -> None:
+        ctx.stats.add_bytes(fetched)
+        bound.info("archive.downloaded", size=size)
+
+    try:
+        saved = ctx.store.save(target, record.raw, partial(_download, ctx, record), written)
+    except VerificationError as exc:
+        bound.error("archive.hash_mismatch", error=str(exc))
+        ctx.stats.add("hash_mismatch")
+        raise
+    if saved.recovered:
+        bound.info("archive.recovered", path=str(saved.path))
     else:
-        stored = _download(ctx, record, bound)
+        bound.info("archive.verified", sha256=saved.sha256)
     moderator, people = record.moderator, record.participants
     if not record.people_listed:
-        moderator, people = people_from_archive(stored.path)
+        moderator, people = people_from_archive(saved.path)
         bound.info("archive.people_from_metadata", participants=len(people))
     participants = [
         (person.email, person.name)
@@ -241,60 +253,34 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     archives.record_stored(
         ctx.db,
         record.archive_id,
-        str(stored.path),
-        stored.size,
+        str(saved.path),
+        saved.size,
         ctx.clock.now(),
         participants,
         moderator.email if moderator else None,
     )
-    bound.info("archive.stored", path=str(stored.path), size=stored.size, sha256=stored.sha256)
+    bound.info("archive.stored", path=str(saved.path), size=saved.size, sha256=saved.sha256)
     ctx.stats.add("stored")
 
 
-def _download(ctx: JobContext, record: ArchiveRecord, bound: Any) -> StoredFile:
-    """Fetch the archive into its ``.part`` file, resuming what an earlier pass left."""
-    assert record.sha256 is not None
-    conference_id, archive_id = record.conference_id, record.archive_id
-    if ctx.store.partial_size(conference_id, archive_id):
-        written = ctx.store.write_partial(conference_id, archive_id, (), resume=True)
-        if written[0] != record.sha256:
-            written = _fetch(ctx, record, offset=written[1])
-    else:
-        written = _fetch(ctx, record, offset=0)
-    bound.info("archive.downloaded", size=written[1])
-    try:
-        stored = ctx.store.commit_partial(
-            conference_id, archive_id, written, record.sha256, record.size, record.raw
-        )
-    except VerificationError as exc:
-        bound.error("archive.hash_mismatch", error=str(exc))
-        ctx.stats.add("hash_mismatch")
-        raise
-    bound.info("archive.verified", sha256=stored.sha256)
-    return stored
-
-
-def _fetch(ctx: JobContext, record: ArchiveRecord, offset: int) -> tuple[str, int]:
-    """Stream the bytes from ``offset`` on (when the server honours Range) to the .part file."""
+@contextmanager
+def _download(ctx: JobContext, record: ArchiveRecord, offset: int) -> Iterator[Download]:
+    """The archive's bytes from ``offset`` on, from the storage host (without the
+    api-key); from the start when it does not honour the range."""
     url = ctx.flexperto.download_url(record.archive_id)
     try:
         response = ctx.flexperto.open_download(url, offset)
     except ApiError as exc:
-        if offset and exc.status == 416:  # the partial file is longer than the archive
-            ctx.store.discard_partial(record.conference_id, record.archive_id)
-            return _fetch(ctx, record, offset=0)
-        raise
+        if not offset or exc.status != 416:
+            raise
+        offset = 0  # the partial file is longer than the archive: start over
+        response = ctx.flexperto.open_download(url, offset)
     with response:
-        resumed = offset > 0 and response.status_code == 206
-        before = offset if resumed else 0
-        chunks = ctx.progress.track(
-            ctx.flexperto.iter_chunks(response), record.archive_id[:8], record.size
+        chunks = ctx.flexperto.iter_chunks(response)
+        yield Download(
+            ctx.progress.track(chunks, record.archive_id[:8], record.size),
+            resumed=offset > 0 and response.status_code == 206,
         )
-        written = ctx.store.write_partial(
-            record.conference_id, record.archive_id, chunks, resume=resumed
-        )
-    ctx.stats.add_bytes(written[1] - before)
-    return written
 
 
 def _abandon(ctx: JobContext, row: dict[str, Any], listed: bool, bound: Any) -> None:

@@ -18,7 +18,8 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,10 +35,38 @@ class VerificationError(Exception):
 
 
 @dataclass(frozen=True)
-class StoredFile:
+class ArchiveFile:
+    """Which archive, and what its bytes must be."""
+
+    conference_id: str
+    archive_id: str
+    sha256: str
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class Download:
+    """Archive bytes as the storage host sends them: from the offset asked for when
+    ``resumed``, else from the first byte."""
+
+    chunks: Iterable[bytes]
+    resumed: bool
+
+
+# Opens the archive's bytes from an offset (the partial file's size; 0 for all of them).
+Fetch = Callable[[int], AbstractContextManager[Download]]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """An archive in its final place, verified. ``fetched``: bytes that came over the
+    network for it now; ``recovered``: it was in place already, left by a pass cut short."""
+
     path: Path
     sha256: str
     size: int
+    fetched: int = 0
+    recovered: bool = False
 
 
 class ArchiveStore:
@@ -50,79 +79,66 @@ class ArchiveStore:
     def part_path(self, conference_id: str, archive_id: str) -> Path:
         return self.root / conference_id / f".{archive_id}.zip.part"
 
-    def find_verified(self, conference_id: str, archive_id: str, sha256: str) -> StoredFile | None:
-        """The final file if it exists with the expected hash (left by an interrupted pass)."""
-        path = self.final_path(conference_id, archive_id)
-        if not path.is_file():
-            return None
-        digest, size = hash_file(path)
-        if digest == sha256:
-            return StoredFile(path, digest, size)
-        self.quarantine(path, archive_id)
-        return None
+    def save(
+        self,
+        target: ArchiveFile,
+        record: dict[str, Any],
+        fetch: Fetch,
+        on_written: Callable[[int, int], None] = lambda _size, _fetched: None,
+    ) -> Saved:
+        """Store the archive ``target`` with its ``record`` beside it, and return where.
 
-    def partial_size(self, conference_id: str, archive_id: str) -> int:
-        path = self.part_path(conference_id, archive_id)
-        return path.stat().st_size if path.is_file() else 0
+        A verified file already in place is taken as is. Otherwise the partial file left
+        by an earlier try is hashed (once) and, unless it is complete already, continued
+        with the bytes ``fetch`` gives from its end (or rewritten, when the storage host
+        sends them from the start); then it is fsynced, ``on_written(size, fetched)`` is
+        called, and it is verified against ``target`` and moved into place, or moved to
+        quarantine with VerificationError.
+        """
+        in_place = self._verified_in_place(target)
+        if in_place is not None:
+            self._write_record(in_place.path, record)
+            return in_place
+        part = self.part_path(target.conference_id, target.archive_id)
+        make_private_dirs(part.parent)
+        digest = hashlib.sha256()
+        size = _hash_into(digest, part) if part.is_file() else 0
+        fetched = 0
+        if _mismatch(digest.hexdigest(), size, target) is not None:
+            with fetch(size) as download:
+                if not download.resumed:
+                    digest, size = hashlib.sha256(), 0
+                fetched = _write(part, download.chunks, digest, append=download.resumed)
+                size += fetched
+        else:
+            _fsync_file(part)  # complete already; make sure of it before the rename
+        on_written(size, fetched)
+        problem = _mismatch(digest.hexdigest(), size, target)
+        if problem is not None:
+            kept = self._quarantine(part, target.archive_id)
+            raise VerificationError(f"{problem}; bad copy kept at {kept}")
+        final = self.final_path(target.conference_id, target.archive_id)
+        os.replace(part, final)
+        self._write_record(final, record)
+        return Saved(final, digest.hexdigest(), size, fetched)
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.part_path(conference_id, archive_id).unlink()
 
-    def write_partial(
-        self, conference_id: str, archive_id: str, chunks: Iterable[bytes], resume: bool
-    ) -> tuple[str, int]:
-        """Stream ``chunks`` into the ``.part`` file, hashing on the way, and fsync it.
-
-        With ``resume`` the bytes already in the ``.part`` file are kept (and hashed first),
-        and ``chunks`` must continue where they end. Returns the sha256 and size of it all.
-        """
-        part = self.part_path(conference_id, archive_id)
-        make_private_dirs(part.parent)
+    def _verified_in_place(self, target: ArchiveFile) -> Saved | None:
+        """The final file if it exists with the expected hash; a bad one is quarantined."""
+        path = self.final_path(target.conference_id, target.archive_id)
+        if not path.is_file():
+            return None
         digest = hashlib.sha256()
-        size = _hash_into(digest, part) if resume and part.is_file() else 0
-        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if resume else os.O_TRUNC)
-        fd = os.open(part, flags, 0o600)
-        with os.fdopen(fd, "wb", buffering=0) as handle:
-            for chunk in chunks:
-                handle.write(chunk)
-                digest.update(chunk)
-                size += len(chunk)
-            os.fsync(handle.fileno())
-        return digest.hexdigest(), size
+        size = _hash_into(digest, path)
+        if digest.hexdigest() == target.sha256:
+            return Saved(path, target.sha256, size, recovered=True)
+        self._quarantine(path, target.archive_id)
+        return None
 
-    def commit_partial(
-        self,
-        conference_id: str,
-        archive_id: str,
-        written: tuple[str, int],
-        expected_sha256: str,
-        expected_size: int | None,
-        record: dict[str, Any],
-    ) -> StoredFile:
-        """Move a fully written and fsynced ``.part`` file, with its record, into place.
-
-        ``written`` is what :meth:`write_partial` returned. When it does not match the
-        expectation the file goes to quarantine and VerificationError is raised.
-        """
-        part = self.part_path(conference_id, archive_id)
-        digest, size = written
-        problem = _mismatch(digest, size, expected_sha256, expected_size)
-        if problem:
-            kept = self.quarantine(part, archive_id)
-            raise VerificationError(f"{problem}; bad copy kept at {kept}")
-        final = self.final_path(conference_id, archive_id)
-        os.replace(part, final)
-        self._write_record(final.with_suffix(".json"), record)
-        fsync_dir(final.parent)
-        return StoredFile(final, digest, size)
-
-    def ensure_record(self, stored: StoredFile, record: dict[str, Any]) -> None:
-        """Write the record beside an already stored file (idempotent)."""
-        self._write_record(stored.path.with_suffix(".json"), record)
-        fsync_dir(stored.path.parent)
-
-    def quarantine(self, path: Path, archive_id: str) -> Path:
+    def _quarantine(self, path: Path, archive_id: str) -> Path:
         target_dir = self.root / QUARANTINE
         make_private_dirs(target_dir)
         target = target_dir / f"{archive_id}.zip"
@@ -131,7 +147,10 @@ class ArchiveStore:
         fsync_dir(path.parent)
         return target
 
-    def _write_record(self, path: Path, record: dict[str, Any]) -> None:
+    def _write_record(self, archive: Path, record: dict[str, Any]) -> None:
+        """Write the record beside ``archive`` (atomically, fsynced) and make both entries
+        durable in their folder."""
+        path = archive.with_suffix(".json")
         temp = path.with_name(f".{path.name}.tmp")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
@@ -139,12 +158,7 @@ class ArchiveStore:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(temp, path)
-
-
-def hash_file(path: Path) -> tuple[str, int]:
-    digest = hashlib.sha256()
-    size = _hash_into(digest, path)
-    return digest.hexdigest(), size
+        fsync_dir(path.parent)
 
 
 def _hash_into(digest: Any, path: Path) -> int:
@@ -156,9 +170,31 @@ def _hash_into(digest: Any, path: Path) -> int:
     return size
 
 
-def _mismatch(digest: str, size: int, sha256: str, expected_size: int | None) -> str | None:
-    if expected_size is not None and size != expected_size:
-        return f"size {size} differs from the expected {expected_size} bytes"
-    if digest != sha256:
-        return f"sha256 {digest} differs from the record's {sha256}"
+def _write(path: Path, chunks: Iterable[bytes], digest: Any, append: bool) -> int:
+    """Write ``chunks`` to ``path`` (after what is there, or instead of it), hashing them
+    into ``digest``, and fsync; returns how many bytes were written."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    written = 0
+    with os.fdopen(os.open(path, flags, 0o600), "wb", buffering=0) as handle:
+        for chunk in chunks:
+            handle.write(chunk)
+            digest.update(chunk)
+            written += len(chunk)
+        os.fsync(handle.fileno())
+    return written
+
+
+def _fsync_file(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _mismatch(digest: str, size: int, target: ArchiveFile) -> str | None:
+    if target.size is not None and size != target.size:
+        return f"size {size} differs from the expected {target.size} bytes"
+    if digest != target.sha256:
+        return f"sha256 {digest} differs from the record's {target.sha256}"
     return None

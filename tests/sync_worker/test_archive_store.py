@@ -1,60 +1,118 @@
+"""The archive folder: one operation takes an archive from whatever an earlier try left to
+a verified file in place, or to quarantine."""
+
 import hashlib
 import json
 import stat
+from contextlib import contextmanager
 
 import pytest
 
-from sync_worker.archive_store import ArchiveStore, VerificationError
+from sync_worker.archive_store import ArchiveFile, ArchiveStore, Download, VerificationError
 
 DATA = b"zip bytes " * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
+TARGET = ArchiveFile("c1", "a1", SHA, len(DATA))
 
 
-def chunks(data, size=777):
-    return (data[i : i + size] for i in range(0, len(data), size))
+class Host:
+    """The storage host's side: serves DATA from an offset, honouring ranges or not."""
+
+    def __init__(self, data=DATA, ranges=True):
+        self.data, self.ranges, self.offsets = data, ranges, []
+
+    @contextmanager
+    def fetch(self, offset):
+        self.offsets.append(offset)
+        start = offset if self.ranges else 0
+        body = self.data[start:]
+        yield Download((body[i : i + 777] for i in range(0, len(body), 777)), self.ranges)
 
 
-def test_write_verify_and_commit(tmp_path):
-    store = ArchiveStore(tmp_path / "archives")
-    written = store.write_partial("c1", "a1", chunks(DATA), resume=False)
-    assert written == (SHA, len(DATA))
-    stored = store.commit_partial("c1", "a1", written, SHA, len(DATA), {"id": "a1"})
-    assert stored.path == tmp_path / "archives" / "c1" / "a1.zip"
-    assert stored.path.read_bytes() == DATA
-    assert json.loads(stored.path.with_suffix(".json").read_text()) == {"id": "a1"}
+def test_a_download_is_verified_and_moved_into_place_with_its_record(tmp_path):
+    store, host, written = ArchiveStore(tmp_path / "archives"), Host(), []
+    saved = store.save(TARGET, {"id": "a1"}, host.fetch, lambda *sizes: written.append(sizes))
+    assert saved.path == tmp_path / "archives" / "c1" / "a1.zip"
+    assert (saved.sha256, saved.size, saved.fetched, saved.recovered) == (
+        SHA,
+        len(DATA),
+        len(DATA),
+        False,
+    )
+    assert saved.path.read_bytes() == DATA
+    assert json.loads(saved.path.with_suffix(".json").read_text()) == {"id": "a1"}
     assert not store.part_path("c1", "a1").exists()
-    assert stat.S_IMODE(stored.path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(stored.path.parent.stat().st_mode) == 0o700
+    assert host.offsets == [0] and written == [(len(DATA), len(DATA))]
+    assert stat.S_IMODE(saved.path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(saved.path.parent.stat().st_mode) == 0o700
 
 
-def test_resume_hashes_what_is_already_there(tmp_path):
+def test_a_partial_file_is_continued_from_its_end(tmp_path):
+    store, host = ArchiveStore(tmp_path), Host()
+    store.part_path("c1", "a1").parent.mkdir()
+    store.part_path("c1", "a1").write_bytes(DATA[:3000])
+    saved = store.save(TARGET, {}, host.fetch)
+    assert host.offsets == [3000]
+    assert (saved.size, saved.fetched) == (len(DATA), len(DATA) - 3000)
+    assert saved.path.read_bytes() == DATA
+
+
+def test_a_host_that_ignores_the_range_sends_everything_again(tmp_path):
+    store, host = ArchiveStore(tmp_path), Host(ranges=False)
+    store.part_path("c1", "a1").parent.mkdir()
+    store.part_path("c1", "a1").write_bytes(b"stale" * 10)
+    saved = store.save(TARGET, {}, host.fetch)
+    assert (saved.size, saved.fetched) == (len(DATA), len(DATA))
+    assert saved.path.read_bytes() == DATA
+
+
+def test_a_complete_partial_file_needs_no_download(tmp_path):
+    store, host = ArchiveStore(tmp_path), Host()
+    store.part_path("c1", "a1").parent.mkdir()
+    store.part_path("c1", "a1").write_bytes(DATA)
+    saved = store.save(TARGET, {}, host.fetch)
+    assert host.offsets == [] and saved.fetched == 0
+    assert saved.path.read_bytes() == DATA
+
+
+def test_a_verified_file_in_place_is_taken_as_is(tmp_path):
     store = ArchiveStore(tmp_path)
-    store.write_partial("c1", "a1", chunks(DATA[:3000]), resume=False)
-    written = store.write_partial("c1", "a1", chunks(DATA[3000:]), resume=True)
-    assert written == (SHA, len(DATA))
+    store.save(TARGET, {"id": "a1"}, Host().fetch)
+    store.final_path("c1", "a1").with_suffix(".json").unlink()
+    again = Host()
+    saved = store.save(TARGET, {"id": "a1"}, again.fetch)
+    assert saved.recovered and again.offsets == []
+    assert store.final_path("c1", "a1").with_suffix(".json").exists()  # written again
 
 
-def test_mismatch_goes_to_quarantine_and_nothing_is_stored(tmp_path):
+def test_a_bad_file_in_place_is_quarantined_and_downloaded_again(tmp_path):
     store = ArchiveStore(tmp_path)
-    written = store.write_partial("c1", "a1", chunks(DATA), resume=False)
+    store.final_path("c1", "a1").parent.mkdir()
+    store.final_path("c1", "a1").write_bytes(b"not it")
+    saved = store.save(TARGET, {}, Host().fetch)
+    assert not saved.recovered and saved.path.read_bytes() == DATA
+    assert (tmp_path / ".quarantine" / "a1.zip").read_bytes() == b"not it"
+
+
+def test_bytes_that_do_not_match_go_to_quarantine(tmp_path):
+    store = ArchiveStore(tmp_path)
     with pytest.raises(VerificationError, match=r"sha256 .* differs"):
-        store.commit_partial("c1", "a1", written, "0" * 64, None, {})
+        store.save(ArchiveFile("c1", "a1", "0" * 64), {}, Host().fetch)
     assert not store.final_path("c1", "a1").exists()
+    assert not store.part_path("c1", "a1").exists()
     assert (tmp_path / ".quarantine" / "a1.zip").read_bytes() == DATA
 
 
-def test_size_mismatch_is_reported(tmp_path):
+def test_a_size_that_does_not_match_is_reported(tmp_path):
     store = ArchiveStore(tmp_path)
-    written = store.write_partial("c1", "a1", chunks(DATA), resume=False)
     with pytest.raises(VerificationError, match="size"):
-        store.commit_partial("c1", "a1", written, SHA, len(DATA) + 1, {})
+        store.save(ArchiveFile("c1", "a1", SHA, len(DATA) + 1), {}, Host().fetch)
 
 
-def test_find_verified_accepts_a_good_file_and_quarantines_a_bad_one(tmp_path):
-    store = ArchiveStore(tmp_path)
-    written = store.write_partial("c1", "a1", chunks(DATA), resume=False)
-    store.commit_partial("c1", "a1", written, SHA, None, {})
-    assert store.find_verified("c1", "a1", SHA).size == len(DATA)
-    assert store.find_verified("c1", "a1", "1" * 64) is None
-    assert not store.final_path("c1", "a1").exists()
-    assert (tmp_path / ".quarantine" / "a1.zip").exists()
+def test_without_a_known_size_the_hash_decides(tmp_path):
+    saved = ArchiveStore(tmp_path).save(ArchiveFile("c1", "a1", SHA), {}, Host().fetch)
+    assert saved.size == len(DATA)
+
+
+def test_discarding_a_partial_file_that_is_not_there_is_fine(tmp_path):
+    ArchiveStore(tmp_path).discard_partial("c1", "a1")
