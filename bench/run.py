@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sync_worker.config import load_config
+from sync_worker.flexperto.client import FlexpertoClient
+from sync_worker.sandbox import Sandbox
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
-
-from sync_worker.config import load_config
-from sync_worker.flexperto import FlexpertoClient
-from sync_worker.sandbox import Sandbox
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"

@@ -10,7 +10,6 @@ item: whatever goes wrong with it is recorded as its failure, and the others go 
 from __future__ import annotations
 
 import contextlib
-import json
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -19,22 +18,22 @@ from functools import partial
 from typing import Any
 
 import structlog
-from sync_worker.jobs.context import JobContext
-from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
-from sync_worker.state import archives, capabilities
-from sync_worker.state.db import ThreadConnections, make_durable
-from sync_worker.state.work_items import is_due
 
 from sync_worker.archive_store import ArchiveFile, Download, VerificationError
-from sync_worker.flexperto import (
-    PREFERRED_LISTING,
+from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
+from sync_worker.flexperto.records import (
     ArchiveRecord,
-    ListingForm,
     RecordError,
     parse_record,
     people_from_archive,
 )
 from sync_worker.http import ApiError
+from sync_worker.jobs.context import JobContext, Outcome
+from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
+from sync_worker.state import archives, capabilities
+from sync_worker.state.archives import ArchiveRow
+from sync_worker.state.db import ThreadConnections, make_durable
+from sync_worker.state.work_items import is_due
 
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED")
 # A form short of the preferred one is tried again after this long: services change.
@@ -57,8 +56,8 @@ def run(ctx: JobContext) -> None:
     open_work = archives.open_work(ctx.db)
     due = _due(ctx, open_work)
     if len(due) < len(open_work):
-        ctx.stats.add("waiting", len(open_work) - len(due))
-    to_store = [row for row in due if row["state"] != archives.STORED]
+        ctx.stats.add(Outcome.WAITING, len(open_work) - len(due))
+    to_store = [row for row in due if row.state != archives.STORED]
     ctx.progress.start_pass(len(to_store))
     try:
         _in_parallel(ctx, to_store, store)
@@ -71,17 +70,17 @@ def run(ctx: JobContext) -> None:
         if ctx.stop_requested():
             log.info("run.stopping")
             return
-        if row["state"] == archives.STORED:
-            abandon(ctx, row, row["archive_id"] in listed)
+        if row.state == archives.STORED:
+            abandon(ctx, row, row.archive_id in listed)
 
 
-def _due(ctx: JobContext, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _due(ctx: JobContext, rows: list[ArchiveRow]) -> list[ArchiveRow]:
     now = ctx.clock.now()
-    return [row for row in rows if is_due(row, now)]
+    return [row for row in rows if is_due(row.next_attempt_at, now)]
 
 
 def _in_parallel(
-    ctx: JobContext, rows: list[dict[str, Any]], step: Callable[[JobContext, dict], None]
+    ctx: JobContext, rows: list[ArchiveRow], step: Callable[[JobContext, ArchiveRow], None]
 ) -> None:
     """Run ``step`` on every row, ``max_parallel_downloads`` at a time, each thread with its
     own database connection."""
@@ -106,7 +105,7 @@ def _in_parallel(
 
 
 def _each(
-    ctx: JobContext, rows: list[dict[str, Any]], step: Callable[[JobContext, dict], None]
+    ctx: JobContext, rows: list[ArchiveRow], step: Callable[[JobContext, ArchiveRow], None]
 ) -> None:
     for row in rows:
         if ctx.stop_requested():
@@ -128,12 +127,8 @@ def refresh_listing(ctx: JobContext) -> set[str]:
                 seen[record.archive_id] = record
     except ApiError as exc:  # keep what was listed before the failure
         log.error("archive.list_failed", error=str(exc))
-        ctx.stats.add("failed")
-    listings = [
-        archives.Listing(r.archive_id, r.conference_id, r.status, r.sha256, r.raw)
-        for r in seen.values()
-    ]
-    for archive_id in archives.note_listed(ctx.db, listings, ctx.clock.now()):
+        ctx.stats.add(Outcome.FAILED)
+    for archive_id in archives.note_listed(ctx.db, seen.values(), ctx.clock.now()):
         record = seen[archive_id]
         log.info(
             "archive.listed",
@@ -141,7 +136,7 @@ def refresh_listing(ctx: JobContext) -> set[str]:
             conference_id=record.conference_id,
             status=record.status,
         )
-        ctx.stats.add("listed")
+        ctx.stats.add(Outcome.LISTED)
     return set(seen)
 
 
@@ -187,7 +182,7 @@ def _parse_listed(ctx: JobContext, raw: object) -> ArchiveRecord | None:
         record = parse_record(raw)
     except RecordError as exc:
         log.error("archive.rejected", reason=str(exc))
-        ctx.stats.add("rejected")
+        ctx.stats.add(Outcome.REJECTED)
         return None
     if not record.downloadable:
         # Asked for by status, the list should not show it; unfiltered, it shows everything.
@@ -197,24 +192,24 @@ def _parse_listed(ctx: JobContext, raw: object) -> ArchiveRecord | None:
     return record
 
 
-def store(ctx: JobContext, row: dict[str, Any]) -> None:
+def store(ctx: JobContext, row: ArchiveRow) -> None:
     """Download, verify and store one archive, and checkpoint it (not yet durably)."""
-    bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
+    bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
-        _store(ctx, parse_record(json.loads(row["record"])), bound)
+        _store(ctx, row.record, bound)
     except JOB_STOPPERS:
         raise  # the state file is out of reach: stop the pass, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)
 
 
-def abandon(ctx: JobContext, row: dict[str, Any], listed: bool) -> None:
+def abandon(ctx: JobContext, row: ArchiveRow, listed: bool) -> None:
     """Abandon a stored archive's conference at Flexperto, and checkpoint the claim.
     ``listed``: the archive was in this pass's listing, so its status there is current."""
-    bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
+    bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
-        current = archives.get(ctx.db, row["archive_id"])
-        if current is None or current["state"] != archives.STORED:
+        current = archives.get(ctx.db, row.archive_id)
+        if current is None or current.state != archives.STORED:
             return  # claimed meanwhile, with a sibling of its conference
         _abandon(ctx, current, listed, bound)
     except JOB_STOPPERS:
@@ -235,7 +230,7 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         saved = ctx.store.save(target, record.raw, partial(_download, ctx, record), written)
     except VerificationError as exc:
         bound.error("archive.hash_mismatch", error=str(exc))
-        ctx.stats.add("hash_mismatch")
+        ctx.stats.add(Outcome.HASH_MISMATCH)
         raise
     if saved.recovered:
         bound.info("archive.recovered", path=str(saved.path))
@@ -260,7 +255,7 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         moderator.email if moderator else None,
     )
     bound.info("archive.stored", path=str(saved.path), size=saved.size, sha256=saved.sha256)
-    ctx.stats.add("stored")
+    ctx.stats.add(Outcome.STORED)
 
 
 @contextmanager
@@ -283,18 +278,18 @@ def _download(ctx: JobContext, record: ArchiveRecord, offset: int) -> Iterator[D
         )
 
 
-def _abandon(ctx: JobContext, row: dict[str, Any], listed: bool, bound: Any) -> None:
-    archive_id, conference_id = row["archive_id"], row["conference_id"]
-    remote_status = row["remote_status"] if listed else _remote_status(ctx, archive_id)
+def _abandon(ctx: JobContext, row: ArchiveRow, listed: bool, bound: Any) -> None:
+    archive_id, conference_id = row.archive_id, row.conference_id
+    remote_status = row.remote_status if listed else _remote_status(ctx, archive_id)
     if remote_status in CLAIMED_REMOTELY:  # abandoned already (by a pass cut short, say)
         archives.mark_claimed(ctx.db, archive_id, ctx.clock.now())
         bound.info("archive.claimed", already_abandoned=True)
-        ctx.stats.add("claimed")
+        ctx.stats.add(Outcome.CLAIMED)
         return
     waiting_for = archives.unsafe_siblings(ctx.db, conference_id, archive_id)
     if waiting_for:
         bound.info("archive.abandon_deferred", waiting_for=waiting_for)
-        ctx.stats.add("deferred")
+        ctx.stats.add(Outcome.DEFERRED)
         return
     try:
         ctx.flexperto.abandon(conference_id)
@@ -305,7 +300,7 @@ def _abandon(ctx: JobContext, row: dict[str, Any], listed: bool, bound: Any) -> 
     bound.info("archive.abandoned")
     claimed = archives.mark_conference_claimed(ctx.db, conference_id, ctx.clock.now())
     bound.info("archive.claimed", archives_claimed=claimed)
-    ctx.stats.add("abandoned", claimed)
+    ctx.stats.add(Outcome.ABANDONED, claimed)
 
 
 def _remote_status(ctx: JobContext, archive_id: str, quiet: bool = False) -> str | None:
@@ -319,11 +314,11 @@ def _remote_status(ctx: JobContext, archive_id: str, quiet: bool = False) -> str
         raise
 
 
-def _fail(ctx: JobContext, row: dict[str, Any], exc: Exception, bound: Any) -> None:
-    key = {"archive_id": row["archive_id"]}
+def _fail(ctx: JobContext, row: ArchiveRow, exc: Exception, bound: Any) -> None:
+    key = {"archive_id": row.archive_id}
     failure = fail_item(ctx, bound, "archive", "archives", key, exc, FAILURE_TRANSITIONS)
     stored = failure is not None and failure.previous_state == archives.STORED
     if isinstance(exc, OSError) and failure is not None and not stored:
         # A file system error may have left the partial file in any shape: start afresh.
         with contextlib.suppress(OSError):
-            ctx.store.discard_partial(row["conference_id"], row["archive_id"])
+            ctx.store.discard_partial(row.conference_id, row.archive_id)

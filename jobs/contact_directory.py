@@ -28,10 +28,10 @@ from datetime import UTC, datetime, timedelta
 
 import sqlite_utils
 import structlog
-from sync_worker.jobs.context import JobContext
-from sync_worker.state import capabilities, directory
 
 from sync_worker.http import ApiError
+from sync_worker.jobs.context import JobContext
+from sync_worker.state import capabilities, directory
 from sync_worker.totalexpert import (
     FILTER_REJECTED,
     FILTER_SUPPORTED,

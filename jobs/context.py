@@ -6,29 +6,48 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 
 import sqlite_utils
 
 from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
-from sync_worker.flexperto import FlexpertoClient
+from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.progress import Progress
 from sync_worker.totalexpert import TotalExpertClient
+
+
+class Outcome(StrEnum):
+    """What happened to an item in a pass; counted in ``run.finished``'s ``outcomes``."""
+
+    LISTED = "listed"
+    REJECTED = "rejected"
+    WAITING = "waiting"  # backing off after a failure
+    STORED = "stored"
+    HASH_MISMATCH = "hash_mismatch"
+    ABANDONED = "abandoned"
+    CLAIMED = "claimed"  # found abandoned already
+    DEFERRED = "deferred"
+    MATCHED = "matched"
+    NO_MATCH = "no_match"
+    SENT = "sent"
+    FAILED = "failed"
+    GIVEN_UP = "given_up"
 
 
 @dataclass
 class PassStats:
     """Outcome counts of one pass, safe to update from worker threads."""
 
-    counts: Counter[str] = field(default_factory=Counter)
+    counts: Counter[Outcome] = field(default_factory=Counter)
     bytes_downloaded: int = 0
     te_requests: int = 0
     te_tokens_requested: int = 0
     network_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
-    def add(self, outcome: str, count: int = 1) -> None:
+    def add(self, outcome: Outcome, count: int = 1) -> None:
         with self._lock:
             self.counts[outcome] += count
 
@@ -38,7 +57,7 @@ class PassStats:
 
     @property
     def failures(self) -> int:
-        return self.counts["failed"] + self.counts["given_up"]
+        return self.counts[Outcome.FAILED] + self.counts[Outcome.GIVEN_UP]
 
 
 @dataclass

@@ -11,14 +11,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sync_worker.jobs.context import JobContext
+from sync_worker.archive_store import VerificationError
+from sync_worker.flexperto.records import RecordError
+from sync_worker.http import ApiError
+from sync_worker.jobs.context import JobContext, Outcome
+from sync_worker.logs import describe_exception
 from sync_worker.state.db import StateBusyError
 from sync_worker.state.work_items import Failure, record_failure
-
-from sync_worker.archive_store import VerificationError
-from sync_worker.flexperto import RecordError
-from sync_worker.http import ApiError
-from sync_worker.logs import describe_exception
 from sync_worker.totalexpert import TokenBudgetExhausted
 
 # Raised through the item boundaries: they concern the whole job, not one item.
@@ -44,10 +43,10 @@ def fail_item(
     )
     if failure is not None and failure.given_up:
         bound.error("item.given_up", kind=kind, error=error, **extra, **fields)
-        ctx.stats.add("given_up")
+        ctx.stats.add(Outcome.GIVEN_UP)
     else:
         bound.warning("item.failed", kind=kind, error=error, **extra, **fields)
-        ctx.stats.add("failed")
+        ctx.stats.add(Outcome.FAILED)
     return failure
 
 

@@ -13,19 +13,19 @@ goes on, except that once TE cannot be reached the rest waits for a later pass.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
 import structlog
+
+from sync_worker.flexperto.records import ArchiveRecord
+from sync_worker.http import ApiError, TransientError
 from sync_worker.jobs.contact_directory import ContactDirectory
-from sync_worker.jobs.context import JobContext
+from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
 from sync_worker.state import directory, insights
+from sync_worker.state.insights import InsightRow, ParticipantRow
 from sync_worker.state.work_items import is_due
-
-from sync_worker.flexperto import ArchiveRecord, parse_record
-from sync_worker.http import ApiError, TransientError
 from sync_worker.totalexpert import TokenBudgetExhausted
 
 # Insights marked "sending" with one fsync before they are posted one by one.
@@ -51,7 +51,9 @@ class TotalExpertUnavailable(Exception):
 def run(ctx: JobContext) -> None:
     """One pass of the insight job. Makes no Total Expert call when nothing is queued."""
     now = ctx.clock.now()
-    participants = [row for row in insights.open_participants(ctx.db) if is_due(row, now)]
+    participants = [
+        row for row in insights.open_participants(ctx.db) if is_due(row.next_attempt_at, now)
+    ]
     if not participants and not _due_insights(ctx):
         return
     try:
@@ -61,12 +63,12 @@ def run(ctx: JobContext) -> None:
             "te.token_budget_exhausted",
             next_allowed_at=datetime.fromtimestamp(exc.next_allowed_at, UTC).isoformat(),
         )
-        ctx.stats.add("deferred")
+        ctx.stats.add(Outcome.DEFERRED)
     except TotalExpertUnavailable as exc:
         log.warning("run.stopping", reason=str(exc))
 
 
-def _match_and_push(ctx: JobContext, participants: list[dict[str, Any]]) -> None:
+def _match_and_push(ctx: JobContext, participants: list[ParticipantRow]) -> None:
     type_id = _insight_type_id(ctx)
     contacts = ContactDirectory(ctx)
     if participants:
@@ -80,17 +82,17 @@ def _match_and_push(ctx: JobContext, participants: list[dict[str, Any]]) -> None
         batch = due[start : start + SENDING_BATCH]
         insights.mark_sending(
             ctx.db,
-            [(r["archive_id"], r["contact_id"]) for r in batch if r["state"] != insights.SENDING],
+            [(r.archive_id, r.contact_id) for r in batch if r.state != insights.SENDING],
         )
         for row in batch:
             if _stop_requested(ctx) or not push_insight(ctx, contacts, type_id, row):
                 return
 
 
-def _emails(participants: list[dict[str, Any]]) -> set[str]:
+def _emails(participants: list[ParticipantRow]) -> set[str]:
     """The addresses matching will ask about: participants, and moderators to prefer."""
-    moderators = {row["moderator_email"] for row in participants if row["moderator_email"]}
-    return {row["email"] for row in participants} | moderators
+    moderators = {row.moderator_email for row in participants if row.moderator_email}
+    return {row.email for row in participants} | moderators
 
 
 def _stop_requested(ctx: JobContext) -> bool:
@@ -100,9 +102,9 @@ def _stop_requested(ctx: JobContext) -> bool:
     return False
 
 
-def _due_insights(ctx: JobContext) -> list[dict[str, Any]]:
+def _due_insights(ctx: JobContext) -> list[InsightRow]:
     now = ctx.clock.now()
-    return [row for row in insights.open_insights(ctx.db) if is_due(row, now)]
+    return [row for row in insights.open_insights(ctx.db) if is_due(row.next_attempt_at, now)]
 
 
 def _insight_type_id(ctx: JobContext) -> int:
@@ -114,11 +116,11 @@ def _insight_type_id(ctx: JobContext) -> int:
     try:
         type_id = ctx.totalexpert.insight_type_id(name)
     except ApiError as exc:
-        ctx.stats.add("failed")
+        ctx.stats.add(Outcome.FAILED)
         log.error("item.failed", kind="insight_type", error=str(exc))
         raise TotalExpertUnavailable("insight type lookup failed") from None
     if type_id is None:
-        ctx.stats.add("failed")
+        ctx.stats.add(Outcome.FAILED)
         log.error("te.insight_type_missing", insight_type=name)
         raise TotalExpertUnavailable(f"insight type {name!r} does not exist in Total Expert")
     directory.set_meta(ctx.db, {_type_key(name): str(type_id)})
@@ -129,39 +131,37 @@ def _type_key(name: str) -> str:
     return f"insight_type:{name}"
 
 
-def match_participant(ctx: JobContext, contacts: ContactDirectory, row: dict[str, Any]) -> bool:
+def match_participant(ctx: JobContext, contacts: ContactDirectory, row: ParticipantRow) -> bool:
     """Queue the participant's insights, or record why not. False when TE could not be
     reached: the caller stops."""
-    bound = log.bind(archive_id=row["archive_id"], conference_id=row["conference_id"])
+    bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
-        matched = contacts.contacts_for(row["email"], row["moderator_email"])
+        matched = contacts.contacts_for(row.email, row.moderator_email)
         insights.record_matches(
-            ctx.db, row["archive_id"], row["email"], [(c.id, c.owner_id) for c in matched]
+            ctx.db, row.archive_id, row.email, [(c.id, c.owner_id) for c in matched]
         )
         if matched:
             bound.info("insight.matched", contacts=[c.id for c in matched])
-            ctx.stats.add("matched")
+            ctx.stats.add(Outcome.MATCHED)
         else:
-            bound.info("insight.no_match", participant=row["email"])
-            ctx.stats.add("no_match")
+            bound.info("insight.no_match", participant=row.email)
+            ctx.stats.add(Outcome.NO_MATCH)
     except JOB_STOPPERS:
         raise
     except Exception as exc:
-        key = {"archive_id": row["archive_id"], "email": row["email"]}
+        key = {"archive_id": row.archive_id, "email": row.email}
         fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_FAILURE)
         return not isinstance(exc, TransientError)
     return True
 
 
 def push_insight(
-    ctx: JobContext, contacts: ContactDirectory, type_id: int, row: dict[str, Any]
+    ctx: JobContext, contacts: ContactDirectory, type_id: int, row: InsightRow
 ) -> bool:
     """Post one insight unless TE has it already. False when TE could not be reached: the
     caller stops."""
-    archive_id, contact_id = row["archive_id"], row["contact_id"]
-    bound = log.bind(
-        archive_id=archive_id, conference_id=row["conference_id"], contact_id=contact_id
-    )
+    archive_id, contact_id = row.archive_id, row.contact_id
+    bound = log.bind(archive_id=archive_id, conference_id=row.conference_id, contact_id=contact_id)
     try:
         _push(ctx, type_id, row, bound)
     except JOB_STOPPERS:
@@ -172,15 +172,15 @@ def push_insight(
         _forget_missing_targets(ctx, contacts, str(exc), contact_id)
         insights.give_up(ctx.db, archive_id, contact_id, str(exc))
         bound.error("item.given_up", kind="insight", error=str(exc))
-        ctx.stats.add("given_up")
+        ctx.stats.add(Outcome.GIVEN_UP)
     except Exception as exc:
         return _failed(ctx, row, exc, bound)
     return True
 
 
-def _push(ctx: JobContext, type_id: int, row: dict[str, Any], bound: Any) -> None:
-    archive_id, contact_id = row["archive_id"], row["contact_id"]
-    if row["state"] == insights.SENDING:
+def _push(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> None:
+    archive_id, contact_id = row.archive_id, row.contact_id
+    if row.state == insights.SENDING:
         search = ctx.totalexpert.find_insight(contact_id, type_id, archive_id)
         if search.found:
             _sent(ctx, row, search.insight_id, bound, recovered=True)
@@ -188,38 +188,37 @@ def _push(ctx: JobContext, type_id: int, row: dict[str, Any], bound: Any) -> Non
         if not search.verifiable:
             insights.give_up(ctx.db, archive_id, contact_id, UNVERIFIABLE, insights.UNVERIFIED)
             bound.error("item.given_up", kind="insight", error=UNVERIFIABLE)
-            ctx.stats.add("given_up")
+            ctx.stats.add(Outcome.GIVEN_UP)
             return
-    record = parse_record(json.loads(row["record"]))
     bound.debug("insight.posting")
-    te_id = ctx.totalexpert.create_insight(insight_body(ctx, record, row))
+    te_id = ctx.totalexpert.create_insight(insight_body(ctx, row))
     _sent(ctx, row, te_id, bound)
     if te_id is None:
         _learn_id(ctx, type_id, row, bound)
 
 
 def _sent(
-    ctx: JobContext, row: dict[str, Any], te_id: int | None, bound: Any, recovered: bool = False
+    ctx: JobContext, row: InsightRow, te_id: int | None, bound: Any, recovered: bool = False
 ) -> None:
-    insights.mark_sent(ctx.db, row["archive_id"], row["contact_id"], te_id, ctx.clock.now())
+    insights.mark_sent(ctx.db, row.archive_id, row.contact_id, te_id, ctx.clock.now())
     bound.info("insight.sent", te_insight_id=te_id, **({"recovered": True} if recovered else {}))
-    ctx.stats.add("sent")
+    ctx.stats.add(Outcome.SENT)
 
 
-def _learn_id(ctx: JobContext, type_id: int, row: dict[str, Any], bound: Any) -> None:
+def _learn_id(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> None:
     """TE accepted the insight without saying its id: look it up, for the ledger. Failing
     that is no failure of the insight, which is sent."""
     try:
-        search = ctx.totalexpert.find_insight(row["contact_id"], type_id, row["archive_id"])
+        search = ctx.totalexpert.find_insight(row.contact_id, type_id, row.archive_id)
     except ApiError as exc:
         bound.info("insight.id_unknown", error=str(exc))
         return
     if search.insight_id is not None:
-        insights.set_te_insight_id(ctx.db, row["archive_id"], row["contact_id"], search.insight_id)
+        insights.set_te_insight_id(ctx.db, row.archive_id, row.contact_id, search.insight_id)
 
 
-def _failed(ctx: JobContext, row: dict[str, Any], exc: Exception, bound: Any) -> bool:
-    key = {"archive_id": row["archive_id"], "contact_id": row["contact_id"]}
+def _failed(ctx: JobContext, row: InsightRow, exc: Exception, bound: Any) -> bool:
+    key = {"archive_id": row.archive_id, "contact_id": row.contact_id}
     fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_FAILURE)
     return not isinstance(exc, TransientError)
 
@@ -234,12 +233,13 @@ def _forget_missing_targets(
         directory.forget_meta(ctx.db, _type_key(ctx.config.totalexpert.insight_type))
 
 
-def insight_body(ctx: JobContext, record: ArchiveRecord, row: dict[str, Any]) -> dict[str, Any]:
+def insight_body(ctx: JobContext, row: InsightRow) -> dict[str, Any]:
+    record = row.record
     when = record.end or record.start or datetime.fromtimestamp(ctx.clock.now(), UTC)
     return {
         "type": {"type": ctx.config.totalexpert.insight_type},
-        "contact": {"id": row["contact_id"]},
-        "owner": {"id": row["owner_id"]},
+        "contact": {"id": row.contact_id},
+        "owner": {"id": row.owner_id},
         "insight_date": when.strftime("%Y-%m-%d %H:%M:%S"),
         "data": {
             "description": describe(record),

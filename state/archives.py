@@ -12,9 +12,12 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any
 
 import sqlite_utils
+
+from sync_worker.flexperto.records import ArchiveRecord, parse_record
 from sync_worker.state.db import transaction
 
 PENDING = "pending"
@@ -26,27 +29,57 @@ GIVEN_UP = "given_up"
 SAFE_STATES = (STORED, CLAIMED)
 
 
-def get(db: sqlite_utils.Database, archive_id: str) -> dict[str, Any] | None:
-    return next(db.query("select * from archives where archive_id = ?", [archive_id]), None)
+@dataclass(frozen=True)
+class ArchiveRow:
+    """One archive as the state file knows it: its record (as last listed, or as stored),
+    and where the worker is with it."""
 
-
-class Listing(NamedTuple):
-    """One archive as Flexperto lists it."""
-
-    archive_id: str
-    conference_id: str
+    record: ArchiveRecord
+    state: str
     remote_status: str
-    sha256: str | None
-    record: dict[str, Any]
+    attempts: int
+    next_attempt_at: float | None
+    last_error: str | None
+    path: str | None
+    stored_at: float | None
+
+    @property
+    def archive_id(self) -> str:
+        return self.record.archive_id
+
+    @property
+    def conference_id(self) -> str:
+        return self.record.conference_id
 
 
-def note_listed(db: sqlite_utils.Database, listings: Iterable[Listing], now: float) -> list[str]:
+def get(db: sqlite_utils.Database, archive_id: str) -> ArchiveRow | None:
+    row = next(db.query("select * from archives where archive_id = ?", [archive_id]), None)
+    return None if row is None else _archive_row(row)
+
+
+def _archive_row(row: dict[str, Any]) -> ArchiveRow:
+    """The row with its record parsed (it passed parse_record when it was listed)."""
+    return ArchiveRow(
+        record=parse_record(json.loads(row["record"])),
+        state=row["state"],
+        remote_status=row["remote_status"],
+        attempts=row["attempts"],
+        next_attempt_at=row["next_attempt_at"],
+        last_error=row["last_error"],
+        path=row["path"],
+        stored_at=row["stored_at"],
+    )
+
+
+def note_listed(
+    db: sqlite_utils.Database, records: Iterable[ArchiveRecord], now: float
+) -> list[str]:
     """Remember listed archives, in one transaction: a first sighting is created pending, a
     known one gets its latest status (and record, until stored). Claimed ones are left
     alone. Returns the ids seen for the first time."""
     new = []
     with transaction(db):
-        for item in listings:
+        for item in records:
             known = next(
                 db.query("select state from archives where archive_id = ?", [item.archive_id]),
                 None,
@@ -67,9 +100,9 @@ def note_listed(db: sqlite_utils.Database, listings: Iterable[Listing], now: flo
                     item.archive_id,
                     item.conference_id,
                     PENDING,
-                    item.remote_status,
+                    item.status,
                     item.sha256,
-                    json.dumps(item.record),
+                    json.dumps(item.raw),
                     now,
                 ],
             )
@@ -124,14 +157,13 @@ def _claim(db: sqlite_utils.Database, where: str, params: list[Any], now: float)
     ).rowcount
 
 
-def open_work(db: sqlite_utils.Database) -> list[dict[str, Any]]:
+def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
     """Archives not yet claimed nor parked, oldest first."""
-    return list(
-        db.query(
-            "select * from archives where state in (?, ?, ?) order by first_seen_at, archive_id",
-            [PENDING, FAILED, STORED],
-        )
+    rows = db.query(
+        "select * from archives where state in (?, ?, ?) order by first_seen_at, archive_id",
+        [PENDING, FAILED, STORED],
     )
+    return [_archive_row(row) for row in rows]
 
 
 def unsafe_siblings(db: sqlite_utils.Database, conference_id: str, archive_id: str) -> list[str]:

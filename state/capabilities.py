@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import sqlite_utils
+
 from sync_worker.state.db import transaction
 
 # The capabilities there are.

@@ -14,6 +14,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import sqlite_utils
+
 from sync_worker.state.db import transaction
 
 CONTACTS_SYNCED_AT = "contacts_synced_at"

@@ -11,10 +11,14 @@ it, so an operator decides.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import sqlite_utils
+
+from sync_worker.flexperto.records import ArchiveRecord, parse_record
 from sync_worker.state.db import transaction
 
 PENDING = "pending"
@@ -27,16 +31,45 @@ GIVEN_UP = "given_up"
 UNVERIFIED = "unverified"
 
 
-def open_participants(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Participants still to be matched, with their archive's record."""
-    return list(
-        db.query(
-            "select p.*, a.record, a.conference_id from participants p "
-            "join archives a using (archive_id) where p.state in (?, ?) "
-            "order by a.first_seen_at, p.archive_id, p.email",
-            [PENDING, FAILED],
-        )
+@dataclass(frozen=True)
+class ParticipantRow:
+    """A participant of a stored archive, to be matched with TE contacts."""
+
+    archive_id: str
+    conference_id: str
+    email: str
+    moderator_email: str | None
+    next_attempt_at: float | None
+
+
+@dataclass(frozen=True)
+class InsightRow:
+    """An insight to post for one archive and contact, with the archive's record."""
+
+    record: ArchiveRecord
+    contact_id: int
+    owner_id: int
+    state: str
+    next_attempt_at: float | None
+
+    @property
+    def archive_id(self) -> str:
+        return self.record.archive_id
+
+    @property
+    def conference_id(self) -> str:
+        return self.record.conference_id
+
+
+def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:
+    """Participants still to be matched, oldest archive first."""
+    rows = db.query(
+        "select p.archive_id, a.conference_id, p.email, p.moderator_email, p.next_attempt_at "
+        "from participants p join archives a using (archive_id) where p.state in (?, ?) "
+        "order by a.first_seen_at, p.archive_id, p.email",
+        [PENDING, FAILED],
     )
+    return [ParticipantRow(**row) for row in rows]
 
 
 def record_matches(
@@ -64,16 +97,18 @@ def _close_participant(db: sqlite_utils.Database, archive_id: str, email: str, s
     )
 
 
-def open_insights(db: sqlite_utils.Database) -> list[dict[str, Any]]:
-    """Insights not yet sent nor parked, with their archive's record."""
-    return list(
-        db.query(
-            "select i.*, a.record, a.conference_id from insights i "
-            "join archives a using (archive_id) where i.state in (?, ?) "
-            "order by a.first_seen_at, i.archive_id, i.contact_id",
-            [PENDING, SENDING],
-        )
+def open_insights(db: sqlite_utils.Database) -> list[InsightRow]:
+    """Insights not yet sent nor parked, oldest archive first, each with its archive's
+    record (parsed once per row)."""
+    rows = db.query(
+        "select a.record, i.contact_id, i.owner_id, i.state, i.next_attempt_at "
+        "from insights i join archives a using (archive_id) where i.state in (?, ?) "
+        "order by a.first_seen_at, i.archive_id, i.contact_id",
+        [PENDING, SENDING],
     )
+    return [
+        InsightRow(**{**row, "record": parse_record(json.loads(row["record"]))}) for row in rows
+    ]
 
 
 def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> None:

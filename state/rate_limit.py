@@ -11,6 +11,7 @@ transaction across processes.
 from __future__ import annotations
 
 import sqlite_utils
+
 from sync_worker.state.db import transaction
 
 

@@ -13,10 +13,10 @@ from __future__ import annotations
 import hashlib
 
 import sqlite_utils
-from sync_worker.state import rate_limit, tokens
 
 from sync_worker import logs
 from sync_worker.config import TotalExpertConfig
+from sync_worker.state import rate_limit, tokens
 
 REQUEST_BUCKET = "totalexpert:requests"
 TOKEN_BUCKET = "totalexpert:tokens"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite_utils
+
 from sync_worker.state.db import transaction
 
 # Stop using a token this long before Total Expert says it expires.

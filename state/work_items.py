@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 import sqlite_utils
+
 from sync_worker.state.db import transaction
 
 GIVEN_UP = "given_up"
@@ -71,5 +72,6 @@ def record_failure(
     return Failure(row["state"], given_up)
 
 
-def is_due(row: dict[str, Any], now: float) -> bool:
-    return row["next_attempt_at"] is None or row["next_attempt_at"] <= now
+def is_due(next_attempt_at: float | None, now: float) -> bool:
+    """Whether an item waiting until ``next_attempt_at`` (None: not waiting) may go now."""
+    return next_attempt_at is None or next_attempt_at <= now

@@ -19,13 +19,8 @@ import sqlite_utils
 
 from sync_worker.clock import Clock
 from sync_worker.config import Config
-from sync_worker.flexperto import (
-    PREFERRED_LISTING,
-    FlexpertoClient,
-    ListingForm,
-    RecordError,
-    parse_record,
-)
+from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
+from sync_worker.flexperto.records import RecordError, parse_record
 from sync_worker.http import ApiError
 from sync_worker.state import capabilities
 from sync_worker.state.db import StateBusyError, open_database, open_memory_database

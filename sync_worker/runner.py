@@ -21,9 +21,9 @@ from sync_worker import healthcheck
 from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
-from sync_worker.flexperto import FlexpertoClient
+from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.jobs import claim_archives, push_insights
-from sync_worker.jobs.context import JobContext, PassStats
+from sync_worker.jobs.context import JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import describe_exception
 from sync_worker.state.db import StateBusyError, open_database
@@ -69,10 +69,10 @@ def run_pass(
     except StateBusyError as exc:
         # Nothing is half-done: every checkpoint is one transaction, and this one never began.
         log.error("state.busy", error=str(exc))
-        stats.add("failed")
+        stats.add(Outcome.FAILED)
     except Exception as exc:  # the pass could not be set up (state file, locks, clients)
         log.error("run.failed", **describe_exception(exc))
-        stats.add("failed")
+        stats.add(Outcome.FAILED)
     summary = {
         "jobs": list(jobs),
         "outcomes": dict(sorted(stats.counts.items())),
@@ -130,4 +130,4 @@ def _run_job(name: str, context: JobContext) -> None:
         raise  # the other job could not reach the state file either: end the pass
     except Exception as exc:
         log.error("job.failed", job=name, **describe_exception(exc))
-        context.stats.add("failed")
+        context.stats.add(Outcome.FAILED)

@@ -19,6 +19,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync_worker.clock import Clock
 from sync_worker.config import Config
+from sync_worker.jobs.context import Outcome
 from sync_worker.logs import describe_exception
 from sync_worker.runner import ALL_JOBS, PassResult, run_pass
 
@@ -77,7 +78,7 @@ class Daemon:
             self._run_insights()
             return
         result = self._run_once(name)
-        if result is not None and result.stats.counts["stored"]:
+        if result is not None and result.stats.counts[Outcome.STORED]:
             self._wake_insights()
 
     def _run_insights(self) -> None:

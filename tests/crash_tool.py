@@ -38,9 +38,8 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sync_worker.state.db import open_database
-
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
+from sync_worker.state.db import open_database
 
 KILL_EVENTS = (
     "archive.listed",

@@ -12,11 +12,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pytest
-from sync_worker.state.db import open_database
 
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
+from sync_worker.state.db import open_database
 from tests.conftest import write_config
 
 LIST = "/communication/conferences/archives"

@@ -11,11 +11,10 @@ import subprocess
 import sys
 from collections import Counter
 
-from sync_worker.state.db import open_database
-
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault
+from sync_worker.state.db import open_database
 from tests.conftest import write_config
 
 FILE_SIZE_LIMIT = 1024 * 1024

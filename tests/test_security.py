@@ -7,11 +7,11 @@ import subprocess
 import sys
 
 import pytest
-from sync_worker.state.db import open_database
 
-from sync_worker.flexperto import FlexpertoClient
+from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.http import ApiError, new_session
 from sync_worker.sandbox import Fault
+from sync_worker.state.db import open_database
 
 
 def run_cli(config_file, *args):

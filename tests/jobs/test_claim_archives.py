@@ -8,13 +8,13 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
-from sync_worker.state import capabilities
-from sync_worker.state.db import open_database
 
 from sync_worker.config import load_config
-from sync_worker.flexperto import ListingForm
+from sync_worker.flexperto.client import ListingForm
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Fault
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
 
 

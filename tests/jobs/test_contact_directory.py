@@ -3,11 +3,11 @@
 from dataclasses import replace
 
 import pytest
-from sync_worker.state import capabilities
-from sync_worker.state.db import open_database
 
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
+from sync_worker.state import capabilities
+from sync_worker.state.db import open_database
 
 ANNA = {"account_id": "e-17", "email": "anna.expert@bank.example", "name": "Anna Expert"}
 

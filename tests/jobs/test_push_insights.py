@@ -5,13 +5,12 @@ import sys
 import time
 from dataclasses import replace
 
-from sync_worker.state import rate_limit
-from sync_worker.state.db import open_database
-
 from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
+from sync_worker.state import rate_limit
+from sync_worker.state.db import open_database
 from tests.conftest import write_config
 
 

@@ -1,24 +1,28 @@
 from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
+from tests.records import archive_record
 
 SHA = "a" * 64
 
 
 def listed(db, archive_id, conference_id="c1", status="AVAILABLE", now=0.0):
-    item = archives.Listing(archive_id, conference_id, status, SHA, {"id": archive_id})
-    archives.note_listed(db, [item], now)
+    archives.note_listed(db, [archive_record(archive_id, conference_id, status, SHA)], now)
     return archives.get(db, archive_id)
 
 
 def test_first_sighting_is_pending_and_later_ones_update_the_status(tmp_path):
     db = open_database(tmp_path / "s.db")
-    assert listed(db, "a1")["state"] == "pending"
+    assert listed(db, "a1").state == "pending"
     row = listed(db, "a1", status="ABANDONED", now=5.0)
-    assert (row["state"], row["remote_status"], row["first_seen_at"]) == (
-        "pending",
-        "ABANDONED",
-        0.0,
-    )
+    assert (row.state, row.remote_status) == ("pending", "ABANDONED")
+    assert db["archives"].get("a1")["first_seen_at"] == 0.0
+
+
+def test_rows_carry_the_record_as_listed(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    row = listed(db, "a1", conference_id="c7")
+    assert (row.archive_id, row.conference_id, row.record.sha256) == ("a1", "c7", SHA)
+    assert archives.get(db, "nope") is None
 
 
 def test_stored_record_and_outbox_in_one_step(tmp_path):
@@ -26,9 +30,10 @@ def test_stored_record_and_outbox_in_one_step(tmp_path):
     listed(db, "a1")
     archives.record_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
     row = archives.get(db, "a1")
-    assert (row["state"], row["path"], row["size"]) == ("stored", "/x/a1.zip", 10)
+    assert (row.state, row.path) == ("stored", "/x/a1.zip")
+    assert db["archives"].get("a1")["size"] == 10
     [participant] = insights.open_participants(db)
-    assert (participant["email"], participant["moderator_email"]) == ("p@x.org", "m@x.org")
+    assert (participant.email, participant.moderator_email) == ("p@x.org", "m@x.org")
     # repeating the step queues nothing twice
     archives.record_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
     assert len(insights.open_participants(db)) == 1
@@ -38,10 +43,10 @@ def test_listing_does_not_rewrite_a_stored_record(tmp_path):
     db = open_database(tmp_path / "s.db")
     listed(db, "a1")
     archives.record_stored(db, "a1", "/x", 1, 1.0, [], None)
-    changed = archives.Listing("a1", "c9", "AVAILABLE", "b" * 64, {"id": "changed"})
+    changed = archive_record("a1", "c9", sha256="b" * 64, note="changed")
     assert archives.note_listed(db, [changed], 2.0) == []
     row = archives.get(db, "a1")
-    assert (row["sha256"], row["conference_id"], row["record"]) == (SHA, "c1", '{"id": "a1"}')
+    assert (row.record.sha256, row.conference_id, "note" in row.record.raw) == (SHA, "c1", False)
 
 
 def test_abandon_waits_for_unstored_siblings_of_the_conference(tmp_path):
@@ -54,4 +59,4 @@ def test_abandon_waits_for_unstored_siblings_of_the_conference(tmp_path):
     archives.record_stored(db, "a2", "/y", 1, 1.0, [], None)
     assert archives.unsafe_siblings(db, "c1", "a1") == []
     assert archives.mark_conference_claimed(db, "c1", 2.0) == 2
-    assert [r["archive_id"] for r in archives.open_work(db)] == ["a3"]
+    assert [r.archive_id for r in archives.open_work(db)] == ["a3"]

@@ -1,6 +1,7 @@
 import stat
 
 import pytest
+
 from sync_worker.state.db import open_database, transaction
 
 

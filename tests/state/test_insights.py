@@ -1,13 +1,12 @@
 from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
+from tests.records import archive_record
 
 
 def ledger_with(tmp_path, *archive_ids):
     db = open_database(tmp_path / "s.db")
     for archive_id in archive_ids:
-        archives.note_listed(
-            db, [archives.Listing(archive_id, "c1", "AVAILABLE", "0" * 64, {})], now=0.0
-        )
+        archives.note_listed(db, [archive_record(archive_id)], now=0.0)
         archives.record_stored(db, archive_id, "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
         insights.record_matches(db, archive_id, "p@example.org", [(451, 50)])
     return db

@@ -1,8 +1,7 @@
+from sync_worker import logs
 from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
-
-from sync_worker import logs
 
 
 def access(db, client_id="client", per_minute=2, tokens_per_hour=1):

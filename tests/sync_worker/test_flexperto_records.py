@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker.flexperto import RecordError, is_safe_id, parse_record, people_from_archive
+from sync_worker.flexperto.records import RecordError, is_safe_id, parse_record, people_from_archive
 
 GOOD = {
     "id": "9b2f0c1e-1111-2222-3333-444455556666",

@@ -3,9 +3,8 @@
 import hashlib
 import json
 
-from sync_worker.state.db import open_database
-
 from sync_worker.locks import job_lock
+from sync_worker.state.db import open_database
 
 
 def sha256_of(path):

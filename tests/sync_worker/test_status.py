@@ -3,12 +3,13 @@
 from dataclasses import dataclass
 
 from freezegun import freeze_time
-from sync_worker.state import archives
-from sync_worker.state.db import open_database
-from sync_worker.state.work_items import record_failure
 
 from sync_worker import status
 from sync_worker.clock import SystemClock
+from sync_worker.state import archives
+from sync_worker.state.db import open_database
+from sync_worker.state.work_items import record_failure
+from tests.records import archive_record
 
 
 @dataclass
@@ -22,8 +23,7 @@ class Policy:
 def test_failing_archive_shows_its_error_and_next_attempt(tmp_path):
     db = open_database(tmp_path / "s.db")
     now = SystemClock().now()
-    listing = archives.Listing("a1", "c1", "AVAILABLE", "0" * 64, {"id": "a1"})
-    archives.note_listed(db, [listing], now)
+    archives.note_listed(db, [archive_record("a1")], now)
     record_failure(
         db,
         "archives",
