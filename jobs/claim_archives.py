@@ -172,7 +172,7 @@ def _negotiate_listing(ctx: JobContext) -> ListingForm:
         log.warning(
             "flexperto.capability_missing",
             capability="archive list with /api/v2, status filter and limit/offset paging",
-            using=form.describe(),
+            using=form.summary(),
         )
     return form
 
@@ -245,7 +245,7 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         for person in people
         if moderator is None or person.email != moderator.email
     ]
-    archives.record_stored(
+    archives.mark_stored(
         ctx.db,
         record.archive_id,
         str(saved.path),

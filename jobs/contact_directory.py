@@ -151,8 +151,8 @@ class ContactDirectory:
         ):
             user = self._client.find_user(email)
             if user is not None:
-                directory.store_users(self._db, [_user_row(user)], now)
-            directory.record_lookup(self._db, email, "user", now)
+                directory.upsert_users(self._db, [_user_row(user)], now)
+            directory.note_lookup(self._db, email, "user", now)
         row = directory.user_by_email(self._db, email)
         return None if row is None else User(row["user_id"], row["email"])
 
@@ -175,8 +175,8 @@ class ContactDirectory:
         """Read every contact and user; drop from the copy those TE no longer has."""
         started = self._clock.now()
         log.info("te.directory_filling")
-        _store_in_batches(self._db, self._client.contacts_from_page(1), started)
-        directory.store_users(
+        _upsert_in_batches(self._db, self._client.contacts_from_page(1), started)
+        directory.upsert_users(
             self._db, map(_user_row, self._client.users_updated_since(None)), started
         )
         dropped = directory.drop_unseen(self._db, started)
@@ -191,11 +191,11 @@ class ContactDirectory:
         contacts_since = self._since(directory.CONTACTS_SYNCED_AT)
         users_since = self._since(directory.USERS_SYNCED_AT)
         try:
-            _store_in_batches(
+            _upsert_in_batches(
                 self._db, self._client.contacts_updated_since(contacts_since), started
             )
             users = self._client.users_updated_since(users_since)
-            directory.store_users(self._db, map(_user_row, users), started)
+            directory.upsert_users(self._db, map(_user_row, users), started)
         except ApiError as exc:
             if exc.status != 400:
                 raise
@@ -218,15 +218,15 @@ class ContactDirectory:
         directory.set_meta(self._db, marks)
 
 
-def _store_in_batches(db: sqlite_utils.Database, contacts: Iterable[Contact], now: float) -> None:
+def _upsert_in_batches(db: sqlite_utils.Database, contacts: Iterable[Contact], now: float) -> None:
     """Store contacts a page or so at a time: one transaction each, little memory."""
     batch: list[dict[str, object]] = []
     for contact in contacts:
         batch.append(_contact_row(contact))
         if len(batch) >= BATCH_SIZE:
-            directory.store_contacts(db, batch, now)
+            directory.upsert_contacts(db, batch, now)
             batch = []
-    directory.store_contacts(db, batch, now)
+    directory.upsert_contacts(db, batch, now)
 
 
 def _contact_row(contact: Contact) -> dict[str, object]:

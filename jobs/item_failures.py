@@ -15,9 +15,9 @@ from sync_worker.archive_store import VerificationError
 from sync_worker.flexperto.records import RecordError
 from sync_worker.http import ApiError
 from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.logs import describe_exception
+from sync_worker.logs import exception_fields
 from sync_worker.state.db import StateBusyError
-from sync_worker.state.work_items import Failure, record_failure
+from sync_worker.state.work_items import Failure, note_failure
 from sync_worker.totalexpert import TokenBudgetExhausted
 
 # Raised through the item boundaries: they concern the whole job, not one item.
@@ -36,9 +36,9 @@ def fail_item(
     **fields: Any,
 ) -> Failure | None:
     """Record, log and count a failed item; ``transitions`` maps its open states to the
-    state it waits in for the next attempt (see state.work_items.record_failure)."""
-    error, extra = describe(exc)
-    failure = record_failure(
+    state it waits in for the next attempt (see state.work_items.note_failure)."""
+    error, extra = error_text(exc)
+    failure = note_failure(
         ctx.db, table, key, error, ctx.clock.now(), ctx.config.retry, transitions
     )
     if failure is not None and failure.given_up:
@@ -50,12 +50,12 @@ def fail_item(
     return failure
 
 
-def describe(exc: Exception) -> tuple[str, dict[str, str]]:
+def error_text(exc: Exception) -> tuple[str, dict[str, str]]:
     """The error text to record for ``exc``, and extra log fields for an unexpected one."""
     if isinstance(exc, EXPECTED):
         return str(exc), {}
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or 'no file'})", {}
-    details = describe_exception(exc)
+    details = exception_fields(exc)
     extra = {key: details[key] for key in ("error_class", "where") if key in details}
     return f"{details['error_class']}: {details['error']}", extra

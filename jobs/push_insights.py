@@ -137,7 +137,7 @@ def match_participant(ctx: JobContext, contacts: ContactDirectory, row: Particip
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         matched = contacts.contacts_for(row.email, row.moderator_email)
-        insights.record_matches(
+        insights.queue_insights(
             ctx.db, row.archive_id, row.email, [(c.id, c.owner_id) for c in matched]
         )
         if matched:
@@ -242,14 +242,14 @@ def insight_body(ctx: JobContext, row: InsightRow) -> dict[str, Any]:
         "owner": {"id": row.owner_id},
         "insight_date": when.strftime("%Y-%m-%d %H:%M:%S"),
         "data": {
-            "description": describe(record),
+            "description": insight_description(record),
             "flexperto_archive_id": record.archive_id,
             "flexperto_conference_id": record.conference_id,
         },
     }
 
 
-def describe(record: ArchiveRecord) -> str:
+def insight_description(record: ArchiveRecord) -> str:
     """A line a loan officer can read, e.g. 'Video conference with Anna Expert on
     2026-11-20 09:00-09:45 UTC archived (archive 9b2f0c1e)'."""
     parts = ["Video conference"]

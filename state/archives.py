@@ -109,7 +109,7 @@ def note_listed(
     return new
 
 
-def record_stored(
+def mark_stored(
     db: sqlite_utils.Database,
     archive_id: str,
     path: str,

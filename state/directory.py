@@ -41,7 +41,7 @@ def forget_meta(db: sqlite_utils.Database, key: str) -> None:
         db.execute("delete from te_meta where key = ?", [key])
 
 
-def store_contacts(
+def upsert_contacts(
     db: sqlite_utils.Database, contacts: Iterable[dict[str, Any]], now: float
 ) -> None:
     """Insert or update contacts (dicts with contact_id, email, owner_id) seen at ``now``."""
@@ -72,7 +72,7 @@ def forget_contact(db: sqlite_utils.Database, contact_id: int) -> None:
         db.execute("delete from te_contacts where contact_id = ?", [contact_id])
 
 
-def store_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]], now: float) -> None:
+def upsert_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]], now: float) -> None:
     """Insert or update users (dicts with user_id, email) seen at ``now``."""
     rows = [{**row, "seen_at": now} for row in users]
     with transaction(db):
@@ -103,7 +103,7 @@ def user_by_email(db: sqlite_utils.Database, email: str) -> dict[str, Any] | Non
     )
 
 
-def record_lookup(db: sqlite_utils.Database, email: str, kind: str, now: float) -> None:
+def note_lookup(db: sqlite_utils.Database, email: str, kind: str, now: float) -> None:
     """Remember that ``email`` was looked up as a ``kind`` (contact/user) at ``now``."""
     with transaction(db):
         db["te_lookups"].upsert(

@@ -72,7 +72,7 @@ def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:
     return [ParticipantRow(**row) for row in rows]
 
 
-def record_matches(
+def queue_insights(
     db: sqlite_utils.Database,
     archive_id: str,
     email: str,

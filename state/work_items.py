@@ -39,7 +39,7 @@ def backoff_delay(attempts: int, policy: RetryPolicy) -> float:
     return min(policy.backoff_seconds * 2 ** max(attempts - 1, 0), policy.max_backoff_seconds)
 
 
-def record_failure(
+def note_failure(
     db: sqlite_utils.Database,
     table: str,
     key: dict[str, Any],

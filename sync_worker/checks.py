@@ -127,8 +127,8 @@ def _listing(client: FlexpertoClient) -> str:
     form = client.negotiate_listing()
     client.use(form)
     if form != PREFERRED_LISTING:
-        raise Fallback(f"the archive list takes only this form: {form.describe()}")
-    return f"archives listed with this api-key ({form.describe()})"
+        raise Fallback(f"the archive list takes only this form: {form.summary()}")
+    return f"archives listed with this api-key ({form.summary()})"
 
 
 def _records(client: FlexpertoClient) -> str:
@@ -206,7 +206,7 @@ def _remembered(db: sqlite_utils.Database) -> list[Finding]:
         value = decision.value
         if name == capabilities.LISTING_FORM:
             form = ListingForm.from_text(value)
-            value = form.describe() if form else value
+            value = form.summary() if form else value
         since = datetime.fromtimestamp(decision.decided_at, UTC).isoformat(timespec="seconds")
         findings.append(Finding("remembered", OK, f"{name}: {value} (since {since})"))
     return findings

@@ -12,7 +12,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from importlib import resources
 from pathlib import Path
 
 import structlog
@@ -20,7 +19,7 @@ import structlog
 from sync_worker import demo, logs, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
-from sync_worker.config import Config, ConfigError, config_path, load_config
+from sync_worker.config import Config, ConfigError, config_path, example_toml, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
@@ -92,7 +91,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sync-worker: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the last boundary: a message and an exit code, no traceback
-        details = logs.describe_exception(exc)
+        details = logs.exception_fields(exc)
         log.error("command.failed", command=args.command, **details)
         print(
             f"sync-worker: {args.command} failed: {details['error_class']}: "
@@ -172,7 +171,7 @@ def _init_config(path: Path, force: bool) -> int:
     if path.exists() and not force:
         print(f"sync-worker: {path} exists; use --force to overwrite", file=sys.stderr)
         return EXIT_USAGE
-    example = resources.files("sync_worker").joinpath("config_example.toml").read_text()
+    example = example_toml()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "w", encoding="utf-8") as handle:

@@ -1,23 +1,32 @@
-"""Loading and validating the worker's TOML configuration.
+"""The worker's configuration: every key declared once, below, as a dataclass field.
+
+Each field carries its default (none: required), its help text, and what makes a value
+valid. From these declarations come the loading and validation here, the commented example
+that ``sync-worker init-config`` writes (:func:`example_toml`), and the README's table of
+keys (:func:`markdown_table`, held equal to the README by a test).
 
 Values come, highest priority first, from ``SYNC_WORKER_<SECTION>_<KEY>`` environment
-variables, the config file, the secret environment variables (``FLEXPERTO_API_KEY``,
-``TOTALEXPERT_CLIENT_ID``, ``TOTALEXPERT_CLIENT_SECRET``), systemd credentials in
-``$CREDENTIALS_DIRECTORY`` and finally the defaults below. Every error names the key.
+variables, the config file, a secret's own environment variable, a systemd credential in
+``$CREDENTIALS_DIRECTORY``, and finally the default. Every error names the key.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import os
+import textwrap
 import tomllib
-from collections.abc import Mapping
-from dataclasses import dataclass
+import typing
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
+QUOTE = '"'
+COMMENT_WIDTH = 90
 
 
 class ConfigError(Exception):
@@ -25,57 +34,142 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True)
+class Rules:
+    """What a key's declaration says beyond its type and default."""
+
+    help: str
+    example: Any = None  # shown in the example file instead of the default
+    positive: bool = False
+    optional: bool = False  # a string that may be empty
+    url: bool = False  # https://, or http:// to loopback
+    secret_env: str | None = None  # a secret may also come from this variable...
+    credential: str | None = None  # ... or from this systemd credential
+
+
+def setting(default: Any = dataclasses.MISSING, **rules: Any) -> Any:
+    """Declare a config key: its default (leave it out for a required key) and its
+    :class:`Rules`."""
+    return field(default=default, metadata={"rules": Rules(**rules)})
+
+
+# kw_only: required keys may follow keys with defaults, in the order they read best.
+@dataclass(frozen=True, kw_only=True)
 class FlexpertoConfig:
-    base_url: str
-    api_key: str
-    page_size: int
-    max_parallel_downloads: int
+    base_url: str = setting(
+        help="tenant base URL, `https://{tenant}.{test,live}.flexperto.com`; the worker "
+        "adds `/api/v2`",
+        example="https://demo.test.flexperto.com",
+        url=True,
+    )
+    api_key: str = setting(
+        help="admin api-key (JWT); sent to Flexperto only, never to the download host",
+        secret_env="FLEXPERTO_API_KEY",
+        credential="flexperto_api_key",
+    )
+    page_size: int = setting(100, help="records per list request", positive=True)
+    max_parallel_downloads: int = setting(
+        4,
+        help="archives downloaded at the same time, each verified and stored on its own",
+        positive=True,
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class TotalExpertConfig:
-    base_url: str
-    client_id: str
-    client_secret: str
-    insight_type: str
-    requests_per_minute: int
-    token_requests_per_hour: int
+    base_url: str = setting(
+        "https://public.totalexpert.net/v1", help="Total Expert API base URL", url=True
+    )
+    client_id: str = setting(
+        help="OAuth client id",
+        secret_env="TOTALEXPERT_CLIENT_ID",
+        credential="totalexpert_client_id",
+    )
+    client_secret: str = setting(
+        help="OAuth client secret",
+        secret_env="TOTALEXPERT_CLIENT_SECRET",
+        credential="totalexpert_client_secret",
+    )
+    insight_type: str = setting(
+        "flexperto_conference_archived",
+        help="system name of the insight type TE created for this integration",
+    )
+    requests_per_minute: int = setting(
+        1000,
+        help="requests allowed in any 60 s (TE's limit per source IP: lower it if other "
+        "programs share the IP)",
+        positive=True,
+    )
+    token_requests_per_hour: int = setting(
+        2, help="token requests allowed in any hour (TE's limit per source IP)", positive=True
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StorageConfig:
-    archive_dir: Path
+    archive_dir: Path = setting(
+        "archives",  # a path, relative to the config file's folder
+        help="where archives are stored",
+        example="/var/lib/sync-worker/archives",
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class StateConfig:
-    database: Path
-    busy_timeout_seconds: float
+    database: Path = setting(
+        "state.db",
+        help="the SQLite state file",
+        example="/var/lib/sync-worker/state.db",
+    )
+    busy_timeout_seconds: float = setting(
+        30.0,
+        help="wait at most this long for another process's lock on the state file, then "
+        "report `state.busy`",
+        positive=True,
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class ScheduleConfig:
-    interval_seconds: int
+    interval_seconds: int = setting(
+        300, help="seconds between passes of the daemon (`sync-worker run`)", positive=True
+    )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class RetryConfig:
-    max_attempts: int
-    backoff_seconds: float
-    max_backoff_seconds: float
+    max_attempts: int = setting(
+        10, help="a failing item is parked as `given_up` after this many tries", positive=True
+    )
+    backoff_seconds: float = setting(
+        60.0, help="wait before retrying a failed item on a later pass, doubled each time ..."
+    )
+    max_backoff_seconds: float = setting(3600.0, help="... up to this")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class HttpConfig:
-    timeout_seconds: float
-    retries: int
-    retry_wait_seconds: float
-    retry_max_wait_seconds: float
+    timeout_seconds: float = setting(
+        30.0, help="seconds to wait for a connection or an answer", positive=True
+    )
+    retries: int = setting(
+        4,
+        help="extra tries within a pass for connection errors, timeouts, 429 and 500/502/503/504",
+    )
+    retry_wait_seconds: float = setting(
+        1.0, help="first wait between tries (exponential, with jitter; `Retry-After` honoured)"
+    )
+    retry_max_wait_seconds: float = setting(30.0, help="longest wait between tries")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class MonitoringConfig:
-    healthcheck_url: str
+    healthcheck_url: str = setting(
+        "",
+        help="pinged after each pass: the URL on success, URL`/fail` otherwise "
+        "(healthchecks.io style; `https://`, or `http://` to loopback)",
+        optional=True,
+        url=True,
+    )
 
 
 @dataclass(frozen=True)
@@ -92,67 +186,17 @@ class Config:
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
         return [
-            self.flexperto.api_key,
-            self.totalexpert.client_id,
-            self.totalexpert.client_secret,
+            getattr(getattr(self, section), key.name)
+            for section, key in keys()
+            if _rules(key).secret_env
         ]
 
 
-REQUIRED = object()
-
-# section -> key -> (type, default). REQUIRED marks keys without a default.
-SCHEMA: dict[str, dict[str, tuple[type, Any]]] = {
-    "flexperto": {
-        "base_url": (str, REQUIRED),
-        "api_key": (str, REQUIRED),
-        "page_size": (int, 100),
-        "max_parallel_downloads": (int, 4),
-    },
-    "totalexpert": {
-        "base_url": (str, "https://public.totalexpert.net/v1"),
-        "client_id": (str, REQUIRED),
-        "client_secret": (str, REQUIRED),
-        "insight_type": (str, "flexperto_conference_archived"),
-        "requests_per_minute": (int, 1000),
-        "token_requests_per_hour": (int, 2),
-    },
-    "storage": {"archive_dir": (str, "archives")},
-    "state": {"database": (str, "state.db"), "busy_timeout_seconds": (float, 30.0)},
-    "schedule": {"interval_seconds": (int, 300)},
-    "retry": {
-        "max_attempts": (int, 10),
-        "backoff_seconds": (float, 60.0),
-        "max_backoff_seconds": (float, 3600.0),
-    },
-    "http": {
-        "timeout_seconds": (float, 30.0),
-        "retries": (int, 4),
-        "retry_wait_seconds": (float, 1.0),
-        "retry_max_wait_seconds": (float, 30.0),
-    },
-    "monitoring": {"healthcheck_url": (str, "")},
-}
-
-# Secrets that may come from the environment or a systemd credential instead of the file.
-SECRET_SOURCES: dict[tuple[str, str], tuple[str, str]] = {
-    ("flexperto", "api_key"): ("FLEXPERTO_API_KEY", "flexperto_api_key"),
-    ("totalexpert", "client_id"): ("TOTALEXPERT_CLIENT_ID", "totalexpert_client_id"),
-    ("totalexpert", "client_secret"): ("TOTALEXPERT_CLIENT_SECRET", "totalexpert_client_secret"),
-}
-
-POSITIVE_KEYS = {
-    "page_size",
-    "max_parallel_downloads",
-    "requests_per_minute",
-    "token_requests_per_hour",
-    "interval_seconds",
-    "max_attempts",
-    "timeout_seconds",
-    "busy_timeout_seconds",
-}
-
-
-OPTIONAL_STRINGS = {"healthcheck_url"}
+def keys() -> Iterator[tuple[str, dataclasses.Field[Any]]]:
+    """Every config key as (section name, its field), in declaration order."""
+    for section in dataclasses.fields(Config):
+        for key in dataclasses.fields(_section_class(section)):
+            yield section.name, key
 
 
 def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path | None:
@@ -170,132 +214,19 @@ def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Conf
         raw = _read_toml(path)
         base_dir = path.resolve().parent
     _reject_unknown(raw)
-    values = {
-        section: {key: _resolve(raw, env, section, key) for key in keys}
-        for section, keys in SCHEMA.items()
-    }
-    return _build(values, base_dir)
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
-
-
-def _reject_unknown(raw: dict[str, Any]) -> None:
-    for section, body in raw.items():
-        if section not in SCHEMA:
-            raise ConfigError(f"unknown config section [{section}]")
-        if not isinstance(body, dict):
-            raise ConfigError(f"config key {section} must be a table [{section}]")
-        for key in body:
-            if key not in SCHEMA[section]:
-                raise ConfigError(f"unknown config key {section}.{key}")
+    sections = {}
+    for section in dataclasses.fields(Config):
+        cls = _section_class(section)
+        values = {
+            key.name: _value(raw, env, section.name, key, base_dir)
+            for key in dataclasses.fields(cls)
+        }
+        sections[section.name] = cls(**values)
+    return Config(**sections)
 
 
 def env_override_name(section: str, key: str) -> str:
     return f"SYNC_WORKER_{section.upper()}_{key.upper()}"
-
-
-def _resolve(raw: dict[str, Any], env: Mapping[str, str], section: str, key: str) -> Any:
-    kind, default = SCHEMA[section][key]
-    name = f"{section}.{key}"
-    override = env.get(env_override_name(section, key))
-    if override is not None:
-        return _coerce(override, kind, name)
-    if key in raw.get(section, {}):
-        return _check_type(raw[section][key], kind, name)
-    secret = _secret_from_environment(section, key, env)
-    if secret is not None:
-        return secret
-    if default is REQUIRED:
-        raise ConfigError(f"missing required config key {name}")
-    return default
-
-
-def _secret_from_environment(section: str, key: str, env: Mapping[str, str]) -> str | None:
-    sources = SECRET_SOURCES.get((section, key))
-    if sources is None:
-        return None
-    env_name, credential = sources
-    if env.get(env_name):
-        return env[env_name]
-    directory = env.get("CREDENTIALS_DIRECTORY")
-    if directory:
-        candidate = Path(directory) / credential
-        if candidate.is_file():
-            return candidate.read_text(encoding="utf-8").strip()
-    return None
-
-
-def _coerce(text: str, kind: type, name: str) -> Any:
-    try:
-        return kind(text)
-    except ValueError:
-        raise ConfigError(f"config key {name} must be {kind.__name__}, got {text!r}") from None
-
-
-def _check_type(value: Any, kind: type, name: str) -> Any:
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, bool) or not isinstance(value, kind):
-        raise ConfigError(f"config key {name} must be {kind.__name__}")
-    return value
-
-
-def _build(values: dict[str, dict[str, Any]], base_dir: Path) -> Config:
-    for section, keys in values.items():
-        for key, value in keys.items():
-            if key in POSITIVE_KEYS and value <= 0:
-                raise ConfigError(f"config key {section}.{key} must be positive")
-            if isinstance(value, str) and not value.strip() and key not in OPTIONAL_STRINGS:
-                raise ConfigError(f"config key {section}.{key} must not be empty")
-    flexperto, te = values["flexperto"], values["totalexpert"]
-    return Config(
-        flexperto=FlexpertoConfig(
-            base_url=validate_base_url(flexperto["base_url"], "flexperto.base_url"),
-            api_key=flexperto["api_key"],
-            page_size=flexperto["page_size"],
-            max_parallel_downloads=flexperto["max_parallel_downloads"],
-        ),
-        totalexpert=TotalExpertConfig(
-            base_url=validate_base_url(te["base_url"], "totalexpert.base_url"),
-            client_id=te["client_id"],
-            client_secret=te["client_secret"],
-            insight_type=te["insight_type"],
-            requests_per_minute=te["requests_per_minute"],
-            token_requests_per_hour=te["token_requests_per_hour"],
-        ),
-        storage=StorageConfig(archive_dir=_path(values["storage"]["archive_dir"], base_dir)),
-        state=StateConfig(
-            database=_path(values["state"]["database"], base_dir),
-            busy_timeout_seconds=values["state"]["busy_timeout_seconds"],
-        ),
-        schedule=ScheduleConfig(**values["schedule"]),
-        retry=RetryConfig(**values["retry"]),
-        http=HttpConfig(**values["http"]),
-        monitoring=MonitoringConfig(
-            healthcheck_url=_optional_url(
-                values["monitoring"]["healthcheck_url"], "monitoring.healthcheck_url"
-            )
-        ),
-    )
-
-
-def _optional_url(value: str, name: str) -> str:
-    return validate_base_url(value, name) if value.strip() else ""
-
-
-def _path(value: str, base_dir: Path) -> Path:
-    path = Path(value).expanduser()
-    return path if path.is_absolute() else base_dir / path
 
 
 def validate_base_url(url: str, name: str) -> str:
@@ -319,3 +250,186 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def example_toml() -> str:
+    """The commented example configuration that ``sync-worker init-config`` writes."""
+    lines = [
+        "# sync-worker configuration. Relative paths resolve against this file's folder.",
+        "# Every key can be overridden from the environment as SYNC_WORKER_<SECTION>_<KEY>.",
+    ]
+    section_name = None
+    for section, key in keys():
+        if section != section_name:
+            lines += ["", f"[{section}]"]
+            section_name = section
+        rules = _rules(key)
+        comment = _plain(rules.help[0].upper() + rules.help[1:]) + "."
+        if rules.secret_env:
+            comment += (
+                f" Better left out here: give it as env {rules.secret_env} or as the systemd "
+                f'credential "{rules.credential}".'
+            )
+        lines += textwrap.wrap(comment, COMMENT_WIDTH, initial_indent="# ", subsequent_indent="# ")
+        if rules.secret_env:
+            lines.append(f'# {key.name} = ""')
+        else:
+            lines.append(f"{key.name} = {_toml_value(_shown_value(key))}")
+    return "\n".join(lines) + "\n"
+
+
+def markdown_table() -> str:
+    """The README's table of config keys."""
+    rows = ["| key | default | meaning |", "|---|---|---|"]
+    for section, key in keys():
+        rules = _rules(key)
+        if key.default is dataclasses.MISSING:
+            default = "required"
+        elif key.default == "":
+            default = "empty"
+        else:
+            default = f"`{_toml_value(key.default).strip(QUOTE)}`"
+        meaning = rules.help
+        if rules.secret_env:
+            meaning += f"; or env `{rules.secret_env}`, or credential `{rules.credential}`"
+        rows.append(f"| `{section}.{key.name}` | {default} | {meaning} |")
+    return "\n".join(rows) + "\n"
+
+
+# --- loading ------------------------------------------------------------------------------
+
+
+def _section_class(section: dataclasses.Field[Any]) -> type:
+    return typing.get_type_hints(Config)[section.name]
+
+
+def _rules(key: dataclasses.Field[Any]) -> Rules:
+    return key.metadata["rules"]
+
+
+def _kind(section: str, key: dataclasses.Field[Any]) -> type:
+    cls = typing.get_type_hints(Config)[section]
+    return typing.get_type_hints(cls)[key.name]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def _reject_unknown(raw: dict[str, Any]) -> None:
+    known: dict[str, set[str]] = {}
+    for section, key in keys():
+        known.setdefault(section, set()).add(key.name)
+    for section, body in raw.items():
+        if section not in known:
+            raise ConfigError(f"unknown config section [{section}]")
+        if not isinstance(body, dict):
+            raise ConfigError(f"config key {section} must be a table [{section}]")
+        for key in body:
+            if key not in known[section]:
+                raise ConfigError(f"unknown config key {section}.{key}")
+
+
+def _value(
+    raw: dict[str, Any],
+    env: Mapping[str, str],
+    section: str,
+    key: dataclasses.Field[Any],
+    base_dir: Path,
+) -> Any:
+    """The key's value from the highest-priority source, validated."""
+    name, kind, rules = f"{section}.{key.name}", _kind(section, key), _rules(key)
+    override = env.get(env_override_name(section, key.name))
+    if override is not None:
+        value = _coerce(override, kind, name)
+    elif key.name in raw.get(section, {}):
+        value = _check_type(raw[section][key.name], kind, name)
+    elif (secret := _secret_from_environment(rules, env)) is not None:
+        value = secret
+    elif key.default is not dataclasses.MISSING:
+        value = key.default
+    else:
+        raise ConfigError(f"missing required config key {name}")
+    return _validated(value, kind, rules, name, base_dir)
+
+
+def _secret_from_environment(rules: Rules, env: Mapping[str, str]) -> str | None:
+    if rules.secret_env is None:
+        return None
+    if env.get(rules.secret_env):
+        return env[rules.secret_env]
+    directory = env.get("CREDENTIALS_DIRECTORY")
+    if directory and rules.credential:
+        candidate = Path(directory) / rules.credential
+        if candidate.is_file():
+            return candidate.read_text(encoding="utf-8").strip()
+    return None
+
+
+def _coerce(text: str, kind: type, name: str) -> Any:
+    if kind is Path:
+        return text  # made a path once validated
+    try:
+        return kind(text)
+    except ValueError:
+        raise ConfigError(f"config key {name} must be {_type_name(kind)}, got {text!r}") from None
+
+
+def _check_type(value: Any, kind: type, name: str) -> Any:
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if kind is Path and isinstance(value, str):
+        return value  # made a path once validated
+    if isinstance(value, bool) or not isinstance(value, kind):
+        raise ConfigError(f"config key {name} must be {_type_name(kind)}")
+    return value
+
+
+def _type_name(kind: type) -> str:
+    return "str" if kind is Path else kind.__name__
+
+
+def _validated(value: Any, kind: type, rules: Rules, name: str, base_dir: Path) -> Any:
+    if rules.positive and value <= 0:
+        raise ConfigError(f"config key {name} must be positive")
+    if isinstance(value, str) and not value.strip():
+        if not rules.optional:
+            raise ConfigError(f"config key {name} must not be empty")
+        return ""
+    if rules.url:
+        return validate_base_url(value, name)
+    if kind is Path:
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else base_dir / path
+    return value
+
+
+# --- the example file ---------------------------------------------------------------------
+
+
+def _shown_value(key: dataclasses.Field[Any]) -> Any:
+    rules = _rules(key)
+    return rules.example if rules.example is not None else key.default
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    if isinstance(value, int | float):
+        return str(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _plain(text: str) -> str:
+    """Help text as a comment: without Markdown's backticks."""
+    return text.replace("`", "")

@@ -80,7 +80,7 @@ def _scrub(value: Any, secrets: list[str]) -> Any:
     return value
 
 
-def describe_exception(exc: BaseException) -> dict[str, str]:
+def exception_fields(exc: BaseException) -> dict[str, str]:
     """Log fields for an unexpected exception, in place of a traceback: its class, its
     message (shortened; secrets are masked when the event is rendered), and where in the
     worker's own code it was raised, for a bug report."""

@@ -25,7 +25,7 @@ from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.jobs import claim_archives, push_insights
 from sync_worker.jobs.context import JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
-from sync_worker.logs import describe_exception
+from sync_worker.logs import exception_fields
 from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.state.te_access import SharedAccess
 from sync_worker.totalexpert import TotalExpertClient
@@ -71,7 +71,7 @@ def run_pass(
         log.error("state.busy", error=str(exc))
         stats.add(Outcome.FAILED)
     except Exception as exc:  # the pass could not be set up (state file, locks, clients)
-        log.error("run.failed", **describe_exception(exc))
+        log.error("run.failed", **exception_fields(exc))
         stats.add(Outcome.FAILED)
     summary = {
         "jobs": list(jobs),
@@ -129,5 +129,5 @@ def _run_job(name: str, context: JobContext) -> None:
     except StateBusyError:
         raise  # the other job could not reach the state file either: end the pass
     except Exception as exc:
-        log.error("job.failed", job=name, **describe_exception(exc))
+        log.error("job.failed", job=name, **exception_fields(exc))
         context.stats.add(Outcome.FAILED)

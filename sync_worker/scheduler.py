@@ -20,7 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.jobs.context import Outcome
-from sync_worker.logs import describe_exception
+from sync_worker.logs import exception_fields
 from sync_worker.runner import ALL_JOBS, PassResult, run_pass
 
 log = structlog.get_logger()
@@ -110,5 +110,5 @@ class Daemon:
         try:
             return run_pass(self._config, self._clock, jobs=[name], stop_requested=self.stopping)
         except Exception as exc:  # run_pass has its own boundaries; this one keeps the daemon up
-            log.error("job.failed", job=name, **describe_exception(exc))
+            log.error("job.failed", job=name, **exception_fields(exc))
             return None

@@ -137,7 +137,7 @@ def run(kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT) -> Repo
             if not _kill_one_pass(config, rng, report, typical_pass):
                 typical_pass = time.monotonic() - started  # it finished: aim within that
         for server in ("flexperto", "s3", "te"):
-            sandbox.state(server).faults.clear()
+            sandbox.service(server).faults.clear()
         report.passes_to_finish = _finish(config, report)
         _check(sandbox, folder, report)
     return report

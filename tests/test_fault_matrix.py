@@ -90,7 +90,7 @@ def status_changes_before_download(sandbox: Sandbox) -> None:
         Fault(
             path=f"{target}{DOWNLOAD}",
             action="call",
-            callback=lambda state: state.set_status(target, "PACKING"),
+            callback=lambda flexperto: flexperto.set_status(target, "PACKING"),
         ),
     )
 

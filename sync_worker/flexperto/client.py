@@ -63,7 +63,7 @@ class ListingForm:
         except (ValueError, TypeError, KeyError):
             return None
 
-    def describe(self) -> str:
+    def summary(self) -> str:
         parts = [
             f"prefix {self.prefix or '(none)'}",
             "status filter" if self.status_filter else "no status filter (filtered here)",

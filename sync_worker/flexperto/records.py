@@ -79,7 +79,7 @@ def is_safe_id(value: object) -> bool:
     return isinstance(value, str) and SAFE_ID.fullmatch(value) is not None
 
 
-def describe_id(value: object) -> str:
+def printable_id(value: object) -> str:
     """A log-safe rendering of an untrusted id (bounded, control characters escaped)."""
     return repr(value)[:80]
 
@@ -90,20 +90,20 @@ def parse_record(raw: object) -> ArchiveRecord:
         raise RecordError("record is not a JSON object")
     archive_id = raw.get("id")
     if not is_safe_id(archive_id):
-        raise RecordError(f"unsafe or missing archive id {describe_id(archive_id)}")
+        raise RecordError(f"unsafe or missing archive id {printable_id(archive_id)}")
     subject = raw.get("subject")
     if not isinstance(subject, dict):
         raise RecordError("record has no subject object")
     conference_id = subject.get("conference_id")
     if not is_safe_id(conference_id):
-        raise RecordError(f"unsafe or missing conference id {describe_id(conference_id)}")
+        raise RecordError(f"unsafe or missing conference id {printable_id(conference_id)}")
     status = raw.get("status")
     if status not in KNOWN_STATUSES:
-        raise RecordError(f"unknown status {describe_id(status)}")
+        raise RecordError(f"unknown status {printable_id(status)}")
     sha256 = _sha256_hex(raw.get("sha256CheckSum"))
     if sha256 is None and status in DOWNLOADABLE:
         raise RecordError(
-            f"missing or malformed sha256CheckSum {describe_id(raw.get('sha256CheckSum'))}"
+            f"missing or malformed sha256CheckSum {printable_id(raw.get('sha256CheckSum'))}"
         )
     return ArchiveRecord(
         archive_id=archive_id,

@@ -25,26 +25,26 @@ from types import TracebackType
 from sync_worker.clock import Clock, SystemClock
 from sync_worker.sandbox.dialect import LENIENT, STRICT, Dialect
 from sync_worker.sandbox.faults import Fault
-from sync_worker.sandbox.flexperto import FlexpertoState, S3State
-from sync_worker.sandbox.http import RequestRecord, SandboxServer, ServerState
+from sync_worker.sandbox.flexperto import FakeFlexperto, FakeStorageHost
+from sync_worker.sandbox.http import FakeService, LoggedRequest, SandboxServer
 from sync_worker.sandbox.seed import INSIGHT_TYPE, seed_sandbox
-from sync_worker.sandbox.totalexpert import TotalExpertState
+from sync_worker.sandbox.totalexpert import FakeTotalExpert
 
 __all__ = [
     "LENIENT",
     "STRICT",
     "Dialect",
+    "FakeFlexperto",
+    "FakeStorageHost",
+    "FakeTotalExpert",
     "Fault",
-    "FlexpertoState",
-    "RequestRecord",
-    "S3State",
+    "LoggedRequest",
     "Sandbox",
-    "TotalExpertState",
 ]
 
 
 class Sandbox:
-    """The three servers, their secrets and their state; ``start``/``stop`` or ``with``.
+    """The three servers, their secrets and their data; ``start``/``stop`` or ``with``.
 
     Sockets are bound (``ports`` = Flexperto, storage host, TE; 0 = any free port) when the
     sandbox is made, so the URLs are known before it starts.
@@ -67,11 +67,11 @@ class Sandbox:
         self.client_id = secrets.token_urlsafe(12)
         self.client_secret = secrets.token_urlsafe(24)
         data_dir.mkdir(parents=True, exist_ok=True)
-        self.flexperto = FlexpertoState(
+        self.flexperto = FakeFlexperto(
             self.clock, data_dir, self.api_key, packing_listings, dialect
         )
-        self.s3 = S3State(self.clock, self.flexperto)
-        self.totalexpert = TotalExpertState(
+        self.s3 = FakeStorageHost(self.clock, self.flexperto)
+        self.totalexpert = FakeTotalExpert(
             self.clock,
             self.client_id,
             self.client_secret,
@@ -80,13 +80,13 @@ class Sandbox:
             dialect,
         )
         sequence = _shared_counter()
-        for state in self._states():
-            state.sequence = sequence
+        for service in self._services():
+            service.sequence = sequence
         self._servers: dict[str, SandboxServer] = {}
         hosts = ("127.0.0.1", _second_loopback(), "127.0.0.1")
         try:
-            for state, host, port in zip(self._states(), hosts, ports, strict=True):
-                self._servers[state.name] = SandboxServer(state, host=host, port=port)
+            for service, host, port in zip(self._services(), hosts, ports, strict=True):
+                self._servers[service.name] = SandboxServer(service, host=host, port=port)
         except OSError:
             self.stop()
             raise
@@ -98,7 +98,7 @@ class Sandbox:
         if seed:
             seed_sandbox(self.flexperto, self.totalexpert)
 
-    def _states(self) -> tuple[ServerState, ServerState, ServerState]:
+    def _services(self) -> tuple[FakeService, FakeService, FakeService]:
         return (self.flexperto, self.s3, self.totalexpert)
 
     def start(self) -> Sandbox:
@@ -125,17 +125,17 @@ class Sandbox:
     ) -> None:
         self.stop()
 
-    def state(self, server: str) -> ServerState:
-        """The state of ``flexperto``, ``s3`` or ``te``/``totalexpert``."""
-        return self._servers["totalexpert" if server == "te" else server].state
+    def service(self, server: str) -> FakeService:
+        """The fake ``flexperto``, ``s3`` or ``te``/``totalexpert`` service."""
+        return self._servers["totalexpert" if server == "te" else server].service
 
     def add_fault(self, server: str, fault: Fault) -> None:
         """Arm ``fault`` on ``flexperto``, ``s3`` or ``te``/``totalexpert``."""
-        self.state(server).faults.add(fault)
+        self.service(server).faults.add(fault)
 
-    def requests(self) -> list[RequestRecord]:
+    def requests(self) -> list[LoggedRequest]:
         """Every request served by the three servers, in order of arrival."""
-        served = [entry for s in self._servers.values() for entry in s.state.numbered_requests()]
+        served = [entry for s in self._servers.values() for entry in s.service.numbered_requests()]
         return [record for _, record in sorted(served, key=lambda entry: entry[0])]
 
     def config_toml(self, archive_dir: str, database: str) -> str:

@@ -12,8 +12,8 @@ server's normal handling; faulted requests are logged like any other. Actions:
 - ``truncate``: send the real status and headers but only the first half of the body, then
   close (meant for the storage host's downloads);
 - ``malformed_json``: answer 200, ``Content-Type: application/json``, body ``{"items": [``;
-- ``call``: call ``callback(state)`` with the server's state, then answer normally (to change
-  state mid-flow, for example a record's status between listing and download).
+- ``call``: call ``callback(service)`` with the fake service, then answer normally (to change
+  its data mid-flow, for example a record's status between listing and download).
 
 Command-line syntax (``sync-worker sandbox --fault SPEC``, parsed by :meth:`Fault.parse`)::
 

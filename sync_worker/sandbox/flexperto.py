@@ -5,8 +5,8 @@ separate server (the storage host) with a pre-signed, expiring URL, and that ser
 any request carrying the Flexperto api-key.
 
 Listings are ordered by ``created_at`` then ``id``; records added with
-:meth:`FlexpertoState.add_raw_record` and repeats from
-:meth:`FlexpertoState.duplicate_in_listing` follow, in the order they were added, whatever
+:meth:`FakeFlexperto.add_raw_record` and repeats from
+:meth:`FakeFlexperto.duplicate_in_listing` follow, in the order they were added, whatever
 their status. A PACKING record turns AVAILABLE once it has been through ``packing_listings``
 listings that could show it as AVAILABLE (offset 0, no status filter or one naming
 AVAILABLE).
@@ -38,7 +38,7 @@ from urllib.parse import quote, unquote
 
 from sync_worker.clock import Clock
 from sync_worker.sandbox.dialect import Dialect
-from sync_worker.sandbox.http import Incoming, Reply, ServerState
+from sync_worker.sandbox.http import FakeService, Incoming, Reply
 
 LIST = "/communication/conferences/archives"
 RECORD = "/communication/archives/archives/([^/]+)"
@@ -61,12 +61,12 @@ class Blob:
 
 @dataclass(frozen=True)
 class _Raw:
-    """A listing entry from :meth:`FlexpertoState.add_raw_record`: any value, shown as is."""
+    """A listing entry from :meth:`FakeFlexperto.add_raw_record`: any value, shown as is."""
 
     value: Any
 
 
-class FlexpertoState(ServerState):
+class FakeFlexperto(FakeService):
     """Archive records and files, and the Flexperto API over them."""
 
     name = "flexperto"
@@ -355,12 +355,12 @@ class FlexpertoState(ServerState):
         return Blob(path, digest.hexdigest(), written)
 
 
-class S3State(ServerState):
+class FakeStorageHost(FakeService):
     """The storage host: serves archive files for valid, unexpired pre-signed URLs."""
 
     name = "s3"
 
-    def __init__(self, clock: Clock, flexperto: FlexpertoState) -> None:
+    def __init__(self, clock: Clock, flexperto: FakeFlexperto) -> None:
         super().__init__(clock)
         self._flexperto = flexperto
         self.api_key_rejections = 0

@@ -1,7 +1,7 @@
 """The sandbox servers' common base: a threaded HTTP/1.1 server on loopback that logs every
 request it serves and applies the faults armed on it.
 
-A server is a :class:`ServerState` subclass (the API: ``handle(Incoming) -> Reply``) bound by
+A server is a :class:`FakeService` subclass (the API: ``handle(Incoming) -> Reply``) bound by
 a :class:`SandboxServer`. Replies always carry ``Content-Length``, so connections stay alive.
 """
 
@@ -28,7 +28,7 @@ SEND_CHUNK = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class RequestRecord:
+class LoggedRequest:
     """One request as a server saw it; times are the sandbox clock's."""
 
     server: str
@@ -44,7 +44,7 @@ class RequestRecord:
 
 @dataclass(frozen=True)
 class Incoming:
-    """A parsed request handed to :meth:`ServerState.handle`."""
+    """A parsed request handed to :meth:`FakeService.handle`."""
 
     method: str
     path: str
@@ -92,7 +92,7 @@ class Reply:
                 yield chunk
 
 
-class ServerState:
+class FakeService:
     """What one sandbox server knows; subclasses answer requests in :meth:`handle`.
 
     ``sequence`` numbers requests on arrival; the sandbox shares one between its servers so
@@ -106,14 +106,14 @@ class ServerState:
         self.lock = threading.RLock()
         self.faults = FaultList()
         self.sequence: Callable[[], int] = itertools.count().__next__
-        self._log: list[tuple[int, RequestRecord]] = []
+        self._log: list[tuple[int, LoggedRequest]] = []
 
     @property
-    def requests(self) -> list[RequestRecord]:
+    def requests(self) -> list[LoggedRequest]:
         """A copy of this server's request log, in order of arrival."""
         return [record for _, record in self.numbered_requests()]
 
-    def numbered_requests(self) -> list[tuple[int, RequestRecord]]:
+    def numbered_requests(self) -> list[tuple[int, LoggedRequest]]:
         """The request log with each request's arrival number."""
         with self.lock:
             return sorted(self._log, key=lambda entry: entry[0])
@@ -122,7 +122,7 @@ class ServerState:
         with self.lock:
             self._log.clear()
 
-    def log(self, number: int, record: RequestRecord) -> None:
+    def log(self, number: int, record: LoggedRequest) -> None:
         with self.lock:
             self._log.append((number, record))
 
@@ -136,7 +136,7 @@ class ServerState:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
-    state: ServerState  # set on the per-server subclass
+    service: FakeService  # set on the per-server subclass
     timeout = 30
     disable_nagle_algorithm = True  # headers and body go out as separate writes
 
@@ -149,16 +149,16 @@ class _Handler(BaseHTTPRequestHandler):
     do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_GET
 
     def _dispatch(self) -> None:
-        number, received_at = self.state.sequence(), self.state.clock.now()
+        number, received_at = self.service.sequence(), self.service.clock.now()
         request = self._read_request()
-        fault = self.state.faults.take(request.method, request.path)
+        fault = self.service.faults.take(request.method, request.path)
         action = fault.action if fault else None
         reply = None if action == "reset" else self._answer(request, fault)
         # Logged before the answer goes out: whoever has the answer finds the request logged.
-        self.state.log(
+        self.service.log(
             number,
-            RequestRecord(
-                server=self.state.name,
+            LoggedRequest(
+                server=self.service.name,
                 method=request.method,
                 path=request.path,
                 query=request.query,
@@ -166,7 +166,7 @@ class _Handler(BaseHTTPRequestHandler):
                 body=request.body,
                 status=0 if reply is None else reply.status,
                 received_at=received_at,
-                finished_at=self.state.clock.now(),
+                finished_at=self.service.clock.now(),
             ),
         )
         if reply is None:
@@ -195,17 +195,17 @@ class _Handler(BaseHTTPRequestHandler):
         if action == "delay":
             time.sleep(fault.delay)
         if action == "call" and fault.callback is not None:
-            fault.callback(self.state)
+            fault.callback(self.service)
         if action == "respond":
             return self._fault_reply(fault)
         if action == "malformed_json":
             return Reply(200, b'{"items": [', {"Content-Type": "application/json"})
-        return self.state.handle(request)
+        return self.service.handle(request)
 
     def _fault_reply(self, fault: Fault) -> Reply:
         assert fault.status is not None
         if fault.body is None:
-            reply = self.state.error(fault.status, f"injected HTTP {fault.status}")
+            reply = self.service.error(fault.status, f"injected HTTP {fault.status}")
         else:
             body = fault.body.encode() if isinstance(fault.body, str) else fault.body
             reply = Reply(fault.status, body, {"Content-Type": "application/json"})
@@ -284,16 +284,16 @@ class _Server(ThreadingHTTPServer):
 
 
 class SandboxServer:
-    """One server: a state object bound to a loopback address (port 0: a free one)."""
+    """One server: a fake service bound to a loopback address (port 0: a free one)."""
 
-    def __init__(self, state: ServerState, host: str = "127.0.0.1", port: int = 0) -> None:
-        handler = type(f"{state.name}Handler", (_Handler,), {"state": state})
-        self.state = state
+    def __init__(self, service: FakeService, host: str = "127.0.0.1", port: int = 0) -> None:
+        handler = type(f"{service.name}Handler", (_Handler,), {"service": service})
+        self.service = service
         self._server = _Server((host, port), handler)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},
-            name=f"sandbox-{state.name}",
+            name=f"sandbox-{service.name}",
             daemon=True,
         )
 

@@ -24,8 +24,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sync_worker.sandbox.flexperto import FlexpertoState
-from sync_worker.sandbox.totalexpert import TotalExpertState
+from sync_worker.sandbox.flexperto import FakeFlexperto
+from sync_worker.sandbox.totalexpert import FakeTotalExpert
 
 INSIGHT_TYPE = "flexperto_conference_archived"
 
@@ -49,7 +49,7 @@ def seed_archive_id(number: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"sandbox-seed-{number}"))
 
 
-def seed_totalexpert(te: TotalExpertState) -> None:
+def seed_totalexpert(te: FakeTotalExpert) -> None:
     """Add the sample users, contacts and insight type."""
     anna = te.add_user(ANNA["email"], "anna.expert", "e-17")
     bernd = te.add_user(BERND["email"], "bernd.berater", "e-18")
@@ -60,7 +60,7 @@ def seed_totalexpert(te: TotalExpertState) -> None:
     te.add_insight_type(INSIGHT_TYPE, "Flexperto: Conference archived")
 
 
-def seed_flexperto(flexperto: FlexpertoState) -> None:
+def seed_flexperto(flexperto: FakeFlexperto) -> None:
     """Add the five sample archives; call it before adding any other archive."""
     day = datetime(2026, 11, 20, 9, 0, tzinfo=UTC)
     meetings = [
@@ -83,7 +83,7 @@ def seed_flexperto(flexperto: FlexpertoState) -> None:
         )
 
 
-def seed_sandbox(flexperto: FlexpertoState, te: TotalExpertState) -> None:
+def seed_sandbox(flexperto: FakeFlexperto, te: FakeTotalExpert) -> None:
     """All the sample data."""
     seed_totalexpert(te)
     seed_flexperto(flexperto)

@@ -26,7 +26,7 @@ from typing import Any
 
 from sync_worker.clock import Clock
 from sync_worker.sandbox.dialect import Dialect
-from sync_worker.sandbox.http import Incoming, Reply, ServerState
+from sync_worker.sandbox.http import FakeService, Incoming, Reply
 
 BASE = "/v1"
 TOKEN_LIFETIME_SECONDS = 3600
@@ -47,7 +47,7 @@ class _BadQuery(Exception):
     """A query the dialect refuses; the message is the 400 answer's error."""
 
 
-class TotalExpertState(ServerState):
+class FakeTotalExpert(FakeService):
     """Users, contacts, insight types, insights and tokens, and the TE API over them."""
 
     name = "totalexpert"

@@ -145,7 +145,7 @@ def test_archives_download_in_parallel_each_verified_on_its_own(sandbox, config,
     # Each download waits at the barrier until all three are in flight at once: a worker
     # that downloaded one at a time would break the barrier and fail them.
     barrier = threading.Barrier(3, timeout=10)
-    sandbox.add_fault("s3", Fault(action="call", callback=lambda _state: barrier.wait(), times=3))
+    sandbox.add_fault("s3", Fault(action="call", callback=lambda _service: barrier.wait(), times=3))
     assert config.flexperto.max_parallel_downloads >= 3
     assert run().exit_code == 0
     assert len([r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]) == 3

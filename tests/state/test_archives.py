@@ -28,21 +28,21 @@ def test_rows_carry_the_record_as_listed(tmp_path):
 def test_stored_record_and_outbox_in_one_step(tmp_path):
     db = open_database(tmp_path / "s.db")
     listed(db, "a1")
-    archives.record_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
+    archives.mark_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
     row = archives.get(db, "a1")
     assert (row.state, row.path) == ("stored", "/x/a1.zip")
     assert db["archives"].get("a1")["size"] == 10
     [participant] = insights.open_participants(db)
     assert (participant.email, participant.moderator_email) == ("p@x.org", "m@x.org")
     # repeating the step queues nothing twice
-    archives.record_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
+    archives.mark_stored(db, "a1", "/x/a1.zip", 10, 1.0, [("p@x.org", "P")], "m@x.org")
     assert len(insights.open_participants(db)) == 1
 
 
 def test_listing_does_not_rewrite_a_stored_record(tmp_path):
     db = open_database(tmp_path / "s.db")
     listed(db, "a1")
-    archives.record_stored(db, "a1", "/x", 1, 1.0, [], None)
+    archives.mark_stored(db, "a1", "/x", 1, 1.0, [], None)
     changed = archive_record("a1", "c9", sha256="b" * 64, note="changed")
     assert archives.note_listed(db, [changed], 2.0) == []
     row = archives.get(db, "a1")
@@ -54,9 +54,9 @@ def test_abandon_waits_for_unstored_siblings_of_the_conference(tmp_path):
     listed(db, "a1")
     listed(db, "a2")
     listed(db, "a3", conference_id="c2")
-    archives.record_stored(db, "a1", "/x", 1, 1.0, [], None)
+    archives.mark_stored(db, "a1", "/x", 1, 1.0, [], None)
     assert archives.unsafe_siblings(db, "c1", "a1") == ["a2"]
-    archives.record_stored(db, "a2", "/y", 1, 1.0, [], None)
+    archives.mark_stored(db, "a2", "/y", 1, 1.0, [], None)
     assert archives.unsafe_siblings(db, "c1", "a1") == []
     assert archives.mark_conference_claimed(db, "c1", 2.0) == 2
     assert [r.archive_id for r in archives.open_work(db)] == ["a3"]

@@ -8,21 +8,21 @@ def contact(contact_id, email="a@example.org", owner_id=1):
 
 def test_stored_rows_remember_when_they_were_seen(tmp_path):
     db = open_database(tmp_path / "s.db")
-    directory.store_contacts(db, [contact(1)], now=10.0)
-    directory.store_users(db, [{"user_id": 5, "email": "u@example.org"}], now=11.0)
+    directory.upsert_contacts(db, [contact(1)], now=10.0)
+    directory.upsert_users(db, [{"user_id": 5, "email": "u@example.org"}], now=11.0)
     assert db["te_contacts"].get(1)["seen_at"] == 10.0
     assert db["te_users"].get(5)["seen_at"] == 11.0
-    directory.store_contacts(db, [contact(1, owner_id=2)], now=20.0)
+    directory.upsert_contacts(db, [contact(1, owner_id=2)], now=20.0)
     assert (db["te_contacts"].get(1)["owner_id"], db["te_contacts"].get(1)["seen_at"]) == (2, 20)
 
 
 def test_drop_unseen_drops_what_a_full_read_did_not_show(tmp_path):
     db = open_database(tmp_path / "s.db")
     directory.replace_contacts_of(db, "gone@example.org", [contact(1, "gone@example.org")], 5.0)
-    directory.store_contacts(db, [contact(2, "kept@example.org")], now=5.0)
-    directory.store_users(db, [{"user_id": 7, "email": "old@example.org"}], now=5.0)
+    directory.upsert_contacts(db, [contact(2, "kept@example.org")], now=5.0)
+    directory.upsert_users(db, [{"user_id": 7, "email": "old@example.org"}], now=5.0)
     # a full read starting at 10 shows contact 2 only
-    directory.store_contacts(db, [contact(2, "kept@example.org")], now=10.0)
+    directory.upsert_contacts(db, [contact(2, "kept@example.org")], now=10.0)
     assert directory.drop_unseen(db, since=10.0) == 2  # contact 1 and user 7
     assert [r["contact_id"] for r in db["te_contacts"].rows] == [2]
     assert db["te_users"].count == 0

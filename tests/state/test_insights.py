@@ -7,8 +7,8 @@ def ledger_with(tmp_path, *archive_ids):
     db = open_database(tmp_path / "s.db")
     for archive_id in archive_ids:
         archives.note_listed(db, [archive_record(archive_id)], now=0.0)
-        archives.record_stored(db, archive_id, "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
-        insights.record_matches(db, archive_id, "p@example.org", [(451, 50)])
+        archives.mark_stored(db, archive_id, "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
+        insights.queue_insights(db, archive_id, "p@example.org", [(451, 50)])
     return db
 
 

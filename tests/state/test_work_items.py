@@ -2,7 +2,7 @@ from dataclasses import dataclass
 
 from sync_worker.state import archives
 from sync_worker.state.db import open_database
-from sync_worker.state.work_items import Failure, backoff_delay, is_due, record_failure
+from sync_worker.state.work_items import Failure, backoff_delay, is_due, note_failure
 from tests.records import archive_record
 
 OPEN = {"pending": "failed", "failed": "failed", "stored": "stored"}
@@ -23,14 +23,14 @@ def test_failures_back_off_then_park(tmp_path):
     db = open_database(tmp_path / "s.db")
     assert archives.note_listed(db, [archive_record("a1")], now=0.0) == ["a1"]
     key = {"archive_id": "a1"}
-    assert record_failure(db, "archives", key, "boom", 100.0, Policy(), OPEN) == Failure(
+    assert note_failure(db, "archives", key, "boom", 100.0, Policy(), OPEN) == Failure(
         "pending", given_up=False
     )
     row = archives.get(db, "a1")
     assert (row.state, row.attempts, row.next_attempt_at) == ("failed", 1, 110.0)
     assert not is_due(row.next_attempt_at, 109.0) and is_due(row.next_attempt_at, 110.0)
-    assert not record_failure(db, "archives", key, "boom", 200.0, Policy(), OPEN).given_up
-    assert record_failure(db, "archives", key, "x" * 2000, 300.0, Policy(), OPEN).given_up
+    assert not note_failure(db, "archives", key, "boom", 200.0, Policy(), OPEN).given_up
+    assert note_failure(db, "archives", key, "x" * 2000, 300.0, Policy(), OPEN).given_up
     row = archives.get(db, "a1")
     assert row.state == "given_up" and row.next_attempt_at is None
     assert len(row.last_error) == 500
@@ -41,10 +41,10 @@ def test_failures_back_off_then_park(tmp_path):
 def test_a_failure_never_moves_a_finished_item_back(tmp_path):
     db = open_database(tmp_path / "s.db")
     archives.note_listed(db, [archive_record("a1")], now=0.0)
-    archives.record_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
+    archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
     archives.mark_claimed(db, "a1", 2.0)
     key = {"archive_id": "a1"}
-    assert record_failure(db, "archives", key, "late", 3.0, Policy(), OPEN) is None
+    assert note_failure(db, "archives", key, "late", 3.0, Policy(), OPEN) is None
     row = archives.get(db, "a1")
     assert (row.state, row.attempts, row.last_error) == ("claimed", 0, None)
 
@@ -52,12 +52,12 @@ def test_a_failure_never_moves_a_finished_item_back(tmp_path):
 def test_a_stored_item_keeps_its_state_while_it_waits(tmp_path):
     db = open_database(tmp_path / "s.db")
     archives.note_listed(db, [archive_record("a1")], now=0.0)
-    archives.record_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
-    failure = record_failure(db, "archives", {"archive_id": "a1"}, "503", 3.0, Policy(), OPEN)
+    archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
+    failure = note_failure(db, "archives", {"archive_id": "a1"}, "503", 3.0, Policy(), OPEN)
     assert failure == Failure("stored", given_up=False)
     assert archives.get(db, "a1").state == "stored"
 
 
 def test_a_missing_item_records_nothing(tmp_path):
     db = open_database(tmp_path / "s.db")
-    assert record_failure(db, "archives", {"archive_id": "x"}, "e", 0.0, Policy(), OPEN) is None
+    assert note_failure(db, "archives", {"archive_id": "x"}, "e", 0.0, Policy(), OPEN) is None

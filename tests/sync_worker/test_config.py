@@ -2,7 +2,14 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker.config import ConfigError, load_config, validate_base_url
+from sync_worker.config import (
+    ConfigError,
+    example_toml,
+    keys,
+    load_config,
+    markdown_table,
+    validate_base_url,
+)
 
 MINIMAL = """
 [flexperto]
@@ -138,3 +145,35 @@ def test_accepted_base_urls(url):
 def test_refused_base_urls(url):
     with pytest.raises(ConfigError):
         validate_base_url(url, "flexperto.base_url")
+
+
+def between(text: str, name: str) -> str:
+    return text.split(f"<!-- {name}:start -->\n")[1].split(f"<!-- {name}:end -->")[0]
+
+
+def test_the_readme_shows_the_declared_keys():
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    assert between(readme, "config-table") == markdown_table(), (
+        "README's config table is stale: paste sync_worker.config.markdown_table()"
+    )
+    assert between(readme, "config-example") == f"```toml\n{example_toml()}```\n", (
+        "README's example config is stale: paste sync_worker.config.example_toml()"
+    )
+
+
+def test_the_example_loads_and_states_every_default(tmp_path):
+    secrets = {
+        "FLEXPERTO_API_KEY": "k",
+        "TOTALEXPERT_CLIENT_ID": "i",
+        "TOTALEXPERT_CLIENT_SECRET": "s",
+    }
+    config = load_config(write(tmp_path, example_toml()), env=secrets)
+    assert config.http.timeout_seconds == 30.0
+    assert config.storage.archive_dir == Path("/var/lib/sync-worker/archives")
+    declared = {f"{section}.{key.name}" for section, key in keys()}
+    assert declared == {line.split("`")[1] for line in markdown_table().splitlines()[2:]}
+
+
+def test_path_keys_may_not_be_empty(tmp_path):
+    with pytest.raises(ConfigError, match=r"storage\.archive_dir must not be empty"):
+        load_config(write(tmp_path, MINIMAL + '[storage]\narchive_dir = ""\n'), env={})

@@ -78,7 +78,7 @@ def test_an_unexpected_exception_is_described_without_a_traceback():
     try:
         raise_here()
     except KeyError as exc:
-        fields = logs.describe_exception(exc)
+        fields = logs.exception_fields(exc)
     assert fields["error_class"] == "KeyError"
     assert fields["error"] == "'the missing key'"
     assert "where" not in fields  # raised in a test: not the worker's own code
@@ -91,7 +91,7 @@ def test_where_names_the_innermost_frame_of_our_own_code(tmp_path):
     try:
         open_database(tmp_path / "s.db")
     except Exception as exc:
-        fields = logs.describe_exception(exc)
+        fields = logs.exception_fields(exc)
     assert fields["error_class"] == "DatabaseError"
     assert fields["where"].startswith("state/db.py:")
 

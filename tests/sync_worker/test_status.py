@@ -8,7 +8,7 @@ from sync_worker import status
 from sync_worker.clock import SystemClock
 from sync_worker.state import archives
 from sync_worker.state.db import open_database
-from sync_worker.state.work_items import record_failure
+from sync_worker.state.work_items import note_failure
 from tests.records import archive_record
 
 
@@ -24,7 +24,7 @@ def test_failing_archive_shows_its_error_and_next_attempt(tmp_path):
     db = open_database(tmp_path / "s.db")
     now = SystemClock().now()
     archives.note_listed(db, [archive_record("a1")], now)
-    record_failure(
+    note_failure(
         db,
         "archives",
         {"archive_id": "a1"},
