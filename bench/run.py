@@ -12,7 +12,6 @@ it shares no interpreter with the sandbox servers, which run in this process.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import random
@@ -28,6 +27,7 @@ from pathlib import Path
 from sync_worker.config import load_config
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.sandbox import Sandbox
+from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
 
@@ -65,25 +65,13 @@ def config_file(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
 
 def run_once(config: Path) -> tuple[list[dict], int]:
     """Run `sync-worker run-once`; its JSON log events and its peak RSS in KiB."""
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sync_worker",
-            "--config",
-            str(config),
-            "--log-format",
-            "json",
-            "run-once",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
+    process = start_worker(
+        "--log-format", "json", "run-once", config=config, stderr=subprocess.DEVNULL
     )
     output = process.stdout.read() if process.stdout else ""
     _pid, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
-    events = [json.loads(line) for line in output.splitlines() if line.startswith("{")]
+    events = log_events(output)
     if process.returncode not in (0, 1):
         raise RuntimeError(f"run-once failed with {process.returncode}")
     return events, usage.ru_maxrss

@@ -1,7 +1,5 @@
 """The insight job against the sandbox TE: exactly once, and always inside the limits."""
 
-import subprocess
-import sys
 import time
 from dataclasses import replace
 
@@ -9,6 +7,7 @@ from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
+from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state import rate_limit
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
@@ -52,12 +51,7 @@ def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, cl
 def test_token_is_shared_by_two_processes(sandbox, config, tmp_path):
     config_file = tmp_path / "config.toml"
     for _ in range(2):
-        subprocess.run(
-            [sys.executable, "-m", "sync_worker", "--config", str(config_file), "run-once"],
-            check=False,
-            capture_output=True,
-            timeout=60,
-        )
+        run_worker("run-once", config=config_file, timeout=60)
     assert sandbox.totalexpert.tokens_issued == 1
     assert len(sandbox.totalexpert.insights()) >= 3
 

@@ -1,8 +1,6 @@
 """The command line, run as a real process where the process boundary matters."""
 
 import json
-import subprocess
-import sys
 from dataclasses import replace
 
 import pytest
@@ -12,17 +10,12 @@ from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.sandbox import STRICT, Sandbox
 from sync_worker.sandbox.seed import ANNA, LENA
+from sync_worker.sandbox.worker_process import run_worker, start_worker
 from tests.conftest import write_config
 
 
 def sync_worker(*args, env=None, timeout=60):
-    return subprocess.run(
-        [sys.executable, "-m", "sync_worker", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_worker(*args, timeout=timeout, env=env)
 
 
 def test_config_error_exits_2_naming_the_key(tmp_path):
@@ -215,20 +208,8 @@ def test_sandbox_command_prints_a_working_config(tmp_path):
     import signal
     import tomllib
 
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "sync_worker",
-            "sandbox",
-            "--dir",
-            str(tmp_path / "sb"),
-            "--fault",
-            "te:path=/heartbeat,status=503",
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+    process = start_worker(
+        "sandbox", "--dir", str(tmp_path / "sb"), "--fault", "te:path=/heartbeat,status=503"
     )
     lines = []
     assert process.stdout is not None

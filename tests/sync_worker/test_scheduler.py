@@ -2,20 +2,15 @@
 
 import json
 import signal
-import subprocess
-import sys
 import threading
+
+from sync_worker.sandbox.worker_process import start_worker
 
 
 def test_daemon_runs_both_jobs_at_start_and_stops_cleanly_on_sigterm(sandbox, tmp_path, config):
     config_file = tmp_path / "config.toml"
     config_file.write_text(config_file.read_text() + "[schedule]\ninterval_seconds = 3600\n")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "--config", str(config_file), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    process = start_worker("run", config=config_file)
     finished_jobs, sent = set(), 0
     watchdog = threading.Timer(60, process.kill)  # never hang the suite
     watchdog.start()

@@ -9,7 +9,7 @@ import pytest
 
 from sync_worker.sandbox import Fault
 from tests.conftest import InjectedError
-from tests.invariants import assert_claimed_once, assert_consistent
+from tests.system.invariants import assert_claimed_once, assert_consistent
 
 STEPS = [
     ("archive.listed", 1),

@@ -6,7 +6,7 @@ import os
 import pytest
 
 from sync_worker.sandbox import LENIENT, STRICT
-from tests import crash_tool
+from tests.system import crash_tool
 
 KILLS = int(os.environ.get("CRASH_TOOL_KILLS", "50"))
 

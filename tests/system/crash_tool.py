@@ -17,7 +17,7 @@ checked:
 - Total Expert's per-minute and token limits were never exceeded;
 - no run, killed or not, printed a traceback; the last pass exits 0.
 
-Usage: python -m tests.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
+Usage: python -m tests.system.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
+from sync_worker.sandbox.worker_process import log_events, worker_command
 from sync_worker.state.db import open_database
 
 KILL_EVENTS = (
@@ -176,7 +177,9 @@ def _kill_one_pass(config: Path, rng: random.Random, report: Report, typical: fl
     pass writes to stderr is kept in STDERR_LOG beside the config, checked at the end."""
     with (config.parent / STDERR_LOG).open("a") as errors:
         process = subprocess.Popen(
-            worker_command(config, "--log-format", "json", "--log-level", "debug", "run-once"),
+            worker_command(
+                "--log-format", "json", "--log-level", "debug", "run-once", config=config
+            ),
             stdout=subprocess.PIPE,
             stderr=errors,
             text=True,
@@ -216,10 +219,6 @@ def _tracebacks(text: str) -> int:
     return text.count("Traceback") + text.count('"exception":')
 
 
-def worker_command(config: Path, *args: str) -> list[str]:
-    return [sys.executable, "-m", "sync_worker", "--config", str(config), *args]
-
-
 def _kill(process: subprocess.Popen) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGKILL)
@@ -229,7 +228,7 @@ def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
     output = ""
     for n in range(1, max_passes + 1):
         result = subprocess.run(
-            worker_command(config, "--log-format", "json", "run-once"),
+            worker_command("--log-format", "json", "run-once", config=config),
             capture_output=True,
             text=True,
             timeout=600,
@@ -247,8 +246,7 @@ def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
 
 def _complaints(log: str) -> Counter[str]:
     """The warnings and errors in a pass's JSON log, by event."""
-    events = (json.loads(line) for line in log.splitlines() if line.startswith("{"))
-    return Counter(e["event"] for e in events if e.get("level") in ("warning", "error"))
+    return Counter(e["event"] for e in log_events(log) if e.get("level") in ("warning", "error"))
 
 
 def _nothing_open(database: Path) -> bool:

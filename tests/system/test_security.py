@@ -3,33 +3,18 @@
 from __future__ import annotations
 
 import stat
-import subprocess
-import sys
 
 import pytest
 
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.http import ApiError, new_session
 from sync_worker.sandbox import Fault
+from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state.db import open_database
 
 
 def run_cli(config_file, *args):
-    return subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "sync_worker",
-            "--config",
-            str(config_file),
-            "--log-level",
-            "debug",
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_worker("--log-level", "debug", *args, config=config_file)
 
 
 def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path, config):

@@ -8,7 +8,7 @@ instant leaves (for real SIGKILLs, see test_crash_tool.py).
 import pytest
 
 from tests.conftest import SimulatedCrash
-from tests.invariants import assert_claimed_once
+from tests.system.invariants import assert_claimed_once
 
 STEPS = [
     ("archive.listed", 1),

@@ -3,17 +3,15 @@ database, two runs started at once."""
 
 from __future__ import annotations
 
-import json
 import resource
 import signal
 import sqlite3
-import subprocess
-import sys
 from collections import Counter
 
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault
+from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
 
@@ -26,18 +24,9 @@ def run_cli(config_file, *args, limit_file_size=False, **popen):
         signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
         resource.setrlimit(resource.RLIMIT_FSIZE, (FILE_SIZE_LIMIT, FILE_SIZE_LIMIT))
 
-    return subprocess.Popen(
-        [sys.executable, "-m", "sync_worker", "--config", str(config_file), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=limit if limit_file_size else None,
-        **popen,
+    return start_worker(
+        *args, config=config_file, preexec_fn=limit if limit_file_size else None, **popen
     )
-
-
-def events_of(output: str) -> list[dict]:
-    return [json.loads(line) for line in output.splitlines() if line.startswith("{")]
 
 
 def test_full_disk_is_reported_nothing_abandoned_and_no_temp_file_left(sandbox, tmp_path, config):
@@ -46,7 +35,7 @@ def test_full_disk_is_reported_nothing_abandoned_and_no_temp_file_left(sandbox, 
     process = run_cli(config_file, "run-once", limit_file_size=True)
     out, err = process.communicate(timeout=120)
     assert process.returncode == 1, err
-    failures = [e for e in events_of(out) if e["event"] == "item.failed"]
+    failures = [e for e in log_events(out) if e["event"] == "item.failed"]
     assert [f["archive_id"] for f in failures] == [big["id"]]
     assert "File too large" in failures[0]["error"]
     assert sandbox.flexperto.record(big["id"])["status"] == "AVAILABLE"
@@ -113,7 +102,7 @@ def test_two_runs_at_once_one_proceeds_the_other_steps_aside(sandbox, tmp_path, 
     first, second = run_cli(config_file, "run-once"), run_cli(config_file, "run-once")
     outputs = [process.communicate(timeout=120) for process in (first, second)]
     assert first.returncode == second.returncode == 0
-    events = [events_of(out) for out, _ in outputs]
+    events = [log_events(out) for out, _ in outputs]
     skipped = [any(e["event"] == "run.skipped" for e in ev) for ev in events]
     assert sorted(skipped) == [False, True]
     downloads = Counter(r.path for r in sandbox.s3.requests)
