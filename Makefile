@@ -10,10 +10,10 @@ STAMP  := $(VENV)/.installed
 demo: $(STAMP)
 	$(BIN)/sync-worker demo
 
-## test: install the test extras and run the linter and the whole test suite
+## test: install the test extras and run the linter and the whole test suite, with coverage
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest
+	$(BIN)/pytest --cov
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
