@@ -1,9 +1,12 @@
-"""The daemon: APScheduler runs each job every ``interval_seconds`` until SIGTERM/SIGINT.
+"""The daemon: both jobs every ``interval_seconds``, from start until SIGTERM/SIGINT.
 
-Each job has at most one run at a time (the archive job through ``max_instances=1``, the
-insight job through its own guard, so that a wake-up is never dropped), missed runs are
-coalesced into one, and the first run starts at once. A stop signal lets the item in hand finish:
-jobs check :attr:`Daemon.stopping` between items.
+APScheduler keeps the time: the archive job runs on its interval (one run at a time, missed
+runs coalesced, the first at once). The insight job runs in a thread of its own whenever it
+is woken: by its interval, and by the archive job as soon as that has stored something, so
+that insights go out without waiting for the next interval. A wake-up is an
+:class:`threading.Event` the thread clears before each run: one that comes while a run is
+under way makes it run once more, and none is ever lost or doubled. A stop signal lets the
+item in hand finish: the jobs check :meth:`Daemon.stopping` between items.
 """
 
 from __future__ import annotations
@@ -14,14 +17,13 @@ from datetime import UTC, datetime
 from types import FrameType
 
 import structlog
-from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.jobs.context import Outcome
 from sync_worker.logs import exception_fields
-from sync_worker.runner import ALL_JOBS, PassResult, run_pass
+from sync_worker.runner import PassResult, run_pass
 
 log = structlog.get_logger()
 
@@ -31,27 +33,20 @@ class Daemon:
         self._config = config
         self._clock = clock
         self._stop = threading.Event()
-        # Wake-ups of the insight job: guarded so that none is lost while it finishes.
-        self._insights_lock = threading.Lock()
-        self._insights_running = False
-        self._insights_due = False
+        self._insights_wanted = threading.Event()
+        self._insights = threading.Thread(target=self._insights_loop, name="insights")
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(ALL_JOBS) + 1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        for name in ALL_JOBS:
+        for name, action in (("archives", self._run_archives), ("insights", self._wake_insights)):
             self._scheduler.add_job(
-                self._run_job,
+                action,
                 "interval",
                 seconds=config.schedule.interval_seconds,
-                args=[name],
                 id=name,
                 name=name,
                 next_run_time=datetime.now(UTC),
-                # A wake-up may arrive while the insight job is returning: let it start, it
-                # then finds the job running (_run_insights) and leaves a note instead.
-                max_instances=2 if name == "insights" else 1,
             )
 
     def stopping(self) -> bool:
@@ -61,48 +56,36 @@ class Daemon:
         if not self._stop.is_set():
             log.info("daemon.stopping", signal=signal.Signals(signum).name if signum else None)
         self._stop.set()
+        self._insights_wanted.set()  # so that the insight thread sees the stop
 
     def serve(self) -> None:
         """Run until :meth:`stop` (or a signal); returns after the running jobs end."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
         log.info("daemon.started", interval_seconds=self._config.schedule.interval_seconds)
+        self._insights.start()
         self._scheduler.start()
         while not self._stop.wait(1.0):
             pass
         self._scheduler.shutdown(wait=True)
+        self._insights.join()
         log.info("daemon.stopped")
 
-    def _run_job(self, name: str) -> None:
-        if name == "insights":
-            self._run_insights()
-            return
-        result = self._run_once(name)
+    def _run_archives(self) -> None:
+        result = self._run_once("archives")
         if result is not None and result.stats.counts[Outcome.STORED]:
-            self._wake_insights()
-
-    def _run_insights(self) -> None:
-        """Run the insight job until no wake-up came in while it ran."""
-        with self._insights_lock:
-            if self._insights_running:
-                self._insights_due = True
-                return
-            self._insights_running, self._insights_due = True, True
-        while True:
-            with self._insights_lock:
-                if self._stop.is_set() or not self._insights_due:
-                    self._insights_running = False
-                    return
-                self._insights_due = False
-            self._run_once("insights")
+            self._wake_insights()  # push their insights now, not an interval later
 
     def _wake_insights(self) -> None:
-        """New archives were stored: push their insights now, not an interval later."""
-        with self._insights_lock:
-            self._insights_due = True
-            if self._insights_running:
-                return  # the running job sees the flag before it stops
-        self._scheduler.modify_job("insights", next_run_time=datetime.now(UTC))
+        self._insights_wanted.set()
+
+    def _insights_loop(self) -> None:
+        while True:
+            self._insights_wanted.wait()
+            if self._stop.is_set():
+                return
+            self._insights_wanted.clear()  # before the run: a wake-up during it counts
+            self._run_once("insights")
 
     def _run_once(self, name: str) -> PassResult | None:
         if self._stop.is_set():
