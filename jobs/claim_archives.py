@@ -9,10 +9,9 @@ item: whatever goes wrong with it is recorded as its failure, and the others go 
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import partial
 from typing import Any
@@ -320,5 +319,5 @@ def _fail(ctx: JobContext, row: ArchiveRow, exc: Exception, bound: Any) -> None:
     stored = failure is not None and failure.previous_state == archives.STORED
     if isinstance(exc, OSError) and failure is not None and not stored:
         # A file system error may have left the partial file in any shape: start afresh.
-        with contextlib.suppress(OSError):
+        with suppress(OSError):
             ctx.store.discard_partial(row.conference_id, row.archive_id)
