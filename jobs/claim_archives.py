@@ -18,7 +18,7 @@ from typing import Any
 
 import structlog
 
-from sync_worker.archive_store import ArchiveFile, Download, VerificationError
+from sync_worker.archive_store import ArchiveFile, Download, TooLarge, VerificationError
 from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
 from sync_worker.flexperto.records import (
     ArchiveRecord,
@@ -219,7 +219,13 @@ def abandon(ctx: JobContext, row: ArchiveRow, listed: bool) -> None:
 
 def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     assert record.sha256 is not None  # parse_record guarantees it for downloadable records
-    target = ArchiveFile(record.conference_id, record.archive_id, record.sha256, record.size)
+    target = ArchiveFile(
+        record.conference_id,
+        record.archive_id,
+        record.sha256,
+        record.size,
+        ctx.config.flexperto.max_archive_bytes,
+    )
 
     def written(size: int, fetched: int) -> None:
         ctx.stats.add_bytes(fetched)
@@ -227,6 +233,9 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
 
     try:
         saved = ctx.store.save(target, record.raw, partial(_download, ctx, record), written)
+    except TooLarge as exc:
+        bound.error("archive.too_large", error=str(exc))
+        raise
     except VerificationError as exc:
         bound.error("archive.hash_mismatch", error=str(exc))
         ctx.stats.add(Outcome.HASH_MISMATCH)

@@ -34,14 +34,24 @@ class VerificationError(Exception):
     """The downloaded bytes are not the archive Flexperto described."""
 
 
+class TooLarge(VerificationError):
+    """The download went on past the most bytes the archive can have: stopped there."""
+
+
 @dataclass(frozen=True)
 class ArchiveFile:
-    """Which archive, and what its bytes must be."""
+    """Which archive, and what its bytes must be. ``limit``: the most bytes accepted from
+    the storage host (its size when known); a download going past it is stopped."""
 
     conference_id: str
     archive_id: str
     sha256: str
     size: int | None = None
+    limit: int | None = None
+
+    @property
+    def most_bytes(self) -> int | None:
+        return self.size if self.size is not None else self.limit
 
 
 @dataclass(frozen=True)
@@ -108,7 +118,15 @@ class ArchiveStore:
             with fetch(size) as download:
                 if not download.resumed:
                     digest, size = hashlib.sha256(), 0
-                fetched = _write(part, download.chunks, digest, append=download.resumed)
+                room = None if target.most_bytes is None else target.most_bytes - size
+                try:
+                    fetched = _write(part, download.chunks, digest, download.resumed, room)
+                except TooLarge:
+                    kept = self._quarantine(part, target.archive_id)
+                    raise TooLarge(
+                        f"the download went on past the {target.most_bytes} bytes the archive "
+                        f"may have: stopped; what came is kept at {kept}"
+                    ) from None
                 size += fetched
         else:
             _fsync_file(part)  # complete already; make sure of it before the rename
@@ -170,13 +188,16 @@ def _hash_into(digest: Any, path: Path) -> int:
     return size
 
 
-def _write(path: Path, chunks: Iterable[bytes], digest: Any, append: bool) -> int:
+def _write(path: Path, chunks: Iterable[bytes], digest: Any, append: bool, room: int | None) -> int:
     """Write ``chunks`` to ``path`` (after what is there, or instead of it), hashing them
-    into ``digest``, and fsync; returns how many bytes were written."""
+    into ``digest``, and fsync; returns how many bytes were written. More than ``room``
+    bytes is TooLarge, raised before the chunk that would pass it is written."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     written = 0
     with os.fdopen(os.open(path, flags, 0o600), "wb", buffering=0) as handle:
         for chunk in chunks:
+            if room is not None and written + len(chunk) > room:
+                raise TooLarge
             handle.write(chunk)
             digest.update(chunk)
             written += len(chunk)

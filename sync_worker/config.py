@@ -27,6 +27,8 @@ from urllib.parse import urlsplit
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
 QUOTE = '"'
 COMMENT_WIDTH = 90
+MIB = 1024 * 1024
+GIB = 1024 * MIB
 
 
 class ConfigError(Exception):
@@ -72,6 +74,16 @@ class FlexpertoConfig:
         help="archives downloaded at the same time, each verified and stored on its own",
         positive=True,
     )
+    max_archive_gib: float = setting(
+        64.0,
+        help="a download is stopped past the record's size, or past this when the record "
+        "gives none",
+        positive=True,
+    )
+
+    @property
+    def max_archive_bytes(self) -> int:
+        return int(self.max_archive_gib * GIB)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,6 +171,15 @@ class HttpConfig:
         1.0, help="first wait between tries (exponential, with jitter; `Retry-After` honoured)"
     )
     retry_max_wait_seconds: float = setting(30.0, help="longest wait between tries")
+    max_answer_mib: float = setting(
+        16.0,
+        help="a JSON answer larger than this is refused, not read into memory",
+        positive=True,
+    )
+
+    @property
+    def max_answer_bytes(self) -> int:
+        return int(self.max_answer_mib * MIB)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,4 +1,9 @@
-"""What both API clients share: sessions, error types and the retry policy.
+"""What both API clients share: sessions, answers, error types and the retry policy.
+
+An answer's body is read here, in full but never beyond a limit (``http.max_answer_mib``
+for a successful answer; an error's text is cut short instead): a service answering with
+an endless or huge body is refused with a clear error rather than read into memory.
+Archive downloads are streamed instead, by the Flexperto client.
 
 Retries are for faults that a moment's wait may cure: connection errors, timeouts, 429 and
 500/502/503/504 (neither vendor documents 500; it is taken as a passing fault). A
@@ -8,11 +13,13 @@ longest wait, the call gives up so that the pass can move on and a later pass tr
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import requests
@@ -26,6 +33,9 @@ RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAYBE_PROCESSED_STATUSES = frozenset({500, 502, 504})
 USER_AGENT = "flexperto-te-sync/0.1"
 ERROR_TEXT_LIMIT = 300
+# Of an error answer, only this much is read: its text is cut short anyway.
+ERROR_BODY_LIMIT = 64 * 1024
+READ_CHUNK = 64 * 1024
 
 
 class ApiError(Exception):
@@ -70,26 +80,39 @@ def new_session(headers: dict[str, str] | None = None, pool_size: int = 8) -> re
     return session
 
 
-def raise_for_status(service: str, response: requests.Response) -> None:
+@dataclass(frozen=True)
+class Answer:
+    """An HTTP answer with its body read (see :func:`send`)."""
+
+    status: int
+    headers: Mapping[str, str]  # case-insensitive, as requests gives them
+    body: bytes
+
+    @property
+    def text(self) -> str:
+        return self.body.decode("utf-8", "replace")
+
+
+def raise_for_status(service: str, answer: Answer) -> None:
     """Turn a non-2xx answer into TransientError or ApiError carrying the service's text."""
-    if response.status_code < 400:
+    if answer.status < 400:
         return
-    message = f"HTTP {response.status_code}: {error_text(response)}"
-    if response.status_code in RETRYABLE_STATUSES:
+    message = f"HTTP {answer.status}: {error_text(answer)}"
+    if answer.status in RETRYABLE_STATUSES:
         raise TransientError(
             service,
             message,
-            response.status_code,
-            parse_retry_after(response),
-            maybe_processed=response.status_code in MAYBE_PROCESSED_STATUSES,
+            answer.status,
+            parse_retry_after(answer),
+            maybe_processed=answer.status in MAYBE_PROCESSED_STATUSES,
         )
-    raise ApiError(service, message, response.status_code)
+    raise ApiError(service, message, answer.status)
 
 
-def error_text(response: requests.Response) -> str:
+def error_text(answer: Answer) -> str:
     """The service's own error text, shortened; JSON ``error``/``message`` fields preferred."""
     try:
-        body = response.json()
+        body = json.loads(answer.body)
     except ValueError:
         body = None
     if isinstance(body, dict):
@@ -98,11 +121,11 @@ def error_text(response: requests.Response) -> str:
         ]
         if parts:
             return " - ".join(parts)[:ERROR_TEXT_LIMIT]
-    return " ".join(response.text.split())[:ERROR_TEXT_LIMIT] or "(empty body)"
+    return " ".join(answer.text.split())[:ERROR_TEXT_LIMIT] or "(empty body)"
 
 
-def parse_retry_after(response: requests.Response) -> float | None:
-    value = response.headers.get("Retry-After")
+def parse_retry_after(answer: Answer) -> float | None:
+    value = answer.headers.get("Retry-After")
     if value is None:
         return None
     try:
@@ -111,12 +134,12 @@ def parse_retry_after(response: requests.Response) -> float | None:
         return None  # HTTP-date form: fall back to our own backoff
 
 
-def json_body(service: str, response: requests.Response) -> Any:
+def json_body(service: str, answer: Answer) -> Any:
     try:
-        return response.json()
+        return json.loads(answer.body)
     except ValueError:
         raise ApiError(
-            service, f"malformed JSON in answer (HTTP {response.status_code})", response.status_code
+            service, f"malformed JSON in answer (HTTP {answer.status})", answer.status
         ) from None
 
 
@@ -139,12 +162,63 @@ class NetworkTime:
 
 
 def send(
+    service: str, call: Callable[[], requests.Response], network: NetworkTime, limit: int
+) -> Answer:
+    """Run one HTTP call made with ``stream=True`` and read its answer, at most ``limit``
+    bytes of a successful one (a larger one is refused: ApiError); network failures, the
+    body's included, become TransientError."""
+    with network.measure():
+        with _mapped_failures(service):
+            response = call()
+        return read_answer(service, response, limit)
+
+
+def read_answer(service: str, response: requests.Response, limit: int) -> Answer:
+    """Read and close a streamed response: at most ``limit`` bytes of a successful answer
+    (more is refused: ApiError), the first ERROR_BODY_LIMIT bytes of an error's; network
+    failures on the way become TransientError."""
+    ok = response.status_code < 400
+    try:
+        with _mapped_failures(service):
+            body = _read(service, response, limit if ok else ERROR_BODY_LIMIT, refuse=ok)
+    finally:
+        response.close()
+    return Answer(response.status_code, response.headers, body)
+
+
+def open_stream(
     service: str, call: Callable[[], requests.Response], network: NetworkTime
 ) -> requests.Response:
-    """Run one HTTP call, mapping network failures to TransientError."""
+    """Run one HTTP call made with ``stream=True``, its body left for the caller to read
+    (and close); network failures become TransientError."""
+    with _mapped_failures(service), network.measure():
+        return call()
+
+
+def _read(service: str, response: requests.Response, limit: int, refuse: bool) -> bytes:
+    """At most ``limit`` bytes of the body; with ``refuse``, more is an error, else cut."""
+    declared = response.headers.get("Content-Length", "")
+    if refuse and declared.isdigit() and int(declared) > limit:
+        raise _too_large(service, response.status_code, limit)
+    body = bytearray()
+    for chunk in response.iter_content(READ_CHUNK):
+        body += chunk
+        if len(body) > limit:
+            if refuse:
+                raise _too_large(service, response.status_code, limit)
+            return bytes(body[:limit])
+    return bytes(body)
+
+
+def _too_large(service: str, status: int, limit: int) -> ApiError:
+    return ApiError(service, f"answer larger than {limit} bytes refused (HTTP {status})", status)
+
+
+@contextmanager
+def _mapped_failures(service: str) -> Iterator[None]:
+    """Network failures as TransientError (or ApiError when no retry can help)."""
     try:
-        with network.measure():
-            return call()
+        yield
     except requests.ConnectTimeout:
         raise TransientError(service, "timed out connecting") from None
     except requests.Timeout as exc:
@@ -156,6 +230,10 @@ def send(
             service,
             f"connection failed: {type(exc).__name__}",
             maybe_processed=not _never_connected(exc),
+        ) from None
+    except requests.exceptions.ChunkedEncodingError as exc:  # the answer broke off
+        raise TransientError(
+            service, f"answer cut short: {type(exc).__name__}", maybe_processed=True
         ) from None
     except requests.RequestException as exc:
         raise ApiError(service, f"request failed: {type(exc).__name__}") from None

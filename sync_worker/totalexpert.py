@@ -16,6 +16,7 @@ tells whether TE has it; jobs.contact_directory does without), the id in the ans
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ import structlog
 from sync_worker.clock import Clock
 from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
+    Answer,
     ApiError,
     NetworkTime,
     TransientError,
@@ -111,6 +113,7 @@ class TotalExpertClient:
         self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds
+        self._answer_limit = http.max_answer_bytes
         self._retrying = retry_policy(http, clock.sleep)
         self._retrying_once_only = retry_policy(http, clock.sleep, idempotent=False)
         self._session = new_session({"Accept": "application/json"})
@@ -195,12 +198,12 @@ class TotalExpertClient:
         saying which (the answer's shape is not documented). TE does not deduplicate: a POST
         that may have been processed is not repeated here (the caller looks for it first on
         its next try)."""
-        response = self._request_response("POST", "/insights", idempotent=False, json=body)
+        answer = self._request_answer("POST", "/insights", idempotent=False, json=body)
         try:
-            answer = response.json()
+            created = json.loads(answer.body)
         except ValueError:
             return None
-        return _int(answer.get("id")) if isinstance(answer, dict) else None
+        return _int(created.get("id")) if isinstance(created, dict) else None
 
     def lists_insight_data(self, type_id: int) -> bool | None:
         """Whether ``GET /insights`` shows each insight's ``data`` (what a search for a
@@ -248,35 +251,34 @@ class TotalExpertClient:
         return items, links if isinstance(links, dict) else {}
 
     def _request(self, method: str, path: str, authenticated: bool = True, **kwargs: Any) -> Any:
-        """The JSON answer of a request (see :meth:`_request_response`)."""
-        return json_body(SERVICE, self._request_response(method, path, authenticated, **kwargs))
+        """The JSON answer of a request (see :meth:`_request_answer`)."""
+        return json_body(SERVICE, self._request_answer(method, path, authenticated, **kwargs))
 
-    def _request_response(
+    def _request_answer(
         self,
         method: str,
         path: str,
         authenticated: bool = True,
         idempotent: bool = True,
         **kwargs: Any,
-    ) -> requests.Response:
+    ) -> Answer:
         """A successful answer, after retries; a rejected token is replaced once."""
 
-        def attempt() -> requests.Response:
-            response = self._send(method, path, authenticated, **kwargs)
-            if response.status_code == 401 and authenticated:
-                self._drop_token(response)
-                response = self._send(method, path, authenticated, **kwargs)
-            if response.status_code == 429:
+        def attempt() -> Answer:
+            token = self._token() if authenticated else None
+            answer = self._send(method, path, token, **kwargs)
+            if answer.status == 401 and token is not None:
+                self._drop_token(token)
+                answer = self._send(method, path, self._token(), **kwargs)
+            if answer.status == 429:
                 self._log.warning("te.rate_limited", path=path)
-            raise_for_status(SERVICE, response)
-            return response
+            raise_for_status(SERVICE, answer)
+            return answer
 
         return (self._retrying if idempotent else self._retrying_once_only)(attempt)
 
-    def _send(
-        self, method: str, path: str, authenticated: bool, **kwargs: Any
-    ) -> requests.Response:
-        headers = {"Authorization": f"Bearer {self._token()}"} if authenticated else {}
+    def _send(self, method: str, path: str, token: str | None, **kwargs: Any) -> Answer:
+        headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
         self._spend_request_slot()
         self.requests_sent += 1
         return send(
@@ -286,9 +288,11 @@ class TotalExpertClient:
                 self._config.base_url + path,
                 headers=headers,
                 timeout=self._timeout,
+                stream=True,
                 **kwargs,
             ),
             self.network,
+            self._answer_limit,
         )
 
     def _spend_request_slot(self) -> None:
@@ -319,12 +323,12 @@ class TotalExpertClient:
         self.tokens_requested += 1
         self._log.info("te.token_requested")
         try:
-            response = send(SERVICE, self._post_token, self.network)
-            raise_for_status(SERVICE, response)
+            answer = send(SERVICE, self._post_token, self.network, self._answer_limit)
+            raise_for_status(SERVICE, answer)
         except TransientError as exc:
             # Not retried here: every try would spend one of the few token requests.
             raise ApiError(SERVICE, f"token request failed: {exc}", exc.status) from None
-        body = json_body(SERVICE, response)
+        body = json_body(SERVICE, answer)
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise ApiError(SERVICE, "token answer lacks access_token")
@@ -338,11 +342,12 @@ class TotalExpertClient:
             headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
             json={"grant_type": "client_credentials"},
             timeout=self._timeout,
+            stream=True,
         )
 
-    def _drop_token(self, response: requests.Response) -> None:
-        sent = response.request.headers.get("Authorization", "").removeprefix("Bearer ")
-        self._access.drop_token(sent)
+    def _drop_token(self, token: str) -> None:
+        """TE rejected ``token`` (401): forget it, here and for every process."""
+        self._access.drop_token(token)
         self._remembered = None
         self._log.warning("te.token_rejected")
 

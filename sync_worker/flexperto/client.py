@@ -17,15 +17,19 @@ from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
+import urllib3
 
 from sync_worker.config import FlexpertoConfig, HttpConfig, is_loopback
 from sync_worker.http import (
+    Answer,
     ApiError,
     NetworkTime,
     TransientError,
     json_body,
     new_session,
+    open_stream,
     raise_for_status,
+    read_answer,
     retry_policy,
     send,
 )
@@ -98,10 +102,12 @@ class FlexpertoClient:
         self._probed: tuple[ListingForm, dict[str, str], list[object]] | None = None
         self._page_size = config.page_size
         self._timeout = http.timeout_seconds
+        self._answer_limit = http.max_answer_bytes
         self._retrying = retry_policy(http, sleep)
         self._session = new_session({"api-key": config.api_key, "Accept": "application/json"})
         # The pre-signed download URL points at another host: never send it the api-key.
-        self._download_session = new_session()
+        # Identity: the bytes are hashed as sent, so they must come as Flexperto hashed them.
+        self._download_session = new_session({"Accept-Encoding": "identity"})
         self.network = NetworkTime()
 
     @property
@@ -187,14 +193,12 @@ class FlexpertoClient:
     def download_url(self, archive_id: str) -> str:
         """The pre-signed URL the download endpoint redirects to (not followed here)."""
         endpoint = self._base + DOWNLOAD_PATH.format(archive_id=archive_id)
-        response = self._call("GET", endpoint, allow_redirects=False)
-        if response.status_code not in (301, 302, 303, 307, 308):
+        answer = self._call("GET", endpoint, allow_redirects=False)
+        if answer.status not in (301, 302, 303, 307, 308):
             raise ApiError(
-                SERVICE,
-                f"download answered HTTP {response.status_code}, not a redirect",
-                response.status_code,
+                SERVICE, f"download answered HTTP {answer.status}, not a redirect", answer.status
             )
-        location = response.headers.get("Location", "")
+        location = answer.headers.get("Location", "")
         url = urljoin(endpoint, location)
         _check_download_url(url)
         return url
@@ -202,7 +206,7 @@ class FlexpertoClient:
     def open_download(self, url: str, offset: int = 0) -> requests.Response:
         """Start streaming the archive bytes from ``url``, without the api-key."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = send(
+        response = open_stream(
             SERVICE,
             lambda: self._download_session.get(
                 url, stream=True, timeout=self._timeout, headers=headers, allow_redirects=False
@@ -210,19 +214,21 @@ class FlexpertoClient:
             self.network,
         )
         if response.status_code >= 300:
-            response.close()
-            raise_for_status(SERVICE, response)
-            raise ApiError(SERVICE, f"download URL answered HTTP {response.status_code}")
+            answer = read_answer(SERVICE, response, self._answer_limit)
+            raise_for_status(SERVICE, answer)
+            raise ApiError(SERVICE, f"download URL answered HTTP {answer.status}")
         return response
 
     def iter_chunks(self, response: requests.Response) -> Iterator[bytes]:
-        """The body of an open download in large chunks; a broken stream is transient."""
-        chunks = response.iter_content(DOWNLOAD_CHUNK_SIZE)
+        """The body of an open download in large chunks, exactly the bytes sent (a
+        ``Content-Encoding`` is not undone: they must hash as Flexperto hashed them); a
+        broken stream is transient."""
+        chunks = response.raw.stream(DOWNLOAD_CHUNK_SIZE, decode_content=False)
         while True:
             try:
                 with self.network.measure():
                     chunk = next(chunks, None)
-            except requests.RequestException as exc:
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
                 raise TransientError(
                     SERVICE, f"download interrupted: {type(exc).__name__}"
                 ) from None
@@ -233,20 +239,26 @@ class FlexpertoClient:
     def abandon(self, conference_id: str) -> None:
         """Claim the conference's archive. Tried once: the caller checks the outcome."""
         url = self._base + ABANDON_PATH.format(conference_id=conference_id)
-        response = send(
-            SERVICE, lambda: self._session.post(url, timeout=self._timeout), self.network
+        answer = send(
+            SERVICE,
+            lambda: self._session.post(url, timeout=self._timeout, stream=True),
+            self.network,
+            self._answer_limit,
         )
-        raise_for_status(SERVICE, response)
+        raise_for_status(SERVICE, answer)
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> requests.Response:
-        def attempt() -> requests.Response:
-            response = send(
+    def _call(self, method: str, url: str, **kwargs: Any) -> Answer:
+        def attempt() -> Answer:
+            answer = send(
                 SERVICE,
-                lambda: self._session.request(method, url, timeout=self._timeout, **kwargs),
+                lambda: self._session.request(
+                    method, url, timeout=self._timeout, stream=True, **kwargs
+                ),
                 self.network,
+                self._answer_limit,
             )
-            raise_for_status(SERVICE, response)
-            return response
+            raise_for_status(SERVICE, answer)
+            return answer
 
         return self._retrying(attempt)
 

@@ -11,6 +11,10 @@ server's normal handling; faulted requests are logged like any other. Actions:
 - ``delay``: sleep ``delay`` real seconds, then answer normally (for client timeouts);
 - ``truncate``: send the real status and headers but only the first half of the body, then
   close (meant for the storage host's downloads);
+- ``endless``: send the real status and headers, no length, and the body followed by zeros
+  until the client hangs up;
+- ``gzip``: send the real answer gzip-compressed with ``Content-Encoding: gzip``, whatever
+  the client accepts;
 - ``malformed_json``: answer 200, ``Content-Type: application/json``, body ``{"items": [``;
 - ``call``: call ``callback(service)`` with the fake service, then answer normally (to change
   its data mid-flow, for example a record's status between listing and download).
@@ -39,7 +43,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-ACTIONS = frozenset({"respond", "reset", "delay", "truncate", "malformed_json", "call"})
+ACTIONS = frozenset(
+    {"respond", "reset", "delay", "truncate", "endless", "gzip", "malformed_json", "call"}
+)
 SERVER_NAMES = {
     "flexperto": "flexperto",
     "s3": "s3",

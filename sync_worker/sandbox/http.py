@@ -8,6 +8,7 @@ a :class:`SandboxServer`. Replies always carry ``Content-Length``, so connection
 from __future__ import annotations
 
 import contextlib
+import gzip
 import itertools
 import json
 import socket
@@ -25,6 +26,7 @@ from sync_worker.clock import Clock
 from sync_worker.sandbox.faults import Fault, FaultList
 
 SEND_CHUNK = 1024 * 1024
+ENDLESS_LIMIT = 4 * 1024 * SEND_CHUNK
 
 
 @dataclass(frozen=True)
@@ -172,7 +174,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self._reset()
         else:
-            self._send(reply, truncate=action == "truncate")
+            self._send(reply, action)
 
     def _read_request(self) -> Incoming:
         try:
@@ -212,11 +214,31 @@ class _Handler(BaseHTTPRequestHandler):
         reply.headers.update(fault.headers or {})
         return reply
 
-    def _send(self, reply: Reply, truncate: bool) -> None:
+    def _send(self, reply: Reply, action: str | None) -> None:
         try:
-            self._write(reply, truncate)
+            if action == "endless":
+                self._write_endless(reply)
+            elif action == "gzip":
+                self._write(_gzipped(reply), truncate=False)
+            else:
+                self._write(reply, truncate=action == "truncate")
         except OSError:  # the client hung up (timed out) before the answer was complete
             self.close_connection = True
+
+    def _write_endless(self, reply: Reply) -> None:
+        """The reply without a length, its body followed by zeros until the client hangs
+        up (or ENDLESS_LIMIT bytes, so that a careless client cannot keep a thread)."""
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        self.close_connection = True
+        for chunk in reply.chunks():
+            self.wfile.write(chunk)
+        zeros = bytes(SEND_CHUNK)
+        for _ in range(ENDLESS_LIMIT // SEND_CHUNK):
+            self.wfile.write(zeros)
 
     def _write(self, reply: Reply, truncate: bool) -> None:
         self.send_response(reply.status)
@@ -247,6 +269,12 @@ class _Handler(BaseHTTPRequestHandler):
     def finish(self) -> None:
         with contextlib.suppress(OSError):  # the connection was reset on purpose
             super().finish()
+
+
+def _gzipped(reply: Reply) -> Reply:
+    """The reply with its body gzip-compressed and said so, whether asked for or not."""
+    body = gzip.compress(b"".join(reply.chunks()))
+    return Reply(reply.status, body, {**reply.headers, "Content-Encoding": "gzip"})
 
 
 class _Server(ThreadingHTTPServer):

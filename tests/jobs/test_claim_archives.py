@@ -248,3 +248,33 @@ def test_a_storage_host_without_ranges_starts_over(sandbox_in, clock):
     stored = part / f"{record['id']}.zip"
     assert hashlib.sha256(stored.read_bytes()).hexdigest() == record["sha256CheckSum"]
     assert sandbox.flexperto.record(record["id"])["status"] == "ABANDONED"
+
+
+def test_an_endless_download_is_stopped_at_the_archives_size(sandbox, tmp_path, clock, log_lines):
+    record = sandbox.flexperto.add_archive(status="AVAILABLE", size=3 * 1024 * 1024)
+    sandbox.add_fault("s3", Fault(path=record["id"], action="endless", times=None))
+    ceiling = 8 * 1024 * 1024  # what records without a size (strict) may have
+    env = {"SYNC_WORKER_FLEXPERTO_MAX_ARCHIVE_GIB": str(ceiling / 1024**3)}
+    config = load_config(write_config(tmp_path, sandbox), env=env)
+    assert run_pass(config, clock).exit_code == 1
+    [stopped] = [e for e in log_lines() if e["event"] == "archive.too_large"]
+    assert stopped["archive_id"] == record["id"] and "stopped" in stopped["error"]
+    limit = record["size"] if sandbox.dialect.flexperto_record_size else ceiling
+    kept = config.storage.archive_dir / ".quarantine" / f"{record['id']}.zip"
+    assert kept.stat().st_size <= limit  # never more than the archive may have
+    folder = config.storage.archive_dir / record["subject"]["conference_id"]
+    assert not list(folder.glob(f"*{record['id']}*"))  # no partial file, nothing stored
+    assert sandbox.flexperto.record(record["id"])["status"] == "AVAILABLE"  # not abandoned
+
+
+def test_a_gzip_encoded_download_is_hashed_as_sent_and_refused(sandbox, config, run, log_lines):
+    record = sandbox.flexperto.add_archive(status="AVAILABLE")
+    sandbox.add_fault("s3", Fault(path=record["id"], action="gzip", times=None))
+    run()
+    [refused] = [
+        e for e in log_lines() if e["event"] == "archive.hash_mismatch"
+    ]  # the gzip bytes are not the archive's: they are not decoded into it silently
+    assert refused["archive_id"] == record["id"]
+    assert sandbox.flexperto.record(record["id"])["status"] == "AVAILABLE"
+    downloads = [r for r in sandbox.s3.requests if record["id"] in r.path]
+    assert downloads and all(r.headers.get("accept-encoding") == "identity" for r in downloads)

@@ -17,7 +17,9 @@ import requests
 
 from sync_worker.config import HttpConfig
 from sync_worker.http import (
+    ERROR_BODY_LIMIT,
     USER_AGENT,
+    Answer,
     ApiError,
     NetworkTime,
     TransientError,
@@ -31,6 +33,7 @@ from sync_worker.http import (
 POLICY = HttpConfig(
     timeout_seconds=1.0, retries=3, retry_wait_seconds=1.0, retry_max_wait_seconds=10.0
 )
+NETWORK = NetworkTime()
 
 
 class Script:
@@ -50,9 +53,15 @@ class Script:
                 )
                 time.sleep(delay)
                 self.send_response(status)
+                without_length = headers.pop("no-length", None) is not None
                 for key, value in headers.items():
                     self.send_header(key, value)
-                self.send_header("Content-Length", str(len(body)))
+                if without_length:  # the body ends when the connection does
+                    self.close_connection = True
+                elif "Content-Length" not in headers:
+                    self.send_header("Content-Length", str(len(body)))
+                else:  # a length the body does not reach: the answer is cut short
+                    self.close_connection = True
                 self.end_headers()
                 self.wfile.write(body)
 
@@ -73,8 +82,9 @@ class Script:
             (status, {k.replace("_", "-"): v for k, v in headers.items()}, data, delay)
         )
 
-    def get(self) -> requests.Response:
-        return requests.get(self.url, timeout=5)
+    def get(self, limit: int = 1_000_000) -> Answer:
+        """The answer as the clients read it (through send)."""
+        return send("svc", lambda: requests.get(self.url, stream=True, timeout=5), NETWORK, limit)
 
     def close(self) -> None:
         self._server.shutdown()
@@ -112,7 +122,26 @@ def test_refusals_are_final(server, status):
 @pytest.mark.parametrize("status", [200, 201, 204, 302])
 def test_success_and_redirects_pass(server, status):
     server.answer(status)
-    raise_for_status("svc", requests.get(server.url, allow_redirects=False, timeout=5))
+    raise_for_status("svc", server.get())
+
+
+def test_an_answer_past_the_limit_is_refused_unread(server):
+    server.answer(200, {"items": ["x" * 5000]})
+    assert server.get(limit=10_000).status == 200
+    with pytest.raises(ApiError, match=r"answer larger than 1000 bytes refused \(HTTP 200\)"):
+        server.get(limit=1000)
+
+
+def test_an_answer_without_a_length_is_refused_as_it_passes_the_limit(server):
+    server.answer(200, b"[" + b"1," * 100_000 + b"1]", no_length="yes")
+    with pytest.raises(ApiError, match="answer larger than 1000 bytes"):
+        server.get(limit=1000)
+
+
+def test_an_error_answer_is_cut_short_not_refused(server):
+    server.answer(500, b"x" * (3 * ERROR_BODY_LIMIT))
+    with pytest.raises(TransientError, match="HTTP 500"):
+        raise_for_status("svc", server.get(limit=1000))
 
 
 @pytest.mark.parametrize(
@@ -148,12 +177,19 @@ def test_malformed_json_is_a_clear_error(server):
         json_body("svc", server.get())
 
 
+def test_an_answer_cut_short_may_hide_a_processed_request(server):
+    server.answer(200, b"x" * 100, Content_Length="1000")
+    with pytest.raises(TransientError, match="cut short") as caught:
+        server.get()
+    assert caught.value.maybe_processed
+
+
 def test_a_refused_connection_surely_did_nothing():
     with socket.socket() as probe:  # a port nobody listens on
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     with new_session() as session, pytest.raises(TransientError) as caught:
-        send("svc", lambda: session.get(f"http://127.0.0.1:{port}/", timeout=1), NetworkTime())
+        send("svc", lambda: session.get(f"http://127.0.0.1:{port}/", timeout=1), NETWORK, 100)
     assert not caught.value.maybe_processed
 
 
@@ -161,7 +197,7 @@ def test_a_timeout_may_hide_a_processed_request(server):
     server.answer(200, delay=1.0)
     network = NetworkTime()
     with new_session() as session, pytest.raises(TransientError) as caught:
-        send("svc", lambda: session.get(server.url, timeout=0.2), network)
+        send("svc", lambda: session.get(server.url, timeout=0.2, stream=True), network, 100)
     assert caught.value.maybe_processed
     assert network.seconds >= 0.2
 

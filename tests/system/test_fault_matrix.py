@@ -9,7 +9,7 @@ import hashlib
 import json
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pytest
 
@@ -23,6 +23,7 @@ LIST = "/communication/conferences/archives"
 DOWNLOAD = "/download"
 ABANDON = "/archive/abandon"
 FAST_TIMEOUT = "timeout_seconds = 1"
+HUGE_LIST = b'{"items": ["' + b"x" * (17 * 1024 * 1024) + b'"]}'  # past the 16 MiB limit
 
 
 @dataclass
@@ -33,6 +34,7 @@ class Case:
     fast_timeout: bool = False
     page_size: int = 100
     faulted_passes: int = 1  # for faults that only a later pass runs into
+    env: dict[str, str] = field(default_factory=dict)  # config overrides
     reached: Callable[[Sandbox], bool] = lambda _sandbox: True  # the fault was run into
 
 
@@ -196,6 +198,17 @@ CASES = {
     "te 500 on POST /insights": Case(
         fault("te", method="POST", path="/insights$", status=500, times=None), "item.failed"
     ),
+    # Oversized answers: stopped, refused, never read whole.
+    "s3 endless body": Case(
+        fault("s3", action="endless", times=None),
+        "archive.too_large",
+        env={"SYNC_WORKER_FLEXPERTO_MAX_ARCHIVE_GIB": "0.01"},  # for records without a size
+    ),
+    "s3 gzip-encoded body": Case(fault("s3", action="gzip", times=None), "archive.hash_mismatch"),
+    "flexperto huge JSON list": Case(
+        fault("flexperto", path=LIST, status=200, body=HUGE_LIST, times=None),
+        "archive.list_failed",
+    ),
     "te 500 on GET /insights": Case(  # the look-up of an insight whose POST went unanswered
         faults(
             fault("te", method="POST", path="/insights$", status=502, times=1),
@@ -219,7 +232,7 @@ def test_fault(name, sandbox, tmp_path, clock, log_lines):
     if case.fast_timeout:
         text = text.replace("timeout_seconds = 5", FAST_TIMEOUT)
     path.write_text(text)
-    config = load_config(path, env={})
+    config = load_config(path, env=case.env)
     expected = {r["id"]: r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"}
 
     case.arm(sandbox)
