@@ -12,10 +12,12 @@ it shares no interpreter with the sandbox servers, which run in this process.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import platform
 import random
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -371,6 +373,138 @@ def fsync_latency_ms(folder: Path, count: int = 200) -> float:
     return 1000 * (time.perf_counter() - started) / count
 
 
+# --- 6. history --------------------------------------------------------------------------
+
+
+def history(sizes: list[int], rounds: int) -> list[Row]:
+    """What years of history cost: state files of ``sizes`` claimed archives (two sent
+    insights each), then the idle pass, status and status --json (to /dev/null)."""
+    rows = []
+    for size in sizes:
+        folder = fresh(f"history-{size}")
+        write_history(folder / "state.db", size)
+        with Sandbox(folder / "sandbox", seed=False) as sandbox:  # nothing new upstream
+            config = config_file(folder, sandbox)
+            idle = timed(config, rounds, "run-once")
+            table = timed(config, rounds, "status")
+            dump = timed(config, rounds, "status", "--json")
+        big = size >= 10**6
+        rows += [
+            Row(
+                f"{size:,} claimed archives: idle pass",
+                _seconds_and_rss(idle),
+                "< 1 s, < 80 MiB at 10^6" if big else "",
+                (idle[0] < 1 and idle[1] < 80) if big else None,
+            ),
+            Row(
+                f"{size:,} claimed archives: status",
+                _seconds_and_rss(table),
+                "< 1 s, < 80 MiB at 10^6" if big else "",
+                (table[0] < 1 and table[1] < 80) if big else None,
+            ),
+            Row(
+                f"{size:,} claimed archives: status --json > /dev/null",
+                f"{_seconds_and_rss(dump)}, {dump[0] / size * 1e6:.1f} µs per archive",
+                "< 100 MiB flat; time linear" if big else "",
+                dump[1] < 100 if big else None,
+            ),
+        ]
+        shutil.rmtree(folder, ignore_errors=True)
+    return rows
+
+
+def timed(config: Path, rounds: int, *args: str) -> tuple[float, float]:
+    """Median wall time (s) and median peak RSS (MiB) of ``sync-worker ARGS``."""
+    seconds, peaks = [], []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        process = start_worker(*args, config=config, stdout=subprocess.DEVNULL)
+        _pid, status, usage = os.wait4(process.pid, 0)
+        seconds.append(time.perf_counter() - started)
+        peaks.append(usage.ru_maxrss / 1024)
+        if os.waitstatus_to_exitcode(status) != 0:
+            raise RuntimeError(f"sync-worker {' '.join(args)} failed")
+    return statistics.median(seconds), statistics.median(peaks)
+
+
+def _seconds_and_rss(figures: tuple[float, float]) -> str:
+    return f"{figures[0]:.2f} s, {figures[1]:.0f} MiB"
+
+
+def write_history(database: Path, archives: int) -> None:
+    """A state file (the worker's own schema) with ``archives`` claimed archives, each with
+    two participants matched and two insights sent, first seen a minute apart."""
+    open_database(database).close()
+    db = sqlite3.connect(database)
+    record = {
+        "status": "ABANDONED",
+        "error": None,
+        "sha256CheckSum": "ab" * 32,
+        "created_at": "2024-11-20T10:02:11Z",
+        "size": 48213,
+    }
+    with db:
+        db.executemany(
+            "insert into archives (archive_id, conference_id, state, remote_status, sha256, "
+            "record, path, size, first_seen_at, stored_at, claimed_at, attempts) "
+            "values (?, ?, 'claimed', 'ABANDONED', ?, ?, ?, 48213, ?, ?, ?, 0)",
+            (
+                (
+                    f"a-{n:08d}",
+                    f"c-{n}",
+                    "ab" * 32,
+                    json.dumps({**record, "id": f"a-{n:08d}", "subject": _subject(n)}),
+                    f"/var/lib/sync-worker/archives/c-{n}/a-{n:08d}.zip",
+                    1.6e9 + 60 * n,
+                    1.6e9 + 60 * n + 5,
+                    1.6e9 + 60 * n + 6,
+                )
+                for n in range(archives)
+            ),
+        )
+        for person in (1, 2):
+            db.executemany(
+                "insert into participants (archive_id, email, name, moderator_email, state, "
+                "attempts) values (?, ?, 'Customer', 'expert@bank.example', 'matched', 0)",
+                (
+                    (f"a-{n:08d}", f"customer{n % 5000}-{person}@example.org")
+                    for n in range(archives)
+                ),
+            )
+            db.executemany(
+                "insert into insights (archive_id, contact_id, owner_id, email, state, "
+                "te_insight_id, sent_at, attempts) values (?, ?, 50, ?, 'sent', ?, ?, 0)",
+                (
+                    (
+                        f"a-{n:08d}",
+                        10 * n + person,
+                        f"customer{n % 5000}-{person}@example.org",
+                        2 * n + person,
+                        1.6e9 + 60 * n + 7,
+                    )
+                    for n in range(archives)
+                ),
+            )
+    db.close()
+
+
+def _subject(n: int) -> dict:
+    return {
+        "conference_id": f"c-{n}",
+        "start": "2024-11-20T09:00:00Z",
+        "end": "2024-11-20T09:45:00Z",
+        "moderator": {"account_id": "e-17", "email": "expert@bank.example", "name": "Expert"},
+        "participants": [
+            {
+                "account_id": f"p-{n}-{i}",
+                "email": f"customer{n % 5000}-{i}@example.org",
+                "name": "Customer",
+            }
+            for i in (1, 2)
+        ],
+    }
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -418,6 +552,7 @@ def main(argv: list[str] | None = None) -> int:
         *small_org(300, 20 if q else 60, 3),
         *drain(200 if q else 2000, 600),
         *bookkeeping(500 if q else 10_000),
+        *history([10**3, 10**4] if q else [10**3, 10**5, 10**6], 1 if q else 3),
     ]
     text = report(rows, time.monotonic() - started, q)
     print(text)

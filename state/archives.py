@@ -181,7 +181,11 @@ def unsafe_siblings(db: sqlite_utils.Database, conference_id: str, archive_id: s
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
     """Put failing and parked archives (one, or all) back to work at once; returns how many."""
-    where = "state != 'claimed' and (state = 'given_up' or last_error is not null)"
+    # "state in" leads with the state index: the claimed ledger is not scanned
+    where = (
+        "state in ('pending', 'failed', 'stored', 'given_up') "
+        "and (state = 'given_up' or last_error is not null)"
+    )
     params = []
     if archive_id:
         where += " and archive_id = ?"

@@ -130,6 +130,8 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     )
     db["archives"].create_index(["state", "next_attempt_at"], if_not_exists=True)
     db["archives"].create_index(["conference_id"], if_not_exists=True)
+    # status pages through archives by age without reading the history to sort it
+    db["archives"].create_index(["first_seen_at", "archive_id"], if_not_exists=True)
     db["participants"].create(
         {
             "archive_id": str,
@@ -193,6 +195,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         pk=("email", "kind"),
         if_not_exists=True,
     )
+    db["te_lookups"].create_index(["kind", "looked_up_at"], if_not_exists=True)
     db["capabilities"].create(
         {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
     )

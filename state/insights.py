@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any
 
 import sqlite_utils
 
@@ -166,21 +165,6 @@ def give_up(
         )
 
 
-def for_archive(db: sqlite_utils.Database, archive_id: str) -> list[dict[str, Any]]:
-    """Every participant outcome and insight of one archive, for ``status``."""
-    insights = db.query(
-        "select email, contact_id, state, te_insight_id, attempts, last_error "
-        "from insights where archive_id = ? order by contact_id",
-        [archive_id],
-    )
-    unmatched = db.query(
-        "select email, null as contact_id, state, null as te_insight_id, attempts, last_error "
-        "from participants where archive_id = ? and state != ? order by email",
-        [archive_id, MATCHED],
-    )
-    return [*insights, *unmatched]
-
-
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
     """Put failing and parked participants and insights (of one archive, or all) back to work.
 
@@ -188,18 +172,18 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
     posted again; except an ``unverified`` one, which cannot be looked for: the operator who
     retries it has checked that TE does not have it, and it is posted.
     """
-    failing = "state in ('given_up', 'failed') or (state = 'sending' and last_error is not null)"
     which, params = ("and archive_id = ?", [archive_id]) if archive_id else ("", [])
-    with transaction(db):
+    with transaction(db):  # each "state in" leads with the state index: no ledger scan
         count = db.execute(
             "update participants set state = 'pending', attempts = 0, next_attempt_at = null "
-            f"where ({failing}) {which}",
+            f"where state in ('failed', 'given_up') {which}",
             params,
         ).rowcount
         count += db.execute(
             "update insights set state = case when state = 'unverified' then 'pending' "
             "else 'sending' end, attempts = 0, next_attempt_at = null "
-            f"where ({failing} or state = 'unverified') {which}",
+            "where state in ('failed', 'given_up', 'sending', 'unverified') "
+            f"and (state != 'sending' or last_error is not null) {which}",
             params,
         ).rowcount
     return count

@@ -8,10 +8,10 @@ traceback: an unexpected one is logged as ``command.failed`` and told on stderr 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
@@ -50,7 +50,26 @@ def build_parser() -> argparse.ArgumentParser:
     commands.add_parser("run-once", help="one full pass, then exit")
     commands.add_parser("run", help="the daemon: a pass every interval until SIGTERM")
     status_parser = commands.add_parser("status", help="what the checkpoints hold")
-    status_parser.add_argument("--json", action="store_true", help="one JSON object")
+    status_parser.add_argument(
+        "--json", action="store_true", help="every archive with its insights, as JSON"
+    )
+    status_parser.add_argument(
+        "--state",
+        action="append",
+        default=[],
+        help="JSON: only archives in this state (repeatable), e.g. --state failed",
+    )
+    status_parser.add_argument(
+        "--since",
+        type=_moment,
+        help="JSON: only archives first seen at or after this UTC date or time (2026-11-01)",
+    )
+    status_parser.add_argument(
+        "--limit",
+        type=_positive,
+        help=f"JSON: at most this many archives; table: failing items shown "
+        f"(default {status.FAILING_SHOWN})",
+    )
     sandbox = commands.add_parser("sandbox", help="serve the sandbox Flexperto and TE APIs")
     sandbox.add_argument("--dir", default="sandbox-data", help="folder for sandbox files")
     sandbox.add_argument(
@@ -134,16 +153,31 @@ def _run(config: Config, _args: argparse.Namespace) -> int:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    if config.state.database.exists():
-        db = open_database(config.state.database)
-        try:
-            report = status.collect(db)
-        finally:
+    db = open_database(config.state.database) if config.state.database.exists() else None
+    try:
+        if args.json:
+            status.write_json(db, sys.stdout, tuple(args.state), args.since, args.limit)
+        else:
+            print(status.render_table(db, args.limit or status.FAILING_SHOWN))
+    finally:
+        if db is not None:
             db.close()
-    else:
-        report = status.empty()
-    print(json.dumps(report, indent=2) if args.json else status.render_table(report))
     return EXIT_OK
+
+
+def _moment(text: str) -> float:
+    """A UTC date or ISO 8601 time as epoch seconds (for --since)."""
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a date or time: {text!r}") from None
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"not a positive number: {text!r}")
+    return int(text)
 
 
 def _check(config: Config, _args: argparse.Namespace) -> int:

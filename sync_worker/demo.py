@@ -8,11 +8,12 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from sync_worker import logs, status
+from sync_worker import logs
 from sync_worker.clock import SystemClock
 from sync_worker.config import ConfigError, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox
+from sync_worker.state import reports
 from sync_worker.state.db import open_database
 
 MARKER = ".sync-worker-demo"
@@ -45,11 +46,11 @@ def _fresh_folder(folder: Path) -> None:
 def _report(sandbox: Sandbox, database: Path, config_file: Path) -> str:
     db = open_database(database)
     try:
-        report = status.collect(db)
+        archives = list(reports.archives_with_insights(db))
     finally:
         db.close()
     lines = ["", "Demo pass against the sandbox", "============================="]
-    for archive in report["archives"]:
+    for archive in archives:
         remote = sandbox.flexperto.record(archive["archive_id"])["status"]
         lines.append(
             f"archive {archive['archive_id']} (conference {archive['conference_id']}): "

@@ -1,55 +1,69 @@
-"""What the checkpoints hold, for ``sync-worker status``: JSON for tools, a table for people."""
+"""``sync-worker status``: what the checkpoints hold. A table for people (counts, then the
+failing and parked items), streamed JSON for tools. Either costs what is at hand, not the
+history (see state.reports).
+
+The JSON is one document, ``{"counts": {...}, "archives": [...]}``, written an archive at
+a time (one per line), so that even years of archives need no more memory than one page.
+"""
 
 from __future__ import annotations
 
-from collections import Counter
+import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
 import sqlite_utils
 
-from sync_worker.state import insights
+from sync_worker.state import reports
 
-ARCHIVE_FIELDS = (
-    "archive_id",
-    "conference_id",
-    "state",
-    "remote_status",
-    "path",
-    "sha256",
-    "size",
-    "attempts",
-    "last_error",
-    "next_attempt_at",
-    "first_seen_at",
-    "stored_at",
-    "claimed_at",
-)
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
+FAILING_SHOWN = 50
 
 
-def collect(db: sqlite_utils.Database) -> dict[str, Any]:
-    """Every archive with its insights, and counts per state."""
-    rows = db.query(
-        f"select {', '.join(ARCHIVE_FIELDS)} from archives order by first_seen_at, archive_id"
-    )
-    archives = []
+def render_table(db: sqlite_utils.Database | None, limit: int = FAILING_SHOWN) -> str:
+    """Counts per state, then up to ``limit`` failing or parked items (none without a
+    state file yet)."""
+    counts = reports.counts(db) if db is not None else {"archives": {}, "insights": {}}
+    lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
+    rows, total = reports.failing(db, limit) if db is not None else ([], 0)
+    if not rows:
+        lines.append("No failing items.")
+        return "\n".join(lines)
+    lines.append("")
+    lines.append(f"{'ARCHIVE':<38} {'ITEM':<28} {'STATE':<10} {'TRIES':>5}  NEXT TRY / LAST ERROR")
     for row in rows:
-        item = _with_times(row)
-        item["insights"] = [_with_times(i) for i in insights.for_archive(db, row["archive_id"])]
-        archives.append(item)
-    return {
-        "archives": archives,
-        "counts": {
-            "archives": dict(Counter(a["state"] for a in archives)),
-            "insights": dict(Counter(i["state"] for a in archives for i in a["insights"])),
-        },
-    }
+        next_try = _iso(row["next_attempt_at"]) or "-"
+        lines.append(
+            f"{row['archive_id']:<38} {row['item'][:28]:<28} {row['state']:<10} "
+            f"{row['attempts']:>5}  {next_try}"
+        )
+        lines.append(f"{'':<38} {row['last_error']}")
+    if total > len(rows):
+        lines.append(f"... and {total - len(rows)} more (sync-worker status --limit N)")
+    return "\n".join(lines)
 
 
-def empty() -> dict[str, Any]:
-    """The report of a worker that has not run yet."""
-    return {"archives": [], "counts": {"archives": {}, "insights": {}}}
+def write_json(
+    db: sqlite_utils.Database | None,
+    out: TextIO,
+    states: tuple[str, ...] = (),
+    since: float | None = None,
+    limit: int | None = None,
+) -> None:
+    """The counts and every archive (filtered) with its insights, as one JSON document."""
+    counts = reports.counts(db) if db is not None else {"archives": {}, "insights": {}}
+    out.write(f'{{"counts": {json.dumps(counts)}, "archives": [')
+    archives = reports.archives_with_insights(db, states, since, limit) if db is not None else ()
+    for n, archive in enumerate(archives):
+        out.write(("\n" if n == 0 else ",\n") + json.dumps(_readable(archive)))
+    out.write("\n]}\n")
+
+
+def _readable(archive: dict[str, Any]) -> dict[str, Any]:
+    """The archive with its times (and its insights' times) in ISO 8601."""
+    shown = _with_times(archive)
+    shown["insights"] = [_with_times(item) for item in archive["insights"]]
+    return shown
 
 
 def _with_times(row: dict[str, Any]) -> dict[str, Any]:
@@ -58,33 +72,6 @@ def _with_times(row: dict[str, Any]) -> dict[str, Any]:
 
 def _iso(value: float | None) -> str | None:
     return None if value is None else datetime.fromtimestamp(value, UTC).isoformat()
-
-
-def render_table(report: dict[str, Any]) -> str:
-    """A short human summary: counts, then every item that is failing or parked."""
-    lines = ["Archives: " + _counts(report["counts"]["archives"])]
-    lines.append("Insights: " + _counts(report["counts"]["insights"]))
-    problems = [(archive, None) for archive in report["archives"] if archive["last_error"]] + [
-        (archive, item)
-        for archive in report["archives"]
-        for item in archive["insights"]
-        if item["last_error"]
-    ]
-    if not problems:
-        lines.append("No failing items.")
-        return "\n".join(lines)
-    lines.append("")
-    lines.append(f"{'ARCHIVE':<38} {'ITEM':<28} {'STATE':<9} {'TRIES':>5}  NEXT TRY / LAST ERROR")
-    for archive, item in problems:
-        what = "archive" if item is None else f"insight {item['email']}"
-        source = archive if item is None else item
-        next_try = archive["next_attempt_at"] if item is None else "-"
-        lines.append(
-            f"{archive['archive_id']:<38} {what[:28]:<28} {source['state']:<9} "
-            f"{source['attempts']:>5}  {next_try or '-'}"
-        )
-        lines.append(f"{'':<38} {source['last_error']}")
-    return "\n".join(lines)
 
 
 def _counts(counts: dict[str, int]) -> str:

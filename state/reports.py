@@ -1,0 +1,140 @@
+"""Read-only queries for ``sync-worker status`` and the demo, each costing what is at hand,
+not the years of history a state file holds.
+
+Counts come from aggregates over the ``(state, next_attempt_at)`` indexes; failing items
+are found through the same indexes (a claimed or sent row is never looked at); archives are
+read in pages along the ``(first_seen_at, archive_id)`` index, each page with its insights
+in one query, so that memory stays flat however many archives there are.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import sqlite_utils
+
+PAGE = 500
+ARCHIVE_FIELDS = (
+    "archive_id",
+    "conference_id",
+    "state",
+    "remote_status",
+    "path",
+    "sha256",
+    "size",
+    "attempts",
+    "last_error",
+    "next_attempt_at",
+    "first_seen_at",
+    "stored_at",
+    "claimed_at",
+)
+# The states in which an item can carry an error (the indexes lead with the state).
+FAILING_ARCHIVE_STATES = ("pending", "failed", "stored", "given_up")
+FAILING_INSIGHT_STATES = ("pending", "sending", "given_up", "unverified")
+FAILING_PARTICIPANT_STATES = ("pending", "failed", "given_up")
+
+
+def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
+    """Archives per state; insights per state, with participants that got none (no_match,
+    or not matched yet) counted by their own state."""
+    archives = dict(db.execute("select state, count(*) from archives group by state").fetchall())
+    insights = Counter(
+        dict(db.execute("select state, count(*) from insights group by state").fetchall())
+    )
+    insights.update(
+        dict(
+            db.execute(
+                "select state, count(*) from participants where state in (?, ?, ?, ?) "
+                "group by state",
+                ["pending", "failed", "no_match", "given_up"],
+            ).fetchall()
+        )
+    )
+    return {"archives": archives, "insights": dict(insights)}
+
+
+def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]], int]:
+    """Up to ``limit`` items that failed or are parked, with their last error, oldest
+    archive first; and how many there are in all."""
+    archives = _in(FAILING_ARCHIVE_STATES)
+    insights = _in(FAILING_INSIGHT_STATES)
+    participants = _in(FAILING_PARTICIPANT_STATES)
+    union = (
+        "select archive_id, 'archive' as item, state, attempts, next_attempt_at, last_error "
+        f"from archives where state in {archives} and last_error is not null "
+        "union all select archive_id, 'insight ' || email, state, attempts, null, last_error "
+        f"from insights where state in {insights} and last_error is not null "
+        "union all select archive_id, 'insight ' || email, state, attempts, null, last_error "
+        f"from participants where state in {participants} and last_error is not null"
+    )
+    params = [*FAILING_ARCHIVE_STATES, *FAILING_INSIGHT_STATES, *FAILING_PARTICIPANT_STATES]
+    total = db.execute(f"select count(*) from ({union})", params).fetchone()[0]
+    rows = db.query(
+        f"select f.* from ({union}) f join archives a using (archive_id) "
+        "order by a.first_seen_at, f.archive_id, f.item limit ?",
+        [*params, limit],
+    )
+    return list(rows), total
+
+
+def archives_with_insights(
+    db: sqlite_utils.Database,
+    states: tuple[str, ...] = (),
+    since: float | None = None,
+    limit: int | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Every archive (of ``states``, first seen at or after ``since``; at most ``limit``)
+    oldest first, each with its insights and its participants that got none."""
+    where, params = ["1"], []
+    if states:
+        where.append(f"state in {_in(states)}")
+        params.extend(states)
+    if since is not None:
+        where.append("first_seen_at >= ?")
+        params.append(since)
+    after: list[Any] = []  # the last (first_seen_at, archive_id) of the page before
+    left = limit
+    while left is None or left > 0:
+        page_size = PAGE if left is None else min(PAGE, left)
+        keyset = ["(first_seen_at, archive_id) > (?, ?)"] if after else []
+        page = list(
+            db.query(
+                f"select {', '.join(ARCHIVE_FIELDS)} from archives "
+                f"where {' and '.join(where + keyset)} "
+                "order by first_seen_at, archive_id limit ?",
+                [*params, *after, page_size],
+            )
+        )
+        if not page:
+            return
+        outcomes = _outcomes_of([row["archive_id"] for row in page], db)
+        for row in page:
+            yield {**row, "insights": outcomes.get(row["archive_id"], [])}
+        after = [page[-1]["first_seen_at"], page[-1]["archive_id"]]
+        if left is not None:
+            left -= len(page)
+
+
+def _outcomes_of(archive_ids: list[str], db: sqlite_utils.Database) -> dict[str, list[dict]]:
+    """The insights and unmatched participants of the given archives, by archive."""
+    ids = _in(archive_ids)
+    rows = db.query(
+        "select archive_id, email, contact_id, state, te_insight_id, attempts, last_error, "
+        f"sent_at from insights where archive_id in {ids} "
+        "union all select archive_id, email, null, state, null, attempts, last_error, null "
+        f"from participants where archive_id in {ids} and state != 'matched' "
+        "order by archive_id, contact_id, email",
+        [*archive_ids, *archive_ids],
+    )
+    found: dict[str, list[dict]] = {}
+    for row in rows:
+        found.setdefault(row.pop("archive_id"), []).append(row)
+    return found
+
+
+def _in(values: tuple[str, ...] | list[str]) -> str:
+    """``(?, ?, ...)`` for ``values``."""
+    return "(" + ", ".join("?" * len(values)) + ")"
