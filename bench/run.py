@@ -29,7 +29,7 @@ from pathlib import Path
 from sync_worker.config import load_config
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.sandbox import Sandbox
-from sync_worker.sandbox.worker_process import log_events, start_worker
+from sync_worker.sandbox.worker_process import log_events
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
 
@@ -65,18 +65,37 @@ def config_file(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
     return path
 
 
-def run_once(config: Path) -> tuple[list[dict], int]:
-    """Run `sync-worker run-once`; its JSON log events and its peak RSS in KiB."""
-    process = start_worker(
-        "--log-format", "json", "run-once", config=config, stderr=subprocess.DEVNULL
-    )
-    output = process.stdout.read() if process.stdout else ""
-    _pid, status, usage = os.wait4(process.pid, 0)
-    process.returncode = os.waitstatus_to_exitcode(status)
-    events = log_events(output)
-    if process.returncode not in (0, 1):
-        raise RuntimeError(f"run-once failed with {process.returncode}")
-    return events, usage.ru_maxrss
+# Runs the worker in this same process and tells its peak RSS at exit. Not the child's
+# ru_maxrss: on Linux that keeps the high-water mark of the process it was forked from,
+# so every worker started by this (growing) benchmark would show the benchmark's size.
+PEAK_REPORTER = """
+import atexit, runpy, sys
+def peak():
+    with open("/proc/self/status") as status:
+        kib = next(line.split()[1] for line in status if line.startswith("VmHWM:"))
+    sys.stderr.write(f"peak-rss-kib {kib}\\n")
+atexit.register(peak)
+sys.argv = ["sync-worker", *sys.argv[1:]]
+runpy.run_module("sync_worker", run_name="__main__", alter_sys=True)
+"""
+
+
+def run_measured(config: Path, *args: str, keep_output: bool = True) -> tuple[str, int, float]:
+    """Run ``sync-worker --config CONFIG ARGS``: its stdout (unless not kept), its exit
+    code and its peak RSS in MiB."""
+    command = [sys.executable, "-c", PEAK_REPORTER, "--config", str(config), *args]
+    output = subprocess.PIPE if keep_output else subprocess.DEVNULL
+    done = subprocess.run(command, stdout=output, stderr=subprocess.PIPE, text=True, check=False)
+    reported = [line for line in done.stderr.splitlines() if line.startswith("peak-rss-kib ")]
+    return done.stdout or "", done.returncode, int(reported[-1].split()[1]) / 1024
+
+
+def run_once(config: Path) -> tuple[list[dict], float]:
+    """Run `sync-worker run-once`; its JSON log events and its peak RSS in MiB."""
+    output, code, peak = run_measured(config, "--log-format", "json", "run-once")
+    if code not in (0, 1):
+        raise RuntimeError(f"run-once failed with {code}")
+    return log_events(output), peak
 
 
 def event_time(event: dict) -> float:
@@ -138,8 +157,8 @@ def memory(sizes: list[int]) -> list[Row]:
         folder = fresh(f"memory-{size}")
         with Sandbox(folder / "sandbox", seed=False) as sandbox:
             sandbox.flexperto.add_archive(size=size, participants=[])
-            _events, rss_kib = run_once(config_file(folder, sandbox))
-        peaks.append(rss_kib / 1024)
+            _events, peak = run_once(config_file(folder, sandbox))
+        peaks.append(peak)
         shutil.rmtree(folder)
     figures = ", ".join(
         f"{size // MIB} MiB: {peak:.0f} MiB" for size, peak in zip(sizes, peaks, strict=True)
@@ -414,16 +433,16 @@ def history(sizes: list[int], rounds: int) -> list[Row]:
 
 
 def timed(config: Path, rounds: int, *args: str) -> tuple[float, float]:
-    """Median wall time (s) and median peak RSS (MiB) of ``sync-worker ARGS``."""
+    """Median wall time (s) and median peak RSS (MiB) of ``sync-worker ARGS``; the output
+    goes nowhere (it is not kept in memory here either)."""
     seconds, peaks = [], []
     for _ in range(rounds):
         started = time.perf_counter()
-        process = start_worker(*args, config=config, stdout=subprocess.DEVNULL)
-        _pid, status, usage = os.wait4(process.pid, 0)
+        _output, code, peak = run_measured(config, *args, keep_output=False)
         seconds.append(time.perf_counter() - started)
-        peaks.append(usage.ru_maxrss / 1024)
-        if os.waitstatus_to_exitcode(status) != 0:
-            raise RuntimeError(f"sync-worker {' '.join(args)} failed")
+        if code != 0:
+            raise RuntimeError(f"sync-worker {' '.join(args)} failed with {code}")
+        peaks.append(peak)
     return statistics.median(seconds), statistics.median(peaks)
 
 
