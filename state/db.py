@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -37,7 +38,7 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
     )
-    conn.execute("PRAGMA journal_mode=WAL")
+    _use_wal(conn, busy_timeout)
     # NORMAL: every commit survives a crash of the process; those made with
     # transaction(durable=True) also survive a power cut. See transaction().
     conn.execute("PRAGMA synchronous=NORMAL")
@@ -45,6 +46,23 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     db = sqlite_utils.Database(conn)
     _ensure_schema(db)
     return db
+
+
+def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
+    """Switch to write-ahead logging. On a new file, two connections opening it at once
+    can find it locked without SQLite waiting (the daemon's jobs start together): wait
+    here, as long as any other write would."""
+    deadline = time.monotonic() + busy_timeout
+    while True:
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+            if time.monotonic() >= deadline:
+                raise StateBusyError(f"state database is locked by another process: {exc}") from exc
+            time.sleep(0.05)
 
 
 def open_memory_database() -> sqlite_utils.Database:
