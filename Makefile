@@ -4,11 +4,15 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo demo-s3 test lint bench clean
 
 ## demo: create the virtualenv, install the worker, run one pass against the sandbox
 demo: $(STAMP)
 	$(BIN)/sync-worker demo
+
+## demo-s3: the same, the archives going to a bucket of an S3 server on loopback (moto)
+demo-s3: $(STAMP)
+	$(BIN)/sync-worker demo --storage s3
 
 ## test: install the test extras and run the linter and the whole test suite, with coverage
 test: $(STAMP)

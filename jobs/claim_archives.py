@@ -14,14 +14,15 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import structlog
 
-from sync_worker.archive_store import ArchiveFile, Download, TooLarge, VerificationError
 from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
 from sync_worker.flexperto.records import (
     ArchiveRecord,
+    Person,
     RecordError,
     parse_record,
     people_from_archive,
@@ -33,6 +34,7 @@ from sync_worker.state import archives, capabilities
 from sync_worker.state.archives import ArchiveRow
 from sync_worker.state.db import ThreadConnections, make_durable
 from sync_worker.state.work_items import is_due
+from sync_worker.stores import ArchiveFile, Download, StoreError, TooLarge, VerificationError
 
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED")
 # A form short of the preferred one is tried again after this long: services change.
@@ -51,6 +53,13 @@ log = structlog.get_logger(job="archives")
 
 def run(ctx: JobContext) -> None:
     """One pass of the archive job: store what is new, make that durable, then abandon."""
+    try:
+        for key in ctx.store.tidy():  # what passes cut short left (uploads in parts)
+            log.warning("storage.upload_aborted", key=key)
+    except StoreError as exc:  # nothing can be stored: leave it all for a later pass
+        log.error("storage.unavailable", error=str(exc))
+        ctx.stats.add(Outcome.FAILED)
+        return
     listed = refresh_listing(ctx)
     open_work = archives.open_work(ctx.db)
     due = _due(ctx, open_work)
@@ -226,13 +235,20 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         record.size,
         ctx.config.flexperto.max_archive_bytes,
     )
+    from_metadata: list[tuple[Person | None, tuple[Person, ...]]] = []
 
     def written(size: int, fetched: int) -> None:
         ctx.stats.add_bytes(fetched)
         bound.info("archive.downloaded", size=size)
 
+    def verified(path: Path) -> None:
+        if not record.people_listed:  # the record names nobody: the archive's metadata may
+            from_metadata.append(people_from_archive(path))
+
     try:
-        saved = ctx.store.save(target, record.raw, partial(_download, ctx, record), written)
+        saved = ctx.store.save(
+            target, record.raw, partial(_download, ctx, record), written, verified
+        )
     except TooLarge as exc:
         bound.error("archive.too_large", error=str(exc))
         raise
@@ -241,12 +257,12 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         ctx.stats.add(Outcome.HASH_MISMATCH)
         raise
     if saved.recovered:
-        bound.info("archive.recovered", path=str(saved.path))
+        bound.info("archive.recovered", path=saved.location)
     else:
         bound.info("archive.verified", sha256=saved.sha256)
     moderator, people = record.moderator, record.participants
-    if not record.people_listed:
-        moderator, people = people_from_archive(saved.path)
+    if from_metadata:
+        moderator, people = from_metadata[0]
         bound.info("archive.people_from_metadata", participants=len(people))
     participants = [
         (person.email, person.name)
@@ -256,13 +272,13 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     archives.mark_stored(
         ctx.db,
         record.archive_id,
-        str(saved.path),
+        saved.location,
         saved.size,
         ctx.clock.now(),
         participants,
         moderator.email if moderator else None,
     )
-    bound.info("archive.stored", path=str(saved.path), size=saved.size, sha256=saved.sha256)
+    bound.info("archive.stored", path=saved.location, size=saved.size, sha256=saved.sha256)
     ctx.stats.add(Outcome.STORED)
 
 

@@ -10,11 +10,11 @@ from enum import StrEnum
 
 import sqlite_utils
 
-from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.progress import Progress
+from sync_worker.stores import Store
 from sync_worker.totalexpert import TotalExpertClient
 
 
@@ -32,8 +32,32 @@ class Outcome(StrEnum):
     MATCHED = "matched"
     NO_MATCH = "no_match"
     SENT = "sent"
+    AUDITED = "audited"
+    AUDIT_MISMATCH = "audit_mismatch"
+    AUDIT_MISSING = "audit_missing"
+    AUDIT_UNEXPECTED = "audit_unexpected"
     FAILED = "failed"
     GIVEN_UP = "given_up"
+
+
+# What makes a pass end with exit code 1: something failed, or an audit found a problem.
+PROBLEMS = (
+    Outcome.FAILED,
+    Outcome.GIVEN_UP,
+    Outcome.AUDIT_MISMATCH,
+    Outcome.AUDIT_MISSING,
+    Outcome.AUDIT_UNEXPECTED,
+)
+
+
+@dataclass(frozen=True)
+class AuditPlan:
+    """What an audit reads: every archive (and the store's files the ledger does not
+    know), the ``sample`` least recently audited, or (neither) the share due this run."""
+
+    everything: bool = False
+    sample: int | None = None
+    max_bytes_per_second: float | None = None  # None: the configured cap
 
 
 @dataclass
@@ -57,7 +81,7 @@ class PassStats:
 
     @property
     def failures(self) -> int:
-        return self.counts[Outcome.FAILED] + self.counts[Outcome.GIVEN_UP]
+        return sum(self.counts[outcome] for outcome in PROBLEMS)
 
 
 @dataclass
@@ -78,7 +102,8 @@ class JobContext:
     clock: Clock
     flexperto: FlexpertoClient
     totalexpert: TotalExpertClient
-    store: ArchiveStore
+    store: Store
     stats: PassStats
     stop_requested: Callable[[], bool] = lambda: False
     progress: Progress = field(default_factory=Progress)
+    audit_plan: AuditPlan = field(default_factory=AuditPlan)

@@ -11,18 +11,18 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from sync_worker.archive_store import VerificationError
 from sync_worker.flexperto.records import RecordError
 from sync_worker.http import ApiError
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.logs import exception_fields
 from sync_worker.state.db import StateBusyError
 from sync_worker.state.work_items import Failure, note_failure
+from sync_worker.stores import Missing, StoreError, VerificationError
 from sync_worker.totalexpert import TokenBudgetExhausted
 
 # Raised through the item boundaries: they concern the whole job, not one item.
 JOB_STOPPERS = (StateBusyError, TokenBudgetExhausted)
-EXPECTED = (ApiError, VerificationError, RecordError)
+EXPECTED = (ApiError, VerificationError, RecordError, StoreError, Missing)
 
 
 def fail_item(

@@ -129,6 +129,9 @@ def mark_stored(
             "last_error = null, next_attempt_at = null where archive_id = ?",
             [STORED, path, size, now, archive_id],
         )
+        db.execute(
+            "insert or ignore into audits (archive_id, audited_at) values (?, 0)", [archive_id]
+        )
         # plain SQL on the hot path: sqlite-utils' insert_all inspects the table on each call
         db.conn.executemany(
             "insert or ignore into participants (archive_id, email, name, moderator_email, "

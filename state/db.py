@@ -217,6 +217,26 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db["capabilities"].create(
         {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
     )
+    _create_audits(db)
+
+
+def _create_audits(db: sqlite_utils.Database) -> None:
+    """The last audit of each stored archive (audited_at 0: never), one row per archive
+    from the moment it is stored; filled once from the ledger for a state file of an older
+    version."""
+    if db["audits"].exists():
+        return
+    db["audits"].create(
+        {"archive_id": str, "audited_at": float, "result": str, "detail": str},
+        pk="archive_id",
+        not_null={"audited_at"},
+        foreign_keys=[("archive_id", "archives", "archive_id")],
+    )
+    db["audits"].create_index(["audited_at"])
+    db.execute(
+        "insert into audits (archive_id, audited_at) select archive_id, 0 from archives "
+        "where state in ('stored', 'claimed')"
+    )
 
 
 def _create_or_extend(

@@ -9,11 +9,14 @@ in one query, so that memory stays flat however many archives there are.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
 import sqlite_utils
+
+from sync_worker.flexperto.records import parse_record
 
 PAGE = 500
 ARCHIVE_FIELDS = (
@@ -138,3 +141,88 @@ def _outcomes_of(archive_ids: list[str], db: sqlite_utils.Database) -> dict[str,
 def _in(values: tuple[str, ...] | list[str]) -> str:
     """``(?, ?, ...)`` for ``values``."""
     return "(" + ", ".join("?" * len(values)) + ")"
+
+
+MANIFEST_FIELDS = (
+    "archive_id",
+    "conference_id",
+    "start",
+    "end",
+    "moderator",
+    "participants",
+    "size",
+    "sha256",
+    "stored_at",
+    "abandoned_at",
+    "location",
+    "last_audit_at",
+    "last_audit_result",
+    "te_insight_ids",
+)
+
+
+def manifest(db: sqlite_utils.Database, since: float | None = None) -> Iterator[dict[str, Any]]:
+    """One row per stored archive (stored at or after ``since``), for an auditor: what it
+    was, where it is, when it was last verified, and the insights it gave, a page at a
+    time along the ledger's age index."""
+    after: list[Any] = []
+    while True:
+        keyset = ["(a.first_seen_at, a.archive_id) > (?, ?)"] if after else []
+        where = ["a.state in ('stored', 'claimed')", *keyset]
+        params: list[Any] = [*after]
+        if since is not None:
+            where.append("a.stored_at >= ?")
+            params.append(since)
+        page = list(
+            db.query(
+                "select a.archive_id, a.conference_id, a.record, a.size, a.sha256, a.stored_at, "
+                "a.claimed_at as abandoned_at, a.path as location, a.first_seen_at, "
+                "u.audited_at as last_audit_at, u.result as last_audit_result "
+                "from archives a left join audits u using (archive_id) "
+                f"where {' and '.join(where)} order by a.first_seen_at, a.archive_id limit ?",
+                [*params, PAGE],
+            )
+        )
+        if not page:
+            return
+        ids = [row["archive_id"] for row in page]
+        people = _participant_counts(db, ids)
+        sent = _insight_ids(db, ids)
+        for row in page:
+            yield _manifest_row(row, people.get(row["archive_id"], 0), sent)
+        after = [page[-1]["first_seen_at"], page[-1]["archive_id"]]
+
+
+def _manifest_row(row: dict[str, Any], participants: int, sent: dict[str, list[int]]) -> dict:
+    record = parse_record(json.loads(row.pop("record")))
+    row.pop("first_seen_at")
+    return {
+        **row,
+        "start": record.start.isoformat() if record.start else None,
+        "end": record.end.isoformat() if record.end else None,
+        "moderator": record.moderator.email if record.moderator else None,
+        "participants": participants,
+        "last_audit_at": row["last_audit_at"] or None,  # 0: never audited
+        "te_insight_ids": sent.get(row["archive_id"], []),
+    }
+
+
+def _participant_counts(db: sqlite_utils.Database, ids: list[str]) -> dict[str, int]:
+    rows = db.execute(
+        f"select archive_id, count(*) from participants where archive_id in {_in(ids)} "
+        "group by archive_id",
+        ids,
+    ).fetchall()
+    return dict(rows)
+
+
+def _insight_ids(db: sqlite_utils.Database, ids: list[str]) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = {}
+    rows = db.execute(
+        f"select archive_id, te_insight_id from insights where archive_id in {_in(ids)} "
+        "and te_insight_id is not null order by archive_id, te_insight_id",
+        ids,
+    ).fetchall()
+    for archive_id, insight_id in rows:
+        found.setdefault(archive_id, []).append(insight_id)
+    return found

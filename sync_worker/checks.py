@@ -9,7 +9,6 @@ same rate-limit buckets as a pass's; a token is requested only when none is cach
 
 from __future__ import annotations
 
-import os
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from sync_worker.http import ApiError
 from sync_worker.state import capabilities
 from sync_worker.state.db import StateBusyError, open_database, open_memory_database
 from sync_worker.state.te_access import SharedAccess
+from sync_worker.stores import StoreError, open_store
 from sync_worker.totalexpert import (
     FILTER_SUPPORTED,
     UPDATED_SINCE_FILTER,
@@ -53,7 +53,7 @@ class Fallback(Exception):
 def run_checks(config: Config, clock: Clock) -> list[Finding]:
     findings = [
         _check("state database", lambda: _state(config)),
-        _check("archive folder", lambda: _archive_dir(config)),
+        _check("archive store", lambda: open_store(config.storage, config.http).probe()),
     ]
     flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
     try:
@@ -105,22 +105,21 @@ def _check(name: str, probe: Callable[[], str]) -> Finding:
         return Finding(name, OK, probe())
     except Fallback as exc:
         return Finding(name, FALLBACK, str(exc))
-    except (ApiError, OSError, TokenBudgetExhausted, RecordError, sqlite3.Error) as exc:
-        plain = isinstance(exc, ApiError | TokenBudgetExhausted)
+    except (
+        ApiError,
+        OSError,
+        TokenBudgetExhausted,
+        RecordError,
+        sqlite3.Error,
+        StoreError,
+    ) as exc:
+        plain = isinstance(exc, ApiError | TokenBudgetExhausted | StoreError)
         return Finding(name, FAIL, str(exc) if plain else f"{type(exc).__name__}: {exc}")
 
 
 def _state(config: Config) -> str:
     open_database(config.state.database).close()
     return f"{config.state.database} opens"
-
-
-def _archive_dir(config: Config) -> str:
-    folder = config.storage.archive_dir
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    if not os.access(folder, os.W_OK | os.X_OK):
-        raise PermissionError(f"{folder} is not writable by this user")
-    return f"{folder} is writable"
 
 
 def _listing(client: FlexpertoClient) -> str:

@@ -10,20 +10,21 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import structlog
 
-from sync_worker import demo, logs, status
+from sync_worker import demo, logs, manifest, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import Config, ConfigError, config_path, example_toml, load_config
+from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
-from sync_worker.state import archives, insights
+from sync_worker.state import archives, insights, reports
 from sync_worker.state.db import open_database
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -87,7 +88,33 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="the sandbox answers only what the vendors' documents say, refusing the rest",
         )
+        with_sandbox.add_argument(
+            "--storage",
+            choices=("local", "s3"),
+            default="local",
+            help="s3: archives go to a bucket of an S3 server on loopback (needs moto)",
+        )
     commands.add_parser("check", help="validate the config and reach both services")
+    audit = commands.add_parser("audit", help="read stored archives back and check their sha256")
+    chosen = audit.add_mutually_exclusive_group()
+    chosen.add_argument(
+        "--sample",
+        type=_positive,
+        help="the N archives audited longest ago (default: the share due, as the daemon reads)",
+    )
+    chosen.add_argument(
+        "--all",
+        action="store_true",
+        help="every archive, and any file of the store the ledger does not know",
+    )
+    audit.add_argument(
+        "--max-bytes-per-second", type=_positive, help="read no faster (default: audit cap)"
+    )
+    export = commands.add_parser("export", help="an auditor's manifest of every stored archive")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument(
+        "--since", type=_moment, help="only archives stored at or after this UTC date or time"
+    )
     retry = commands.add_parser("retry", help="retry failing and parked items on the next pass")
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("archive_id", nargs="?", help="the archive to retry")
@@ -122,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
-        return demo.run(Path(args.dir), STRICT if args.strict else LENIENT)
+        return demo.run(Path(args.dir), STRICT if args.strict else LENIENT, args.storage)
     if args.command == "sandbox":
         try:
             return demo.serve_sandbox(
@@ -162,6 +189,26 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     finally:
         if db is not None:
             db.close()
+    return EXIT_OK
+
+
+def _audit(config: Config, args: argparse.Namespace) -> int:
+    plan = AuditPlan(
+        everything=args.all, sample=args.sample, max_bytes_per_second=args.max_bytes_per_second
+    )
+    return run_pass(config, SystemClock(), jobs=["audit"], audit_plan=plan).exit_code
+
+
+def _export(config: Config, args: argparse.Namespace) -> int:
+    if not config.state.database.exists():
+        rows: Iterator[dict] = iter(())
+        manifest.write(rows, sys.stdout, args.format)
+        return EXIT_OK
+    db = open_database(config.state.database)
+    try:
+        manifest.write(reports.manifest(db, args.since), sys.stdout, args.format)
+    finally:
+        db.close()
     return EXIT_OK
 
 
@@ -215,6 +262,8 @@ def _init_config(path: Path, force: bool) -> int:
 
 
 COMMANDS = {
+    "audit": _audit,
+    "export": _export,
     "run-once": _run_once,
     "run": _run,
     "status": _status,

@@ -29,6 +29,7 @@ QUOTE = '"'
 COMMENT_WIDTH = 90
 MIB = 1024 * 1024
 GIB = 1024 * MIB
+BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 
 
 class ConfigError(Exception):
@@ -43,6 +44,7 @@ class Rules:
     example: Any = None  # shown in the example file instead of the default
     positive: bool = False
     optional: bool = False  # a string that may be empty
+    choices: tuple[str, ...] = ()
     url: bool = False  # https://, or http:// to loopback
     secret_env: str | None = None  # a secret may also come from this variable...
     credential: str | None = None  # ... or from this systemd credential
@@ -118,11 +120,66 @@ class TotalExpertConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StorageConfig:
+    backend: str = setting(
+        "local",
+        help="where verified archives are kept: `local` (archive_dir) or `s3` (a bucket of "
+        "S3 or a compatible store; archive_dir is then only the download spool)",
+        choices=("local", "s3"),
+    )
     archive_dir: Path = setting(
         "archives",  # a path, relative to the config file's folder
-        help="where archives are stored",
+        help="where archives are stored (local), or spooled while downloaded (s3)",
         example="/var/lib/sync-worker/archives",
     )
+    bucket: str = setting("", help="s3: the bucket", optional=True)
+    prefix: str = setting(
+        "",
+        help="s3: put before every key, e.g. `flexperto/` (keys: prefix + "
+        "`{conference_id}/{archive_id}.zip`)",
+        optional=True,
+    )
+    endpoint_url: str = setting(
+        "",
+        help="s3: the endpoint of an S3-compatible store (MinIO, Ceph...); empty for AWS",
+        optional=True,
+        url=True,
+    )
+    region: str = setting("", help="s3: the bucket's region; empty: the AWS default", optional=True)
+    access_key_id: str = setting(
+        "",
+        help="s3: access key id; empty: the standard AWS chain (profile, instance role...)",
+        optional=True,
+        secret_env="AWS_ACCESS_KEY_ID",
+        credential="s3_access_key_id",
+    )
+    secret_access_key: str = setting(
+        "",
+        help="s3: secret access key; empty: the standard AWS chain",
+        optional=True,
+        secret_env="AWS_SECRET_ACCESS_KEY",
+        credential="s3_secret_access_key",
+    )
+    retention_days: int = setting(
+        0,
+        help="s3: Object Lock retention for every object, in days (0: none; the bucket must "
+        "have Object Lock enabled)",
+    )
+    retention_mode: str = setting(
+        "COMPLIANCE",
+        help="s3: `COMPLIANCE` (nobody can shorten it) or `GOVERNANCE`",
+        choices=("COMPLIANCE", "GOVERNANCE"),
+    )
+    read_back: bool = setting(
+        False,
+        help="s3: read every uploaded archive back and hash it before it is abandoned, even "
+        "when the store reports its checksum (doubles the traffic)",
+    )
+
+    def __post_init__(self) -> None:
+        if self.backend == "s3" and not self.bucket:
+            raise ConfigError("config key storage.bucket is required with backend s3")
+        if self.retention_days < 0:
+            raise ConfigError("config key storage.retention_days must not be negative")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -183,6 +240,22 @@ class HttpConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class AuditConfig:
+    interval_hours: float = setting(
+        24.0, help="the daemon audits stored archives this often", positive=True
+    )
+    period_days: float = setting(
+        30.0,
+        help="... reading enough each time that every archive is read at least once in this "
+        "many days",
+        positive=True,
+    )
+    max_mib_per_second: float = setting(
+        20.0, help="read no faster than this, so that the sync is not slowed", positive=True
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class MonitoringConfig:
     healthcheck_url: str = setting(
         "",
@@ -202,6 +275,7 @@ class Config:
     schedule: ScheduleConfig
     retry: RetryConfig
     http: HttpConfig
+    audit: AuditConfig
     monitoring: MonitoringConfig
 
     def secrets(self) -> list[str]:
@@ -398,6 +472,10 @@ def _secret_from_environment(rules: Rules, env: Mapping[str, str]) -> str | None
 def _coerce(text: str, kind: type, name: str) -> Any:
     if kind is Path:
         return text  # made a path once validated
+    if kind is bool:
+        if text.lower() not in BOOLEANS:
+            raise ConfigError(f"config key {name} must be true or false, got {text!r}")
+        return BOOLEANS[text.lower()]
     try:
         return kind(text)
     except ValueError:
@@ -409,6 +487,8 @@ def _check_type(value: Any, kind: type, name: str) -> Any:
         return float(value)
     if kind is Path and isinstance(value, str):
         return value  # made a path once validated
+    if kind is bool and isinstance(value, bool):
+        return value
     if isinstance(value, bool) or not isinstance(value, kind):
         raise ConfigError(f"config key {name} must be {_type_name(kind)}")
     return value
@@ -421,6 +501,8 @@ def _type_name(kind: type) -> str:
 def _validated(value: Any, kind: type, rules: Rules, name: str, base_dir: Path) -> Any:
     if rules.positive and value <= 0:
         raise ConfigError(f"config key {name} must be positive")
+    if rules.choices and value not in rules.choices:
+        raise ConfigError(f"config key {name} must be one of {', '.join(rules.choices)}")
     if isinstance(value, str) and not value.strip():
         if not rules.optional:
             raise ConfigError(f"config key {name} must not be empty")

@@ -19,10 +19,10 @@ from sync_worker.state.db import open_database
 MARKER = ".sync-worker-demo"
 
 
-def run(folder: Path, dialect: Dialect = LENIENT) -> int:
+def run(folder: Path, dialect: Dialect = LENIENT, storage: str = "local") -> int:
     """Start the sandbox, run one pass against it, and say what happened."""
     _fresh_folder(folder)
-    with Sandbox(folder / "sandbox", dialect=dialect) as sandbox:
+    with Sandbox(folder / "sandbox", dialect=dialect, storage=storage) as sandbox:
         config_file = folder / "config.toml"
         config_file.write_text(sandbox.config_toml("archives", "state.db"), encoding="utf-8")
         config_file.chmod(0o600)
@@ -76,14 +76,16 @@ def _report(sandbox: Sandbox, database: Path, config_file: Path) -> str:
     return "\n".join(lines)
 
 
-def serve_sandbox(folder: Path, fault_specs: Sequence[str], dialect: Dialect = LENIENT) -> int:
+def serve_sandbox(
+    folder: Path, fault_specs: Sequence[str], dialect: Dialect = LENIENT, storage: str = "local"
+) -> int:
     """Serve the sandbox until SIGINT/SIGTERM, printing a config that points at it."""
     faults = [Fault.parse(spec) for spec in fault_specs]
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     signal.signal(signal.SIGINT, lambda *_: stop.set())
-    with Sandbox(folder, dialect=dialect) as sandbox:
+    with Sandbox(folder, dialect=dialect, storage=storage) as sandbox:
         for server, fault in faults:
             sandbox.add_fault(server, fault)
         print(sandbox.config_toml(str(folder / "archives"), str(folder / "state.db")), flush=True)

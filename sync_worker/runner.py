@@ -18,23 +18,25 @@ from dataclasses import dataclass
 import structlog
 
 from sync_worker import healthcheck
-from sync_worker.archive_store import ArchiveStore
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.jobs import claim_archives, push_insights
-from sync_worker.jobs.context import JobContext, Outcome, PassStats
+from sync_worker.jobs import audit_archives, claim_archives, push_insights
+from sync_worker.jobs.context import AuditPlan, JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import exception_fields
 from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.state.te_access import SharedAccess
+from sync_worker.stores import open_store
 from sync_worker.totalexpert import TotalExpertClient
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
     "archives": claim_archives.run,
     "insights": push_insights.run,
+    "audit": audit_archives.run,
 }
-ALL_JOBS = tuple(JOBS)
+# A pass: what run-once runs. The audit runs on its own (the daemon, sync-worker audit).
+ALL_JOBS = ("archives", "insights")
 
 log = structlog.get_logger()
 
@@ -55,14 +57,16 @@ def run_pass(
     clock: Clock,
     jobs: Sequence[str] = ALL_JOBS,
     stop_requested: Callable[[], bool] = lambda: False,
+    audit_plan: AuditPlan | None = None,
 ) -> PassResult:
-    """Run ``jobs`` once, in order, under their locks, and log one ``run.finished``."""
+    """Run ``jobs`` once, in order, under their locks, and log one ``run.finished``
+    (``audit_plan``: what the audit job reads, when it is one of them)."""
     stats = PassStats()
     started = time.monotonic()
     log.info("run.started", jobs=list(jobs))
     try:
         with job_locks(config.state.database, jobs):
-            _run_jobs(config, clock, jobs, stats, stop_requested)
+            _run_jobs(config, clock, jobs, stats, stop_requested, audit_plan or AuditPlan())
     except LockHeld as exc:
         log.warning("run.skipped", reason=str(exc))
         return PassResult(stats, locked_out=True)
@@ -94,6 +98,7 @@ def _run_jobs(
     jobs: Sequence[str],
     stats: PassStats,
     stop_requested: Callable[[], bool],
+    audit_plan: AuditPlan,
 ) -> None:
     with ExitStack() as stack:
         db = open_database(config.state.database, config.state.busy_timeout_seconds)
@@ -109,9 +114,10 @@ def _run_jobs(
             clock=clock,
             flexperto=flexperto,
             totalexpert=totalexpert,
-            store=ArchiveStore(config.storage.archive_dir),
+            store=open_store(config.storage, config.http),
             stats=stats,
             stop_requested=stop_requested,
+            audit_plan=audit_plan,
         )
         try:
             for name in jobs:

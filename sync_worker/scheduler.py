@@ -1,4 +1,5 @@
-"""The daemon: both jobs every ``interval_seconds``, from start until SIGTERM/SIGINT.
+"""The daemon: both jobs every ``interval_seconds``, from start until SIGTERM/SIGINT, and
+the audit every ``audit.interval_hours`` (first AUDIT_DELAY after start).
 
 APScheduler keeps the time: the archive job runs on its interval (one run at a time, missed
 runs coalesced, the first at once). The insight job runs in a thread of its own whenever it
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from types import FrameType
 
 import structlog
@@ -24,6 +25,8 @@ from sync_worker.config import Config
 from sync_worker.jobs.context import Outcome
 from sync_worker.logs import exception_fields
 from sync_worker.runner import PassResult, run_pass
+
+AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machine first
 
 log = structlog.get_logger()
 
@@ -48,6 +51,16 @@ class Daemon:
                 name=name,
                 next_run_time=datetime.now(UTC),
             )
+        # Its own lock and thread: it reads, slowly, beside the sync.
+        self._scheduler.add_job(
+            self._run_once,
+            "interval",
+            hours=config.audit.interval_hours,
+            args=["audit"],
+            id="audit",
+            name="audit",
+            next_run_time=datetime.now(UTC) + AUDIT_DELAY,
+        )
 
     def stopping(self) -> bool:
         return self._stop.is_set()

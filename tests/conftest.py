@@ -4,7 +4,8 @@ Every test that uses the ``sandbox`` fixture runs twice: against the lenient san
 answers the shapes the worker prefers, beyond the vendors' documents) and against the strict
 one (which knows only the documents, so the worker's fallbacks are what works). A test
 marked ``lenient_only`` checks one of the worker's optimisations, which only the lenient
-sandbox allows, and runs once.
+sandbox allows, and runs once. A test marked ``both_stores`` runs with the local archive
+store and with a bucket on an S3 server on loopback (moto, one for the session).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from sync_worker.clock import FakeClock
 from sync_worker.config import Config, load_config
 from sync_worker.runner import PassResult, run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
+from sync_worker.sandbox.bucket import S3Server
 
 # Fast retries for tests; the clock is fake, so backoff waits cost no real time.
 TEST_SETTINGS = """
@@ -54,12 +56,26 @@ def pytest_configure(config: pytest.Config) -> None:
         "lenient_only: checks an optimisation that needs more than the vendors' documents "
         "promise; runs against the lenient sandbox only",
     )
+    config.addinivalue_line(
+        "markers", "both_stores: runs with the local store and with an S3 bucket on loopback"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    marked = metafunc.definition.get_closest_marker
     if "sandbox_mode" in metafunc.fixturenames:
-        lenient_only = metafunc.definition.get_closest_marker("lenient_only") is not None
+        lenient_only = marked("lenient_only") is not None
         metafunc.parametrize("sandbox_mode", ["lenient"] if lenient_only else list(SANDBOX_MODES))
+    if "store_kind" in metafunc.fixturenames:
+        metafunc.parametrize("store_kind", ["local", "s3"] if marked("both_stores") else ["local"])
+
+
+@pytest.fixture(scope="session")
+def s3_server() -> Iterator[S3Server]:
+    """An S3 server on loopback for the whole session (each sandbox makes a bucket)."""
+    server = S3Server()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -75,8 +91,21 @@ def clock() -> FakeClock:
 
 
 @pytest.fixture
-def sandbox(tmp_path: Path, clock: FakeClock, sandbox_mode: str) -> Iterator[Sandbox]:
-    with Sandbox(tmp_path / "sandbox", clock=clock, dialect=SANDBOX_MODES[sandbox_mode]) as running:
+def sandbox(
+    tmp_path: Path,
+    clock: FakeClock,
+    sandbox_mode: str,
+    store_kind: str,
+    request: pytest.FixtureRequest,
+) -> Iterator[Sandbox]:
+    s3_server = request.getfixturevalue("s3_server") if store_kind == "s3" else None
+    with Sandbox(
+        tmp_path / "sandbox",
+        clock=clock,
+        dialect=SANDBOX_MODES[sandbox_mode],
+        storage=store_kind,
+        s3_server=s3_server,
+    ) as running:
         yield running
 
 

@@ -2,10 +2,11 @@
 sync_worker.
 
 Layers, lowest first: helpers (clock, config, logs, ...), then the adapters (the API
-clients, the archive store, the state file), then the jobs, then what runs them (runner,
-check, status), the daemon and the demo, and the command line on top. A module may import
-from lower layers, and from its own subpackage (state, jobs, sandbox, flexperto); nothing
-imports upwards, and the API clients and the state file do not import each other.
+clients, the archive stores, the state file), then the jobs, then what runs them (runner,
+check, status, manifest), the daemon and the demo, and the command line on top. A module
+may import from lower layers, and from its own subpackage (state, jobs, sandbox,
+flexperto, stores); nothing imports upwards, and the API clients and the state file do
+not import each other.
 """
 
 from __future__ import annotations
@@ -31,13 +32,14 @@ LAYERS = {
     "sync_worker.sandbox": 1,
     "sync_worker.flexperto.client": 2,
     "sync_worker.totalexpert": 2,
-    "sync_worker.archive_store": 2,
+    "sync_worker.stores": 2,
     "sync_worker.healthcheck": 2,
     "sync_worker.state": 2,
     "sync_worker.jobs": 3,
     "sync_worker.runner": 4,
     "sync_worker.checks": 4,
     "sync_worker.status": 4,
+    "sync_worker.manifest": 4,
     "sync_worker.scheduler": 5,
     "sync_worker.demo": 5,
     "sync_worker.cli": 6,
@@ -49,6 +51,7 @@ SUBPACKAGES = (
     "sync_worker.jobs",
     "sync_worker.sandbox",
     "sync_worker.flexperto",
+    "sync_worker.stores",
 )
 
 

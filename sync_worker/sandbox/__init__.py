@@ -23,6 +23,7 @@ from pathlib import Path
 from types import TracebackType
 
 from sync_worker.clock import Clock, SystemClock
+from sync_worker.sandbox.bucket import S3Server, SandboxBucket
 from sync_worker.sandbox.dialect import LENIENT, STRICT, Dialect
 from sync_worker.sandbox.faults import Fault
 from sync_worker.sandbox.flexperto import FakeFlexperto, FakeStorageHost
@@ -60,9 +61,16 @@ class Sandbox:
         packing_listings: int = 1,
         ports: tuple[int, int, int] = (0, 0, 0),
         dialect: Dialect = LENIENT,
+        storage: str = "local",
+        s3_server: S3Server | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         self.dialect = dialect
+        # With storage "s3", archives go to a bucket of an S3 server on loopback: the one
+        # given (shared), else one of this sandbox's own.
+        self._own_s3_server = s3_server is None and storage == "s3"
+        server = S3Server() if self._own_s3_server else s3_server
+        self.bucket = SandboxBucket(server) if storage == "s3" and server else None
         self.api_key = secrets.token_urlsafe(24)
         self.client_id = secrets.token_urlsafe(12)
         self.client_secret = secrets.token_urlsafe(24)
@@ -113,6 +121,8 @@ class Sandbox:
             thread.start()
         for thread in stopping:
             thread.join()
+        if self._own_s3_server and self.bucket is not None:
+            self.bucket.server.stop()
 
     def __enter__(self) -> Sandbox:
         return self.start()
@@ -150,8 +160,12 @@ class Sandbox:
             f"insight_type = {q(INSIGHT_TYPE)}\n"
             f"requests_per_minute = {te.requests_per_minute}\n"
             f"token_requests_per_hour = {te.token_requests_per_hour}\n"
-            f"[storage]\narchive_dir = {q(archive_dir)}\n"
-            f"[state]\ndatabase = {q(database)}\n"
+            + (
+                self.bucket.storage_toml(archive_dir)
+                if self.bucket is not None
+                else f"[storage]\narchive_dir = {q(archive_dir)}\n"
+            )
+            + f"[state]\ndatabase = {q(database)}\n"
         )
 
 

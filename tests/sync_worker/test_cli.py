@@ -115,7 +115,7 @@ def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, con
     found = findings(capsys.readouterr().out)
     assert set(found) == {
         "state database",
-        "archive folder",
+        "archive store",
         "flexperto listing",
         "flexperto records",
         "totalexpert",

@@ -10,6 +10,8 @@ import pytest
 from tests.conftest import SimulatedCrash
 from tests.system.invariants import assert_claimed_once
 
+pytestmark = pytest.mark.both_stores
+
 STEPS = [
     ("archive.listed", 1),
     ("archive.listed", 3),

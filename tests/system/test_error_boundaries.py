@@ -11,6 +11,8 @@ from sync_worker.sandbox import Fault
 from tests.conftest import InjectedError
 from tests.system.invariants import assert_claimed_once, assert_consistent
 
+pytestmark = pytest.mark.both_stores
+
 STEPS = [
     ("archive.listed", 1),
     ("archive.downloaded", 1),

@@ -18,6 +18,9 @@ from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
+from tests.system.invariants import stored_bytes
+
+pytestmark = pytest.mark.both_stores
 
 LIST = "/communication/conferences/archives"
 DOWNLOAD = "/download"
@@ -277,9 +280,8 @@ def assert_nothing_abandoned_unstored(sandbox: Sandbox, config) -> None:
 
 def assert_all_done(sandbox: Sandbox, config, expected: dict[str, dict]) -> None:
     root = config.storage.archive_dir
-    for archive_id, record in expected.items():
-        path = root / record["subject"]["conference_id"] / f"{archive_id}.zip"
-        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    for archive_id in expected:
+        digest = hashlib.sha256(stored_bytes(config, archive_id)).hexdigest()
         assert digest == sandbox.flexperto.record(archive_id)["sha256CheckSum"]
         assert sandbox.flexperto.record(archive_id)["status"] == "ABANDONED"
     abandons = Counter(
@@ -294,6 +296,8 @@ def assert_all_done(sandbox: Sandbox, config, expected: dict[str, dict]) -> None
     assert set(keys) == {(r["archive_id"], r["contact_id"]) for r in db["insights"].rows}
     assert all(r["state"] == "sent" for r in db["insights"].rows)
     assert not list(root.glob("*/.*.part"))
+    if sandbox.bucket is not None:
+        assert sandbox.bucket.incomplete_uploads() == []
     assert sandbox.s3.api_key_rejections == 0
     assert sandbox.totalexpert.rate_limited_count <= 1  # only the injected 429s
     db.close()

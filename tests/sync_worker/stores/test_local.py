@@ -5,10 +5,12 @@ import hashlib
 import json
 import stat
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
-from sync_worker.archive_store import ArchiveFile, ArchiveStore, Download, VerificationError
+from sync_worker.stores import ArchiveFile, Download, VerificationError
+from sync_worker.stores.local import LocalStore
 
 DATA = b"zip bytes " * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
@@ -30,53 +32,53 @@ class Host:
 
 
 def test_a_download_is_verified_and_moved_into_place_with_its_record(tmp_path):
-    store, host, written = ArchiveStore(tmp_path / "archives"), Host(), []
+    store, host, written = LocalStore(tmp_path / "archives"), Host(), []
     saved = store.save(TARGET, {"id": "a1"}, host.fetch, lambda *sizes: written.append(sizes))
-    assert saved.path == tmp_path / "archives" / "c1" / "a1.zip"
+    assert Path(saved.location) == tmp_path / "archives" / "c1" / "a1.zip"
     assert (saved.sha256, saved.size, saved.fetched, saved.recovered) == (
         SHA,
         len(DATA),
         len(DATA),
         False,
     )
-    assert saved.path.read_bytes() == DATA
-    assert json.loads(saved.path.with_suffix(".json").read_text()) == {"id": "a1"}
+    assert Path(saved.location).read_bytes() == DATA
+    assert json.loads(Path(saved.location).with_suffix(".json").read_text()) == {"id": "a1"}
     assert not store.part_path("c1", "a1").exists()
     assert host.offsets == [0] and written == [(len(DATA), len(DATA))]
-    assert stat.S_IMODE(saved.path.stat().st_mode) == 0o600
-    assert stat.S_IMODE(saved.path.parent.stat().st_mode) == 0o700
+    assert stat.S_IMODE(Path(saved.location).stat().st_mode) == 0o600
+    assert stat.S_IMODE(Path(saved.location).parent.stat().st_mode) == 0o700
 
 
 def test_a_partial_file_is_continued_from_its_end(tmp_path):
-    store, host = ArchiveStore(tmp_path), Host()
+    store, host = LocalStore(tmp_path), Host()
     store.part_path("c1", "a1").parent.mkdir()
     store.part_path("c1", "a1").write_bytes(DATA[:3000])
     saved = store.save(TARGET, {}, host.fetch)
     assert host.offsets == [3000]
     assert (saved.size, saved.fetched) == (len(DATA), len(DATA) - 3000)
-    assert saved.path.read_bytes() == DATA
+    assert Path(saved.location).read_bytes() == DATA
 
 
 def test_a_host_that_ignores_the_range_sends_everything_again(tmp_path):
-    store, host = ArchiveStore(tmp_path), Host(ranges=False)
+    store, host = LocalStore(tmp_path), Host(ranges=False)
     store.part_path("c1", "a1").parent.mkdir()
     store.part_path("c1", "a1").write_bytes(b"stale" * 10)
     saved = store.save(TARGET, {}, host.fetch)
     assert (saved.size, saved.fetched) == (len(DATA), len(DATA))
-    assert saved.path.read_bytes() == DATA
+    assert Path(saved.location).read_bytes() == DATA
 
 
 def test_a_complete_partial_file_needs_no_download(tmp_path):
-    store, host = ArchiveStore(tmp_path), Host()
+    store, host = LocalStore(tmp_path), Host()
     store.part_path("c1", "a1").parent.mkdir()
     store.part_path("c1", "a1").write_bytes(DATA)
     saved = store.save(TARGET, {}, host.fetch)
     assert host.offsets == [] and saved.fetched == 0
-    assert saved.path.read_bytes() == DATA
+    assert Path(saved.location).read_bytes() == DATA
 
 
 def test_a_verified_file_in_place_is_taken_as_is(tmp_path):
-    store = ArchiveStore(tmp_path)
+    store = LocalStore(tmp_path)
     store.save(TARGET, {"id": "a1"}, Host().fetch)
     store.final_path("c1", "a1").with_suffix(".json").unlink()
     again = Host()
@@ -86,16 +88,16 @@ def test_a_verified_file_in_place_is_taken_as_is(tmp_path):
 
 
 def test_a_bad_file_in_place_is_quarantined_and_downloaded_again(tmp_path):
-    store = ArchiveStore(tmp_path)
+    store = LocalStore(tmp_path)
     store.final_path("c1", "a1").parent.mkdir()
     store.final_path("c1", "a1").write_bytes(b"not it")
     saved = store.save(TARGET, {}, Host().fetch)
-    assert not saved.recovered and saved.path.read_bytes() == DATA
+    assert not saved.recovered and Path(saved.location).read_bytes() == DATA
     assert (tmp_path / ".quarantine" / "a1.zip").read_bytes() == b"not it"
 
 
 def test_bytes_that_do_not_match_go_to_quarantine(tmp_path):
-    store = ArchiveStore(tmp_path)
+    store = LocalStore(tmp_path)
     with pytest.raises(VerificationError, match=r"sha256 .* differs"):
         store.save(ArchiveFile("c1", "a1", "0" * 64), {}, Host().fetch)
     assert not store.final_path("c1", "a1").exists()
@@ -104,15 +106,15 @@ def test_bytes_that_do_not_match_go_to_quarantine(tmp_path):
 
 
 def test_a_size_that_does_not_match_is_reported(tmp_path):
-    store = ArchiveStore(tmp_path)
+    store = LocalStore(tmp_path)
     with pytest.raises(VerificationError, match="size"):
         store.save(ArchiveFile("c1", "a1", SHA, len(DATA) + 1), {}, Host().fetch)
 
 
 def test_without_a_known_size_the_hash_decides(tmp_path):
-    saved = ArchiveStore(tmp_path).save(ArchiveFile("c1", "a1", SHA), {}, Host().fetch)
+    saved = LocalStore(tmp_path).save(ArchiveFile("c1", "a1", SHA), {}, Host().fetch)
     assert saved.size == len(DATA)
 
 
 def test_discarding_a_partial_file_that_is_not_there_is_fine(tmp_path):
-    ArchiveStore(tmp_path).discard_partial("c1", "a1")
+    LocalStore(tmp_path).discard_partial("c1", "a1")

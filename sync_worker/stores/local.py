@@ -6,10 +6,16 @@ Layout under ``archive_dir``::
     {conference_id}/{archive_id}.json     the archive record as Flexperto sent it
     {conference_id}/.{archive_id}.zip.part  a download in progress (resumable)
     .quarantine/{archive_id}.zip          the latest copy that failed verification
+    SHA256SUMS                            ``sha256  {conference_id}/{archive_id}.zip``
+                                          per archive stored, for ``sha256sum -c``
 
 A file only ever appears under its final name complete, fsynced and verified: bytes go to
 the ``.part`` file, are hashed on the way, fsynced, checked, and then renamed atomically;
-the folder is fsynced after the rename. Folders are 0700 and files 0600.
+the folder is fsynced after the rename. Folders are 0700 and files 0600. SHA256SUMS gets a
+line as each archive is stored (a pass cut short may repeat one, which sha256sum does not
+mind); the audit rewrites it whole from the ledger.
+
+The S3 store uses a LocalStore as its spool: downloads are verified here, then uploaded.
 """
 
 from __future__ import annotations
@@ -18,70 +24,34 @@ import contextlib
 import hashlib
 import json
 import os
-from collections.abc import Callable, Iterable
-from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from sync_worker.private_files import fsync_dir, make_private_dirs
+from sync_worker.stores import (
+    SUMS_NAME,
+    ArchiveFile,
+    Fetch,
+    Missing,
+    Saved,
+    TooLarge,
+    VerificationError,
+    Verified,
+    Written,
+)
 
 CHUNK_SIZE = 1024 * 1024
 QUARANTINE = ".quarantine"
 
 
-class VerificationError(Exception):
-    """The downloaded bytes are not the archive Flexperto described."""
+class LocalStore:
+    """Archives in a folder of this machine (``keep_sums``: with SHA256SUMS at its root;
+    not for the S3 store's spool)."""
 
-
-class TooLarge(VerificationError):
-    """The download went on past the most bytes the archive can have: stopped there."""
-
-
-@dataclass(frozen=True)
-class ArchiveFile:
-    """Which archive, and what its bytes must be. ``limit``: the most bytes accepted from
-    the storage host (its size when known); a download going past it is stopped."""
-
-    conference_id: str
-    archive_id: str
-    sha256: str
-    size: int | None = None
-    limit: int | None = None
-
-    @property
-    def most_bytes(self) -> int | None:
-        return self.size if self.size is not None else self.limit
-
-
-@dataclass(frozen=True)
-class Download:
-    """Archive bytes as the storage host sends them: from the offset asked for when
-    ``resumed``, else from the first byte."""
-
-    chunks: Iterable[bytes]
-    resumed: bool
-
-
-# Opens the archive's bytes from an offset (the partial file's size; 0 for all of them).
-Fetch = Callable[[int], AbstractContextManager[Download]]
-
-
-@dataclass(frozen=True)
-class Saved:
-    """An archive in its final place, verified. ``fetched``: bytes that came over the
-    network for it now; ``recovered``: it was in place already, left by a pass cut short."""
-
-    path: Path
-    sha256: str
-    size: int
-    fetched: int = 0
-    recovered: bool = False
-
-
-class ArchiveStore:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, keep_sums: bool = True) -> None:
         self.root = root
+        self._keep_sums = keep_sums
 
     def final_path(self, conference_id: str, archive_id: str) -> Path:
         return self.root / conference_id / f"{archive_id}.zip"
@@ -94,7 +64,8 @@ class ArchiveStore:
         target: ArchiveFile,
         record: dict[str, Any],
         fetch: Fetch,
-        on_written: Callable[[int, int], None] = lambda _size, _fetched: None,
+        on_written: Written = lambda _size, _fetched: None,
+        on_verified: Verified = lambda _path: None,
     ) -> Saved:
         """Store the archive ``target`` with its ``record`` beside it, and return where.
 
@@ -103,11 +74,13 @@ class ArchiveStore:
         with the bytes ``fetch`` gives from its end (or rewritten, when the storage host
         sends them from the start); then it is fsynced, ``on_written(size, fetched)`` is
         called, and it is verified against ``target`` and moved into place, or moved to
-        quarantine with VerificationError.
+        quarantine with VerificationError. ``on_verified`` is given the file in place.
         """
         in_place = self._verified_in_place(target)
         if in_place is not None:
-            self._write_record(in_place.path, record)
+            self._write_record(Path(in_place.location), record)
+            self._append_sum(target)
+            on_verified(Path(in_place.location))
             return in_place
         part = self.part_path(target.conference_id, target.archive_id)
         make_private_dirs(part.parent)
@@ -138,11 +111,73 @@ class ArchiveStore:
         final = self.final_path(target.conference_id, target.archive_id)
         os.replace(part, final)
         self._write_record(final, record)
-        return Saved(final, digest.hexdigest(), size, fetched)
+        self._append_sum(target)
+        on_verified(final)
+        return Saved(str(final), digest.hexdigest(), size, fetched)
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
         with contextlib.suppress(FileNotFoundError, NotADirectoryError):
             self.part_path(conference_id, archive_id).unlink()
+
+    def remove(self, conference_id: str, archive_id: str) -> None:
+        """Delete a stored archive and its record (the S3 store's spool, once uploaded)."""
+        final = self.final_path(conference_id, archive_id)
+        # The folder stays: another download of the conference may be writing into it.
+        for path in (final, final.with_suffix(".json")):
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+
+    def tidy(self) -> list[str]:
+        return []  # partial files are resumed, not left behind
+
+    def read(self, location: str) -> Iterator[bytes]:
+        path = Path(location)
+        if not path.is_file():
+            raise Missing(f"{location} is not there")
+        with path.open("rb", buffering=0) as handle:
+            while chunk := handle.read(CHUNK_SIZE):
+                yield chunk
+
+    def archives(self) -> Iterator[str]:
+        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else ():
+            if folder.is_dir() and not folder.name.startswith("."):
+                yield from (str(path) for path in sorted(folder.glob("*.zip")))
+
+    def write_sums(self, lines: Iterable[str]) -> None:
+        make_private_dirs(self.root)
+        path = self.root / SUMS_NAME
+        temp = path.with_name(f".{SUMS_NAME}.tmp")
+        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
+            out.writelines(lines)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(temp, path)
+        fsync_dir(self.root)
+
+    def spool(self) -> Path:
+        return self.root
+
+    def probe(self) -> str:
+        make_private_dirs(self.root)
+        if not os.access(self.root, os.W_OK | os.X_OK):
+            raise PermissionError(f"{self.root} is not writable by this user")
+        return f"{self.root} is writable"
+
+    def relative(self, conference_id: str, archive_id: str) -> str:
+        """An archive's path under the root, as SHA256SUMS names it."""
+        return f"{conference_id}/{archive_id}.zip"
+
+    def _append_sum(self, target: ArchiveFile) -> None:
+        """Add the archive's line to SHA256SUMS. Not fsynced: a line lost to a power cut is
+        back at the next audit, which rewrites the file from the ledger."""
+        if not self._keep_sums:
+            return
+        line = f"{target.sha256}  {self.relative(target.conference_id, target.archive_id)}\n"
+        fd = os.open(self.root / SUMS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, line.encode())
+        finally:
+            os.close(fd)
 
     def _verified_in_place(self, target: ArchiveFile) -> Saved | None:
         """The final file if it exists with the expected hash; a bad one is quarantined."""
@@ -152,7 +187,7 @@ class ArchiveStore:
         digest = hashlib.sha256()
         size = _hash_into(digest, path)
         if digest.hexdigest() == target.sha256:
-            return Saved(path, target.sha256, size, recovered=True)
+            return Saved(str(path), target.sha256, size, recovered=True)
         self._quarantine(path, target.archive_id)
         return None
 

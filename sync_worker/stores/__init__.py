@@ -1,0 +1,123 @@
+"""Where verified archives are kept: a local folder (``local``) or an S3-compatible bucket
+(``s3``), behind one :class:`Store` interface.
+
+Whatever the store, an archive reaches it only complete and verified against the
+sha256 Flexperto recorded, and :meth:`Store.save` returns only once it is safely there (on
+disk and fsynced, or confirmed in the bucket): the archive job abandons nothing before.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from sync_worker.config import HttpConfig, StorageConfig
+
+SUMS_NAME = "SHA256SUMS"
+
+
+class VerificationError(Exception):
+    """The downloaded bytes are not the archive Flexperto described."""
+
+
+class TooLarge(VerificationError):
+    """The download went on past the most bytes the archive can have: stopped there."""
+
+
+class Missing(Exception):
+    """A stored archive is not where the ledger says."""
+
+
+class StoreError(Exception):
+    """The store refused or could not be reached; the message says what it answered."""
+
+
+@dataclass(frozen=True)
+class ArchiveFile:
+    """Which archive, and what its bytes must be. ``limit``: the most bytes accepted from
+    the storage host (its size when known); a download going past it is stopped."""
+
+    conference_id: str
+    archive_id: str
+    sha256: str
+    size: int | None = None
+    limit: int | None = None
+
+    @property
+    def most_bytes(self) -> int | None:
+        return self.size if self.size is not None else self.limit
+
+
+@dataclass(frozen=True)
+class Download:
+    """Archive bytes as the storage host sends them: from the offset asked for when
+    ``resumed``, else from the first byte."""
+
+    chunks: Iterable[bytes]
+    resumed: bool
+
+
+# Opens the archive's bytes from an offset (the partial file's size; 0 for all of them).
+Fetch = Callable[[int], AbstractContextManager[Download]]
+# Told (size, bytes fetched now) once the bytes are written, before they are verified.
+Written = Callable[[int, int], None]
+# Given the verified archive as a local file, which exists only until it returns.
+Verified = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class Saved:
+    """An archive in its final place, verified. ``location``: where (a path, or an s3://
+    URL); ``fetched``: bytes that came over the network for it now; ``recovered``: it was
+    there already, left by a pass cut short."""
+
+    location: str
+    sha256: str
+    size: int
+    fetched: int = 0
+    recovered: bool = False
+
+
+class Store(Protocol):
+    def save(self, target: ArchiveFile, record: dict, fetch: Fetch, on_written: Written) -> Saved:
+        """Store the archive with its record beside it, verified; return where. Raises
+        VerificationError (the bad bytes kept in quarantine) or what ``fetch`` raises."""
+
+    def discard_partial(self, conference_id: str, archive_id: str) -> None:
+        """Forget a partial download (after a file system error)."""
+
+    def tidy(self) -> list[str]:
+        """Clear what passes cut short left behind; returns what was cleared."""
+
+    def read(self, location: str) -> Iterator[bytes]:
+        """The bytes of a stored archive, in chunks. Raises Missing."""
+
+    def archives(self) -> Iterator[str]:
+        """The location of every archive the store holds."""
+
+    def write_sums(self, lines: Iterable[str]) -> None:
+        """Replace SHA256SUMS (``sha256  relative/path`` lines) at the store's root."""
+
+    def spool(self) -> Path:
+        """The local folder downloads pass through (the store itself when local)."""
+
+    def relative(self, conference_id: str, archive_id: str) -> str:
+        """An archive's path under the store's root, as SHA256SUMS names it."""
+
+    def probe(self) -> str:
+        """Check, without writing anything, that archives can be stored; say so in words.
+        Raises StoreError or OSError."""
+
+
+def open_store(config: StorageConfig, http: HttpConfig) -> Store:
+    """The store the configuration names (boto3 is loaded only for a bucket)."""
+    if config.backend == "s3":
+        from sync_worker.stores.s3 import S3Store
+
+        return S3Store(config, http)
+    from sync_worker.stores.local import LocalStore
+
+    return LocalStore(config.archive_dir)

@@ -1,0 +1,375 @@
+"""Archives in a bucket of S3 or an S3-compatible store (MinIO, Ceph...), through boto3.
+
+Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it, and
+``{prefix}SHA256SUMS``. A download passes through a local spool (a LocalStore in
+``archive_dir``), where it is resumed, hashed, fsynced and verified as for the local
+store; only then is it uploaded:
+
+- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (memory stays at
+  one part), each with its SHA-256, which a store that checks checksums (AWS, MinIO)
+  verifies on arrival; with Object Lock headers when ``retention_days`` is set;
+- then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
+  for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
+  ``read_back``, has the object read back and hashed; a retention the store did not apply
+  is applied; the record goes beside it; only then is the spool copy removed and the
+  archive reported saved (and so, later, abandoned).
+
+A pass cut short mid-upload leaves an incomplete multipart upload: :meth:`S3Store.tidy`,
+run at the start of every archive pass (which holds the job's lock, so no upload of ours
+is under way), aborts all those under the prefix. An object found already in place (an
+upload whose pass was cut short before its checkpoint) is read back and hashed before it
+is trusted.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import json
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from botocore.exceptions import BotoCoreError, ClientError
+
+from sync_worker.config import HttpConfig, StorageConfig
+from sync_worker.private_files import make_private_dirs
+from sync_worker.stores import (
+    SUMS_NAME,
+    ArchiveFile,
+    Fetch,
+    Missing,
+    Saved,
+    StoreError,
+    VerificationError,
+    Verified,
+    Written,
+)
+from sync_worker.stores.local import CHUNK_SIZE, LocalStore
+
+SINGLE_PUT_LIMIT = 16 * 1024 * 1024
+PART_SIZE = 8 * 1024 * 1024
+MAX_PARTS = 10_000  # S3's limit
+NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+
+
+class S3Store:
+    def __init__(self, config: StorageConfig, http: HttpConfig, client: Any = None) -> None:
+        self._config = config
+        self._bucket = config.bucket
+        self._prefix = config.prefix
+        self._spool = LocalStore(config.archive_dir, keep_sums=False)
+        self._client = client or _client(config, http)
+
+    # --- Store ----------------------------------------------------------------------------
+
+    def save(
+        self,
+        target: ArchiveFile,
+        record: dict[str, Any],
+        fetch: Fetch,
+        on_written: Written = lambda _size, _fetched: None,
+        on_verified: Verified = lambda _path: None,
+    ) -> Saved:
+        key = self._key(target)
+        with _store_errors():
+            held = self._held(key, target, on_verified)
+            if held is not None:
+                self._put_record(key, record)
+                self._forget_spooled(target)
+                return Saved(self._location(key), target.sha256, held, recovered=True)
+        staged = self._spool.save(target, record, fetch, on_written, on_verified)
+        with _store_errors():
+            self._upload(Path(staged.location), key, staged.sha256, staged.size)
+            self._put_record(key, record)
+        self._forget_spooled(target)
+        return Saved(self._location(key), staged.sha256, staged.size, staged.fetched)
+
+    def _forget_spooled(self, target: ArchiveFile) -> None:
+        """The bucket holds the archive: the spool's copies (whole or partial) can go."""
+        self._spool.remove(target.conference_id, target.archive_id)
+        self._spool.discard_partial(target.conference_id, target.archive_id)
+
+    def discard_partial(self, conference_id: str, archive_id: str) -> None:
+        self._spool.discard_partial(conference_id, archive_id)
+
+    def tidy(self) -> list[str]:
+        """Abort every incomplete multipart upload under the prefix."""
+        with _store_errors():
+            return self._abort_incomplete_uploads()
+
+    def _abort_incomplete_uploads(self) -> list[str]:
+        aborted = []
+        pages = self._client.get_paginator("list_multipart_uploads").paginate(
+            Bucket=self._bucket, Prefix=self._prefix
+        )
+        for page in pages:
+            for upload in page.get("Uploads", []):
+                self._client.abort_multipart_upload(
+                    Bucket=self._bucket, Key=upload["Key"], UploadId=upload["UploadId"]
+                )
+                aborted.append(upload["Key"])
+        return aborted
+
+    def read(self, location: str) -> Iterator[bytes]:
+        key = location.removeprefix(f"s3://{self._bucket}/")
+        with _store_errors():
+            try:
+                body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+            except ClientError as exc:
+                if _code(exc) in NOT_FOUND:
+                    raise Missing(f"{location} is not there") from None
+                raise
+            with body:
+                yield from body.iter_chunks(CHUNK_SIZE)
+
+    def archives(self) -> Iterator[str]:
+        with _store_errors():
+            pages = self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self._bucket, Prefix=self._prefix
+            )
+            for page in pages:
+                for item in page.get("Contents", []):
+                    if item["Key"].endswith(".zip"):
+                        yield self._location(item["Key"])
+
+    def write_sums(self, lines: Iterable[str]) -> None:
+        """Written to a temporary file first (it may be long), then uploaded."""
+        make_private_dirs(self._spool.spool())
+        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool()) as temp:
+            digest = hashlib.sha256()
+            for line in lines:
+                data = line.encode()
+                temp.write(data)
+                digest.update(data)
+            temp.flush()
+            size = temp.tell()
+            with _store_errors():
+                self._upload(Path(temp.name), self._prefix + SUMS_NAME, digest.hexdigest(), size)
+
+    def spool(self) -> Path:
+        return self._spool.spool()
+
+    def probe(self) -> str:
+        spooled = self._spool.probe()
+        with _store_errors():
+            self._client.head_bucket(Bucket=self._bucket)
+            if self._config.retention_days:
+                lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
+                enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+                if enabled != "Enabled":
+                    raise StoreError(f"s3: bucket {self._bucket} has no Object Lock enabled")
+        locked = f", Object Lock for {self._config.retention_days} days" * bool(
+            self._config.retention_days
+        )
+        return f"bucket {self._bucket} reachable{locked}; spool {spooled}"
+
+    def relative(self, conference_id: str, archive_id: str) -> str:
+        """An archive's key under the prefix, as SHA256SUMS names it."""
+        return f"{conference_id}/{archive_id}.zip"
+
+    # --- uploads --------------------------------------------------------------------------
+
+    def _upload(self, path: Path, key: str, sha256: str, size: int) -> None:
+        """Upload the file at ``path`` and make sure the bucket holds exactly it."""
+        if size <= SINGLE_PUT_LIMIT:
+            with path.open("rb") as body:
+                self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=body,
+                    ChecksumAlgorithm="SHA256",
+                    ChecksumSHA256=_b64(bytes.fromhex(sha256)),
+                    Metadata={"sha256": sha256},
+                    **self._lock(),
+                )
+            expected = _b64(bytes.fromhex(sha256))
+        else:
+            expected = self._upload_parts(path, key, sha256, size)
+        self._confirm(key, sha256, size, expected)
+
+    def _upload_parts(self, path: Path, key: str, sha256: str, size: int) -> str:
+        """A multipart upload, part by part; returns the checksum of its checksums."""
+        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
+        upload = self._client.create_multipart_upload(
+            Bucket=self._bucket,
+            Key=key,
+            ChecksumAlgorithm="SHA256",
+            Metadata={"sha256": sha256},
+            **self._lock(),
+        )
+        parts, digests = [], []
+        try:
+            with path.open("rb") as handle:
+                while chunk := handle.read(part_size):
+                    digest = hashlib.sha256(chunk).digest()
+                    number = len(parts) + 1
+                    answer = self._client.upload_part(
+                        Bucket=self._bucket,
+                        Key=key,
+                        UploadId=upload["UploadId"],
+                        PartNumber=number,
+                        Body=chunk,
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=_b64(digest),
+                    )
+                    parts.append(
+                        {
+                            "PartNumber": number,
+                            "ETag": answer["ETag"],
+                            "ChecksumSHA256": _b64(digest),
+                        }
+                    )
+                    digests.append(digest)
+            self._client.complete_multipart_upload(
+                Bucket=self._bucket,
+                Key=key,
+                UploadId=upload["UploadId"],
+                MultipartUpload={"Parts": parts},
+            )
+        except BaseException:
+            self._client.abort_multipart_upload(
+                Bucket=self._bucket, Key=key, UploadId=upload["UploadId"]
+            )
+            raise
+        return _b64(hashlib.sha256(b"".join(digests)).digest())
+
+    def _confirm(self, key: str, sha256: str, size: int, expected_checksum: str) -> None:
+        """The bucket holds the object whole and with the right bytes, and locked as asked."""
+        head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
+        if head["ContentLength"] != size:
+            raise VerificationError(
+                f"the bucket holds {head['ContentLength']} bytes at {key}, not {size}"
+            )
+        shown = head.get("ChecksumSHA256")
+        if shown is not None and shown.split("-")[0] != expected_checksum:
+            raise VerificationError(f"the bucket's checksum of {key} is not the archive's")
+        if shown is None or self._config.read_back:
+            self._read_back(key, sha256)
+        self._keep_locked(key, head)
+
+    def _read_back(self, key: str, sha256: str) -> None:
+        digest = hashlib.sha256()
+        for chunk in self.read(self._location(key)):
+            digest.update(chunk)
+        if digest.hexdigest() != sha256:
+            raise VerificationError(f"the bucket's copy of {key} does not hash to {sha256}")
+
+    def _keep_locked(self, key: str, head: dict[str, Any]) -> None:
+        """Apply the retention asked for if the store did not (some do not on uploads in
+        parts); an object already locked longer is left as it is."""
+        wanted = self._retain_until()
+        if wanted is None:
+            return
+        until = head.get("ObjectLockRetainUntilDate")
+        if until is not None and until >= wanted - timedelta(days=1):
+            return
+        self._client.put_object_retention(
+            Bucket=self._bucket,
+            Key=key,
+            VersionId=head.get("VersionId"),
+            Retention={"Mode": self._config.retention_mode, "RetainUntilDate": wanted},
+            ChecksumAlgorithm="SHA256",
+        )
+
+    def _put_record(self, key: str, record: dict[str, Any]) -> None:
+        body = json.dumps(record, sort_keys=True).encode()
+        self._client.put_object(
+            Bucket=self._bucket,
+            Key=key.removesuffix(".zip") + ".json",
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            ContentType="application/json",
+            **self._lock(),
+        )
+
+    # --- helpers --------------------------------------------------------------------------
+
+    def _held(self, key: str, target: ArchiveFile, on_verified: Verified) -> int | None:
+        """The archive's size if the bucket holds it already, else None. To be sure, it is
+        read back (into a spool file, for ``on_verified``) and hashed."""
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return None
+            raise
+        if target.size is not None and head["ContentLength"] != target.size:
+            return None
+        make_private_dirs(self._spool.spool())
+        with tempfile.NamedTemporaryFile(dir=self._spool.spool(), suffix=".zip") as copy:
+            digest = hashlib.sha256()
+            for chunk in self.read(self._location(key)):
+                copy.write(chunk)
+                digest.update(chunk)
+            copy.flush()
+            if digest.hexdigest() != target.sha256:
+                return None  # uploaded again over it (a versioned bucket keeps both)
+            on_verified(Path(copy.name))
+        self._keep_locked(key, head)
+        return head["ContentLength"]
+
+    def _lock(self) -> dict[str, Any]:
+        until = self._retain_until()
+        if until is None:
+            return {}
+        return {"ObjectLockMode": self._config.retention_mode, "ObjectLockRetainUntilDate": until}
+
+    def _retain_until(self) -> datetime | None:
+        days = self._config.retention_days
+        return datetime.now(UTC) + timedelta(days=days) if days else None
+
+    def _key(self, target: ArchiveFile) -> str:
+        return f"{self._prefix}{target.conference_id}/{target.archive_id}.zip"
+
+    def _location(self, key: str) -> str:
+        return f"s3://{self._bucket}/{key}"
+
+
+@functools.lru_cache(maxsize=4)
+def _client(config: StorageConfig, http: HttpConfig) -> Any:
+    """A boto3 S3 client: the configured keys, else the standard AWS chain. One per
+    configuration and process (clients are thread-safe; making one loads boto3's models,
+    a fifth of a second)."""
+    import boto3  # only when the bucket is used: it costs 20 MiB and a fraction of a second
+    from botocore.config import Config
+
+    session = boto3.session.Session(
+        aws_access_key_id=config.access_key_id or None,
+        aws_secret_access_key=config.secret_access_key or None,
+        region_name=config.region or None,
+    )
+    settings = Config(
+        connect_timeout=http.timeout_seconds,
+        read_timeout=http.timeout_seconds,
+        retries={"mode": "standard", "max_attempts": http.retries + 1},
+        # The worker sends and checks its own SHA-256s; no second checksum on every call.
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+    )
+    return session.client("s3", endpoint_url=config.endpoint_url or None, config=settings)
+
+
+@contextmanager
+def _store_errors() -> Iterator[None]:
+    """boto3's failures as StoreError, saying what the store answered."""
+    try:
+        yield
+    except ClientError as exc:
+        error = exc.response.get("Error", {})
+        raise StoreError(f"s3: {error.get('Code')}: {error.get('Message')}") from None
+    except BotoCoreError as exc:
+        raise StoreError(f"s3: {type(exc).__name__}: {exc}") from None
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _b64(digest: bytes) -> str:
+    return base64.b64encode(digest).decode()
