@@ -194,10 +194,9 @@ def manifest(db: sqlite_utils.Database, since: float | None = None) -> Iterator[
 
 
 def _manifest_row(row: dict[str, Any], participants: int, sent: dict[str, list[int]]) -> dict:
-    record = parse_record(json.loads(row.pop("record")))
-    row.pop("first_seen_at")
+    record = parse_record(json.loads(row["record"]))
     return {
-        **row,
+        **{key: value for key, value in row.items() if key not in ("record", "first_seen_at")},
         "start": record.start.isoformat() if record.start else None,
         "end": record.end.isoformat() if record.end else None,
         "moderator": record.moderator.email if record.moderator else None,

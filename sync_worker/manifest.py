@@ -28,11 +28,8 @@ def write(rows: Iterable[dict[str, Any]], out: TextIO, fmt: str) -> None:
 
 
 def _readable(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        key: _iso(value) if key in TIME_FIELDS else value
-        for key, value in row.items()
-        if key in MANIFEST_FIELDS
-    }
+    """The row's fields in the manifest's order, times as ISO 8601 UTC."""
+    return {key: _iso(row[key]) if key in TIME_FIELDS else row[key] for key in MANIFEST_FIELDS}
 
 
 def _iso(value: float | None) -> str | None:

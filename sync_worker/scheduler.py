@@ -78,6 +78,13 @@ class Daemon:
         log.info("daemon.started", interval_seconds=self._config.schedule.interval_seconds)
         self._insights.start()
         self._scheduler.start()
+        for job in self._scheduler.get_jobs():
+            log.info(
+                "daemon.scheduled",
+                job=job.id,
+                every_seconds=job.trigger.interval.total_seconds(),
+                next_run=job.next_run_time.isoformat(timespec="seconds"),
+            )
         while not self._stop.wait(1.0):
             pass
         self._scheduler.shutdown(wait=True)

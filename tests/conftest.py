@@ -5,7 +5,8 @@ answers the shapes the worker prefers, beyond the vendors' documents) and agains
 one (which knows only the documents, so the worker's fallbacks are what works). A test
 marked ``lenient_only`` checks one of the worker's optimisations, which only the lenient
 sandbox allows, and runs once. A test marked ``both_stores`` runs with the local archive
-store and with a bucket on an S3 server on loopback (moto, one for the session).
+store and with a bucket on an S3 server on loopback (moto, one for the session); one
+marked ``s3_only`` with the bucket only.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "both_stores: runs with the local store and with an S3 bucket on loopback"
     )
+    config.addinivalue_line("markers", "s3_only: runs with an S3 bucket on loopback only")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -67,7 +69,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         lenient_only = marked("lenient_only") is not None
         metafunc.parametrize("sandbox_mode", ["lenient"] if lenient_only else list(SANDBOX_MODES))
     if "store_kind" in metafunc.fixturenames:
-        metafunc.parametrize("store_kind", ["local", "s3"] if marked("both_stores") else ["local"])
+        kinds = ["local", "s3"] if marked("both_stores") else ["local"]
+        metafunc.parametrize("store_kind", ["s3"] if marked("s3_only") else kinds)
 
 
 @pytest.fixture(scope="session")

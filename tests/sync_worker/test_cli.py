@@ -1,5 +1,7 @@
 """The command line, run as a real process where the process boundary matters."""
 
+import csv
+import io
 import json
 from dataclasses import replace
 
@@ -11,6 +13,7 @@ from sync_worker.config import load_config
 from sync_worker.sandbox import STRICT, Sandbox
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
+from sync_worker.state.reports import MANIFEST_FIELDS
 from tests.conftest import write_config
 
 
@@ -110,6 +113,7 @@ def findings(out: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.both_stores
 def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, config, capsys):
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
     found = findings(capsys.readouterr().out)
@@ -125,6 +129,8 @@ def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, con
         "insight search",
     }
     assert "new access token obtained" in found["totalexpert token"][1]
+    if sandbox.bucket is not None:
+        assert "Object Lock for 1 days" in found["archive store"][1]
     assert all(status in ("ok", "fallback") for status, _ in found.values())
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
     assert "cached access token reused" in findings(capsys.readouterr().out)["totalexpert token"][1]
@@ -254,3 +260,63 @@ def test_check_reaches_te_even_when_the_state_file_is_broken(sandbox, tmp_path, 
     assert found["state database"][0] == "FAIL" and "DatabaseError" in found["state database"][1]
     assert found["totalexpert"] == ("ok", "heartbeat answered")
     assert found["totalexpert token"][0] == "ok"
+
+
+@pytest.mark.s3_only
+def test_check_fails_a_bucket_without_object_lock(sandbox, tmp_path, config, capsys):
+    plain = sandbox.bucket.name + "-plain"
+    sandbox.bucket.client().create_bucket(
+        Bucket=plain, CreateBucketConfiguration={"LocationConstraint": config.storage.region}
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace(sandbox.bucket.name, plain))
+    assert main(["--config", str(path), "check"]) == 1
+    status, detail = findings(capsys.readouterr().out)["archive store"]
+    assert status == "FAIL" and "no Object Lock" in detail
+
+
+def test_audit_reads_everything_and_fails_on_a_changed_archive(sandbox, tmp_path, config, capsys):
+    config_file = str(tmp_path / "config.toml")
+    assert main(["--config", config_file, "run-once"]) == 0
+    assert main(["--config", config_file, "audit", "--all"]) == 0
+    assert capsys.readouterr().out.count('"audit.ok"') == 3
+    stored = next((config.storage.archive_dir).glob("*/*.zip"))
+    stored.write_bytes(b"changed")
+    assert main(["--config", config_file, "audit", "--sample", "3"]) == 1
+    assert '"audit.mismatch"' in capsys.readouterr().out
+
+
+def test_audit_options_are_checked(sandbox, tmp_path, config):
+    config_file = str(tmp_path / "config.toml")
+    assert sync_worker("--config", config_file, "audit", "--sample", "0").returncode == 2
+    both = sync_worker("--config", config_file, "audit", "--all", "--sample", "2")
+    assert both.returncode == 2
+
+
+def test_export_writes_the_manifest_as_csv_or_json_lines(sandbox, tmp_path, config, capsys):
+    config_file = str(tmp_path / "config.toml")
+    assert main(["--config", config_file, "run-once"]) == 0
+    capsys.readouterr()
+    assert main(["--config", config_file, "export", "--format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(rows) == 3
+    assert all(list(row) == list(MANIFEST_FIELDS) for row in rows)
+    by_id = {row["archive_id"]: row for row in rows}
+    posted = {i["data"]["flexperto_archive_id"] for i in sandbox.totalexpert.insights()}
+    assert posted == set(by_id)
+    assert all(row["te_insight_ids"] and row["participants"] >= 1 for row in rows)
+    assert all(row["stored_at"].endswith("+00:00") and row["location"] for row in rows)
+    assert main(["--config", config_file, "export"]) == 0
+    table = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [r["archive_id"] for r in table] == [r["archive_id"] for r in rows]
+    assert all(r["last_audit_result"] == "" for r in table)
+    assert [r["te_insight_ids"] for r in table] == [
+        " ".join(map(str, r["te_insight_ids"])) for r in rows
+    ]
+    assert main(["--config", config_file, "export", "--since", "2999-01-01"]) == 0
+    assert capsys.readouterr().out.splitlines() == [",".join(MANIFEST_FIELDS)]
+
+
+def test_export_without_a_state_file_is_an_empty_manifest(tmp_path, sandbox, config, capsys):
+    assert main(["--config", str(tmp_path / "config.toml"), "export", "--format", "jsonl"]) == 0
+    assert capsys.readouterr().out == ""

@@ -3,21 +3,26 @@
 import json
 import signal
 import threading
+from datetime import UTC, datetime, timedelta
 
 from sync_worker.sandbox.worker_process import start_worker
 
 
-def test_daemon_runs_both_jobs_at_start_and_stops_cleanly_on_sigterm(sandbox, tmp_path, config):
+def test_daemon_runs_both_jobs_at_start_schedules_the_audit_and_stops_on_sigterm(
+    sandbox, tmp_path, config
+):
     config_file = tmp_path / "config.toml"
     config_file.write_text(config_file.read_text() + "[schedule]\ninterval_seconds = 3600\n")
     process = start_worker("run", config=config_file)
-    finished_jobs, sent = set(), 0
+    finished_jobs, sent, scheduled = set(), 0, {}
     watchdog = threading.Timer(60, process.kill)  # never hang the suite
     watchdog.start()
     assert process.stdout is not None
     for line in process.stdout:
         event = json.loads(line)
         sent += event["event"] == "insight.sent"
+        if event["event"] == "daemon.scheduled":
+            scheduled[event["job"]] = event
         if event["event"] == "run.finished":
             finished_jobs.update(event["jobs"])
             # both jobs run at start, in either order; the archive job wakes the insight job
@@ -26,6 +31,14 @@ def test_daemon_runs_both_jobs_at_start_and_stops_cleanly_on_sigterm(sandbox, tm
                 break
     watchdog.cancel()
     assert finished_jobs == {"archives", "insights"} and sent == 3
+    assert {job: e["every_seconds"] for job, e in scheduled.items()} == {
+        "archives": 3600,
+        "insights": 3600,
+        "audit": config.audit.interval_hours * 3600,
+    }
+    # the audit waits a little after start, so that the first pass has the machine
+    first_audit = datetime.fromisoformat(scheduled["audit"]["next_run"])
+    assert timedelta(minutes=9) < first_audit - datetime.now(UTC) <= timedelta(minutes=10)
     process.send_signal(signal.SIGTERM)
     rest, _ = process.communicate(timeout=30)
     assert process.returncode == 0

@@ -9,6 +9,7 @@ import pytest
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.http import ApiError, new_session
 from sync_worker.sandbox import Fault
+from sync_worker.sandbox.bucket import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state.db import open_database
 
@@ -17,6 +18,7 @@ def run_cli(config_file, *args):
     return run_worker("--log-level", "debug", *args, config=config_file)
 
 
+@pytest.mark.both_stores
 def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path, config):
     config_file = tmp_path / "config.toml"
     output = []
@@ -32,6 +34,7 @@ def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path,
     sandbox.add_fault("s3", Fault(action="reset", times=1))
     output.append(run_cli(config_file, "run-once"))
     output.append(run_cli(config_file, "check"))
+    output.append(run_cli(config_file, "audit", "--all"))
     wrong = tmp_path / "wrong.toml"
     wrong.write_text(config_file.read_text().replace(sandbox.client_secret, "not-the-secret"))
     sandbox.totalexpert.revoke_tokens()
@@ -41,6 +44,8 @@ def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path,
     tokens = sandbox.totalexpert.issued_tokens
     assert len(tokens) >= 2, "the passes should have obtained access tokens"
     secrets = [sandbox.api_key, sandbox.client_id, sandbox.client_secret, "not-the-secret", *tokens]
+    if sandbox.bucket is not None:
+        secrets += [ACCESS_KEY_ID, SECRET_ACCESS_KEY]
     text = "\n".join(result.stdout + result.stderr for result in output)
     assert "item.failed" in text and "te.token_rejected" in text
     for secret in secrets:
