@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import structlog
 
 from sync_worker.clock import Clock
+from sync_worker.jobs import sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import archives, audits
 from sync_worker.state.audits import Stored
@@ -38,7 +39,8 @@ def run(ctx: JobContext) -> None:
         audit_one(ctx, item, throttle)
     if plan.everything:
         _report_unexpected(ctx)
-    ctx.store.write_sums(_sums(ctx))
+    if not sha256sums.rewrite(ctx):
+        ctx.stats.add(Outcome.FAILED)
 
 
 def _chosen(ctx: JobContext) -> Iterator[Stored] | list[Stored]:
@@ -96,11 +98,6 @@ def _report_unexpected(ctx: JobContext) -> None:
         if row is None or row.path != location:
             log.warning("audit.unexpected", location=location)
             ctx.stats.add(Outcome.AUDIT_UNEXPECTED)
-
-
-def _sums(ctx: JobContext) -> Iterator[str]:
-    for item in audits.every_stored(ctx.db):
-        yield f"{item.sha256}  {ctx.store.relative(item.conference_id, item.archive_id)}\n"
 
 
 class Throttle:

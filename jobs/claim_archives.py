@@ -28,6 +28,7 @@ from sync_worker.flexperto.records import (
     people_from_archive,
 )
 from sync_worker.http import ApiError
+from sync_worker.jobs import sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
 from sync_worker.state import archives, capabilities
@@ -60,6 +61,7 @@ def run(ctx: JobContext) -> None:
         log.error("storage.unavailable", error=str(exc))
         ctx.stats.add(Outcome.FAILED)
         return
+    stored_before = ctx.stats.counts[Outcome.STORED]
     listed = refresh_listing(ctx)
     open_work = archives.open_work(ctx.db)
     due = _due(ctx, open_work)
@@ -80,6 +82,8 @@ def run(ctx: JobContext) -> None:
             return
         if row.state == archives.STORED:
             abandon(ctx, row, row.archive_id in listed)
+    if ctx.stats.counts[Outcome.STORED] > stored_before and not ctx.store.appends_sums:
+        sha256sums.rewrite(ctx)  # a bucket's SHA256SUMS: a failure waits for the next pass
 
 
 def _due(ctx: JobContext, rows: list[ArchiveRow]) -> list[ArchiveRow]:

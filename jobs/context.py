@@ -92,9 +92,10 @@ class JobContext:
     ``db`` is a connection of its own (a SQLite connection runs one transaction at a time).
     The copies share the rest, which is safe for that use: ``config`` is frozen, ``clock``
     and ``stats`` and ``progress`` lock what they change, ``store`` keeps no state but its
-    folder, and ``flexperto`` is only asked for downloads (its sessions' connection pools
-    are thread-safe, and nothing on them changes after set-up). ``totalexpert`` keeps its
-    budgets in the main thread's connection: never call it from a download thread.
+    folder (and a boto3 client, which is thread-safe), and ``flexperto`` is only asked for
+    downloads (its sessions' connection pools are thread-safe, and nothing on them changes
+    after set-up). ``totalexpert`` keeps its budgets in the main thread's connection: never
+    call it from a download thread.
     """
 
     config: Config

@@ -68,6 +68,7 @@ class SandboxBucket:
             f'[storage]\nbackend = "s3"\narchive_dir = "{spool}"\nbucket = "{self.name}"\n'
             f'prefix = "{prefix}"\nendpoint_url = "{self.server.url}"\nregion = "{REGION}"\n'
             f'access_key_id = "{ACCESS_KEY_ID}"\nsecret_access_key = "{SECRET_ACCESS_KEY}"\n'
+            "retention_days = 1\n"
         )
 
     def keys(self) -> list[str]:

@@ -82,7 +82,18 @@ class Saved:
 
 
 class Store(Protocol):
-    def save(self, target: ArchiveFile, record: dict, fetch: Fetch, on_written: Written) -> Saved:
+    # True when save() adds the archive's line to SHA256SUMS itself (a file can be
+    # appended to, an object cannot: the archive job rewrites a bucket's after a pass).
+    appends_sums: bool
+
+    def save(
+        self,
+        target: ArchiveFile,
+        record: dict,
+        fetch: Fetch,
+        on_written: Written = ...,
+        on_verified: Verified = ...,
+    ) -> Saved:
         """Store the archive with its record beside it, verified; return where. Raises
         VerificationError (the bad bytes kept in quarantine) or what ``fetch`` raises."""
 

@@ -51,7 +51,7 @@ class LocalStore:
 
     def __init__(self, root: Path, keep_sums: bool = True) -> None:
         self.root = root
-        self._keep_sums = keep_sums
+        self.appends_sums = keep_sums
 
     def final_path(self, conference_id: str, archive_id: str) -> Path:
         return self.root / conference_id / f"{archive_id}.zip"
@@ -170,7 +170,7 @@ class LocalStore:
     def _append_sum(self, target: ArchiveFile) -> None:
         """Add the archive's line to SHA256SUMS. Not fsynced: a line lost to a power cut is
         back at the next audit, which rewrites the file from the ledger."""
-        if not self._keep_sums:
+        if not self.appends_sums:
             return
         line = f"{target.sha256}  {self.relative(target.conference_id, target.archive_id)}\n"
         fd = os.open(self.root / SUMS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)

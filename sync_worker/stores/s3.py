@@ -5,9 +5,10 @@ Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it, and
 ``archive_dir``), where it is resumed, hashed, fsynced and verified as for the local
 store; only then is it uploaded:
 
-- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (memory stays at
-  one part), each with its SHA-256, which a store that checks checksums (AWS, MinIO)
-  verifies on arrival; with Object Lock headers when ``retention_days`` is set;
+- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (read from the
+  spool file as they are sent, never held in memory), each with its SHA-256, which a store
+  that checks checksums (AWS, MinIO) verifies on arrival; with Object Lock headers when
+  ``retention_days`` is set;
 - then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
   for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
   ``read_back``, has the object read back and hashed; a retention the store did not apply
@@ -26,13 +27,14 @@ from __future__ import annotations
 import base64
 import functools
 import hashlib
+import io
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from botocore.exceptions import BotoCoreError, ClientError
 
@@ -58,6 +60,8 @@ NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 
 
 class S3Store:
+    appends_sums = False
+
     def __init__(self, config: StorageConfig, http: HttpConfig, client: Any = None) -> None:
         self._config = config
         self._bucket = config.bucket
@@ -76,14 +80,14 @@ class S3Store:
         on_verified: Verified = lambda _path: None,
     ) -> Saved:
         key = self._key(target)
-        with _store_errors():
+        with _store_errors(self._bucket):
             held = self._held(key, target, on_verified)
             if held is not None:
                 self._put_record(key, record)
                 self._forget_spooled(target)
                 return Saved(self._location(key), target.sha256, held, recovered=True)
         staged = self._spool.save(target, record, fetch, on_written, on_verified)
-        with _store_errors():
+        with _store_errors(self._bucket):
             self._upload(Path(staged.location), key, staged.sha256, staged.size)
             self._put_record(key, record)
         self._forget_spooled(target)
@@ -98,17 +102,20 @@ class S3Store:
         self._spool.discard_partial(conference_id, archive_id)
 
     def tidy(self) -> list[str]:
-        """Abort every incomplete multipart upload under the prefix."""
-        with _store_errors():
-            return self._abort_incomplete_uploads()
+        """Abort every incomplete multipart upload of an archive under the prefix (not that
+        of SHA256SUMS, which the audit may be writing: the audit tidies its own)."""
+        with _store_errors(self._bucket):
+            return self._abort_incomplete_uploads(self._prefix, but=self._sums_key)
 
-    def _abort_incomplete_uploads(self) -> list[str]:
+    def _abort_incomplete_uploads(self, prefix: str, but: str = "") -> list[str]:
         aborted = []
         pages = self._client.get_paginator("list_multipart_uploads").paginate(
-            Bucket=self._bucket, Prefix=self._prefix
+            Bucket=self._bucket, Prefix=prefix
         )
         for page in pages:
             for upload in page.get("Uploads", []):
+                if upload["Key"] == but:
+                    continue
                 self._client.abort_multipart_upload(
                     Bucket=self._bucket, Key=upload["Key"], UploadId=upload["UploadId"]
                 )
@@ -117,7 +124,7 @@ class S3Store:
 
     def read(self, location: str) -> Iterator[bytes]:
         key = location.removeprefix(f"s3://{self._bucket}/")
-        with _store_errors():
+        with _store_errors(self._bucket):
             try:
                 body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
             except ClientError as exc:
@@ -128,7 +135,7 @@ class S3Store:
                 yield from body.iter_chunks(CHUNK_SIZE)
 
     def archives(self) -> Iterator[str]:
-        with _store_errors():
+        with _store_errors(self._bucket):
             pages = self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self._bucket, Prefix=self._prefix
             )
@@ -138,7 +145,9 @@ class S3Store:
                         yield self._location(item["Key"])
 
     def write_sums(self, lines: Iterable[str]) -> None:
-        """Written to a temporary file first (it may be long), then uploaded."""
+        """Written to a temporary file first (it may be long), then uploaded without
+        retention: it is rewritten often, and every version kept under a lock would be kept
+        for years."""
         make_private_dirs(self._spool.spool())
         with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool()) as temp:
             digest = hashlib.sha256()
@@ -148,25 +157,41 @@ class S3Store:
                 digest.update(data)
             temp.flush()
             size = temp.tell()
-            with _store_errors():
-                self._upload(Path(temp.name), self._prefix + SUMS_NAME, digest.hexdigest(), size)
+            with _store_errors(self._bucket):
+                self._abort_incomplete_uploads(self._sums_key)  # an audit's cut short
+                self._upload(
+                    Path(temp.name), self._sums_key, digest.hexdigest(), size, retain=False
+                )
 
     def spool(self) -> Path:
         return self._spool.spool()
 
+    @property
+    def _sums_key(self) -> str:
+        return self._prefix + SUMS_NAME
+
     def probe(self) -> str:
         spooled = self._spool.probe()
-        with _store_errors():
+        with _store_errors(self._bucket):
             self._client.head_bucket(Bucket=self._bucket)
-            if self._config.retention_days:
-                lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
-                enabled = lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
-                if enabled != "Enabled":
-                    raise StoreError(f"s3: bucket {self._bucket} has no Object Lock enabled")
+            if self._config.retention_days and not self._object_lock_enabled():
+                raise StoreError(
+                    f"s3 {self._bucket}: the bucket has no Object Lock enabled, and "
+                    "storage.retention_days asks for it"
+                )
         locked = f", Object Lock for {self._config.retention_days} days" * bool(
             self._config.retention_days
         )
         return f"bucket {self._bucket} reachable{locked}; spool {spooled}"
+
+    def _object_lock_enabled(self) -> bool:
+        try:
+            lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
+        except ClientError as exc:
+            if _code(exc) == "ObjectLockConfigurationNotFoundError":  # S3's answer for "none"
+                return False
+            raise
+        return lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
 
     def relative(self, conference_id: str, archive_id: str) -> str:
         """An archive's key under the prefix, as SHA256SUMS names it."""
@@ -174,8 +199,10 @@ class S3Store:
 
     # --- uploads --------------------------------------------------------------------------
 
-    def _upload(self, path: Path, key: str, sha256: str, size: int) -> None:
-        """Upload the file at ``path`` and make sure the bucket holds exactly it."""
+    def _upload(self, path: Path, key: str, sha256: str, size: int, retain: bool = True) -> None:
+        """Upload the file at ``path`` and make sure the bucket holds exactly it (locked for
+        ``retention_days`` when ``retain``)."""
+        lock = self._lock() if retain else {}
         if size <= SINGLE_PUT_LIMIT:
             with path.open("rb") as body:
                 self._client.put_object(
@@ -185,14 +212,18 @@ class S3Store:
                     ChecksumAlgorithm="SHA256",
                     ChecksumSHA256=_b64(bytes.fromhex(sha256)),
                     Metadata={"sha256": sha256},
-                    **self._lock(),
+                    **lock,
                 )
             expected = _b64(bytes.fromhex(sha256))
         else:
-            expected = self._upload_parts(path, key, sha256, size)
-        self._confirm(key, sha256, size, expected)
+            expected = self._upload_parts(path, key, sha256, size, lock)
+        head = self._confirm(key, sha256, size, expected)
+        if retain:
+            self._keep_locked(key, head)
 
-    def _upload_parts(self, path: Path, key: str, sha256: str, size: int) -> str:
+    def _upload_parts(
+        self, path: Path, key: str, sha256: str, size: int, lock: dict[str, Any]
+    ) -> str:
         """A multipart upload, part by part; returns the checksum of its checksums."""
         part_size = max(PART_SIZE, -(-size // MAX_PARTS))
         upload = self._client.create_multipart_upload(
@@ -200,20 +231,20 @@ class S3Store:
             Key=key,
             ChecksumAlgorithm="SHA256",
             Metadata={"sha256": sha256},
-            **self._lock(),
+            **lock,
         )
         parts, digests = [], []
         try:
             with path.open("rb") as handle:
-                while chunk := handle.read(part_size):
-                    digest = hashlib.sha256(chunk).digest()
-                    number = len(parts) + 1
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    part = _Part(handle, offset, min(part_size, size - offset))
+                    digest = part.sha256()
                     answer = self._client.upload_part(
                         Bucket=self._bucket,
                         Key=key,
                         UploadId=upload["UploadId"],
                         PartNumber=number,
-                        Body=chunk,
+                        Body=part,
                         ChecksumAlgorithm="SHA256",
                         ChecksumSHA256=_b64(digest),
                     )
@@ -238,8 +269,9 @@ class S3Store:
             raise
         return _b64(hashlib.sha256(b"".join(digests)).digest())
 
-    def _confirm(self, key: str, sha256: str, size: int, expected_checksum: str) -> None:
-        """The bucket holds the object whole and with the right bytes, and locked as asked."""
+    def _confirm(self, key: str, sha256: str, size: int, expected_checksum: str) -> dict[str, Any]:
+        """Make sure the bucket holds the object whole and with the right bytes; returns
+        what HEAD showed of it."""
         head = self._client.head_object(Bucket=self._bucket, Key=key, ChecksumMode="ENABLED")
         if head["ContentLength"] != size:
             raise VerificationError(
@@ -250,7 +282,7 @@ class S3Store:
             raise VerificationError(f"the bucket's checksum of {key} is not the archive's")
         if shown is None or self._config.read_back:
             self._read_back(key, sha256)
-        self._keep_locked(key, head)
+        return head
 
     def _read_back(self, key: str, sha256: str) -> None:
         digest = hashlib.sha256()
@@ -356,15 +388,51 @@ def _client(config: StorageConfig, http: HttpConfig) -> Any:
 
 
 @contextmanager
-def _store_errors() -> Iterator[None]:
-    """boto3's failures as StoreError, saying what the store answered."""
+def _store_errors(bucket: str) -> Iterator[None]:
+    """boto3's failures as StoreError, saying which bucket and what the store answered."""
     try:
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
-        raise StoreError(f"s3: {error.get('Code')}: {error.get('Message')}") from None
+        raise StoreError(f"s3 {bucket}: {error.get('Code')}: {error.get('Message')}") from None
     except BotoCoreError as exc:
-        raise StoreError(f"s3: {type(exc).__name__}: {exc}") from None
+        raise StoreError(f"s3 {bucket}: {type(exc).__name__}: {exc}") from None
+
+
+class _Part:
+    """``length`` bytes of an open file from ``offset``, as a file of their own that botocore
+    can read, measure and rewind (to sign, send and resend a part) without the part ever
+    being held in memory."""
+
+    def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
+        self._handle, self._offset, self._length = handle, offset, length
+        self._position = 0
+
+    def sha256(self) -> bytes:
+        digest = hashlib.sha256()
+        while chunk := self.read(CHUNK_SIZE):
+            digest.update(chunk)
+        self.seek(0)
+        return digest.digest()
+
+    def read(self, size: int = -1) -> bytes:
+        left = self._length - self._position
+        wanted = left if size is None or size < 0 else min(size, left)
+        self._handle.seek(self._offset + self._position)
+        data = self._handle.read(wanted)
+        self._position += len(data)
+        return data
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
+        self._position = min(max(base + offset, 0), self._length)
+        return self._position
+
+    def tell(self) -> int:
+        return self._position
+
+    def __len__(self) -> int:
+        return self._length
 
 
 def _code(exc: ClientError) -> str:

@@ -278,3 +278,40 @@ def test_a_gzip_encoded_download_is_hashed_as_sent_and_refused(sandbox, config, 
     assert sandbox.flexperto.record(record["id"])["status"] == "AVAILABLE"
     downloads = [r for r in sandbox.s3.requests if record["id"] in r.path]
     assert downloads and all(r.headers.get("accept-encoding") == "identity" for r in downloads)
+
+
+@pytest.mark.s3_only
+def test_uploads_left_in_the_bucket_are_aborted_when_a_pass_starts(sandbox, config, run, log_lines):
+    key = f"{config.storage.prefix}c-left/left.zip"
+    sandbox.bucket.client().create_multipart_upload(Bucket=sandbox.bucket.name, Key=key)
+    assert run().exit_code == 0
+    assert sandbox.bucket.incomplete_uploads() == []
+    assert [e["key"] for e in log_lines() if e["event"] == "storage.upload_aborted"] == [key]
+
+
+@pytest.mark.s3_only
+def test_an_unreachable_bucket_fails_the_pass_and_abandons_nothing(
+    sandbox, tmp_path, run, log_lines
+):
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace(sandbox.bucket.name, sandbox.bucket.name + "-gone"))
+    result = run_pass(load_config(path, env={}), sandbox.clock, jobs=["archives"])
+    assert result.exit_code == 1
+    assert abandon_requests(sandbox) == []
+    assert not sandbox.s3.requests  # nothing downloaded either
+    (event,) = [e for e in log_lines() if e["event"] == "storage.unavailable"]
+    assert "-gone" in event["error"]
+
+
+@pytest.mark.both_stores
+def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run):
+    run()
+    stored = [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
+    expected = sorted(
+        f"{r['sha256CheckSum']}  {r['subject']['conference_id']}/{r['id']}.zip" for r in stored
+    )
+    if sandbox.bucket is None:
+        text = (config.storage.archive_dir / "SHA256SUMS").read_text()
+    else:
+        text = sandbox.bucket.read(config.storage.prefix + "SHA256SUMS").decode()
+    assert sorted(text.splitlines()) == expected
