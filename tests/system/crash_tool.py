@@ -1,23 +1,25 @@
 """Kill ``sync-worker run-once`` with SIGKILL at random instants, then check nothing was lost.
 
 Runs the worker as a real subprocess against an in-process sandbox (lenient, or with
-``--strict`` the one that knows only the vendors' documents). Half the kills land at a
-uniformly random time into a pass; the other half right after the worker logs a randomly
-chosen step (listing, download, verification, SQLite commits, abandon, insight POST), plus a
-random few milliseconds. New archives keep arriving so that there is always work to cut, and
-before some passes TE's tokens are revoked or a fault is armed (a 500, a reset, a truncated
-download...). After the last kill, passes run until nothing is left, and the invariants are
-checked:
+``--strict`` the one that knows only the vendors' documents), storing in a local folder or,
+with ``--storage s3``, in an Object Lock bucket on an S3 server on loopback. Half the kills
+land at a uniformly random time into a pass; the other half right after the worker logs a
+randomly chosen step (listing, download, verification, SQLite commits, abandon, insight
+POST), plus a random few milliseconds. New archives keep arriving so that there is always
+work to cut, and before some passes TE's tokens are revoked or a fault is armed (a 500, a
+reset, a truncated download...). After the last kill, passes run until nothing is left, and
+the invariants are checked:
 
 - every archive that was AVAILABLE is stored once, with the bytes Flexperto hashed;
-- no archive was abandoned before its verified file was renamed into place and its SQLite
-  record committed;
+- no archive was abandoned before its verified file was renamed into place (or its object
+  was in the bucket) and its SQLite record committed;
 - every matched contact has exactly one insight per archive;
-- no temporary file is left behind;
+- no temporary file and no incomplete upload is left behind;
 - Total Expert's per-minute and token limits were never exceeded;
 - no run, killed or not, printed a traceback; the last pass exits 0.
 
 Usage: python -m tests.system.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
+       [--storage s3]
 """
 
 from __future__ import annotations
@@ -38,9 +40,11 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sync_worker.config import Config, load_config
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
 from sync_worker.sandbox.worker_process import log_events, worker_command
 from sync_worker.state.db import open_database
+from sync_worker.stores import Missing, open_store
 
 KILL_EVENTS = (
     "archive.listed",
@@ -110,7 +114,9 @@ class Report:
     problems: list[str] = field(default_factory=list)
 
 
-def run(kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT) -> Report:
+def run(
+    kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT, storage: str = "local"
+) -> Report:
     rng = random.Random(seed)
     report = Report()
     with Sandbox(
@@ -118,6 +124,7 @@ def run(kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT) -> Repo
         te_requests_per_minute=REQUESTS_PER_MINUTE,
         te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR,
         dialect=dialect,
+        storage=storage,
     ) as sandbox:
         config = folder / "config.toml"
         text = sandbox.config_toml(str(folder / "archives"), str(folder / "state.db"))
@@ -140,7 +147,7 @@ def run(kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT) -> Repo
         for server in ("flexperto", "s3", "te"):
             sandbox.service(server).faults.clear()
         report.passes_to_finish = _finish(config, report)
-        _check(sandbox, folder, report)
+        _check(sandbox, folder, load_config(config, env={}), report)
     return report
 
 
@@ -266,8 +273,10 @@ def _nothing_open(database: Path) -> bool:
     return open_archives == open_participants == open_insights == 0
 
 
-def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
+def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> None:
     problems = report.problems
+    store = open_store(config.storage, config.http)
+    placed = _placed_at(sandbox, folder)
     db = open_database(folder / "state.db")
     rows = {row["archive_id"]: row for row in db["archives"].rows}
     abandons = [r for r in sandbox.flexperto.requests if r.path.endswith("/archive/abandon")]
@@ -281,23 +290,26 @@ def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
         report.archives += 1
         archive_id = record["id"]
         conference = record["subject"]["conference_id"]
-        path = folder / "archives" / conference / f"{archive_id}.zip"
         row = rows.get(archive_id)
         if record["status"] != "ABANDONED":
             problems.append(f"{archive_id} was never abandoned")
         if row is None or row["state"] != "claimed":
             problems.append(f"{archive_id} is not claimed in SQLite: {row and row['state']}")
             continue
-        if not path.is_file():
+        digest = hashlib.sha256()
+        try:
+            for chunk in store.read(row["path"]):
+                digest.update(chunk)
+        except Missing:
             problems.append(f"{archive_id}: stored file missing")
             continue
-        if hashlib.sha256(path.read_bytes()).hexdigest() != record["sha256CheckSum"]:
+        if digest.hexdigest() != record["sha256CheckSum"]:
             problems.append(f"{archive_id}: stored bytes differ from the checksum")
         abandoned_at = first_abandon.get(conference)
         if abandoned_at is not None:
             if row["stored_at"] > abandoned_at:
                 problems.append(f"{archive_id}: abandoned before its SQLite record")
-            if path.stat().st_ctime > abandoned_at + 0.01:
+            if placed[row["path"]] > abandoned_at + 0.01:
                 problems.append(f"{archive_id}: abandoned before its file was in place")
     keys = Counter(
         (i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()
@@ -309,6 +321,8 @@ def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
         problems.append(f"insights in TE differ from the ledger: {set(keys) ^ expected}")
     leftovers = [p for p in (folder / "archives").rglob("*") if p.name.endswith((".part", ".tmp"))]
     problems.extend(f"temporary file left: {p}" for p in leftovers)
+    if sandbox.bucket is not None and sandbox.bucket.incomplete_uploads():
+        problems.append(f"uploads left incomplete: {sandbox.bucket.incomplete_uploads()}")
     te = sandbox.totalexpert
     if te.max_requests_in_window(60) > REQUESTS_PER_MINUTE:
         problems.append(f"per-minute limit exceeded: {te.max_requests_in_window(60)}")
@@ -324,6 +338,20 @@ def _check(sandbox: Sandbox, folder: Path, report: Report) -> None:
     db.close()
 
 
+def _placed_at(sandbox: Sandbox, folder: Path) -> dict[str, float]:
+    """When each stored archive appeared under its final name, by its location: the file's
+    ctime (the rename), or the object's LastModified (to the millisecond)."""
+    if sandbox.bucket is None:
+        return {str(p): p.stat().st_ctime for p in (folder / "archives").glob("*/*.zip")}
+    bucket = sandbox.bucket
+    pages = bucket.client().get_paginator("list_objects_v2").paginate(Bucket=bucket.name)
+    return {
+        f"s3://{bucket.name}/{item['Key']}": item["LastModified"].timestamp()
+        for page in pages
+        for item in page.get("Contents", [])
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kills", type=int, default=50)
@@ -332,17 +360,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strict", action="store_true", help="a sandbox that knows only the vendors' documents"
     )
+    parser.add_argument("--storage", choices=("local", "s3"), default="local")
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="crash-tool-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
-        report = run(args.kills, args.seed, folder, STRICT if args.strict else LENIENT)
+        report = run(
+            args.kills, args.seed, folder, STRICT if args.strict else LENIENT, args.storage
+        )
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
     print(
         json.dumps(
-            {"seed": args.seed, "strict": args.strict, **report.__dict__}, indent=2, default=dict
+            {"seed": args.seed, "strict": args.strict, "storage": args.storage, **report.__dict__},
+            indent=2,
+            default=dict,
         )
     )
     return 1 if report.problems else 0

@@ -1,5 +1,5 @@
 """Real SIGKILLs of real worker processes, a bounded number of them, with revoked tokens
-and faults between them, against both sandboxes (see crash_tool.py)."""
+and faults between them, against both sandboxes and both stores (see crash_tool.py)."""
 
 import os
 
@@ -11,10 +11,11 @@ from tests.system import crash_tool
 KILLS = int(os.environ.get("CRASH_TOOL_KILLS", "50"))
 
 
+@pytest.mark.parametrize("storage", ["local", "s3"])
 @pytest.mark.parametrize("dialect", [LENIENT, STRICT], ids=["lenient", "strict"])
-def test_random_kills_lose_nothing_and_double_nothing(tmp_path, dialect):
+def test_random_kills_lose_nothing_and_double_nothing(tmp_path, dialect, storage):
     seed = int.from_bytes(os.urandom(4), "big")
-    report = crash_tool.run(KILLS, seed=seed, folder=tmp_path, dialect=dialect)
+    report = crash_tool.run(KILLS, seed=seed, folder=tmp_path, dialect=dialect, storage=storage)
     assert report.problems == [], f"seed {seed}"
     assert report.kills == KILLS
     assert report.archives >= KILLS
