@@ -14,7 +14,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -34,6 +34,20 @@ class StateBusyError(Exception):
 
 def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
     """Open (creating if needed) the state database, private to the current user."""
+    return _open(path, busy_timeout, _create_tables)
+
+
+def open_budget_database(
+    path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sqlite_utils.Database:
+    """Open (creating if needed) a budget file: only Total Expert's buckets and tokens, for
+    every worker of the host to share whatever its state file."""
+    return _open(path, busy_timeout, _create_access_tables)
+
+
+def _open(
+    path: Path, busy_timeout: float, create_tables: Callable[[sqlite_utils.Database], None]
+) -> sqlite_utils.Database:
     _create_private(path)
     conn = sqlite3.connect(
         path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
@@ -44,7 +58,8 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    _ensure_schema(db)
+    with transaction(db):
+        create_tables(db)
     return db
 
 
@@ -69,7 +84,8 @@ def open_memory_database() -> sqlite_utils.Database:
     """A private database with the same schema that lives only as long as this process:
     for a command that must work even when the state file cannot be opened."""
     db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
-    _ensure_schema(db)
+    with transaction(db):
+        _create_tables(db)
     return db
 
 
@@ -118,11 +134,6 @@ def _begin(db: sqlite_utils.Database) -> None:
         if "locked" in str(exc) or "busy" in str(exc):
             raise StateBusyError(f"state database is locked by another process: {exc}") from exc
         raise
-
-
-def _ensure_schema(db: sqlite_utils.Database) -> None:
-    with transaction(db):
-        _create_tables(db)
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
@@ -184,16 +195,7 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db["insights"].create_index(["state", "next_attempt_at"], if_not_exists=True)
-    db["tokens"].create(
-        {"key": str, "access_token": str, "expires_at": float, "obtained_at": float},
-        pk="key",
-        if_not_exists=True,
-    )
-    db["rate_events"].create(
-        {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
-    )
-    db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
-    db["rate_counts"].create({"bucket": str, "used": int}, pk="bucket", if_not_exists=True)
+    _create_access_tables(db)
     db["durable_marks"].create({"id": int, "at": float}, pk="id", if_not_exists=True)
     db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
     # seen_at: when TE last showed the row; a complete re-read drops the rows it did not show.
@@ -218,6 +220,24 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
     )
     _create_audits(db)
+
+
+def _create_access_tables(db: sqlite_utils.Database) -> None:
+    """Total Expert's cached tokens, who is requesting one, and the rate-limit buckets
+    (state.te_access)."""
+    db["tokens"].create(
+        {"key": str, "access_token": str, "expires_at": float, "obtained_at": float},
+        pk="key",
+        if_not_exists=True,
+    )
+    db["token_leases"].create(
+        {"key": str, "holder": str, "until": float}, pk="key", if_not_exists=True
+    )
+    db["rate_events"].create(
+        {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
+    )
+    db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
+    db["rate_counts"].create({"bucket": str, "used": int}, pk="bucket", if_not_exists=True)
 
 
 def _create_audits(db: sqlite_utils.Database) -> None:

@@ -1,28 +1,46 @@
-"""What Total Expert lets this host do, kept in the state file: its per-minute request budget,
-its hourly token-request budget, and the cached access token.
+"""What Total Expert lets this host do: its per-minute request budget, its hourly
+token-request budget, and the cached access token.
 
-Every process using the same state file (the daemon, a cron run, ``check``) shares them,
-through the buckets of state.rate_limit and the token of state.tokens. A spent slot comes
-back a minute (or an hour) and a second after it was spent: the second covers the
-difference between our clock and TE's, and the request's travel time. Every token that
-passes through here is registered with the log redaction, whichever process obtained it.
+They are kept in the state file, or, with ``totalexpert.shared_budget``, in a budget file
+that every worker on the host shares whatever its state file: TE counts requests per
+source IP, not per client. Buckets are keyed by TE host, tokens by base URL and client id.
+Every process using the same file (the daemon, a cron run, ``check``, another tenant's
+worker) shares them, through the buckets of state.rate_limit and the token of state.tokens.
+A spent slot comes back a minute (or an hour) and a second after it was spent: the second
+covers the difference between our clock and TE's, and the request's travel time. Every
+token that passes through here is registered with the log redaction, whichever process
+obtained it.
 """
 
 from __future__ import annotations
 
 import hashlib
+import secrets
+from urllib.parse import urlsplit
 
 import sqlite_utils
 
 from sync_worker import logs
 from sync_worker.config import TotalExpertConfig
 from sync_worker.state import rate_limit, tokens
+from sync_worker.state.db import open_budget_database
 
-REQUEST_BUCKET = "totalexpert:requests"
-TOKEN_BUCKET = "totalexpert:tokens"
 WINDOW_MARGIN_SECONDS = 1.0
 REQUEST_WINDOW = 60.0 + WINDOW_MARGIN_SECONDS
 TOKEN_WINDOW = 3600.0 + WINDOW_MARGIN_SECONDS
+
+
+def request_bucket(base_url: str) -> str:
+    return f"totalexpert:requests:{_host(base_url)}"
+
+
+def token_bucket(base_url: str) -> str:
+    return f"totalexpert:tokens:{_host(base_url)}"
+
+
+def _host(base_url: str) -> str:
+    """What TE's limits follow as far as we can tell: the host we reach it at."""
+    return urlsplit(base_url).netloc.lower()
 
 
 class SharedAccess:
@@ -36,33 +54,70 @@ class SharedAccess:
         client_id: str,
         requests_per_minute: int,
         token_requests_per_hour: int,
+        owns_db: bool = False,
     ) -> None:
         self._db = db
+        self._owns_db = owns_db
         self._token_key = hashlib.sha256(f"{base_url}\n{client_id}".encode()).hexdigest()[:32]
+        self._holder = secrets.token_hex(8)  # this object, as a token-lease holder
+        self._request_bucket = request_bucket(base_url)
+        self._token_bucket = token_bucket(base_url)
         self._requests_per_minute = requests_per_minute
         self._token_requests_per_hour = token_requests_per_hour
 
     @classmethod
-    def for_config(cls, db: sqlite_utils.Database, config: TotalExpertConfig) -> SharedAccess:
+    def for_config(
+        cls, state_db: sqlite_utils.Database, config: TotalExpertConfig, busy_timeout: float
+    ) -> SharedAccess:
+        """Kept in the shared budget file if one is configured, else in ``state_db``."""
+        budget_file = config.shared_budget_file
         return cls(
-            db,
+            state_db if budget_file is None else open_budget_database(budget_file, busy_timeout),
             config.base_url,
             config.client_id,
             config.requests_per_minute,
             config.token_requests_per_hour,
+            owns_db=budget_file is not None,
         )
+
+    def close(self) -> None:
+        """Close the budget file, if this opened one."""
+        if self._owns_db:
+            self._db.close()
 
     def spend_request(self, now: float) -> float | None:
         """Take a request slot; None if taken, else when the next one comes back."""
         return rate_limit.try_spend(
-            self._db, REQUEST_BUCKET, self._requests_per_minute, REQUEST_WINDOW, now
+            self._db, self._request_bucket, self._requests_per_minute, REQUEST_WINDOW, now
         )
 
     def spend_token_request(self, now: float) -> float | None:
         """Take a token-request slot; None if taken, else when the next one comes back."""
         return rate_limit.try_spend(
-            self._db, TOKEN_BUCKET, self._token_requests_per_hour, TOKEN_WINDOW, now
+            self._db, self._token_bucket, self._token_requests_per_hour, TOKEN_WINDOW, now
         )
+
+    def requests_left(self, now: float) -> int:
+        """Request slots free right now."""
+        used = rate_limit.used(self._db, self._request_bucket, REQUEST_WINDOW, now)
+        return max(self._requests_per_minute - used, 0)
+
+    def token_requests_left(self, now: float) -> int:
+        """Token-request slots free right now."""
+        used = rate_limit.used(self._db, self._token_bucket, TOKEN_WINDOW, now)
+        return max(self._token_requests_per_hour - used, 0)
+
+    def token_expiry(self) -> float | None:
+        """When the cached token expires (TE's word), if one is cached."""
+        return tokens.expiry(self._db, self._token_key)
+
+    def take_token_lease(self, now: float, seconds: float) -> float | None:
+        """Become, for ``seconds``, the one process requesting a token for this client:
+        None if so, else until when another process is at it."""
+        return tokens.take_lease(self._db, self._token_key, self._holder, now, seconds)
+
+    def release_token_lease(self) -> None:
+        tokens.release_lease(self._db, self._token_key, self._holder)
 
     def cached_token(self, now: float) -> tuple[str, float] | None:
         """The cached token and until when to use it (a little before it expires)."""

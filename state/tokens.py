@@ -1,4 +1,5 @@
-"""The cached Total Expert access token, shared by every process using this state file."""
+"""The cached Total Expert access token, shared by every process using this file, and the
+lease that lets one process at a time request a new one while the others wait for it."""
 
 from __future__ import annotations
 
@@ -18,6 +19,12 @@ def lookup(db: sqlite_utils.Database, key: str, now: float) -> tuple[str, float]
     return row["access_token"], row["expires_at"]
 
 
+def expiry(db: sqlite_utils.Database, key: str) -> float | None:
+    """When the cached token for ``key`` expires, if one is cached (good or not)."""
+    row = db.execute("select expires_at from tokens where key = ?", [key]).fetchone()
+    return None if row is None else row[0]
+
+
 def remember(
     db: sqlite_utils.Database, key: str, token: str, expires_at: float, now: float
 ) -> None:
@@ -34,3 +41,25 @@ def drop(db: sqlite_utils.Database, key: str, token: str) -> None:
     """Forget ``token`` (rejected by the service), unless another process already replaced it."""
     with transaction(db):
         db.execute("delete from tokens where key = ? and access_token = ?", [key, token])
+
+
+def take_lease(
+    db: sqlite_utils.Database, key: str, holder: str, now: float, seconds: float
+) -> float | None:
+    """Become the one process requesting a token for ``key`` for ``seconds``. Returns None
+    when ``holder`` has the lease, else until when another process holds it."""
+    with transaction(db):
+        row = db.execute("select holder, until from token_leases where key = ?", [key]).fetchone()
+        if row is not None and row[0] != holder and row[1] > now:
+            return row[1]
+        db.execute(
+            "insert or replace into token_leases (key, holder, until) values (?, ?, ?)",
+            [key, holder, now + seconds],
+        )
+        return None
+
+
+def release_lease(db: sqlite_utils.Database, key: str, holder: str) -> None:
+    """End ``holder``'s lease (not one another process took after it ran out)."""
+    with transaction(db):
+        db.execute("delete from token_leases where key = ? and holder = ?", [key, holder])

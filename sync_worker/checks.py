@@ -63,13 +63,18 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
     finally:
         flexperto.close()
     db = _state_or_memory(config)
-    access = SharedAccess.for_config(db, config.totalexpert)
+    try:
+        access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
+    except (OSError, sqlite3.Error, StateBusyError) as exc:
+        db.close()
+        return [*findings, Finding("totalexpert budget", FAIL, f"{type(exc).__name__}: {exc}")]
     client = TotalExpertClient(config.totalexpert, config.http, access, clock)
     try:
         findings.extend(_totalexpert_findings(config, client))
         findings.extend(_remembered(db))
     finally:
         client.close()
+        access.close()
         db.close()
     return findings
 

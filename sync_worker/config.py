@@ -116,6 +116,17 @@ class TotalExpertConfig:
     token_requests_per_hour: int = setting(
         2, help="token requests allowed in any hour (TE's limit per source IP)", positive=True
     )
+    shared_budget: Path = setting(
+        "",
+        help="a SQLite file that every worker on this host shares for TE's budgets and "
+        "tokens, per TE host (TE limits per source IP); empty: kept in the state file",
+        optional=True,
+        example="/var/lib/sync-worker/te-budget.db",
+    )
+
+    @property
+    def shared_budget_file(self) -> Path | None:
+        return self.shared_budget or None
 
 
 @dataclass(frozen=True, kw_only=True)

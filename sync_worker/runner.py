@@ -105,7 +105,8 @@ def _run_jobs(
         stack.callback(db.close)
         flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
         stack.callback(flexperto.close)
-        access = SharedAccess.for_config(db, config.totalexpert)
+        access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
+        stack.callback(access.close)
         totalexpert = TotalExpertClient(config.totalexpert, config.http, access, clock)
         stack.callback(totalexpert.close)
         context = JobContext(

@@ -3,7 +3,8 @@
 Every request first spends a slot of the per-minute budget; a token request also one of
 the hourly token budget, and is never retried in the same pass (each try would spend
 another). The budgets and the cached token are kept by an :class:`Access` the client is
-given: state.te_access shares them with every process through the state file.
+given: state.te_access shares them with every process through the state file, or through
+the host's shared budget file.
 
 Shapes the documents do not give, each with a way back (the README's table "What we assume
 about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
@@ -40,18 +41,13 @@ from sync_worker.http import (
 )
 
 SERVICE = "totalexpert"
-REQUEST_BUCKET = "totalexpert:requests"
-TOKEN_BUCKET = "totalexpert:tokens"
-MINUTE = 60.0
-HOUR = 3600.0
 # "Once you have retrieved a token, that token is valid for 1 hour." (getting-started guide)
 DOCUMENTED_TOKEN_LIFETIME = 3600
 UPDATED_SINCE_FILTER = "internal_updated_at_start"
 # Answers of probe_updated_since.
 FILTER_SUPPORTED, FILTER_REJECTED, FILTER_IGNORED = "supported", "rejected", "ignored"
-# Our clock and the service's differ by the request's travel time: keep a safety margin.
-WINDOW_MARGIN_SECONDS = 1.0
 PAGE_SIZE = 100
+TOKEN_WAIT_SECONDS = 0.2  # looking again for the token another process is requesting
 
 
 class TokenBudgetExhausted(Exception):
@@ -96,6 +92,11 @@ class Access(Protocol):
 
     def spend_token_request(self, now: float) -> float | None: ...
 
+    def take_token_lease(self, now: float, seconds: float) -> float | None:
+        """Be the one to request a token: None if so, else until when another one is."""
+
+    def release_token_lease(self) -> None: ...
+
     def cached_token(self, now: float) -> tuple[str, float] | None:
         """The token, and until when to use it."""
 
@@ -113,6 +114,9 @@ class TotalExpertClient:
         self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds
+        # Long enough for the token request's connection and answer; if the holder dies,
+        # the others go on after this.
+        self._token_lease_seconds = 2 * http.timeout_seconds + 5
         self._answer_limit = http.max_answer_bytes
         self._retrying = retry_policy(http, clock.sleep)
         self._retrying_once_only = retry_policy(http, clock.sleep, idempotent=False)
@@ -310,8 +314,24 @@ class TotalExpertClient:
         process, else a new one."""
         now = self._clock.now()
         if self._remembered is None or self._remembered[1] <= now:
-            self._remembered = self._access.cached_token(now) or self._request_token()
+            self._remembered = self._shared_or_new_token()
         return self._remembered[0]
+
+    def _shared_or_new_token(self) -> tuple[str, float]:
+        """The token kept for every process, else a new one. One process at a time asks
+        for one (it holds the lease); the others wait for it and use the same token."""
+        while True:
+            now = self._clock.now()
+            if (cached := self._access.cached_token(now)) is not None:
+                return cached
+            held_until = self._access.take_token_lease(now, self._token_lease_seconds)
+            if held_until is None:
+                break
+            self._clock.sleep(min(TOKEN_WAIT_SECONDS, held_until - now))
+        try:
+            return self._access.cached_token(self._clock.now()) or self._request_token()
+        finally:
+            self._access.release_token_lease()
 
     def _request_token(self) -> tuple[str, float]:
         now = self._clock.now()

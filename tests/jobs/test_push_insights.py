@@ -8,7 +8,7 @@ from sync_worker.config import load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.sandbox.worker_process import run_worker
-from sync_worker.state import rate_limit
+from sync_worker.state import rate_limit, te_access
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
 
@@ -72,7 +72,9 @@ def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, cloc
     sandbox.totalexpert.revoke_tokens()
     db = open_database(config.state.database)
     for _ in range(2):  # another process spent the hour's token requests
-        rate_limit.try_spend(db, "totalexpert:tokens", 2, 3601.0, clock.now() - 10)
+        rate_limit.try_spend(
+            db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
+        )
     result = run()
     assert result.exit_code == 0
     assert sandbox.totalexpert.token_requests == 0

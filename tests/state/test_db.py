@@ -2,7 +2,7 @@ import stat
 
 import pytest
 
-from sync_worker.state.db import open_database, transaction
+from sync_worker.state.db import open_budget_database, open_database, transaction
 
 
 def test_database_file_is_private(tmp_path):
@@ -82,3 +82,9 @@ def test_connections_opening_a_new_file_at_once_wait_for_each_other(tmp_path):
         for thread in threads:
             thread.join()
     assert failures == []
+
+
+def test_a_budget_file_holds_only_the_budgets_and_tokens_and_is_private(tmp_path):
+    db = open_budget_database(tmp_path / "shared" / "te-budget.db")
+    assert set(db.table_names()) == {"tokens", "token_leases", "rate_events", "rate_counts"}
+    assert stat.S_IMODE((tmp_path / "shared" / "te-budget.db").stat().st_mode) == 0o600

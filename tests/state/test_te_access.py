@@ -1,4 +1,7 @@
+import pytest
+
 from sync_worker import logs
+from sync_worker.config import TotalExpertConfig
 from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
@@ -6,6 +9,20 @@ from sync_worker.state.te_access import SharedAccess
 
 def access(db, client_id="client", per_minute=2, tokens_per_hour=1):
     return SharedAccess(db, "https://te.example/v1", client_id, per_minute, tokens_per_hour)
+
+
+@pytest.fixture
+def te_config():
+    def make(budget, requests_per_minute):
+        return TotalExpertConfig(
+            base_url="https://te.example/v1",
+            client_id="client",
+            client_secret="secret",
+            requests_per_minute=requests_per_minute,
+            shared_budget=budget or "",
+        )
+
+    return make
 
 
 def test_request_slots_come_back_a_minute_and_a_second_later(tmp_path):
@@ -45,3 +62,51 @@ def test_dropping_a_rejected_token_spares_a_newer_one(tmp_path):
     assert shared.cached_token(0.0)[0] == "tok-new"
     shared.drop_token("tok-new")
     assert shared.cached_token(0.0) is None
+
+
+def test_buckets_follow_the_host_not_the_path_or_the_client(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    one = SharedAccess(db, "https://te.example/v1", "one", 1, 1)
+    other_client = SharedAccess(db, "https://TE.example/v2", "two", 1, 1)
+    other_host = SharedAccess(db, "https://te2.example/v1", "one", 1, 1)
+    assert one.spend_request(0.0) is None
+    assert other_client.spend_request(0.0) is not None  # same host: one budget
+    assert other_host.spend_request(0.0) is None
+
+
+def test_a_shared_budget_file_is_one_budget_for_every_state_file(tmp_path, te_config):
+    te = te_config(tmp_path / "te-budget.db", requests_per_minute=2)
+    workers = [
+        SharedAccess.for_config(open_database(tmp_path / f"state-{n}.db"), te, 5.0)
+        for n in range(3)
+    ]
+    assert workers[0].spend_request(0.0) is None
+    assert workers[1].spend_request(0.0) is None
+    assert workers[2].spend_request(0.0) is not None
+    workers[0].keep_token("tok-shared", 4000.0, 0.0)
+    assert workers[2].cached_token(1.0)[0] == "tok-shared"
+    assert workers[2].requests_left(1.0) == 0
+    for worker in workers:
+        worker.close()
+    assert not open_database(tmp_path / "state-0.db")["rate_events"].count
+
+
+def test_without_a_shared_budget_the_state_file_keeps_it(tmp_path, te_config):
+    te = te_config(None, requests_per_minute=2)
+    db = open_database(tmp_path / "state.db")
+    access = SharedAccess.for_config(db, te, 5.0)
+    access.spend_request(0.0)
+    access.close()  # leaves the state file, which it does not own, open
+    assert db["rate_events"].count == 1
+
+
+def test_what_is_left_of_the_budgets_and_the_token(tmp_path):
+    shared = access(open_database(tmp_path / "s.db"), per_minute=3, tokens_per_hour=2)
+    assert (shared.requests_left(0.0), shared.token_requests_left(0.0)) == (3, 2)
+    shared.spend_request(0.0)
+    shared.spend_token_request(0.0)
+    assert (shared.requests_left(1.0), shared.token_requests_left(1.0)) == (2, 1)
+    assert shared.requests_left(te_access.REQUEST_WINDOW + 1) == 3
+    assert shared.token_expiry() is None
+    shared.keep_token("tok-x", 3600.0, 0.0)
+    assert shared.token_expiry() == 3600.0

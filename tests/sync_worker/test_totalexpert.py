@@ -7,6 +7,7 @@ import json
 from dataclasses import replace
 
 import pytest
+import requests
 
 from sync_worker.config import HttpConfig
 from sync_worker.http import ApiError, TransientError
@@ -35,7 +36,7 @@ def client_for(tmp_path, clock):
             requests_per_minute=requests_per_minute,
             token_requests_per_hour=token_requests_per_hour,
         )
-        access = SharedAccess.for_config(open_database(tmp_path / "te.db"), te)
+        access = SharedAccess.for_config(open_database(tmp_path / "te.db"), te, 5.0)
         client = TotalExpertClient(te, HTTP, access, clock)
         clients.append(client)
         return client
@@ -82,6 +83,43 @@ def test_one_token_serves_every_client_of_the_state_file(sandbox, config, client
         client_for(sandbox, config).insight_type_id("flexperto_conference_archived")
     assert sandbox.totalexpert.tokens_issued == 1
     assert te_requests(sandbox, "GET", "/heartbeat")[0].headers.get("authorization") is None
+
+
+def test_while_another_process_requests_a_token_the_client_waits_and_shares_it(
+    sandbox, config, client_for, clock, tmp_path, monkeypatch
+):
+    other = SharedAccess.for_config(open_database(tmp_path / "te.db"), config.totalexpert, 5.0)
+    assert other.take_token_lease(clock.now(), 30.0) is None
+    waits = []
+
+    def other_process_gets_its_token(seconds):
+        waits.append(seconds)
+        if len(waits) == 3:  # the other process's answer comes in while the client waits
+            answer = requests.post(
+                config.totalexpert.base_url + "/token",
+                auth=(config.totalexpert.client_id, config.totalexpert.client_secret),
+                json={"grant_type": "client_credentials"},
+                timeout=5,
+            )
+            other.keep_token(answer.json()["access_token"], clock.now() + 3600, clock.now())
+            other.release_token_lease()
+        clock.advance(seconds)
+
+    monkeypatch.setattr(clock, "sleep", other_process_gets_its_token)
+    assert client_for(sandbox, config).insight_type_id("flexperto_conference_archived")
+    assert sandbox.totalexpert.tokens_issued == 1
+    assert len(waits) == 3
+
+
+def test_a_token_requester_that_died_holds_the_others_up_only_until_its_lease_ends(
+    sandbox, config, client_for, clock, tmp_path
+):
+    dead = SharedAccess.for_config(open_database(tmp_path / "te.db"), config.totalexpert, 5.0)
+    dead.take_token_lease(clock.now(), 30.0)
+    started = clock.now()
+    client_for(sandbox, config).fetch_token()
+    assert sandbox.totalexpert.tokens_issued == 1
+    assert 30.0 <= clock.now() - started < 31.0
 
 
 def test_a_rejected_token_is_replaced_once(sandbox, config, client_for):
