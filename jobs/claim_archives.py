@@ -9,6 +9,7 @@ item: whatever goes wrong with it is recorded as its failure, and the others go 
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -106,8 +107,13 @@ def _in_parallel(
     chunks = [rows[n::workers] for n in range(workers)]
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="archives") as pool:
+            # Each thread runs in a copy of this one's context: its events name the tenant.
             futures = [
-                pool.submit(lambda c: _each(replace(ctx, db=connections.get()), c, step), chunk)
+                pool.submit(
+                    contextvars.copy_context().run,
+                    lambda c: _each(replace(ctx, db=connections.get()), c, step),
+                    chunk,
+                )
                 for chunk in chunks
             ]
             for future in futures:

@@ -68,6 +68,8 @@ class PassStats:
     bytes_downloaded: int = 0
     te_requests: int = 0
     te_tokens_requested: int = 0
+    te_rate_limited: int = 0  # 429 answers
+    te_token_budget_exhausted: int = 0  # times the insight job found no token request left
     network_seconds: float = 0.0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 

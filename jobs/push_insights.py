@@ -64,6 +64,7 @@ def run(ctx: JobContext) -> None:
             next_allowed_at=datetime.fromtimestamp(exc.next_allowed_at, UTC).isoformat(),
         )
         ctx.stats.add(Outcome.DEFERRED)
+        ctx.stats.te_token_budget_exhausted += 1
     except TotalExpertUnavailable as exc:
         log.warning("run.stopping", reason=str(exc))
 

@@ -80,6 +80,15 @@ def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
             time.sleep(0.05)
 
 
+def open_read_only(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
+    """Open an existing state or budget file for reading only: no schema change, no write
+    lock, whatever the writers are doing (for the metrics)."""
+    conn = sqlite3.connect(
+        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, isolation_level=None
+    )
+    return sqlite_utils.Database(conn)
+
+
 def open_memory_database() -> sqlite_utils.Database:
     """A private database with the same schema that lives only as long as this process:
     for a command that must work even when the state file cannot be opened."""
@@ -219,6 +228,19 @@ def _create_tables(db: sqlite_utils.Database) -> None:
     db["capabilities"].create(
         {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
     )
+    db["job_runs"].create(
+        {
+            "job": str,
+            "last_finished_at": float,
+            "last_duration": float,
+            "last_ok_at": float,
+            "runs": int,
+            "failed_runs": int,
+        },
+        pk="job",
+        if_not_exists=True,
+    )
+    db["totals"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
     _create_audits(db)
 
 

@@ -16,12 +16,19 @@ from pathlib import Path
 
 import structlog
 
-from sync_worker import demo, logs, manifest, status
+from sync_worker import demo, logs, manifest, metrics, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
-from sync_worker.config import Config, ConfigError, config_path, example_toml, load_config
+from sync_worker.config import (
+    Config,
+    ConfigError,
+    config_path,
+    example_toml,
+    load_config,
+    load_tenants,
+)
 from sync_worker.jobs.context import AuditPlan
-from sync_worker.runner import run_pass
+from sync_worker.runner import run_passes
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
 from sync_worker.state import archives, insights, reports
@@ -46,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--log-level", choices=tuple(logs.LEVELS), default="info", help="lowest level logged"
+    )
+    parser.add_argument(
+        "--tenant",
+        help="with [[tenant]] tables: only this one (status, export and retry need one)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run-once", help="one full pass, then exit")
@@ -160,23 +171,42 @@ def _dispatch(args: argparse.Namespace) -> int:
             return EXIT_USAGE
     if args.command == "init-config":
         return _init_config(Path(args.path), args.force)
-    config = _load(args)
-    return COMMANDS[args.command](config, args)
+    one = args.command in TENANT_COMMANDS
+    configs = _load(args, one)
+    if one:
+        return TENANT_COMMANDS[args.command](configs[0], args)
+    return COMMANDS[args.command](configs, args)
 
 
-def _load(args: argparse.Namespace) -> Config:
-    config = load_config(config_path(args.config, os.environ))
-    logs.configure(args.log_format, args.log_level, secrets=config.secrets())
-    return config
+def _load(args: argparse.Namespace, one: bool) -> list[Config]:
+    """Every tenant of the config, or the one ``--tenant`` names (or the only one)."""
+    path = config_path(args.config, os.environ)
+    if one or args.tenant is not None:
+        configs = [load_config(path, tenant=args.tenant)]
+    else:
+        configs = load_tenants(path)
+    logs.configure(
+        args.log_format, args.log_level, secrets=[s for c in configs for s in c.secrets()]
+    )
+    return configs
 
 
-def _run_once(config: Config, _args: argparse.Namespace) -> int:
-    return run_pass(config, SystemClock()).exit_code
+def _run_once(configs: list[Config], _args: argparse.Namespace) -> int:
+    results = run_passes(configs, SystemClock())
+    _write_metrics(configs)
+    return max(result.exit_code for result in results)
 
 
-def _run(config: Config, _args: argparse.Namespace) -> int:
-    Daemon(config, SystemClock()).serve()
+def _run(configs: list[Config], _args: argparse.Namespace) -> int:
+    Daemon(configs, SystemClock()).serve()
     return EXIT_OK
+
+
+def _write_metrics(configs: list[Config]) -> None:
+    """The textfile for node_exporter, if configured: after a run of a timer or cron."""
+    path = configs[0].metrics.textfile_path
+    if path is not None:
+        metrics.write_textfile(path, metrics.registry_for(configs, SystemClock()))
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
@@ -192,11 +222,13 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _audit(config: Config, args: argparse.Namespace) -> int:
+def _audit(configs: list[Config], args: argparse.Namespace) -> int:
     plan = AuditPlan(
         everything=args.all, sample=args.sample, max_bytes_per_second=args.max_bytes_per_second
     )
-    return run_pass(config, SystemClock(), jobs=["audit"], audit_plan=plan).exit_code
+    results = run_passes(configs, SystemClock(), jobs=["audit"], audit_plan=plan)
+    _write_metrics(configs)
+    return max(result.exit_code for result in results)
 
 
 def _export(config: Config, args: argparse.Namespace) -> int:
@@ -227,11 +259,16 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _check(config: Config, _args: argparse.Namespace) -> int:
-    findings = run_checks(config, SystemClock())
-    for finding in findings:
-        print(f"{finding.status:<8}  {finding.name:<22} {finding.detail}")
-    return EXIT_OK if all(f.ok for f in findings) else EXIT_FAILED
+def _check(configs: list[Config], _args: argparse.Namespace) -> int:
+    ok = True
+    for config in configs:
+        if config.tenant:
+            print(f"tenant {config.tenant}")
+        findings = run_checks(config, SystemClock())
+        for finding in findings:
+            print(f"{finding.status:<8}  {finding.name:<22} {finding.detail}")
+        ok = ok and all(f.ok for f in findings)
+    return EXIT_OK if ok else EXIT_FAILED
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
@@ -261,13 +298,17 @@ def _init_config(path: Path, force: bool) -> int:
     return EXIT_OK
 
 
+# Commands for every tenant of the config (or the one --tenant names)...
 COMMANDS = {
     "audit": _audit,
-    "export": _export,
     "run-once": _run_once,
     "run": _run,
-    "status": _status,
     "check": _check,
+}
+# ... and for exactly one.
+TENANT_COMMANDS = {
+    "export": _export,
+    "status": _status,
     "retry": _retry,
 }
 

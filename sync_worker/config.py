@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import textwrap
 import tomllib
 import typing
@@ -277,6 +278,62 @@ class MonitoringConfig:
     )
 
 
+@dataclass(frozen=True, kw_only=True)
+class MetricsConfig:
+    listen: str = setting(
+        "",
+        help="the daemon serves Prometheus metrics at `http://HOST:PORT/metrics` (loopback "
+        "only); empty: no server",
+        optional=True,
+        example="127.0.0.1:9464",
+    )
+    textfile: Path = setting(
+        "",
+        help="after each pass, write the metrics here for node_exporter's textfile collector "
+        "(atomically; for timer and cron runs); empty: none",
+        optional=True,
+    )
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen, "metrics.listen")
+
+    @property
+    def textfile_path(self) -> Path | None:
+        return self.textfile or None
+
+
+@dataclass(frozen=True, kw_only=True)
+class WebhookConfig:
+    listen: str = setting(
+        "",
+        help="the daemon takes Flexperto's webhook calls at this loopback `HOST:PORT`, behind "
+        "your TLS reverse proxy; empty: no webhook, polling only",
+        optional=True,
+    )
+    public_url: str = setting(
+        "",
+        help="the https URL at which the proxy passes calls on to `listen`; the worker adds a "
+        "secret path and registers it with Flexperto",
+        optional=True,
+    )
+    topic: str = setting(
+        "archive.available",
+        help="the subscription's topic, as your tenant's API spec names it (an assumption)",
+    )
+    rotate_days: float = setting(
+        30.0, help="register a new secret path this often, and drop the old", positive=True
+    )
+
+    def __post_init__(self) -> None:
+        if self.listen:
+            parse_listen(self.listen, "webhook.listen")
+            if not self.public_url:
+                raise ConfigError("config key webhook.public_url is required with listen")
+            if not self.public_url.startswith("https://"):
+                raise ConfigError("config key webhook.public_url must use https://")
+
+
 @dataclass(frozen=True)
 class Config:
     flexperto: FlexpertoConfig
@@ -288,6 +345,15 @@ class Config:
     http: HttpConfig
     audit: AuditConfig
     monitoring: MonitoringConfig
+    metrics: MetricsConfig
+    webhook: WebhookConfig
+    # The [[tenant]] this is ("" for a file without tenants); not a section.
+    tenant: str = ""
+
+    def log_fields(self) -> dict[str, str]:
+        """The ``tenant`` field for this tenant's events: none for a file without tenants,
+        so that a single-tenant worker logs as it always has."""
+        return {"tenant": self.tenant} if self.tenant else {}
 
     def secrets(self) -> list[str]:
         """Every secret value, for log redaction."""
@@ -300,9 +366,26 @@ class Config:
 
 def keys() -> Iterator[tuple[str, dataclasses.Field[Any]]]:
     """Every config key as (section name, its field), in declaration order."""
-    for section in dataclasses.fields(Config):
+    for section in _sections():
         for key in dataclasses.fields(_section_class(section)):
             yield section.name, key
+
+
+def _sections() -> list[dataclasses.Field[Any]]:
+    return [section for section in dataclasses.fields(Config) if section.name != "tenant"]
+
+
+def parse_listen(value: str, name: str) -> tuple[str, int]:
+    """``HOST:PORT`` on a loopback address, as (host, port)."""
+    host, _, port = value.rpartition(":")
+    host = host.strip("[]")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"config key {name} must be HOST:PORT, got {value!r}")
+    if not is_loopback(host):
+        raise ConfigError(
+            f"config key {name} must be a loopback address (put a TLS proxy in front)"
+        )
+    return host, int(port)
 
 
 def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path | None:
@@ -311,24 +394,113 @@ def config_path(cli_value: str | None, env: Mapping[str, str]) -> Path | None:
     return Path(value) if value else None
 
 
-def load_config(path: Path | None, env: Mapping[str, str] | None = None) -> Config:
-    """Read, merge and validate the configuration. Raises ConfigError."""
+def load_config(
+    path: Path | None, env: Mapping[str, str] | None = None, tenant: str | None = None
+) -> Config:
+    """The configuration of ``tenant``, or of the only one. Raises ConfigError."""
+    configs = load_tenants(path, env)
+    if tenant is None:
+        if len(configs) > 1:
+            names = ", ".join(config.tenant for config in configs)
+            raise ConfigError(f"the config has several tenants ({names}): name one with --tenant")
+        return configs[0]
+    for config in configs:
+        if config.tenant == tenant:
+            return config
+    raise ConfigError(f"no [[tenant]] named {tenant!r} in the config")
+
+
+def load_tenants(path: Path | None, env: Mapping[str, str] | None = None) -> list[Config]:
+    """Read, merge and validate the configuration: one Config per ``[[tenant]]`` table (its
+    keys over the top-level ones), or just the top level. Raises ConfigError."""
     env = os.environ if env is None else env
     raw: dict[str, Any] = {}
     base_dir = Path.cwd()
     if path is not None:
         raw = _read_toml(path)
         base_dir = path.resolve().parent
+    tables = raw.pop(TENANT_TABLE, None)
     _reject_unknown(raw)
-    sections = {}
-    for section in dataclasses.fields(Config):
+    if tables is None:
+        return [_build(raw, env, base_dir)]
+    if not isinstance(tables, list) or not tables:
+        raise ConfigError("config key tenant must be [[tenant]] tables")
+    configs = [_tenant(raw, env, base_dir, table) for table in tables]
+    _check_tenants_apart(configs)
+    return configs
+
+
+def _build(
+    raw: dict[str, Any], env: Mapping[str, str], base_dir: Path, own: Tenant | None = None
+) -> Config:
+    sections: dict[str, Any] = {}
+    for section in _sections():
         cls = _section_class(section)
         values = {
-            key.name: _value(raw, env, section.name, key, base_dir)
+            key.name: _value(raw, env, section.name, key, base_dir, own)
             for key in dataclasses.fields(cls)
         }
         sections[section.name] = cls(**values)
-    return Config(**sections)
+    return Config(**sections, tenant=own.name if own else "")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    """A ``[[tenant]]`` table: its name and its own sections."""
+
+    name: str
+    raw: dict[str, Any]
+
+
+def _tenant(raw: dict[str, Any], env: Mapping[str, str], base_dir: Path, table: Any) -> Config:
+    if not isinstance(table, dict):
+        raise ConfigError("config key tenant must be [[tenant]] tables")
+    body = dict(table)
+    name = body.pop("name", None)
+    if not isinstance(name, str) or not TENANT_NAME.fullmatch(name):
+        raise ConfigError(
+            "every [[tenant]] needs a name of 1 to 32 lowercase letters, digits, - and _"
+        )
+    for section in body:
+        if section in PROCESS_SECTIONS:
+            raise ConfigError(f"[{section}] is for the whole process: not in tenant {name}")
+    _reject_unknown(body, f"tenant.{name}.")
+    return _build(raw, env, base_dir, Tenant(name, body))
+
+
+def _check_tenants_apart(configs: list[Config]) -> None:
+    """Tenants keep their own state file and store, and share TE's budget per host."""
+    for what, place in (
+        ("name", lambda c: c.tenant),
+        ("state.database", lambda c: c.state.database),
+        ("storage.archive_dir", lambda c: c.storage.archive_dir),
+        ("storage.bucket and prefix", lambda c: _bucket_place(c.storage)),
+    ):
+        seen: dict[Any, str] = {}
+        for config in configs:
+            key = place(config)
+            if key is not None and key in seen:
+                raise ConfigError(
+                    f"tenants {seen[key]} and {config.tenant} have the same {what}: give each "
+                    "its own"
+                )
+            seen[key] = config.tenant
+    by_host: dict[str, list[Config]] = {}
+    for config in configs:
+        by_host.setdefault(urlsplit(config.totalexpert.base_url).netloc.lower(), []).append(config)
+    for host, sharing in by_host.items():
+        budgets = {config.totalexpert.shared_budget_file for config in sharing}
+        if len(sharing) > 1 and (len(budgets) > 1 or None in budgets):
+            raise ConfigError(
+                f"tenants {', '.join(c.tenant for c in sharing)} use Total Expert at {host}: "
+                "give them one totalexpert.shared_budget, so that they share its limits"
+            )
+
+
+def _bucket_place(storage: StorageConfig) -> tuple[str, str, str] | None:
+    if storage.backend != "s3":
+        return None
+    return storage.endpoint_url, storage.bucket, storage.prefix
 
 
 def env_override_name(section: str, key: str) -> str:
@@ -405,6 +577,12 @@ def markdown_table() -> str:
 # --- loading ------------------------------------------------------------------------------
 
 
+TENANT_TABLE = "tenant"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# One of each per process: a [[tenant]] table cannot have its own.
+PROCESS_SECTIONS = ("schedule", "metrics", "webhook")
+
+
 def _section_class(section: dataclasses.Field[Any]) -> type:
     return typing.get_type_hints(Config)[section.name]
 
@@ -430,18 +608,18 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
 
 
-def _reject_unknown(raw: dict[str, Any]) -> None:
+def _reject_unknown(raw: dict[str, Any], where: str = "") -> None:
     known: dict[str, set[str]] = {}
     for section, key in keys():
         known.setdefault(section, set()).add(key.name)
     for section, body in raw.items():
         if section not in known:
-            raise ConfigError(f"unknown config section [{section}]")
+            raise ConfigError(f"unknown config section [{where}{section}]")
         if not isinstance(body, dict):
-            raise ConfigError(f"config key {section} must be a table [{section}]")
+            raise ConfigError(f"config key {where}{section} must be a table [{where}{section}]")
         for key in body:
             if key not in known[section]:
-                raise ConfigError(f"unknown config key {section}.{key}")
+                raise ConfigError(f"unknown config key {where}{section}.{key}")
 
 
 def _value(
@@ -450,11 +628,19 @@ def _value(
     section: str,
     key: dataclasses.Field[Any],
     base_dir: Path,
+    tenant: Tenant | None = None,
 ) -> Any:
-    """The key's value from the highest-priority source, validated."""
+    """The key's value from the highest-priority source, validated: a tenant's own table
+    and credential come first."""
     name, kind, rules = f"{section}.{key.name}", _kind(section, key), _rules(key)
     override = env.get(env_override_name(section, key.name))
-    if override is not None:
+    own = tenant.raw.get(section, {}) if tenant else {}
+    if key.name in own:
+        name = f"tenant.{tenant.name}.{name}" if tenant else name
+        value = _check_type(own[key.name], kind, name)
+    elif tenant and (secret := _credential(rules, env, f"{tenant.name}.")) is not None:
+        value = secret
+    elif override is not None:
         value = _coerce(override, kind, name)
     elif key.name in raw.get(section, {}):
         value = _check_type(raw[section][key.name], kind, name)
@@ -472,9 +658,14 @@ def _secret_from_environment(rules: Rules, env: Mapping[str, str]) -> str | None
         return None
     if env.get(rules.secret_env):
         return env[rules.secret_env]
+    return _credential(rules, env)
+
+
+def _credential(rules: Rules, env: Mapping[str, str], prefix: str = "") -> str | None:
+    """The secret's systemd credential (``prefix``: a tenant's, e.g. ``bank-a.``), if any."""
     directory = env.get("CREDENTIALS_DIRECTORY")
     if directory and rules.credential:
-        candidate = Path(directory) / rules.credential
+        candidate = Path(directory) / f"{prefix}{rules.credential}"
         if candidate.is_file():
             return candidate.read_text(encoding="utf-8").strip()
     return None

@@ -1,7 +1,8 @@
-"""Optional dead-man's-switch ping at the end of each pass (healthchecks.io style).
+"""Optional dead-man's-switch pings (healthchecks.io style): ``URL/start`` as a pass
+begins, then the URL on success or ``URL/fail`` on failure, with the pass summary.
 
-Success requests the configured URL, failure requests ``URL/fail``. A ping that fails is
-logged and never fails the pass.
+The monitor learns from the start ping how long passes take, and that one began but never
+ended (a hang, a kill). A ping that fails is logged and never fails the pass.
 """
 
 from __future__ import annotations
@@ -15,13 +16,20 @@ TIMEOUT_SECONDS = 10.0
 log = structlog.get_logger()
 
 
+def ping_start(url: str) -> None:
+    if url:
+        _post(f"{url}/start", b"")
+
+
 def ping(url: str, ok: bool, summary: str) -> None:
-    if not url:
-        return
-    target = url if ok else f"{url}/fail"
+    if url:
+        _post(url if ok else f"{url}/fail", summary.encode())
+
+
+def _post(target: str, body: bytes) -> None:
     try:
         with new_session() as session:
-            response = session.post(target, data=summary.encode(), timeout=TIMEOUT_SECONDS)
+            response = session.post(target, data=body, timeout=TIMEOUT_SECONDS)
         if response.status_code >= 400:
             log.warning("healthcheck.failed", status=response.status_code)
     except Exception as exc:  # monitoring must never break the work it monitors

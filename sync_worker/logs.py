@@ -121,6 +121,7 @@ def configure(
     )
     structlog.configure(
         processors=[
+            structlog.contextvars.merge_contextvars,  # the tenant, in every event of its work
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
             structlog.processors.format_exc_info,

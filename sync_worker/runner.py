@@ -12,8 +12,10 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass
+from typing import Any
 
 import structlog
 
@@ -25,6 +27,7 @@ from sync_worker.jobs import audit_archives, claim_archives, push_insights
 from sync_worker.jobs.context import AuditPlan, JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import exception_fields
+from sync_worker.state import run_history
 from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.state.te_access import SharedAccess
 from sync_worker.stores import open_store
@@ -60,10 +63,33 @@ def run_pass(
     audit_plan: AuditPlan | None = None,
 ) -> PassResult:
     """Run ``jobs`` once, in order, under their locks, and log one ``run.finished``
-    (``audit_plan``: what the audit job reads, when it is one of them)."""
+    (``audit_plan``: what the audit job reads, when it is one of them). Every event of
+    the pass, in any thread it starts, names the tenant."""
+    with structlog.contextvars.bound_contextvars(**config.log_fields()):
+        return _run_pass(config, clock, jobs, stop_requested, audit_plan)
+
+
+def run_passes(configs: Sequence[Config], clock: Clock, **options: Any) -> list[PassResult]:
+    """:func:`run_pass` for every tenant, side by side, so that one tenant's backlog does
+    not hold another's up."""
+    if len(configs) == 1:
+        return [run_pass(configs[0], clock, **options)]
+    with ThreadPoolExecutor(len(configs), thread_name_prefix="tenant") as pool:
+        futures = [pool.submit(run_pass, config, clock, **options) for config in configs]
+        return [future.result() for future in futures]
+
+
+def _run_pass(
+    config: Config,
+    clock: Clock,
+    jobs: Sequence[str],
+    stop_requested: Callable[[], bool],
+    audit_plan: AuditPlan | None,
+) -> PassResult:
     stats = PassStats()
     started = time.monotonic()
     log.info("run.started", jobs=list(jobs))
+    healthcheck.ping_start(config.monitoring.healthcheck_url)
     try:
         with job_locks(config.state.database, jobs):
             _run_jobs(config, clock, jobs, stats, stop_requested, audit_plan or AuditPlan())
@@ -85,11 +111,36 @@ def run_pass(
         "network_seconds": round(stats.network_seconds, 3),
         "te_requests": stats.te_requests,
         "te_tokens_requested": stats.te_tokens_requested,
+        "te_rate_limited": stats.te_rate_limited,
     }
-    log.info("run.finished", **summary)
     result = PassResult(stats)
+    _remember(config, clock, jobs, summary["duration_seconds"], result)
+    log.info("run.finished", **summary)
     healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
     return result
+
+
+def _remember(
+    config: Config, clock: Clock, jobs: Sequence[str], duration: float, result: PassResult
+) -> None:
+    """Keep the pass in the state file for the metrics (state.run_history); a failure to
+    do so is logged and changes nothing else."""
+    stats = result.stats
+    totals = {
+        "te_requests": stats.te_requests,
+        "te_rate_limited": stats.te_rate_limited,
+        "te_tokens_requested": stats.te_tokens_requested,
+        "te_token_budget_exhausted": stats.te_token_budget_exhausted,
+        "bytes_downloaded": stats.bytes_downloaded,
+    }
+    try:
+        db = open_database(config.state.database, config.state.busy_timeout_seconds)
+        try:
+            run_history.record_run(db, jobs, clock.now(), duration, result.exit_code == 0, totals)
+        finally:
+            db.close()
+    except Exception as exc:
+        log.warning("run.history_failed", **exception_fields(exc))
 
 
 def _run_jobs(
@@ -126,6 +177,7 @@ def _run_jobs(
         finally:
             stats.te_requests = totalexpert.requests_sent
             stats.te_tokens_requested = totalexpert.tokens_requested
+            stats.te_rate_limited = totalexpert.rate_limited
             stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds
 
 

@@ -1,25 +1,31 @@
-"""The daemon: both jobs every ``interval_seconds``, from start until SIGTERM/SIGINT, and
-the audit every ``audit.interval_hours`` (first AUDIT_DELAY after start).
+"""The daemon: for every tenant, both jobs every ``interval_seconds`` from start until
+SIGTERM/SIGINT, and the audit every ``audit.interval_hours`` (first AUDIT_DELAY after
+start); the metrics endpoint and the webhook receiver when configured.
 
-APScheduler keeps the time: the archive job runs on its interval (one run at a time, missed
-runs coalesced, the first at once). The insight job runs in a thread of its own whenever it
-is woken: by its interval, and by the archive job as soon as that has stored something, so
-that insights go out without waiting for the next interval. A wake-up is an
-:class:`threading.Event` the thread clears before each run: one that comes while a run is
-under way makes it run once more, and none is ever lost or doubled. A stop signal lets the
-item in hand finish: the jobs check :meth:`Daemon.stopping` between items.
+APScheduler keeps the time; the archive and insight jobs of each tenant run in threads of
+their own (:class:`JobLoop`) whenever they are woken: by their interval, the insight job
+also by the archive job as soon as that has stored something (so that insights go out
+without waiting for the next interval), the archive job also by a webhook. A wake-up that
+comes while a run is under way makes it run once more; none is lost or doubled. Tenants'
+jobs run side by side, so one tenant's backlog never waits for another's; those sharing a
+TE host share its budget. A stop signal lets the item in hand finish: the jobs check
+:meth:`Daemon.stopping` between items.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from types import FrameType
+from typing import Any
 
 import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
+from sync_worker import metrics
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.jobs.context import Outcome
@@ -31,87 +37,156 @@ AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machi
 log = structlog.get_logger()
 
 
+class JobLoop:
+    """A thread that runs ``action`` once per wake-up, until ``stop`` is set."""
+
+    def __init__(self, name: str, action: Callable[[], None], stop: threading.Event) -> None:
+        self._action = action
+        self._stop = stop
+        self._wanted = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=name)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def wake(self) -> None:
+        self._wanted.set()
+
+    def join(self) -> None:
+        self._wanted.set()  # so that the thread sees the stop
+        self._thread.join()
+
+    def _loop(self) -> None:
+        while True:
+            self._wanted.wait()
+            if self._stop.is_set():
+                return
+            self._wanted.clear()  # before the run: a wake-up during it counts
+            self._action()
+
+
+class TenantJobs:
+    """One tenant's archive and insight loops, and its audit."""
+
+    def __init__(self, daemon: Daemon, config: Config) -> None:
+        self.config = config
+        self._daemon = daemon
+        prefix = f"{config.tenant}:" if config.tenant else ""
+        self.archives = JobLoop(f"{prefix}archives", self._run_archives, daemon.stop_event)
+        self.insights = JobLoop(f"{prefix}insights", self._run_insights, daemon.stop_event)
+        self.job_prefix = prefix
+
+    def run_audit(self) -> None:
+        self._daemon.run_job(self.config, "audit")
+
+    def _run_archives(self) -> None:
+        result = self._daemon.run_job(self.config, "archives")
+        if result is not None and result.stats.counts[Outcome.STORED]:
+            self.insights.wake()  # push their insights now, not an interval later
+
+    def _run_insights(self) -> None:
+        self._daemon.run_job(self.config, "insights")
+
+
 class Daemon:
-    def __init__(self, config: Config, clock: Clock) -> None:
-        self._config = config
+    def __init__(self, configs: Sequence[Config], clock: Clock) -> None:
+        self._configs = list(configs)
+        self._process = self._configs[0]  # schedule, metrics, webhook: one per process
         self._clock = clock
-        self._stop = threading.Event()
-        self._insights_wanted = threading.Event()
-        self._insights = threading.Thread(target=self._insights_loop, name="insights")
+        self.stop_event = threading.Event()
+        self._metrics = metrics.registry_for(self._configs, clock)
+        self._servers: list[Any] = []
+        self.tenants = [TenantJobs(self, config) for config in self._configs]
         self._scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(len(self.tenants) + 4)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        for name, action in (("archives", self._run_archives), ("insights", self._wake_insights)):
+        for tenant in self.tenants:
+            self._schedule(tenant)
+
+    def _schedule(self, tenant: TenantJobs) -> None:
+        every = tenant.config.schedule.interval_seconds
+        now = datetime.now(UTC)
+        for name, action in (
+            ("archives", tenant.archives.wake),
+            ("insights", tenant.insights.wake),
+        ):
             self._scheduler.add_job(
                 action,
                 "interval",
-                seconds=config.schedule.interval_seconds,
-                id=name,
+                seconds=every,
+                id=tenant.job_prefix + name,
                 name=name,
-                next_run_time=datetime.now(UTC),
+                next_run_time=now,
             )
-        # Its own lock and thread: it reads, slowly, beside the sync.
+        # Its own thread: it reads, slowly, beside the sync.
         self._scheduler.add_job(
-            self._run_once,
+            tenant.run_audit,
             "interval",
-            hours=config.audit.interval_hours,
-            args=["audit"],
-            id="audit",
+            hours=tenant.config.audit.interval_hours,
+            id=tenant.job_prefix + "audit",
             name="audit",
-            next_run_time=datetime.now(UTC) + AUDIT_DELAY,
+            next_run_time=now + AUDIT_DELAY,
         )
 
     def stopping(self) -> bool:
-        return self._stop.is_set()
+        return self.stop_event.is_set()
 
     def stop(self, signum: int | None = None, _frame: FrameType | None = None) -> None:
-        if not self._stop.is_set():
+        if not self.stop_event.is_set():
             log.info("daemon.stopping", signal=signal.Signals(signum).name if signum else None)
-        self._stop.set()
-        self._insights_wanted.set()  # so that the insight thread sees the stop
+        self.stop_event.set()
 
     def serve(self) -> None:
         """Run until :meth:`stop` (or a signal); returns after the running jobs end."""
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
-        log.info("daemon.started", interval_seconds=self._config.schedule.interval_seconds)
-        self._insights.start()
+        log.info(
+            "daemon.started",
+            interval_seconds=self._process.schedule.interval_seconds,
+            tenants=[config.tenant for config in self._configs if config.tenant],
+        )
+        self._start_servers()
+        loops = [loop for tenant in self.tenants for loop in (tenant.archives, tenant.insights)]
+        for loop in loops:
+            loop.start()
         self._scheduler.start()
-        for job in self._scheduler.get_jobs():
-            log.info(
-                "daemon.scheduled",
-                job=job.id,
-                every_seconds=job.trigger.interval.total_seconds(),
-                next_run=job.next_run_time.isoformat(timespec="seconds"),
-            )
-        while not self._stop.wait(1.0):
+        self._log_schedule()
+        while not self.stop_event.wait(1.0):
             pass
         self._scheduler.shutdown(wait=True)
-        self._insights.join()
+        for loop in loops:
+            loop.join()
+        for server in self._servers:
+            server.shutdown()
         log.info("daemon.stopped")
 
-    def _run_archives(self) -> None:
-        result = self._run_once("archives")
-        if result is not None and result.stats.counts[Outcome.STORED]:
-            self._wake_insights()  # push their insights now, not an interval later
-
-    def _wake_insights(self) -> None:
-        self._insights_wanted.set()
-
-    def _insights_loop(self) -> None:
-        while True:
-            self._insights_wanted.wait()
-            if self._stop.is_set():
-                return
-            self._insights_wanted.clear()  # before the run: a wake-up during it counts
-            self._run_once("insights")
-
-    def _run_once(self, name: str) -> PassResult | None:
-        if self._stop.is_set():
+    def run_job(self, config: Config, name: str) -> PassResult | None:
+        """One run of a tenant's job, then the metrics textfile; never raises."""
+        if self.stop_event.is_set():
             return None
         try:
-            return run_pass(self._config, self._clock, jobs=[name], stop_requested=self.stopping)
+            result = run_pass(config, self._clock, jobs=[name], stop_requested=self.stopping)
         except Exception as exc:  # run_pass has its own boundaries; this one keeps the daemon up
-            log.error("job.failed", job=name, **exception_fields(exc))
-            return None
+            log.error("job.failed", job=name, **config.log_fields(), **exception_fields(exc))
+            result = None
+        if self._process.metrics.textfile_path is not None:
+            metrics.write_textfile(self._process.metrics.textfile_path, self._metrics)
+        return result
+
+    def _start_servers(self) -> None:
+        if self._process.metrics.listen:
+            self._servers.append(metrics.serve(self._process.metrics.listen, self._metrics))
+
+    def _log_schedule(self) -> None:
+        tenants = {tenant.job_prefix: tenant.config for tenant in self.tenants}
+        for job in self._scheduler.get_jobs():
+            prefix = job.id[: -len(job.name)]
+            log.info(
+                "daemon.scheduled",
+                job=job.name,
+                every_seconds=job.trigger.interval.total_seconds(),
+                next_run=job.next_run_time.isoformat(timespec="seconds"),
+                **tenants[prefix].log_fields(),
+            )

@@ -124,6 +124,7 @@ class TotalExpertClient:
         self._log = structlog.get_logger(service=SERVICE)
         self.requests_sent = 0
         self.tokens_requested = 0
+        self.rate_limited = 0  # 429 answers
         self.network = NetworkTime()
         self._remembered: tuple[str, float] | None = None  # token, and until when to use it
 
@@ -275,6 +276,7 @@ class TotalExpertClient:
                 self._drop_token(token)
                 answer = self._send(method, path, self._token(), **kwargs)
             if answer.status == 429:
+                self.rate_limited += 1
                 self._log.warning("te.rate_limited", path=path)
             raise_for_status(SERVICE, answer)
             return answer
@@ -344,6 +346,9 @@ class TotalExpertClient:
         self._log.info("te.token_requested")
         try:
             answer = send(SERVICE, self._post_token, self.network, self._answer_limit)
+            if answer.status == 429:
+                self.rate_limited += 1
+                self._log.warning("te.rate_limited", path="/token")
             raise_for_status(SERVICE, answer)
         except TransientError as exc:
             # Not retried here: every try would spend one of the few token requests.

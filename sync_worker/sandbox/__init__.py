@@ -41,6 +41,7 @@ __all__ = [
     "Fault",
     "LoggedRequest",
     "Sandbox",
+    "tenants_toml",
 ]
 
 
@@ -188,3 +189,27 @@ def _second_loopback() -> str:
         return "127.0.0.2"
     except OSError:
         return "127.0.0.1"
+
+
+def tenants_toml(te: Sandbox, tenants: dict[str, Sandbox], budget: str = "te-budget.db") -> str:
+    """A worker configuration with a ``[[tenant]]`` per named sandbox (its Flexperto, an
+    archive folder and state file of its own, local storage) and all of them on ``te``'s
+    Total Expert, sharing one ``budget`` file."""
+    q = json.dumps
+    limits = te.totalexpert
+    text = (
+        f"[totalexpert]\nbase_url = {q(te.totalexpert_url)}\n"
+        f"client_id = {q(te.client_id)}\nclient_secret = {q(te.client_secret)}\n"
+        f"insight_type = {q(INSIGHT_TYPE)}\n"
+        f"requests_per_minute = {limits.requests_per_minute}\n"
+        f"token_requests_per_hour = {limits.token_requests_per_hour}\n"
+        f"shared_budget = {q(budget)}\n"
+    )
+    for name, box in tenants.items():
+        text += (
+            f"[[tenant]]\nname = {q(name)}\n"
+            f"[tenant.flexperto]\nbase_url = {q(box.flexperto_url)}\napi_key = {q(box.api_key)}\n"
+            f"[tenant.storage]\narchive_dir = {q(name + '/archives')}\n"
+            f"[tenant.state]\ndatabase = {q(name + '/state.db')}\n"
+        )
+    return text

@@ -7,6 +7,7 @@ from sync_worker.config import (
     example_toml,
     keys,
     load_config,
+    load_tenants,
     markdown_table,
     validate_base_url,
 )
@@ -177,3 +178,89 @@ def test_the_example_loads_and_states_every_default(tmp_path):
 def test_path_keys_may_not_be_empty(tmp_path):
     with pytest.raises(ConfigError, match=r"storage\.archive_dir must not be empty"):
         load_config(write(tmp_path, MINIMAL + '[storage]\narchive_dir = ""\n'), env={})
+
+
+TENANTS = """
+[totalexpert]
+client_id = "te-id"
+client_secret = "te-secret"
+shared_budget = "te-budget.db"
+[[tenant]]
+name = "bank-a"
+[tenant.flexperto]
+base_url = "https://bank-a.live.flexperto.com"
+api_key = "fx-a"
+[tenant.state]
+database = "a/state.db"
+[tenant.storage]
+archive_dir = "a/archives"
+[[tenant]]
+name = "bank-b"
+[tenant.flexperto]
+base_url = "https://bank-b.live.flexperto.com"
+[tenant.state]
+database = "b/state.db"
+[tenant.storage]
+archive_dir = "b/archives"
+"""
+
+
+def test_a_file_without_tenants_is_one_unnamed_tenant(tmp_path):
+    (config,) = load_tenants(write(tmp_path, MINIMAL), env={})
+    assert config.tenant == ""
+    assert load_config(write(tmp_path, MINIMAL), env={}) == config
+
+
+def test_tenants_take_their_own_keys_over_the_top_level_ones(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "bank-b.flexperto_api_key").write_text("fx-b\n")
+    env = {"CREDENTIALS_DIRECTORY": str(credentials), "FLEXPERTO_API_KEY": "fx-everyone"}
+    a, b = load_tenants(write(tmp_path, TENANTS), env=env)
+    assert (a.tenant, b.tenant) == ("bank-a", "bank-b")
+    assert (a.flexperto.api_key, b.flexperto.api_key) == ("fx-a", "fx-b")
+    assert a.state.database == tmp_path / "a" / "state.db"
+    assert a.totalexpert.client_id == b.totalexpert.client_id == "te-id"
+    assert a.totalexpert.shared_budget == b.totalexpert.shared_budget == tmp_path / "te-budget.db"
+    assert load_config(write(tmp_path, TENANTS), env=env, tenant="bank-b") == b
+
+
+def test_a_command_for_one_tenant_must_name_it(tmp_path):
+    path = write(tmp_path, TENANTS)
+    env = {"FLEXPERTO_API_KEY": "k"}
+    with pytest.raises(ConfigError, match=r"several tenants \(bank-a, bank-b\).*--tenant"):
+        load_config(path, env=env)
+    with pytest.raises(ConfigError, match="no \\[\\[tenant\\]\\] named 'bank-c'"):
+        load_config(path, env=env, tenant="bank-c")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (('database = "b/state.db"', 'database = "a/state.db"'), "same state.database"),
+        (('archive_dir = "b/archives"', 'archive_dir = "a/archives"'), "same storage.archive_dir"),
+        (('name = "bank-b"', 'name = "bank-a"'), "same name"),
+        (('name = "bank-b"', 'name = "Bank B"'), "needs a name"),
+        (('shared_budget = "te-budget.db"', ""), "give them one totalexpert.shared_budget"),
+        (("[tenant.state]", "[tenant.schedule]\ninterval_seconds = 5\n[tenant.state]"), "whole"),
+        (('api_key = "fx-a"', 'api_kee = "fx-a"'), r"unknown config key tenant\.bank-a\."),
+        (('api_key = "fx-a"', "api_key = 5"), r"tenant\.bank-a\.flexperto\.api_key must be"),
+    ],
+)
+def test_tenants_are_kept_apart(tmp_path, change, message):
+    with pytest.raises(ConfigError, match=message):
+        load_tenants(write(tmp_path, TENANTS.replace(*change)), env={"FLEXPERTO_API_KEY": "k"})
+
+
+@pytest.mark.parametrize(
+    ("section", "message"),
+    [
+        ('[metrics]\nlisten = "0.0.0.0:9464"', "loopback"),
+        ('[metrics]\nlisten = "127.0.0.1"', "HOST:PORT"),
+        ('[webhook]\nlisten = "127.0.0.1:8787"', "public_url is required"),
+        ('[webhook]\nlisten = "[::1]:8787"\npublic_url = "http://hooks.example.com"', "https"),
+    ],
+)
+def test_listening_addresses_are_loopback_only(tmp_path, section, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, MINIMAL + section), env={})

@@ -1,4 +1,4 @@
-"""The end-of-pass ping, against a real server on loopback."""
+"""The start and end-of-pass pings, against a real server on loopback."""
 
 import threading
 from http.server import BaseHTTPRequestHandler, HTTPServer
@@ -40,6 +40,13 @@ def test_success_and_failure_pings(pings):
     assert received == [("/ping/abc", '{"outcomes": {}}'), ("/ping/abc/fail", "failed")]
 
 
+def test_a_start_ping_comes_first_with_no_body(pings):
+    url, received = pings
+    healthcheck.ping_start(url)
+    healthcheck.ping_start("")
+    assert received == [("/ping/abc/start", "")]
+
+
 def test_unreachable_ping_is_logged_not_raised(log_lines):
     healthcheck.ping("http://127.0.0.1:9/nothing-listens", ok=True, summary="")
     assert [e["event"] for e in log_lines()] == ["healthcheck.failed"]
@@ -60,4 +67,4 @@ def test_a_pass_pings_when_configured(pings, sandbox, tmp_path, clock):
         write_config(tmp_path, sandbox, f'[monitoring]\nhealthcheck_url = "{url}"\n'), env={}
     )
     run_pass(config, clock)
-    assert [path for path, _ in received] == ["/ping/abc"]
+    assert [path for path, _ in received] == ["/ping/abc/start", "/ping/abc"]

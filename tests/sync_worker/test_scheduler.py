@@ -2,9 +2,15 @@
 
 import json
 import signal
+import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+from sync_worker.sandbox import Sandbox, tenants_toml
+from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.sandbox.worker_process import start_worker
 
 
@@ -45,3 +51,49 @@ def test_daemon_runs_both_jobs_at_start_schedules_the_audit_and_stops_on_sigterm
     events = [json.loads(line)["event"] for line in rest.splitlines()]
     assert events[-1] == "daemon.stopped"
     assert len(sandbox.totalexpert.insights()) >= 3
+
+
+def test_daemon_runs_every_tenants_jobs_and_serves_their_metrics(tmp_path):
+    a = Sandbox(tmp_path / "sandbox-a").start()
+    b = Sandbox(tmp_path / "sandbox-b", seed=False).start()
+    b.flexperto.add_archive(moderator=ANNA, participants=[MAX])
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        listen = f"127.0.0.1:{probe.getsockname()[1]}"
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        tenants_toml(a, {"a": a, "b": b})
+        + f'[schedule]\ninterval_seconds = 3600\n[metrics]\nlisten = "{listen}"\n'
+    )
+    process = start_worker("run", config=config_file)
+    watchdog = threading.Timer(60, process.kill)
+    watchdog.start()
+    scheduled, sent = [], {"a": 0, "b": 0}
+    try:
+        assert process.stdout is not None
+        for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] == "daemon.scheduled":
+                scheduled.append((event["tenant"], event["job"]))
+            if event["event"] == "insight.sent":
+                sent[event["tenant"]] += 1
+            if sent["a"] == 3 and sent["b"] == 1:
+                break
+        text = requests.get(f"http://{listen}/metrics", timeout=5).text
+    finally:
+        watchdog.cancel()
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+        a.stop()
+        b.stop()
+    assert process.returncode == 0
+    assert sorted(scheduled) == [
+        (tenant, job) for tenant in "ab" for job in ("archives", "audit", "insights")
+    ]
+    claimed = {
+        s.labels["tenant"]: s.value
+        for f in text_string_to_metric_families(text)
+        for s in f.samples
+        if s.name == "sync_worker_archives" and s.labels["state"] == "claimed"
+    }
+    assert claimed == {"a": 3, "b": 1}
