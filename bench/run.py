@@ -18,6 +18,7 @@ import os
 import platform
 import random
 import shutil
+import socket
 import sqlite3
 import statistics
 import subprocess
@@ -29,9 +30,9 @@ from pathlib import Path
 
 from sync_worker.config import load_config
 from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.sandbox import Sandbox
+from sync_worker.sandbox import Sandbox, tenants_toml
 from sync_worker.sandbox.bucket import S3Server
-from sync_worker.sandbox.worker_process import log_events
+from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
 
@@ -595,6 +596,141 @@ def copy_by_hand(config: Path, archive_id: str, folder: Path, sandbox: Sandbox) 
     return time.perf_counter() - started
 
 
+# --- 8. webhook latency ------------------------------------------------------------------
+
+
+def latency(archives: int, interval: int) -> list[Row]:
+    """Seconds from "an archive becomes available" to "stored", for the daemon polling every
+    ``interval`` seconds, without and with the webhook. Each archive comes at a random
+    moment of the interval, as they do in life."""
+    rng = random.Random(11)
+    polled = daemon_latencies(archives, interval, webhook=False, rng=rng)
+    hooked = daemon_latencies(archives, interval, webhook=True, rng=rng)
+    return [
+        Row(
+            f"available -> stored, polling every {interval} s ({archives} archives)",
+            f"median {statistics.median(polled):.2f} s, max {max(polled):.2f} s",
+            "",
+            None,
+        ),
+        Row(
+            "available -> stored, with the webhook",
+            f"median {statistics.median(hooked):.2f} s, max {max(hooked):.2f} s",
+            "max < 5 s",
+            max(hooked) < 5,
+        ),
+    ]
+
+
+def daemon_latencies(
+    archives: int, interval: int, webhook: bool, rng: random.Random
+) -> list[float]:
+    folder = fresh(f"latency-{'webhook' if webhook else 'polling'}")
+    with Sandbox(folder / "sandbox", seed=False) as sandbox:
+        add_backlog(sandbox, 0, contacts=10)
+        port = free_port()
+        extra = f"[schedule]\ninterval_seconds = {interval}\n"
+        if webhook:
+            extra += (
+                f'[webhook]\nlisten = "127.0.0.1:{port}"\n'
+                f'public_url = "http://127.0.0.1:{port}/hooks"\n'
+            )
+        daemon = start_worker(
+            "--log-format", "json", "run", config=config_file(folder, sandbox, extra)
+        )
+        latencies = []
+        try:
+            wait_for(daemon, lambda e: e["event"] == "run.finished" and e["jobs"] == ["archives"])
+            if webhook:
+                while not sandbox.flexperto.webhooks.subscriptions():
+                    time.sleep(0.05)
+            for n in range(archives):
+                time.sleep(rng.uniform(0, interval))
+                became_available = time.time()
+                record = sandbox.flexperto.add_archive(
+                    moderator=EXPERT,
+                    content=b"latency %d" % n,
+                    participants=[{"account_id": "p", "email": "c0@example.org", "name": "P"}],
+                )
+                stored = wait_for(
+                    daemon,
+                    lambda e, rid=record["id"]: (
+                        e["event"] == "archive.stored" and e["archive_id"] == rid
+                    ),
+                )
+                latencies.append(event_time(stored) - became_available)
+        finally:
+            daemon.terminate()
+            daemon.communicate(timeout=60)
+    shutil.rmtree(folder)
+    return latencies
+
+
+def wait_for(process: subprocess.Popen, found) -> dict:
+    """The first event of ``process`` that ``found`` accepts."""
+    for line in process.stdout:
+        if line.startswith("{") and found(event := json.loads(line)):
+            return event
+    raise RuntimeError("the daemon ended early")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+# --- 9. two tenants, one limit ------------------------------------------------------------
+
+
+def tenants_drain(archives_each: tuple[int, int], limit: int) -> list[Row]:
+    """Two tenants with backlogs of different sizes on one TE limit, in one run: the rate
+    they reach together, their 429s, and when the smaller backlog was done."""
+    folder = fresh("tenants")
+    a = Sandbox(folder / "sandbox-a", seed=False, te_requests_per_minute=limit).start()
+    b = Sandbox(folder / "sandbox-b", seed=False).start()
+    try:
+        te = a.totalexpert
+        add_backlog(a, archives_each[0], contacts=200)
+        for n in range(archives_each[1]):
+            b.flexperto.add_archive(
+                moderator=EXPERT,
+                content=b"tenant b %d" % n,
+                participants=[{"account_id": "p", "email": f"c{n % 200}@example.org", "name": "P"}],
+            )
+        config = folder / "config.toml"
+        config.write_text(tenants_toml(a, {"a": a, "b": b}))
+        events, _peak = run_once(config)
+        times = sorted(r.received_at for r in te.requests)
+        rejected = te.rate_limited_count
+    finally:
+        a.stop()
+        b.stop()
+    shutil.rmtree(folder)
+    ideal = 60.0 * ((len(times) - 1) // limit)
+    actual = times[-1] - times[0]
+    efficiency = ideal / actual if ideal else 1.0
+    finished = {
+        name: max(
+            event_time(e) for e in events if e["event"] == "insight.sent" and e["tenant"] == name
+        )
+        - times[0]
+        for name in ("a", "b")
+    }
+    return [
+        Row(
+            f"two tenants, {archives_each[0]} + {archives_each[1]} archives, one TE limit of "
+            f"{limit}/min: time for {len(times)} requests",
+            f"{actual:.0f} s (ideal {ideal:.0f} s); small backlog done at {finished['b']:.0f} s, "
+            f"large at {finished['a']:.0f} s",
+            "",
+            None,
+        ),
+        Row("achieved rate of both / limit", f"{efficiency:.3f}", ">= 0.9", efficiency >= 0.9),
+        Row("HTTP 429 answers while both drained", str(rejected), "0", rejected == 0),
+    ]
+
+
 # --- report ------------------------------------------------------------------------------
 
 
@@ -644,6 +780,8 @@ def main(argv: list[str] | None = None) -> int:
         *bookkeeping(500 if q else 10_000),
         *history([10**3, 10**4] if q else [10**3, 10**5, 10**6], 1 if q else 3),
         *s3_store(64 * MIB if q else 2 * GIB, 1 if q else 3),
+        *latency(3 if q else 10, 10 if q else 30),
+        *tenants_drain((100, 50) if q else (1200, 400), 600),
     ]
     text = report(rows, time.monotonic() - started, q)
     print(text)

@@ -241,6 +241,18 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db["totals"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+    db["webhook_secrets"].create(
+        {
+            "secret": str,
+            "subscription_id": str,
+            "registered_at": float,
+            "pending": int,
+            "retired_at": float,
+        },
+        pk="secret",
+        not_null={"registered_at", "pending"},
+        if_not_exists=True,
+    )
     _create_audits(db)
 
 

@@ -316,6 +316,7 @@ class WebhookConfig:
         help="the https URL at which the proxy passes calls on to `listen`; the worker adds a "
         "secret path and registers it with Flexperto",
         optional=True,
+        url=True,
     )
     topic: str = setting(
         "archive.available",
@@ -330,8 +331,6 @@ class WebhookConfig:
             parse_listen(self.listen, "webhook.listen")
             if not self.public_url:
                 raise ConfigError("config key webhook.public_url is required with listen")
-            if not self.public_url.startswith("https://"):
-                raise ConfigError("config key webhook.public_url must use https://")
 
 
 @dataclass(frozen=True)

@@ -4,34 +4,83 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from sync_worker import logs
 from sync_worker.clock import SystemClock
-from sync_worker.config import ConfigError, load_config
+from sync_worker.config import Config, ConfigError, load_config
+from sync_worker.jobs.webhook_subscription import accepted_secrets
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox
+from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.state import reports
 from sync_worker.state.db import open_database
+from sync_worker.webhook_receiver import WebhookReceiver
 
 MARKER = ".sync-worker-demo"
+WEBHOOK_WAIT_SECONDS = 10.0
 
 
 def run(folder: Path, dialect: Dialect = LENIENT, storage: str = "local") -> int:
-    """Start the sandbox, run one pass against it, and say what happened."""
+    """Start the sandbox, run one pass against it, and say what happened; then show a
+    new archive claimed on the sandbox's webhook call."""
     _fresh_folder(folder)
     with Sandbox(folder / "sandbox", dialect=dialect, storage=storage) as sandbox:
         config_file = folder / "config.toml"
-        config_file.write_text(sandbox.config_toml("archives", "state.db"), encoding="utf-8")
+        listen = f"127.0.0.1:{_free_port()}"
+        config_file.write_text(
+            sandbox.config_toml("archives", "state.db")
+            + f'[webhook]\nlisten = "{listen}"\n'
+            + f'public_url = "http://{listen}/callbacks/flexperto"\n',
+            encoding="utf-8",
+        )
         config_file.chmod(0o600)
         config = load_config(config_file, env={})
         for secret in config.secrets():
             logs.add_secret(secret)
         result = run_pass(config, SystemClock())
         print(_report(sandbox, config.state.database, config_file))
-    return result.exit_code
+        webhook_code, told = _webhook_round(sandbox, config)
+        print(told)
+    return max(result.exit_code, webhook_code)
+
+
+def _webhook_round(sandbox: Sandbox, config: Config) -> tuple[int, str]:
+    """Subscribe, add an archive to the sandbox, and claim it when its webhook comes, as
+    the daemon does; says how long it took."""
+    clock = SystemClock()
+    woken = threading.Event()
+    receiver = WebhookReceiver(config.webhook.listen, lambda _tenant: woken.set()).start()
+    try:
+        subscribed = run_pass(config, clock, jobs=["webhook"])
+        receiver.accept(config.tenant, accepted_secrets(config, clock.now()))
+        started = time.monotonic()
+        record = sandbox.flexperto.add_archive(moderator=ANNA, participants=[MAX])
+        if not woken.wait(WEBHOOK_WAIT_SECONDS):
+            return 1, "Webhook: none came; the next poll would have claimed the archive"
+        heard = time.monotonic() - started
+        claimed = run_pass(config, clock)
+        done = time.monotonic() - started
+    finally:
+        receiver.shutdown()
+    status = sandbox.flexperto.record(record["id"])["status"]
+    told = (
+        f"Webhook: archive {record['id']} became available; Flexperto's call came "
+        f"{heard * 1000:.0f} ms later, and the archive was stored and {status} "
+        f"{done:.2f} s after it became available (polling: up to "
+        f"{config.schedule.interval_seconds} s)."
+    )
+    return max(subscribed.exit_code, claimed.exit_code), told
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def _fresh_folder(folder: Path) -> None:

@@ -23,7 +23,7 @@ from sync_worker import healthcheck
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.jobs import audit_archives, claim_archives, push_insights
+from sync_worker.jobs import audit_archives, claim_archives, push_insights, webhook_subscription
 from sync_worker.jobs.context import AuditPlan, JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
 from sync_worker.logs import exception_fields
@@ -37,8 +37,10 @@ JOBS: dict[str, Callable[[JobContext], None]] = {
     "archives": claim_archives.run,
     "insights": push_insights.run,
     "audit": audit_archives.run,
+    "webhook": webhook_subscription.run,
 }
-# A pass: what run-once runs. The audit runs on its own (the daemon, sync-worker audit).
+# A pass: what run-once runs. The audit runs on its own (the daemon, sync-worker audit), and
+# so does the webhook subscription (the daemon).
 ALL_JOBS = ("archives", "insights")
 
 log = structlog.get_logger()

@@ -15,6 +15,7 @@ TE host share its budget. A stop signal lets the item in hand finish: the jobs c
 from __future__ import annotations
 
 import signal
+import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -29,8 +30,10 @@ from sync_worker import metrics
 from sync_worker.clock import Clock
 from sync_worker.config import Config
 from sync_worker.jobs.context import Outcome
+from sync_worker.jobs.webhook_subscription import accepted_secrets
 from sync_worker.logs import exception_fields
 from sync_worker.runner import PassResult, run_pass
+from sync_worker.webhook_receiver import WebhookReceiver
 
 AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machine first
 
@@ -66,18 +69,24 @@ class JobLoop:
 
 
 class TenantJobs:
-    """One tenant's archive and insight loops, and its audit."""
+    """One tenant's archive and insight loops, its audit and its webhook subscription."""
 
     def __init__(self, daemon: Daemon, config: Config) -> None:
         self.config = config
         self._daemon = daemon
-        prefix = f"{config.tenant}:" if config.tenant else ""
-        self.archives = JobLoop(f"{prefix}archives", self._run_archives, daemon.stop_event)
-        self.insights = JobLoop(f"{prefix}insights", self._run_insights, daemon.stop_event)
-        self.job_prefix = prefix
+        self.job_prefix = f"{config.tenant}:" if config.tenant else ""  # APScheduler job ids
+        stop = daemon.stop_event
+        self.archives = JobLoop(f"{self.job_prefix}archives", self._run_archives, stop)
+        self.insights = JobLoop(f"{self.job_prefix}insights", self._run_insights, stop)
 
     def run_audit(self) -> None:
         self._daemon.run_job(self.config, "audit")
+
+    def run_webhook(self) -> None:
+        """Keep the webhook subscription (and its rotation) up, then tell the receiver
+        which secret paths are this tenant's now."""
+        self._daemon.run_job(self.config, "webhook")
+        self._daemon.accept_secrets(self.config)
 
     def _run_archives(self) -> None:
         result = self._daemon.run_job(self.config, "archives")
@@ -97,8 +106,11 @@ class Daemon:
         self._metrics = metrics.registry_for(self._configs, clock)
         self._servers: list[Any] = []
         self.tenants = [TenantJobs(self, config) for config in self._configs]
+        self._receiver: WebhookReceiver | None = None
+        if self._process.webhook.listen:
+            self._receiver = WebhookReceiver(self._process.webhook.listen, self.wake_archives)
         self._scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(len(self.tenants) + 4)},
+            executors={"default": ThreadPoolExecutor(2 * len(self.tenants) + 2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -118,6 +130,15 @@ class Daemon:
                 seconds=every,
                 id=tenant.job_prefix + name,
                 name=name,
+                next_run_time=now,
+            )
+        if self._receiver is not None:
+            self._scheduler.add_job(
+                tenant.run_webhook,
+                "interval",
+                hours=1,
+                id=tenant.job_prefix + "webhook",
+                name="webhook",
                 next_run_time=now,
             )
         # Its own thread: it reads, slowly, beside the sync.
@@ -175,9 +196,30 @@ class Daemon:
             metrics.write_textfile(self._process.metrics.textfile_path, self._metrics)
         return result
 
+    def wake_archives(self, tenant: str) -> None:
+        """A webhook said an archive is available: claim it now, not an interval later."""
+        for jobs in self.tenants:
+            if jobs.config.tenant == tenant:
+                jobs.archives.wake()
+
+    def accept_secrets(self, config: Config) -> None:
+        """Give the receiver the tenant's current secret paths, from its state file."""
+        if self._receiver is None:
+            return
+        try:
+            self._receiver.accept(config.tenant, accepted_secrets(config, self._clock.now()))
+        except (sqlite3.Error, OSError) as exc:
+            log.warning(
+                "webhook.secrets_unreadable", **config.log_fields(), **exception_fields(exc)
+            )
+
     def _start_servers(self) -> None:
         if self._process.metrics.listen:
             self._servers.append(metrics.serve(self._process.metrics.listen, self._metrics))
+        if self._receiver is not None:
+            for config in self._configs:
+                self.accept_secrets(config)  # those of the last run, until the job has run
+            self._servers.append(self._receiver.start())
 
     def _log_schedule(self) -> None:
         tenants = {tenant.job_prefix: tenant.config for tenant in self.tenants}

@@ -40,6 +40,7 @@ LAYERS = {
     "sync_worker.checks": 4,
     "sync_worker.status": 4,
     "sync_worker.metrics": 4,
+    "sync_worker.webhook_receiver": 2,
     "sync_worker.manifest": 4,
     "sync_worker.scheduler": 5,
     "sync_worker.demo": 5,

@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import quote, urljoin, urlsplit
 
 import requests
 import urllib3
@@ -40,6 +40,9 @@ LIST_PATH = "/communication/conferences/archives"
 RECORD_PATH = "/communication/archives/archives/{archive_id}"
 DOWNLOAD_PATH = "/communication/archives/archives/{archive_id}/download"
 ABANDON_PATH = "/communication/conferences/conferences/{conference_id}/archive/abandon"
+SUBSCRIBE_PATH = "/communication/subscriptions/subscriptions/webhook"
+# Assumed: the guide tells of deleting a subscription, not of the endpoint.
+SUBSCRIPTION_PATH = "/communication/subscriptions/subscriptions/{subscription_id}"
 
 DOWNLOAD_CHUNK_SIZE = 1024 * 1024
 
@@ -246,6 +249,31 @@ class FlexpertoClient:
             self._answer_limit,
         )
         raise_for_status(SERVICE, answer)
+
+    def subscribe_webhook(self, url: str, topic: str) -> str | None:
+        """Register a webhook subscription; its id, if the answer gives one (the body
+        ``{"url", "topic"}`` and the ``id`` are assumed). Tried once: a repeat could make a
+        second subscription."""
+        answer = send(
+            SERVICE,
+            lambda: self._session.post(
+                self._base + SUBSCRIBE_PATH,
+                json={"url": url, "topic": topic},
+                timeout=self._timeout,
+                stream=True,
+            ),
+            self.network,
+            self._answer_limit,
+        )
+        raise_for_status(SERVICE, answer)
+        body = json_body(SERVICE, answer) if answer.body.strip() else None
+        ident = body.get("id") if isinstance(body, dict) else None
+        return str(ident) if isinstance(ident, str | int) and str(ident).isprintable() else None
+
+    def unsubscribe_webhook(self, subscription_id: str) -> None:
+        """Delete a webhook subscription (the endpoint is assumed)."""
+        path = SUBSCRIPTION_PATH.format(subscription_id=quote(subscription_id, safe=""))
+        self._call("DELETE", self._base + path)
 
     def _call(self, method: str, url: str, **kwargs: Any) -> Answer:
         def attempt() -> Answer:

@@ -55,6 +55,10 @@ class Dialect:
     # The storage host honours Range requests (206); False: always the whole file (200).
     # STRICT keeps them: the guide's storage host is S3, which has them.
     s3_ranges: bool = True
+    # Registering a webhook answers 201 {"id", "url", "topic"}, and
+    # DELETE /communication/subscriptions/subscriptions/{id} removes one; False: 201 with
+    # body {}, and that path is 404 (the guide shows neither).
+    flexperto_subscription_id: bool = True
     # Total Expert
     # The internal_updated_at_start filter on /contacts and /users: "supported", "rejected"
     # (400) or "ignored" (accepted, no effect).
@@ -84,6 +88,7 @@ STRICT = Dialect(
     flexperto_list_extras=False,
     flexperto_record_size=False,
     flexperto_abandon_body=False,
+    flexperto_subscription_id=False,
     te_updated_since="rejected",
     te_extra_fields=False,
     te_strict_queries=True,

@@ -39,11 +39,14 @@ from urllib.parse import quote, unquote
 from sync_worker.clock import Clock
 from sync_worker.sandbox.dialect import Dialect
 from sync_worker.sandbox.http import FakeService, Incoming, Reply
+from sync_worker.sandbox.webhooks import Webhooks
 
 LIST = "/communication/conferences/archives"
 RECORD = "/communication/archives/archives/([^/]+)"
 DOWNLOAD = "/communication/archives/archives/([^/]+)/download"
 ABANDON = "/communication/conferences/conferences/([^/]+)/archive/abandon"
+SUBSCRIBE = "/communication/subscriptions/subscriptions/webhook"
+SUBSCRIPTION = "/communication/subscriptions/subscriptions/([^/]+)"
 DEFAULT_LIMIT = 100
 S3_OBJECT = re.compile(r"/archives/([^/]+)\.zip")
 URL_LIFETIME_SECONDS = 300
@@ -104,8 +107,15 @@ class FakeFlexperto(FakeService):
                 ("GET", DOWNLOAD, self._download),
                 ("GET", RECORD, self._get),
                 ("POST", ABANDON, self._abandon),
+                ("POST", SUBSCRIBE, self._subscribe),
+                *(
+                    [("DELETE", SUBSCRIPTION, self._unsubscribe)]
+                    if dialect.flexperto_subscription_id
+                    else []
+                ),
             )
         )
+        self.webhooks = Webhooks()
 
     # --- test and seed API --------------------------------------------------------
 
@@ -160,7 +170,10 @@ class FakeFlexperto(FakeService):
             bisect.insort(self._ordered, record, key=_listing_order)
             if status == "PACKING":
                 self._packing_until[archive_id] = self._listings + self._packing_listings
-            return _copy(record)
+            added = _copy(record)
+        if status == "AVAILABLE":
+            self.webhooks.archive_available(added)
+        return added
 
     def add_raw_record(self, record: Any) -> None:
         """List ``record`` exactly as given, however malformed (it has no file)."""
@@ -185,6 +198,9 @@ class FakeFlexperto(FakeService):
         with self.lock:
             self._records[archive_id]["status"] = status
             self._packing_until.pop(archive_id, None)
+            record = _copy(self._records[archive_id])
+        if status == "AVAILABLE":
+            self.webhooks.archive_available(record)
 
     def set_checksum(self, archive_id: str, sha256: str) -> None:
         with self.lock:
@@ -305,6 +321,7 @@ class FakeFlexperto(FakeService):
             if self._listings > until:
                 self._records[archive_id]["status"] = "AVAILABLE"
                 del self._packing_until[archive_id]
+                self.webhooks.archive_available(_copy(self._records[archive_id]))
 
     def _get(self, _request: Incoming, archive_id: str) -> Reply:
         with self.lock:
@@ -327,6 +344,25 @@ class FakeFlexperto(FakeService):
             f"?expires={expires}&signature={signature}"
         )
         return Reply(302, b"", {"Location": location})
+
+    def _subscribe(self, request: Incoming) -> Reply:
+        try:
+            body = json.loads(request.body or b"null")
+        except ValueError:
+            return self.error(400, "body is not JSON")
+        if not isinstance(body, dict) or not all(
+            isinstance(body.get(key), str) and body[key] for key in ("url", "topic")
+        ):
+            return self.error(400, "url and topic are required")
+        subscription_id = self.webhooks.subscribe(body["url"], body["topic"])
+        if not self.dialect.flexperto_subscription_id:
+            return Reply.json(201, {})
+        return Reply.json(201, {"id": subscription_id, "url": body["url"], "topic": body["topic"]})
+
+    def _unsubscribe(self, _request: Incoming, subscription_id: str) -> Reply:
+        if not self.webhooks.unsubscribe(subscription_id):
+            return self.error(404, "subscription not found")
+        return Reply(204, b"", {})
 
     def _abandon(self, _request: Incoming, conference_id: str) -> Reply:
         with self.lock:

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import re
 from dataclasses import replace
 
 import pytest
@@ -208,6 +209,9 @@ def test_demo_runs_end_to_end_and_explains(tmp_path):
     assert result.stdout.count("; Flexperto now says ABANDONED") == 3
     assert "Insights in the sandbox Total Expert: 3" in result.stdout
     assert result.stdout.count(" verified") == 3
+    assert re.search(
+        r"Webhook: archive \S+ became available; .* stored and ABANDONED", result.stdout
+    )
 
 
 def test_sandbox_command_prints_a_working_config(tmp_path):

@@ -258,7 +258,7 @@ def test_tenants_are_kept_apart(tmp_path, change, message):
         ('[metrics]\nlisten = "0.0.0.0:9464"', "loopback"),
         ('[metrics]\nlisten = "127.0.0.1"', "HOST:PORT"),
         ('[webhook]\nlisten = "127.0.0.1:8787"', "public_url is required"),
-        ('[webhook]\nlisten = "[::1]:8787"\npublic_url = "http://hooks.example.com"', "https"),
+        ('[webhook]\nlisten = "[::1]:8787"\npublic_url = "http://hooks.example.com"', "https://"),
     ],
 )
 def test_listening_addresses_are_loopback_only(tmp_path, section, message):
