@@ -464,7 +464,12 @@ def _tenant(raw: dict[str, Any], env: Mapping[str, str], base_dir: Path, table: 
         if section in PROCESS_SECTIONS:
             raise ConfigError(f"[{section}] is for the whole process: not in tenant {name}")
     _reject_unknown(body, f"tenant.{name}.")
-    return _build(raw, env, base_dir, Tenant(name, body))
+    try:
+        return _build(raw, env, base_dir, Tenant(name, body))
+    except ConfigError as exc:
+        if f"tenant.{name}." in str(exc):
+            raise
+        raise ConfigError(f"tenant {name}: {exc}") from None
 
 
 def _check_tenants_apart(configs: list[Config]) -> None:

@@ -60,7 +60,8 @@ class StateCollector(Collector):
             try:
                 _collect_tenant(config, self._clock.now(), found)
             except (sqlite3.Error, OSError) as exc:
-                log.warning("metrics.unreadable", tenant=config.tenant, **exception_fields(exc))
+                fields = {**config.log_fields(), **exception_fields(exc)}
+                log.warning("metrics.unreadable", **fields)
         yield from found.values()
 
 

@@ -10,6 +10,7 @@ pass.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -73,12 +74,20 @@ def run_pass(
 
 def run_passes(configs: Sequence[Config], clock: Clock, **options: Any) -> list[PassResult]:
     """:func:`run_pass` for every tenant, side by side, so that one tenant's backlog does
-    not hold another's up."""
+    not hold another's up. Ctrl-C lets each finish the item in hand, as with one tenant."""
     if len(configs) == 1:
         return [run_pass(configs[0], clock, **options)]
+    interrupted = threading.Event()
     with ThreadPoolExecutor(len(configs), thread_name_prefix="tenant") as pool:
-        futures = [pool.submit(run_pass, config, clock, **options) for config in configs]
-        return [future.result() for future in futures]
+        futures = [
+            pool.submit(run_pass, config, clock, stop_requested=interrupted.is_set, **options)
+            for config in configs
+        ]
+        try:
+            return [future.result() for future in futures]
+        except KeyboardInterrupt:
+            interrupted.set()
+            raise
 
 
 def _run_pass(

@@ -11,7 +11,7 @@ import requests
 
 from sync_worker.cli import main
 from sync_worker.config import load_config
-from sync_worker.sandbox import STRICT, Sandbox
+from sync_worker.sandbox import STRICT, Sandbox, tenants_toml
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
 from sync_worker.state.reports import MANIFEST_FIELDS
@@ -324,3 +324,27 @@ def test_export_writes_the_manifest_as_csv_or_json_lines(sandbox, tmp_path, conf
 def test_export_without_a_state_file_is_an_empty_manifest(tmp_path, sandbox, config, capsys):
     assert main(["--config", str(tmp_path / "config.toml"), "export", "--format", "jsonl"]) == 0
     assert capsys.readouterr().out == ""
+
+
+def test_commands_with_several_tenants(sandbox, tmp_path, capsys):
+    other = Sandbox(tmp_path / "sandbox-b", seed=False).start()
+    try:
+        other.flexperto.add_archive(moderator=ANNA, participants=[LENA])
+        path = tmp_path / "tenants.toml"
+        path.write_text(tenants_toml(sandbox, {"a": sandbox, "b": other}))
+        config = ["--config", str(path), "--log-format", "json"]
+        assert main([*config, "--tenant", "b", "run-once"]) == 0
+        assert not (tmp_path / "a" / "state.db").exists()  # only b ran
+        capsys.readouterr()
+        assert main([*config, "status"]) == 2
+        assert "several tenants (a, b): name one with --tenant" in capsys.readouterr().err
+        assert main([*config, "--tenant", "b", "status"]) == 0
+        assert "claimed" in capsys.readouterr().out
+        assert main([*config, "--tenant", "c", "status"]) == 2
+        assert main([*config, "run-once"]) == 0  # both
+        assert (tmp_path / "a" / "state.db").exists()
+        assert main([*config, "check"]) == 0
+        out = capsys.readouterr().out
+        assert "tenant a" in out and "tenant b" in out
+    finally:
+        other.stop()

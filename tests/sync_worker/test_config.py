@@ -245,6 +245,10 @@ def test_a_command_for_one_tenant_must_name_it(tmp_path):
         (("[tenant.state]", "[tenant.schedule]\ninterval_seconds = 5\n[tenant.state]"), "whole"),
         (('api_key = "fx-a"', 'api_kee = "fx-a"'), r"unknown config key tenant\.bank-a\."),
         (('api_key = "fx-a"', "api_key = 5"), r"tenant\.bank-a\.flexperto\.api_key must be"),
+        (
+            ('archive_dir = "a/archives"', 'backend = "s3"'),
+            r"tenant bank-a: config key storage\.bucket is required",
+        ),
     ],
 )
 def test_tenants_are_kept_apart(tmp_path, change, message):
