@@ -18,7 +18,6 @@ import os
 import platform
 import random
 import shutil
-import socket
 import sqlite3
 import statistics
 import subprocess
@@ -30,7 +29,7 @@ from pathlib import Path
 
 from sync_worker.config import load_config
 from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.sandbox import Sandbox, tenants_toml
+from sync_worker.sandbox import Sandbox, free_port, tenants_toml
 from sync_worker.sandbox.bucket import S3Server
 from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state import directory
@@ -672,12 +671,6 @@ def wait_for(process: subprocess.Popen, found) -> dict:
         if line.startswith("{") and found(event := json.loads(line)):
             return event
     raise RuntimeError("the daemon ended early")
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 # --- 9. two tenants, one limit ------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shutil
 import signal
-import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from sync_worker.clock import SystemClock
 from sync_worker.config import Config, ConfigError, load_config
 from sync_worker.jobs.webhook_subscription import accepted_secrets
 from sync_worker.runner import run_pass
-from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox
+from sync_worker.sandbox import LENIENT, Dialect, Fault, Sandbox, free_port
 from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.state import reports
 from sync_worker.state.db import open_database
@@ -31,7 +30,7 @@ def run(folder: Path, dialect: Dialect = LENIENT, storage: str = "local") -> int
     _fresh_folder(folder)
     with Sandbox(folder / "sandbox", dialect=dialect, storage=storage) as sandbox:
         config_file = folder / "config.toml"
-        listen = f"127.0.0.1:{_free_port()}"
+        listen = f"127.0.0.1:{free_port()}"
         config_file.write_text(
             sandbox.config_toml("archives", "state.db")
             + f'[webhook]\nlisten = "{listen}"\n'
@@ -75,12 +74,6 @@ def _webhook_round(sandbox: Sandbox, config: Config) -> tuple[int, str]:
         f"{config.schedule.interval_seconds} s)."
     )
     return max(subscribed.exit_code, claimed.exit_code), told
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _fresh_folder(folder: Path) -> None:

@@ -18,6 +18,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
+import sqlite_utils
 import structlog
 
 from sync_worker import healthcheck
@@ -103,7 +104,9 @@ def _run_pass(
     healthcheck.ping_start(config.monitoring.healthcheck_url)
     try:
         with job_locks(config.state.database, jobs):
-            _run_jobs(config, clock, jobs, stats, stop_requested, audit_plan or AuditPlan())
+            _run_jobs(
+                config, clock, jobs, stats, stop_requested, audit_plan or AuditPlan(), started
+            )
     except LockHeld as exc:
         log.warning("run.skipped", reason=str(exc))
         return PassResult(stats, locked_out=True)
@@ -125,33 +128,9 @@ def _run_pass(
         "te_rate_limited": stats.te_rate_limited,
     }
     result = PassResult(stats)
-    _remember(config, clock, jobs, summary["duration_seconds"], result)
     log.info("run.finished", **summary)
     healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
     return result
-
-
-def _remember(
-    config: Config, clock: Clock, jobs: Sequence[str], duration: float, result: PassResult
-) -> None:
-    """Keep the pass in the state file for the metrics (state.run_history); a failure to
-    do so is logged and changes nothing else."""
-    stats = result.stats
-    totals = {
-        "te_requests": stats.te_requests,
-        "te_rate_limited": stats.te_rate_limited,
-        "te_tokens_requested": stats.te_tokens_requested,
-        "te_token_budget_exhausted": stats.te_token_budget_exhausted,
-        "bytes_downloaded": stats.bytes_downloaded,
-    }
-    try:
-        db = open_database(config.state.database, config.state.busy_timeout_seconds)
-        try:
-            run_history.record_run(db, jobs, clock.now(), duration, result.exit_code == 0, totals)
-        finally:
-            db.close()
-    except Exception as exc:
-        log.warning("run.history_failed", **exception_fields(exc))
 
 
 def _run_jobs(
@@ -161,6 +140,7 @@ def _run_jobs(
     stats: PassStats,
     stop_requested: Callable[[], bool],
     audit_plan: AuditPlan,
+    started: float,
 ) -> None:
     with ExitStack() as stack:
         db = open_database(config.state.database, config.state.busy_timeout_seconds)
@@ -190,6 +170,31 @@ def _run_jobs(
             stats.te_tokens_requested = totalexpert.tokens_requested
             stats.te_rate_limited = totalexpert.rate_limited
             stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds
+        _remember(db, clock, jobs, time.monotonic() - started, stats)
+
+
+def _remember(
+    db: sqlite_utils.Database,
+    clock: Clock,
+    jobs: Sequence[str],
+    duration: float,
+    stats: PassStats,
+) -> None:
+    """Keep the pass in the state file for the metrics (state.run_history), through the
+    pass's own connection; a pass that could not reach the state file leaves no record. A
+    failure to record is logged and changes nothing else."""
+    totals = {
+        "te_requests": stats.te_requests,
+        "te_rate_limited": stats.te_rate_limited,
+        "te_tokens_requested": stats.te_tokens_requested,
+        "te_token_budget_exhausted": stats.te_token_budget_exhausted,
+        "bytes_downloaded": stats.bytes_downloaded,
+    }
+    ok = stats.failures == 0
+    try:
+        run_history.record_run(db, jobs, clock.now(), round(duration, 3), ok, totals)
+    except Exception as exc:
+        log.warning("run.history_failed", **exception_fields(exc))
 
 
 def _run_job(name: str, context: JobContext) -> None:

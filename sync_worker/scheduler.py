@@ -36,6 +36,7 @@ from sync_worker.runner import PassResult, run_pass
 from sync_worker.webhook_receiver import WebhookReceiver
 
 AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machine first
+WEBHOOK_CHECK = timedelta(hours=1)  # how often the subscription and its rotation are seen to
 
 log = structlog.get_logger()
 
@@ -109,6 +110,7 @@ class Daemon:
         self._receiver: WebhookReceiver | None = None
         if self._process.webhook.listen:
             self._receiver = WebhookReceiver(self._process.webhook.listen, self.wake_archives)
+        self._job_tenants: dict[str, Config] = {}  # APScheduler job id -> its tenant
         self._scheduler = BackgroundScheduler(
             executors={"default": ThreadPoolExecutor(2 * len(self.tenants) + 2)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
@@ -118,38 +120,31 @@ class Daemon:
             self._schedule(tenant)
 
     def _schedule(self, tenant: TenantJobs) -> None:
-        every = tenant.config.schedule.interval_seconds
         now = datetime.now(UTC)
-        for name, action in (
-            ("archives", tenant.archives.wake),
-            ("insights", tenant.insights.wake),
-        ):
-            self._scheduler.add_job(
+        every = timedelta(seconds=tenant.config.schedule.interval_seconds)
+        jobs = [
+            ("archives", tenant.archives.wake, every, now),
+            ("insights", tenant.insights.wake, every, now),
+            # Its own thread: it reads, slowly, beside the sync.
+            (
+                "audit",
+                tenant.run_audit,
+                timedelta(hours=tenant.config.audit.interval_hours),
+                now + AUDIT_DELAY,
+            ),
+        ]
+        if self._receiver is not None:
+            jobs.append(("webhook", tenant.run_webhook, WEBHOOK_CHECK, now))
+        for name, action, interval, first_run in jobs:
+            job = self._scheduler.add_job(
                 action,
                 "interval",
-                seconds=every,
+                seconds=interval.total_seconds(),
                 id=tenant.job_prefix + name,
                 name=name,
-                next_run_time=now,
+                next_run_time=first_run,
             )
-        if self._receiver is not None:
-            self._scheduler.add_job(
-                tenant.run_webhook,
-                "interval",
-                hours=1,
-                id=tenant.job_prefix + "webhook",
-                name="webhook",
-                next_run_time=now,
-            )
-        # Its own thread: it reads, slowly, beside the sync.
-        self._scheduler.add_job(
-            tenant.run_audit,
-            "interval",
-            hours=tenant.config.audit.interval_hours,
-            id=tenant.job_prefix + "audit",
-            name="audit",
-            next_run_time=now + AUDIT_DELAY,
-        )
+            self._job_tenants[job.id] = tenant.config
 
     def stopping(self) -> bool:
         return self.stop_event.is_set()
@@ -222,13 +217,11 @@ class Daemon:
             self._servers.append(self._receiver.start())
 
     def _log_schedule(self) -> None:
-        tenants = {tenant.job_prefix: tenant.config for tenant in self.tenants}
         for job in self._scheduler.get_jobs():
-            prefix = job.id[: -len(job.name)]
             log.info(
                 "daemon.scheduled",
                 job=job.name,
                 every_seconds=job.trigger.interval.total_seconds(),
                 next_run=job.next_run_time.isoformat(timespec="seconds"),
-                **tenants[prefix].log_fields(),
+                **self._job_tenants[job.id].log_fields(),
             )

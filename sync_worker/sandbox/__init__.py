@@ -41,6 +41,7 @@ __all__ = [
     "Fault",
     "LoggedRequest",
     "Sandbox",
+    "free_port",
     "tenants_toml",
 ]
 
@@ -151,22 +152,29 @@ class Sandbox:
 
     def config_toml(self, archive_dir: str, database: str) -> str:
         """A worker configuration pointing at this sandbox."""
-        te = self.totalexpert
         q = json.dumps
         return (
             f"[flexperto]\nbase_url = {q(self.flexperto_url)}\napi_key = {q(self.api_key)}\n"
             "page_size = 100\n"
-            f"[totalexpert]\nbase_url = {q(self.totalexpert_url)}\n"
-            f"client_id = {q(self.client_id)}\nclient_secret = {q(self.client_secret)}\n"
-            f"insight_type = {q(INSIGHT_TYPE)}\n"
-            f"requests_per_minute = {te.requests_per_minute}\n"
-            f"token_requests_per_hour = {te.token_requests_per_hour}\n"
+            + self.totalexpert_toml()
             + (
                 self.bucket.storage_toml(archive_dir)
                 if self.bucket is not None
                 else f"[storage]\narchive_dir = {q(archive_dir)}\n"
             )
             + f"[state]\ndatabase = {q(database)}\n"
+        )
+
+    def totalexpert_toml(self) -> str:
+        """The ``[totalexpert]`` section for this sandbox's TE and its limits."""
+        q = json.dumps
+        te = self.totalexpert
+        return (
+            f"[totalexpert]\nbase_url = {q(self.totalexpert_url)}\n"
+            f"client_id = {q(self.client_id)}\nclient_secret = {q(self.client_secret)}\n"
+            f"insight_type = {q(INSIGHT_TYPE)}\n"
+            f"requests_per_minute = {te.requests_per_minute}\n"
+            f"token_requests_per_hour = {te.token_requests_per_hour}\n"
         )
 
 
@@ -196,15 +204,7 @@ def tenants_toml(te: Sandbox, tenants: dict[str, Sandbox], budget: str = "te-bud
     archive folder and state file of its own, local storage) and all of them on ``te``'s
     Total Expert, sharing one ``budget`` file."""
     q = json.dumps
-    limits = te.totalexpert
-    text = (
-        f"[totalexpert]\nbase_url = {q(te.totalexpert_url)}\n"
-        f"client_id = {q(te.client_id)}\nclient_secret = {q(te.client_secret)}\n"
-        f"insight_type = {q(INSIGHT_TYPE)}\n"
-        f"requests_per_minute = {limits.requests_per_minute}\n"
-        f"token_requests_per_hour = {limits.token_requests_per_hour}\n"
-        f"shared_budget = {q(budget)}\n"
-    )
+    text = te.totalexpert_toml() + f"shared_budget = {q(budget)}\n"
     for name, box in tenants.items():
         text += (
             f"[[tenant]]\nname = {q(name)}\n"
@@ -213,3 +213,10 @@ def tenants_toml(te: Sandbox, tenants: dict[str, Sandbox], budget: str = "te-bud
             f"[tenant.state]\ndatabase = {q(name + '/state.db')}\n"
         )
     return text
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on right now (for a server to be started on it)."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]

@@ -6,7 +6,6 @@ Answers come from a scripted HTTP server on loopback; waits go to a list, not to
 from __future__ import annotations
 
 import json
-import socket
 import threading
 import time
 from collections import deque
@@ -29,6 +28,7 @@ from sync_worker.http import (
     retry_policy,
     send,
 )
+from sync_worker.sandbox import free_port
 
 POLICY = HttpConfig(
     timeout_seconds=1.0, retries=3, retry_wait_seconds=1.0, retry_max_wait_seconds=10.0
@@ -185,9 +185,7 @@ def test_an_answer_cut_short_may_hide_a_processed_request(server):
 
 
 def test_a_refused_connection_surely_did_nothing():
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # nobody listens on it
     with new_session() as session, pytest.raises(TransientError) as caught:
         send("svc", lambda: session.get(f"http://127.0.0.1:{port}/", timeout=1), NETWORK, 100)
     assert not caught.value.maybe_processed

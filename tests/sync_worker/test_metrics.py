@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import stat
 
 import pytest
@@ -11,7 +10,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync_worker import metrics
-from sync_worker.sandbox import Fault
+from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import seed_archive_id
 from sync_worker.state import rate_limit, te_access
 from sync_worker.state.db import open_database
@@ -102,12 +101,6 @@ def test_a_tenant_that_never_ran_shows_nothing_and_an_unreadable_one_is_logged(
     config.state.database.write_bytes(b"not a database" * 100)
     assert sample(registry, "sync_worker_stored_bytes") is None
     assert [e["event"] for e in log_lines()] == ["metrics.unreadable"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def test_the_endpoint_serves_the_metrics(sandbox, config, run, clock):

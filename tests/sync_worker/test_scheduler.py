@@ -2,14 +2,13 @@
 
 import json
 import signal
-import socket
 import threading
 from datetime import UTC, datetime, timedelta
 
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from sync_worker.sandbox import Sandbox, tenants_toml
+from sync_worker.sandbox import Sandbox, free_port, tenants_toml
 from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.sandbox.worker_process import start_worker
 
@@ -57,9 +56,7 @@ def test_daemon_runs_every_tenants_jobs_and_serves_their_metrics(tmp_path):
     a = Sandbox(tmp_path / "sandbox-a").start()
     b = Sandbox(tmp_path / "sandbox-b", seed=False).start()
     b.flexperto.add_archive(moderator=ANNA, participants=[MAX])
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        listen = f"127.0.0.1:{probe.getsockname()[1]}"
+    listen = f"127.0.0.1:{free_port()}"
     config_file = tmp_path / "config.toml"
     config_file.write_text(
         tenants_toml(a, {"a": a, "b": b})

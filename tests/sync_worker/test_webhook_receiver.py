@@ -9,6 +9,7 @@ import threading
 import pytest
 import requests
 
+from sync_worker.sandbox import free_port
 from sync_worker.webhook_receiver import MAX_BODY, WebhookReceiver
 
 SECRET = "F40mfum7pZC8DtdgGOYSijx26blP0HLs"
@@ -18,9 +19,7 @@ PAYLOAD = {"data": {"archive_id": "a-1", "archive_subject": {"conference_id": "c
 @pytest.fixture
 def receiver():
     woken = []
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     running = WebhookReceiver(f"127.0.0.1:{port}", woken.append).start()
     running.accept("bank-a", [SECRET])
     yield running, woken, f"http://127.0.0.1:{port}"

@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import threading
 from collections.abc import Callable
 
 import requests
 
-from sync_worker.sandbox import Fault
+from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.sandbox.worker_process import start_worker
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def read_until(process, found: Callable[[dict], bool]) -> list[dict]:

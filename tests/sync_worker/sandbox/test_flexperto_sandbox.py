@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from sync_worker.clock import FakeClock
-from sync_worker.sandbox import Sandbox
+from sync_worker.sandbox import Sandbox, free_port
 
 # These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
 pytestmark = pytest.mark.lenient_only
@@ -395,11 +395,7 @@ def test_storage_host_on_a_second_loopback_address_when_possible(sandbox):
 
 
 def test_given_ports_are_used(tmp_path):
-    ports = []
-    for _ in range(3):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
+    ports = [free_port() for _ in range(3)]
     with Sandbox(tmp_path, clock=FakeClock(), seed=False, ports=tuple(ports)) as sandbox:
         assert sandbox.flexperto_url.endswith(f":{ports[0]}")
         assert sandbox.s3_url.endswith(f":{ports[1]}")
