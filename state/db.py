@@ -15,7 +15,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlite_utils
@@ -48,10 +48,11 @@ def open_budget_database(
 def _open(
     path: Path, busy_timeout: float, create_tables: Callable[[sqlite_utils.Database], None]
 ) -> sqlite_utils.Database:
-    _create_private(path)
-    conn = sqlite3.connect(
-        path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
-    )
+    with _CREATING:
+        _create_private(path)
+        conn = sqlite3.connect(
+            path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
     _use_wal(conn, busy_timeout)
     # NORMAL: every commit survives a crash of the process; those made with
     # transaction(durable=True) also survive a power cut. See transaction().
@@ -83,9 +84,13 @@ def _use_wal(conn: sqlite3.Connection, busy_timeout: float) -> None:
 def open_read_only(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
     """Open an existing state or budget file for reading only: no schema change, no write
     lock, whatever the writers are doing (for the metrics)."""
-    conn = sqlite3.connect(
-        f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=busy_timeout, isolation_level=None
-    )
+    with _CREATING:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro",
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level=None,
+        )
     return sqlite_utils.Database(conn)
 
 
@@ -98,9 +103,34 @@ def open_memory_database() -> sqlite_utils.Database:
     return db
 
 
+# Held while a state or budget file is created and while connections to one are opened, so
+# that no thread of this process holds SQLite's locks on a file that _create_private has
+# open (see there).
+_CREATING = threading.Lock()
+# The files SQLite keeps beside a database in WAL mode; it gives them the database's mode.
+COMPANION_SUFFIXES = ("-wal", "-shm")
+
+
 def _create_private(path: Path) -> None:
+    """Create the database file 0600 if it does not exist, and take group and other access
+    away from an existing one and its companions.
+
+    An existing file is never opened here. Closing any descriptor of a file drops every POSIX
+    lock this process holds on it, SQLite's included (SQLite's "How To Corrupt An SQLite
+    Database File", 2.2): another process then thinks it is the last user, checkpoints and
+    deletes the WAL, and commits made afterwards through this process's connections are
+    lost. A new file is safe to open and close: no connection can be on it yet, since every
+    connection of this process is opened under _CREATING.
+    """
     make_private_dirs(path.parent)
-    fd = os.open(path, os.O_CREAT | os.O_RDWR, 0o600)
+    try:
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        for name in (path, *(Path(f"{path}{suffix}") for suffix in COMPANION_SUFFIXES)):
+            with suppress(FileNotFoundError):
+                if name.stat().st_mode & 0o077:
+                    name.chmod(0o600)  # by path: no descriptor, no lock dropped
+        return
     os.close(fd)
 
 

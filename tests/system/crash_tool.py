@@ -16,10 +16,16 @@ the invariants are checked:
 - every matched contact has exactly one insight per archive;
 - no temporary file and no incomplete upload is left behind;
 - Total Expert's per-minute and token limits were never exceeded;
-- no run, killed or not, printed a traceback; the last pass exits 0.
+- no run, killed or not, printed a traceback; the last pass exits 0;
+- the state file passes SQLite's integrity check.
+
+With ``--crowd``, the passes are not alone with the state file: a daemon (``sync-worker
+run``, a pass a second) runs throughout and is itself SIGKILLed and restarted at random,
+and an operator calls ``status`` over and over, as on a host where cron passes, the daemon
+and people share one state file.
 
 Usage: python -m tests.system.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
-       [--storage s3]
+       [--storage s3] [--crowd]
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -74,6 +81,11 @@ retry_wait_seconds = 0.01
 retry_max_wait_seconds = 0.05
 """
 MAX_ATTEMPTS_PER_KILL = 5
+# With --crowd: the daemon passes once a second beside the killed passes.
+CROWD_SETTINGS = """
+[schedule]
+interval_seconds = 1
+"""
 # Armed before some passes (each for one to three requests): what a real day may bring.
 FAULTS = (
     ("flexperto", Fault(path="/conferences/archives$", status=503)),
@@ -108,6 +120,8 @@ class Report:
     faults_armed: int = 0
     tokens_revoked: int = 0
     tracebacks: int = 0
+    daemon_kills: int = 0
+    status_calls: int = 0
     passes_to_finish: int = 0
     archives: int = 0
     insights: int = 0
@@ -115,7 +129,12 @@ class Report:
 
 
 def run(
-    kills: int, seed: int, folder: Path, dialect: Dialect = LENIENT, storage: str = "local"
+    kills: int,
+    seed: int,
+    folder: Path,
+    dialect: Dialect = LENIENT,
+    storage: str = "local",
+    crowd: bool = False,
 ) -> Report:
     rng = random.Random(seed)
     report = Report()
@@ -134,21 +153,86 @@ def run(
                 f"token_requests_per_hour = {TOKEN_REQUESTS_PER_HOUR}",
             )
             + SETTINGS
+            + (CROWD_SETTINGS if crowd else "")
         )
-        typical_pass = 1.0
-        for attempt in range(MAX_ATTEMPTS_PER_KILL * kills):
-            if report.kills >= kills:
-                break
-            _add_archive(sandbox, rng, attempt)
-            _stir(sandbox, rng, report)
-            started = time.monotonic()
-            if not _kill_one_pass(config, rng, report, typical_pass):
-                typical_pass = time.monotonic() - started  # it finished: aim within that
+        with Crowd(config, random.Random(rng.random()), report) if crowd else nullcontext():
+            _kill_passes(sandbox, config, rng, report, kills)
         for server in ("flexperto", "s3", "te"):
             sandbox.service(server).faults.clear()
         report.passes_to_finish = _finish(config, report)
         _check(sandbox, folder, load_config(config, env={}), report)
     return report
+
+
+def _kill_passes(
+    sandbox: Sandbox, config: Path, rng: random.Random, report: Report, kills: int
+) -> None:
+    typical_pass = 1.0
+    for attempt in range(MAX_ATTEMPTS_PER_KILL * kills):
+        if report.kills >= kills:
+            break
+        _add_archive(sandbox, rng, attempt)
+        _stir(sandbox, rng, report)
+        started = time.monotonic()
+        if not _kill_one_pass(config, rng, report, typical_pass):
+            typical_pass = time.monotonic() - started  # it finished: aim within that
+
+
+class Crowd:
+    """The other users of the state file while passes are killed: a daemon, itself killed
+    and restarted at random, and an operator calling ``status`` in a loop. Their output
+    goes to STDERR_LOG, checked for tracebacks at the end."""
+
+    def __init__(self, config: Path, rng: random.Random, report: Report) -> None:
+        self._config = config
+        self._rng = rng
+        self._report = report
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._daemon, daemon=True),
+            threading.Thread(target=self._operator, daemon=True),
+        ]
+
+    def __enter__(self) -> Crowd:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=60)
+
+    def _daemon(self) -> None:
+        with (self._config.parent / STDERR_LOG).open("a") as output:
+            while not self._stop.is_set():
+                daemon = subprocess.Popen(
+                    worker_command("--log-format", "json", "run", config=self._config),
+                    stdout=output,
+                    stderr=output,
+                )
+                self._stop.wait(self._rng.uniform(0.5, 4.0))
+                _kill(daemon)
+                daemon.wait()
+                self._report.daemon_kills += 1
+
+    def _operator(self) -> None:
+        state_file = self._config.parent / "state.db"
+        while not self._stop.is_set():
+            if not state_file.exists():  # status reads a state file, it makes none
+                self._stop.wait(0.1)
+                continue
+            done = subprocess.run(
+                worker_command("status", config=self._config),
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            self._report.status_calls += 1
+            self._report.tracebacks += _tracebacks(done.stdout + done.stderr)
+            if done.returncode != 0:
+                self._report.problems.append(f"status failed: {done.stderr.strip()[:300]}")
+            self._stop.wait(self._rng.uniform(0.0, 0.3))
 
 
 def _stir(sandbox: Sandbox, rng: random.Random, report: Report) -> None:
@@ -332,6 +416,9 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
         problems.append(f"TE answered 429 {te.rate_limited_count} times")
     if sandbox.s3.api_key_rejections:
         problems.append("the api-key was sent to the download host")
+    integrity = db.execute("pragma integrity_check").fetchone()[0]
+    if integrity != "ok":
+        problems.append(f"state file damaged: {integrity}")
     report.tracebacks += _tracebacks((folder / STDERR_LOG).read_text())
     if report.tracebacks:
         problems.append(f"{report.tracebacks} traceback(s) in the runs' output")
@@ -361,19 +448,33 @@ def main(argv: list[str] | None = None) -> int:
         "--strict", action="store_true", help="a sandbox that knows only the vendors' documents"
     )
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
+    parser.add_argument(
+        "--crowd", action="store_true", help="a daemon and status calls share the state file"
+    )
     args = parser.parse_args(argv)
     folder = args.keep or Path(tempfile.mkdtemp(prefix="crash-tool-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
         report = run(
-            args.kills, args.seed, folder, STRICT if args.strict else LENIENT, args.storage
+            args.kills,
+            args.seed,
+            folder,
+            STRICT if args.strict else LENIENT,
+            args.storage,
+            args.crowd,
         )
     finally:
         if args.keep is None:
             shutil.rmtree(folder, ignore_errors=True)
     print(
         json.dumps(
-            {"seed": args.seed, "strict": args.strict, "storage": args.storage, **report.__dict__},
+            {
+                "seed": args.seed,
+                "strict": args.strict,
+                "storage": args.storage,
+                "crowd": args.crowd,
+                **report.__dict__,
+            },
             indent=2,
             default=dict,
         )

@@ -1,0 +1,90 @@
+"""The state file shared by several processes: a daemon with connections in several threads,
+a cron pass, ``status`` typed by an operator. None of them may lose another's commit, and a
+file that is not what it should be is said so, never used."""
+
+from __future__ import annotations
+
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+from sync_worker.state.db import open_database, transaction
+
+# Another process that opens the state file, reads, and closes it (a `status` call).
+OPEN_READ_CLOSE = """
+import sys
+from pathlib import Path
+from sync_worker.state.db import open_database
+db = open_database(Path(sys.argv[1]))
+db.execute("select count(*) from archives").fetchall()
+db.close()
+"""
+
+
+def fresh_count(path: Path, table: str) -> int:
+    """What a new process finds in ``table``: only what truly reached the file."""
+    script = (
+        "import sqlite3, sys; "
+        f"print(sqlite3.connect(sys.argv[1]).execute('select count(*) from {table}').fetchone()[0])"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(path)], capture_output=True, text=True, check=True
+    )
+    return int(done.stdout)
+
+
+def test_no_commit_is_lost_while_another_process_opens_and_closes_the_file(tmp_path):
+    path = tmp_path / "state.db"
+    held = open_database(path)
+    held.execute("create table marks (n integer)")
+    for n in range(5):
+        # This process opens one more connection (a download thread, the other job) while
+        # it holds one; another process opens the file and closes it meanwhile.
+        extra = open_database(path)
+        subprocess.run([sys.executable, "-c", OPEN_READ_CLOSE, str(path)], check=True)
+        with transaction(held):
+            held.execute("insert into marks values (?)", [n])
+        extra.close()
+    assert fresh_count(path, "marks") == 5
+    held.close()
+
+
+def test_a_new_state_file_is_private_and_an_existing_one_made_private(tmp_path):
+    path = tmp_path / "state.db"
+    open_database(path).close()
+    assert path.stat().st_mode & 0o777 == 0o600
+    path.chmod(0o644)
+    db = open_database(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    for companion in (Path(f"{path}-wal"), Path(f"{path}-shm")):
+        assert companion.stat().st_mode & 0o077 == 0, companion
+    db.close()
+
+
+def test_an_existing_file_keeps_its_commits_when_many_threads_open_it_at_once(tmp_path):
+    import threading
+
+    path = tmp_path / "state.db"
+    held = open_database(path)
+    held.execute("create table marks (n integer)")
+    opened: list = []
+
+    def open_one() -> None:
+        opened.append(open_database(path))
+
+    threads = [threading.Thread(target=open_one) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    subprocess.run([sys.executable, "-c", OPEN_READ_CLOSE, str(path)], check=True)
+    for thread in threads:
+        thread.join()
+    for n, db in enumerate(opened):
+        with transaction(db):
+            db.execute("insert into marks values (?)", [n])
+        subprocess.run([sys.executable, "-c", OPEN_READ_CLOSE, str(path)], check=True)
+    assert fresh_count(path, "marks") == len(opened) == 8
+    for db in opened:
+        db.close()
+    held.close()
+    assert sqlite3.connect(path).execute("pragma integrity_check").fetchone()[0] == "ok"
