@@ -10,6 +10,7 @@ item: whatever goes wrong with it is recorded as its failure, and the others go 
 from __future__ import annotations
 
 import contextvars
+import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
@@ -22,6 +23,7 @@ import structlog
 
 from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
 from sync_worker.flexperto.records import (
+    IN_PROGRESS,
     ArchiveRecord,
     Person,
     RecordError,
@@ -32,13 +34,15 @@ from sync_worker.http import ApiError
 from sync_worker.jobs import sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
-from sync_worker.state import archives, capabilities
+from sync_worker.state import archives, capabilities, held_records
+from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.archives import ArchiveRow
 from sync_worker.state.db import ThreadConnections, make_durable
 from sync_worker.state.work_items import is_due
 from sync_worker.stores import ArchiveFile, Download, StoreError, TooLarge, VerificationError
 
-LISTED_STATUSES = ("AVAILABLE", "ABANDONED")
+# Downloadable ones, and those still being made: they hold their conference back.
+LISTED_STATUSES = ("AVAILABLE", "ABANDONED", *sorted(IN_PROGRESS))
 # A form short of the preferred one is tried again after this long: services change.
 RECHECK_SECONDS = 7 * 24 * 3600
 # How a failed archive waits: not yet stored -> failed; stored (abandon failed) -> stored.
@@ -70,12 +74,22 @@ def run(ctx: JobContext) -> None:
         ctx.stats.add(Outcome.WAITING, len(open_work) - len(due))
     to_store = [row for row in due if row.state != archives.STORED]
     ctx.progress.start_pass(len(to_store))
+    abandoning = threading.Lock()  # one abandon at a time: siblings finish together
+
+    def store_then_abandon(thread_ctx: JobContext, row: ArchiveRow) -> None:
+        """Abandon as soon as the archive is stored, not after the other downloads (one of
+        which may take hours): its checkpoint made durable first."""
+        if store(thread_ctx, row):
+            with abandoning:
+                make_durable(thread_ctx.db)
+                abandon(thread_ctx, row, row.archive_id in listed)
+
     try:
-        _in_parallel(ctx, to_store, store)
+        _in_parallel(ctx, to_store, store_then_abandon)
     finally:
         ctx.progress.finish()
-    # One fsync makes every "stored" checkpoint of this pass survive a power cut before
-    # anything is abandoned: cheaper than one per archive, and just as safe.
+    # What was stored before this pass, or had to wait for a sibling: one fsync makes every
+    # checkpoint survive a power cut before anything else is abandoned.
     make_durable(ctx.db)
     for row in _due(ctx, archives.open_work(ctx.db)):
         if ctx.stop_requested():
@@ -134,18 +148,22 @@ def _each(
 
 
 def refresh_listing(ctx: JobContext) -> set[str]:
-    """Record every downloadable archive Flexperto lists; bad records are logged, skipped.
-    Returns the ids of the archives listed (those not listed are looked up one by one
-    before they are abandoned)."""
+    """Record every downloadable archive Flexperto lists; hold the records that cannot be
+    taken (rejected, or still being made), which holds their conference back. Returns the
+    ids of the archives listed (those not listed are looked up one by one before they are
+    abandoned)."""
     seen: dict[str, ArchiveRecord] = {}
+    listing = held_records.new_listing()
     try:
         for raw in _listed_records(ctx):
-            record = _parse_listed(ctx, raw)
+            record = _parse_listed(ctx, raw, listing)
             if record is not None:
                 seen[record.archive_id] = record
-    except ApiError as exc:  # keep what was listed before the failure
+    except ApiError as exc:  # keep what was listed before the failure, and every hold
         log.error("archive.list_failed", error=str(exc))
         ctx.stats.add(Outcome.FAILED)
+    else:
+        held_records.forget_unseen(ctx.db, listing)
     for archive_id in archives.note_listed(ctx.db, seen.values(), ctx.clock.now()):
         record = seen[archive_id]
         log.info(
@@ -195,12 +213,25 @@ def _negotiate_listing(ctx: JobContext) -> ListingForm:
     return form
 
 
-def _parse_listed(ctx: JobContext, raw: object) -> ArchiveRecord | None:
+def _parse_listed(ctx: JobContext, raw: object, listing: str) -> ArchiveRecord | None:
+    """The listed record if it can be taken now; else None, and it is held (rejected or
+    still being made) or, in a status with nothing to take (FAILED, EXPIRED), skipped."""
     try:
         record = parse_record(raw)
     except RecordError as exc:
-        log.error("archive.rejected", reason=str(exc))
+        held_records.hold(ctx.db, raw, held_records.REJECTED, str(exc), listing, ctx.clock.now())
+        log.error(
+            "archive.rejected",
+            reason=str(exc),
+            key=held_records.record_key(raw),
+            conference_id=held_records.record_conference(raw),
+        )
         ctx.stats.add(Outcome.REJECTED)
+        return None
+    if record.status in IN_PROGRESS:
+        reason = f"still {record.status}"
+        held_records.hold(ctx.db, raw, held_records.IN_PROGRESS, reason, listing, ctx.clock.now())
+        log.debug("archive.in_progress", archive_id=record.archive_id, status=record.status)
         return None
     if not record.downloadable:
         # Asked for by status, the list should not show it; unfiltered, it shows everything.
@@ -210,8 +241,9 @@ def _parse_listed(ctx: JobContext, raw: object) -> ArchiveRecord | None:
     return record
 
 
-def store(ctx: JobContext, row: ArchiveRow) -> None:
-    """Download, verify and store one archive, and checkpoint it (not yet durably)."""
+def store(ctx: JobContext, row: ArchiveRow) -> bool:
+    """Download, verify and store one archive, and checkpoint it (not yet durably);
+    whether it is stored now."""
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         _store(ctx, row.record, bound)
@@ -219,6 +251,8 @@ def store(ctx: JobContext, row: ArchiveRow) -> None:
         raise  # the state file is out of reach: stop the pass, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)
+        return False
+    return True
 
 
 def abandon(ctx: JobContext, row: ArchiveRow, listed: bool) -> None:
@@ -320,7 +354,7 @@ def _abandon(ctx: JobContext, row: ArchiveRow, listed: bool, bound: Any) -> None
         bound.info("archive.claimed", already_abandoned=True)
         ctx.stats.add(Outcome.CLAIMED)
         return
-    waiting_for = archives.unsafe_siblings(ctx.db, conference_id, archive_id)
+    waiting_for = conference_blockers(ctx.db, conference_id)
     if waiting_for:
         bound.info("archive.abandon_deferred", waiting_for=waiting_for)
         ctx.stats.add(Outcome.DEFERRED)

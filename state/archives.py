@@ -26,6 +26,8 @@ STORED = "stored"
 CLAIMED = "claimed"
 GIVEN_UP = "given_up"
 
+ALL_STATES = (PENDING, FAILED, STORED, CLAIMED, GIVEN_UP)
+# The verified bytes are in the store.
 SAFE_STATES = (STORED, CLAIMED)
 
 
@@ -169,17 +171,12 @@ def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
     return [_archive_row(row) for row in rows]
 
 
-def unsafe_siblings(db: sqlite_utils.Database, conference_id: str, archive_id: str) -> list[str]:
-    """Other downloadable archives of the conference not yet stored.
-
-    Abandon works per conference, so it must wait until all of them are safe.
-    """
+def of_conference(db: sqlite_utils.Database, conference_id: str) -> list[ArchiveRow]:
+    """Every archive of the conference the ledger knows, in any state."""
     rows = db.query(
-        "select archive_id from archives where conference_id = ? and archive_id != ? "
-        "and state not in (?, ?) and remote_status in ('AVAILABLE', 'ABANDONED')",
-        [conference_id, archive_id, *SAFE_STATES],
+        "select * from archives where conference_id = ? order by archive_id", [conference_id]
     )
-    return [row["archive_id"] for row in rows]
+    return [_archive_row(row) for row in rows]
 
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:

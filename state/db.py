@@ -271,6 +271,21 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         if_not_exists=True,
     )
     db["totals"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
+    db["held_records"].create(  # state.held_records
+        {
+            "key": str,
+            "conference_id": str,
+            "kind": str,
+            "reason": str,
+            "listing": str,
+            "first_seen_at": float,
+            "last_seen_at": float,
+        },
+        pk="key",
+        not_null={"kind", "reason", "listing"},
+        if_not_exists=True,
+    )
+    db["held_records"].create_index(["conference_id"], if_not_exists=True)
     db["webhook_secrets"].create(
         {
             "secret": str,

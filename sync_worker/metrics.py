@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sync_worker.clock import Clock
 from sync_worker.config import Config, parse_listen
 from sync_worker.logs import exception_fields
-from sync_worker.state import archives, reports, run_history
+from sync_worker.state import archives, held_records, reports, run_history
 from sync_worker.state.db import open_read_only
 from sync_worker.state.te_access import SharedAccess
 
@@ -109,6 +109,10 @@ def families() -> dict[str, Metric]:
         "insights": ("Insights (and participants without one), by state", ["state"]),
         "stored_bytes": ("Bytes of verified archives in the store", []),
         "given_up_items": ("Items parked after too many failures, by kind", ["kind"]),
+        "held_records": (
+            "Listed records held back, holding back their conference's abandon, by kind",
+            ["kind"],
+        ),
         "oldest_unstored_archive_age_seconds": (
             "Age of the oldest archive listed but not yet stored (0: none)",
             [],
@@ -150,6 +154,9 @@ def _collect_tenant(config: Config, now: float, families: dict[str, Metric]) -> 
         families["stored_bytes"].add_metric([tenant], _stored_bytes(db))
         for kind, count in _given_up(db).items():
             families["given_up_items"].add_metric([tenant, kind], count)
+        held = held_records.counts(db) if db["held_records"].exists() else {}
+        for kind in held_records.KINDS:
+            families["held_records"].add_metric([tenant, kind], held.get(kind, 0))
         oldest = _oldest_unstored(db)
         families["oldest_unstored_archive_age_seconds"].add_metric(
             [tenant], max(now - oldest, 0.0) if oldest is not None else 0.0

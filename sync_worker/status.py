@@ -14,7 +14,7 @@ from typing import Any, TextIO
 
 import sqlite_utils
 
-from sync_worker.state import reports
+from sync_worker.state import held_records, reports
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
 FAILING_SHOWN = 50
@@ -25,6 +25,8 @@ def render_table(db: sqlite_utils.Database | None, limit: int = FAILING_SHOWN) -
     state file yet)."""
     counts = reports.counts(db) if db is not None else {"archives": {}, "insights": {}}
     lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
+    if db is not None:
+        lines.extend(_held(db, limit))
     rows, total = reports.failing(db, limit) if db is not None else ([], 0)
     if not rows:
         lines.append("No failing items.")
@@ -38,9 +40,33 @@ def render_table(db: sqlite_utils.Database | None, limit: int = FAILING_SHOWN) -
             f"{row['attempts']:>5}  {next_try}"
         )
         lines.append(f"{'':<38} {row['last_error']}")
-    if total > len(rows):
-        lines.append(f"... and {total - len(rows)} more (sync-worker status --limit N)")
+    lines.extend(_more(total - len(rows)))
     return "\n".join(lines)
+
+
+def _held(db: sqlite_utils.Database, limit: int) -> list[str]:
+    """The held records, which keep their conference (or, without one, every conference)
+    from being abandoned."""
+    held, total = held_records.listed(db, limit)
+    if not held:
+        return []
+    lines = [
+        "",
+        "Held back: listed records not taken, whose conference is not abandoned meanwhile",
+        f"{'RECORD':<38} {'CONFERENCE':<28} {'KIND':<11} SINCE / REASON",
+    ]
+    for item in held:
+        conference = item.conference_id or "(unreadable: holds back all)"
+        lines.append(
+            f"{item.key!s:<38} {conference[:28]:<28} {item.kind:<11} {_iso(item.first_seen_at)}"
+        )
+        lines.append(f"{'':<38} {item.reason}")
+    lines.extend(_more(total - len(held)))
+    return [*lines, ""]
+
+
+def _more(hidden: int) -> list[str]:
+    return [f"... and {hidden} more (sync-worker status --limit N)"] if hidden > 0 else []
 
 
 def write_json(

@@ -36,6 +36,8 @@ KNOWN_STATUSES = frozenset(
     }
 )
 DOWNLOADABLE = frozenset({"AVAILABLE", "ABANDONED"})
+# Still being made: not downloadable yet, but an archive soon.
+IN_PROGRESS = frozenset({"PROCESSING", "ARTIFACT_GATHERING_COMPLETE", "PACKING"})
 
 # Ids reach file names: letters, digits, "-", "_", "." only, never leading ".", bounded length.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")

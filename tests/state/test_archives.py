@@ -47,16 +47,3 @@ def test_listing_does_not_rewrite_a_stored_record(tmp_path):
     assert archives.note_listed(db, [changed], 2.0) == []
     row = archives.get(db, "a1")
     assert (row.record.sha256, row.conference_id, "note" in row.record.raw) == (SHA, "c1", False)
-
-
-def test_abandon_waits_for_unstored_siblings_of_the_conference(tmp_path):
-    db = open_database(tmp_path / "s.db")
-    listed(db, "a1")
-    listed(db, "a2")
-    listed(db, "a3", conference_id="c2")
-    archives.mark_stored(db, "a1", "/x", 1, 1.0, [], None)
-    assert archives.unsafe_siblings(db, "c1", "a1") == ["a2"]
-    archives.mark_stored(db, "a2", "/y", 1, 1.0, [], None)
-    assert archives.unsafe_siblings(db, "c1", "a1") == []
-    assert archives.mark_conference_claimed(db, "c1", 2.0) == 2
-    assert [r.archive_id for r in archives.open_work(db)] == ["a3"]
