@@ -54,10 +54,7 @@ def blockers(siblings: Iterable[Sibling]) -> list[str]:
 
 def conference_blockers(db: sqlite_utils.Database, conference_id: str) -> list[str]:
     """What holds ``conference_id`` back now, from the ledger and the held records."""
-    known = [
-        Sibling(row.archive_id, row.state, row.remote_status)
-        for row in archives.of_conference(db, conference_id)
-    ]
+    known = [Sibling(*row) for row in archives.of_conference(db, conference_id)]
     held = [
         Sibling(item.key, None, None, f"{item.kind}: {item.reason}")
         for item in held_records.blocking(db, conference_id)

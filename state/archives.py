@@ -171,12 +171,14 @@ def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
     return [_archive_row(row) for row in rows]
 
 
-def of_conference(db: sqlite_utils.Database, conference_id: str) -> list[ArchiveRow]:
-    """Every archive of the conference the ledger knows, in any state."""
-    rows = db.query(
-        "select * from archives where conference_id = ? order by archive_id", [conference_id]
-    )
-    return [_archive_row(row) for row in rows]
+def of_conference(db: sqlite_utils.Database, conference_id: str) -> list[tuple[str, str, str]]:
+    """Every archive of the conference the ledger knows, in any state: (archive_id, state,
+    remote_status)."""
+    return db.execute(
+        "select archive_id, state, remote_status from archives where conference_id = ? "
+        "order by archive_id",
+        [conference_id],
+    ).fetchall()
 
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
