@@ -4,7 +4,9 @@
 participant email, to be matched against Total Expert contacts. ``insights`` is the ledger:
 one row per (archive, contact), moved ``pending → sending → sent``. A row left in
 ``sending`` means a POST whose outcome is unknown, so it is looked up in Total Expert before
-being posted again. When that look-up cannot be trusted (TE's insight list does not show
+being posted again. The insights of an archive first seen ABANDONED (rescued after the state
+was lost, or abandoned by another worker) start in ``sending``: an earlier POST may have
+been made for them. When that look-up cannot be trusted (TE's insight list does not show
 the ``data`` we sent), the row is parked as ``unverified``: posting it again could double
 it, so an operator decides.
 """
@@ -77,15 +79,24 @@ def queue_insights(
     email: str,
     contacts: Iterable[tuple[int, int]],
 ) -> None:
-    """Queue one insight per (contact id, owner id) and close the participant, atomically."""
+    """Queue one insight per (contact id, owner id) and close the participant, atomically.
+    Those of an archive first seen ABANDONED are queued ``sending``: looked for first."""
     contacts = list(contacts)
     with transaction(db):
+        state = SENDING if _first_seen_abandoned(db, archive_id) else PENDING
         db.conn.executemany(
             "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
-            "attempts) values (?, ?, ?, ?, 'pending', 0)",
-            [(archive_id, contact_id, owner_id, email) for contact_id, owner_id in contacts],
+            "attempts) values (?, ?, ?, ?, ?, 0)",
+            [(archive_id, contact_id, owner_id, email, state) for contact_id, owner_id in contacts],
         )
         _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
+
+
+def _first_seen_abandoned(db: sqlite_utils.Database, archive_id: str) -> bool:
+    row = db.execute(
+        "select first_seen_status from archives where archive_id = ?", [archive_id]
+    ).fetchone()
+    return row is not None and row[0] == "ABANDONED"
 
 
 def _close_participant(db: sqlite_utils.Database, archive_id: str, email: str, state: str) -> None:
