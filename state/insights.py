@@ -8,7 +8,8 @@ being posted again. The insights of an archive first seen ABANDONED (rescued aft
 was lost, or abandoned by another worker) start in ``sending``: an earlier POST may have
 been made for them. When that look-up cannot be trusted (TE's insight list does not show
 the ``data`` we sent), the row is parked as ``unverified``: posting it again could double
-it, so an operator decides.
+it, so an operator decides. A participant whose address too many contacts share is parked
+as ``ambiguous`` for an operator too.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ SENDING = "sending"
 SENT = "sent"
 GIVEN_UP = "given_up"
 UNVERIFIED = "unverified"
+AMBIGUOUS = "ambiguous"
 
 
 @dataclass(frozen=True)
@@ -92,6 +94,12 @@ def queue_insights(
         _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
 
 
+def park_participant(db: sqlite_utils.Database, archive_id: str, email: str, error: str) -> None:
+    """Park a participant as ``ambiguous`` (too many contacts share its address), with why."""
+    with transaction(db):
+        _close_participant(db, archive_id, email, AMBIGUOUS, error[:500])
+
+
 def _first_seen_abandoned(db: sqlite_utils.Database, archive_id: str) -> bool:
     row = db.execute(
         "select first_seen_status from archives where archive_id = ?", [archive_id]
@@ -99,11 +107,13 @@ def _first_seen_abandoned(db: sqlite_utils.Database, archive_id: str) -> bool:
     return row is not None and row[0] == "ABANDONED"
 
 
-def _close_participant(db: sqlite_utils.Database, archive_id: str, email: str, state: str) -> None:
+def _close_participant(
+    db: sqlite_utils.Database, archive_id: str, email: str, state: str, error: str | None = None
+) -> None:
     db.execute(
-        "update participants set state = ?, last_error = null, next_attempt_at = null "
+        "update participants set state = ?, last_error = ?, next_attempt_at = null "
         "where archive_id = ? and email = ?",
-        [state, archive_id, email],
+        [state, error, archive_id, email],
     )
 
 
@@ -178,6 +188,7 @@ def give_up(
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
     """Put failing and parked participants and insights (of one archive, or all) back to work.
+    An ``ambiguous`` participant is matched again (under the ceiling then configured).
 
     A parked insight may have been posted before it failed, so it is looked for before it is
     posted again; except an ``unverified`` one, which cannot be looked for: the operator who
@@ -187,7 +198,7 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
     with transaction(db):  # each "state in" leads with the state index: no ledger scan
         count = db.execute(
             "update participants set state = 'pending', attempts = 0, next_attempt_at = null "
-            f"where state in ('failed', 'given_up') {which}",
+            f"where state in ('failed', 'given_up', 'ambiguous') {which}",
             params,
         ).rowcount
         count += db.execute(

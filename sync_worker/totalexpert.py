@@ -189,9 +189,17 @@ class TotalExpertClient:
             if user is not None:
                 yield user
 
-    def find_contacts(self, email: str) -> list[Contact]:
-        found = _contacts(self._pages("/contacts", {"email": email}))
-        return [contact for contact in found if contact.email == email.lower()]
+    def find_contacts(self, email: str, limit: int) -> list[Contact]:
+        """The contacts with ``email``; reading stops past ``limit`` of them (at most
+        ``limit + 1`` come back)."""
+        found: list[Contact] = []
+        for item in self._pages("/contacts", {"email": email}):
+            contact = _contact(item)
+            if contact is not None and contact.email == email.lower():
+                found.append(contact)
+                if len(found) > limit:
+                    break
+        return found
 
     def find_user(self, email: str) -> User | None:
         for item in self._pages("/users", {"email": email}):

@@ -69,3 +69,14 @@ def test_an_archive_listed_by_an_older_version_is_queued_as_before(tmp_path):
     db = open_database(path)
     assert db["archives"].columns_dict["first_seen_status"] is str
     assert state_of(queued(db, "a1"), "a1") == "pending"
+
+
+def test_retry_matches_an_ambiguous_participant_again(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    archives.note_listed(db, [archive_record("a1")], now=0.0)
+    archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
+    insights.park_participant(db, "a1", "p@example.org", "more than 20 contacts")
+    assert db["participants"].get(("a1", "p@example.org"))["state"] == "ambiguous"
+    assert insights.open_participants(db) == []
+    assert insights.retry_failed(db, "a1") == 1
+    assert [row.email for row in insights.open_participants(db)] == ["p@example.org"]
