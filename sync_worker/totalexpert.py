@@ -36,7 +36,6 @@ from sync_worker.http import (
     ApiError,
     NetworkTime,
     TransientError,
-    error_text,
     json_body,
     new_session,
     raise_for_status,
@@ -225,10 +224,11 @@ class TotalExpertClient:
         try:
             return _created_id(answer.body)
         except ValueError:
+            kind = answer.headers.get("Content-Type", "no Content-Type")[:60]
             raise TransientError(
                 SERVICE,
-                f"POST /insights answered HTTP {answer.status} without TE's answer "
-                f"({error_text(answer)[:80]}): the insight may or may not exist",
+                f"POST /insights answered HTTP {answer.status} ({kind}) with a body that is "
+                "not TE's answer: the insight may or may not exist, it is looked for",
                 answer.status,
                 maybe_processed=True,
             ) from None

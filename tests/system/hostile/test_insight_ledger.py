@@ -107,6 +107,10 @@ def test_a_post_answered_by_a_proxy_page_is_not_recorded_sent(sandbox, config, r
     assert sandbox.totalexpert.insights() == []
     states = set(ledger(config).values())
     assert states and "sent" not in states and states <= {"pending", "sending"}
+    db = open_database(config.state.database)
+    [error] = {r["last_error"] for r in db["insights"].rows if r["last_error"]}
+    db.close()
+    assert "not TE's answer" in error and "Reference" not in error  # the page is not echoed
 
     sandbox.service("te").faults.clear()
     clock.advance(config.retry.max_backoff_seconds)
