@@ -4,11 +4,12 @@ one "Conference archived" insight per matched contact, exactly once.
 Exactly once: an insight is marked ``sending`` before its POST and ``sent`` only once TE's
 answer proves it created (a 2xx of another shape, a proxy's page say, proves nothing). One
 found still ``sending`` (a crash, a timeout or such an answer hid the outcome; or its archive
-was first seen ABANDONED, so another worker or a lost state file may have posted it) is
-first looked for among the contact's insights by ``data.flexperto_archive_id``; if TE's list
-cannot tell (it does not show ``data``), the insight is parked ``unverified`` instead of
-risking a second one. A participant whose address more contacts share than
-``totalexpert.max_contacts_per_address`` is parked ``ambiguous``, with no insight queued.
+was listed ABANDONED before this worker abandoned it, so another worker, or this one before
+its state file was lost, may have posted it) is first looked for among the contact's
+insights by ``data.flexperto_archive_id``; if TE's list cannot tell (it does not show
+``data``), the insight is parked ``unverified`` instead of risking a second one. A
+participant whose address more contacts share than ``totalexpert.max_contacts_per_address``
+is parked ``ambiguous``, with no insight queued.
 
 Each participant and each insight is one item: a failure is recorded for it and the job
 goes on, except that once TE cannot be reached the rest waits for a later pass.

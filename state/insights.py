@@ -4,12 +4,12 @@
 participant email, to be matched against Total Expert contacts. ``insights`` is the ledger:
 one row per (archive, contact), moved ``pending → sending → sent``. A row left in
 ``sending`` means a POST whose outcome is unknown, so it is looked up in Total Expert before
-being posted again. The insights of an archive first seen ABANDONED (rescued after the state
-was lost, or abandoned by another worker) start in ``sending``: an earlier POST may have
-been made for them. When that look-up cannot be trusted (TE's insight list does not show
-the ``data`` we sent), the row is parked as ``unverified``: posting it again could double
-it, so an operator decides. A participant whose address too many contacts share is parked
-as ``ambiguous`` for an operator too.
+being posted again. The insights of an archive listed ABANDONED before this worker abandoned
+it (first seen so: rescued after the state was lost; or abandoned by another worker) start
+in ``sending``: another POST may have been made for them. When that look-up cannot be
+trusted (TE's insight list does not show the ``data`` we sent), the row is parked as
+``unverified``: posting it again could double it, so an operator decides. A participant
+whose address too many contacts share is parked as ``ambiguous`` for an operator too.
 """
 
 from __future__ import annotations
@@ -82,10 +82,10 @@ def queue_insights(
     contacts: Iterable[tuple[int, int]],
 ) -> None:
     """Queue one insight per (contact id, owner id) and close the participant, atomically.
-    Those of an archive first seen ABANDONED are queued ``sending``: looked for first."""
+    Those of an archive abandoned elsewhere are queued ``sending``: looked for first."""
     contacts = list(contacts)
     with transaction(db):
-        state = SENDING if _first_seen_abandoned(db, archive_id) else PENDING
+        state = SENDING if _abandoned_elsewhere(db, archive_id) else PENDING
         db.conn.executemany(
             "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
             "attempts) values (?, ?, ?, ?, ?, 0)",
@@ -100,11 +100,14 @@ def park_participant(db: sqlite_utils.Database, archive_id: str, email: str, err
         _close_participant(db, archive_id, email, AMBIGUOUS, error[:500])
 
 
-def _first_seen_abandoned(db: sqlite_utils.Database, archive_id: str) -> bool:
+def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
+    """Whether the archive was listed ABANDONED before this worker abandoned it: first seen
+    so, or so since (the listing does not update a claimed archive)."""
     row = db.execute(
-        "select first_seen_status from archives where archive_id = ?", [archive_id]
+        "select first_seen_status, remote_status from archives where archive_id = ?",
+        [archive_id],
     ).fetchone()
-    return row is not None and row[0] == "ABANDONED"
+    return row is not None and "ABANDONED" in row
 
 
 def _close_participant(

@@ -45,16 +45,19 @@ def test_a_sent_insight_may_have_no_te_id_and_learn_it_later(tmp_path):
     assert db["insights"].get(("a1", 451))["te_insight_id"] == 9001
 
 
-def test_insights_of_an_archive_first_seen_abandoned_are_looked_for_first(tmp_path):
+def test_insights_of_an_archive_abandoned_elsewhere_are_looked_for_first(tmp_path):
     db = open_database(tmp_path / "s.db")
     archives.note_listed(db, [archive_record("rescued", status="ABANDONED")], now=0.0)
-    archives.note_listed(db, [archive_record("new")], now=0.0)
-    archives.note_listed(db, [archive_record("new", status="ABANDONED")], now=1.0)
-    for archive_id in ("rescued", "new"):
+    archives.note_listed(db, [archive_record("ours"), archive_record("theirs")], now=0.0)
+    archives.note_listed(db, [archive_record("theirs", status="ABANDONED")], now=1.0)
+    for archive_id in ("rescued", "ours", "theirs"):
         archives.mark_stored(db, archive_id, "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
         insights.queue_insights(db, archive_id, "p@example.org", [(451, 50)])
-    # "new" was AVAILABLE when first listed: this worker abandoned it, nobody posted for it.
-    assert (state_of(db, "rescued"), state_of(db, "new")) == ("sending", "pending")
+    assert [state_of(db, a) for a in ("rescued", "ours", "theirs")] == [
+        "sending",  # first seen ABANDONED: a lost state file, say
+        "pending",  # AVAILABLE until this worker stored it: nobody posted for it
+        "sending",  # abandoned by another worker before this one stored it
+    ]
 
 
 def test_an_archive_listed_by_an_older_version_is_queued_as_before(tmp_path):

@@ -1,7 +1,8 @@
 """Total Expert, or whatever answers in its place, against the insight ledger: an insight
 counts as sent only when TE's answer proves it, an archive rescued after its state was lost
-is looked up before anything is posted for it, an address shared by a crowd of contacts is
-parked for an operator, and a nonsense token lifetime spends no extra token request.
+or abandoned by another worker is looked up before anything is posted for it, an address
+shared by a crowd of contacts is parked for an operator, and a nonsense token lifetime
+spends no extra token request.
 
 Each test checks the ledger against the sandbox TE's own record: every insight exactly once,
 none lost."""
@@ -87,6 +88,14 @@ def lose_state_file(config) -> None:
         config.state.database.with_name(config.state.database.name + suffix).unlink(missing_ok=True)
 
 
+def add_meeting(sandbox, email: str, status: str = "AVAILABLE") -> dict:
+    return sandbox.flexperto.add_archive(
+        status=status,
+        moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
+        participants=[{"account_id": "p-crowd", "email": email, "name": "Crowd"}],
+    )
+
+
 # --- a 2xx counts as sent only with the shape TE documents ------------------------------
 
 
@@ -162,7 +171,7 @@ def test_a_lookup_answered_by_a_proxy_page_is_not_taken_for_no_insight(
     assert set(created) <= set(in_te(sandbox))
 
 
-# --- an archive first seen ABANDONED is looked up in TE before any POST ---------------
+# --- an archive abandoned elsewhere is looked up in TE before any POST -----------------
 
 
 def test_archives_rescued_after_a_lost_state_file_are_not_posted_again(
@@ -188,7 +197,7 @@ def test_archives_rescued_after_a_lost_state_file_are_not_posted_again(
         assert sent == set(held) - set(before)
 
 
-def test_a_rescued_archive_is_parked_unverified_when_te_cannot_tell(sandbox_in, clock, tmp_path):
+def test_a_rescued_archive_is_parked_unverified_when_te_cannot_tell(sandbox_in, clock):
     sandbox, config = sandbox_in(replace(LENIENT, te_insight_data_listed=False))
     assert run_pass(config, clock).exit_code == 0
     before = in_te(sandbox)
@@ -206,37 +215,45 @@ def test_a_rescued_archive_is_parked_unverified_when_te_cannot_tell(sandbox_in, 
 def test_an_archive_abandoned_by_another_worker_is_looked_up_first(sandbox_in, clock):
     # Only a list that shows ABANDONED archives (beyond the documents) lets one in.
     sandbox, config = sandbox_in(LENIENT)
-    meeting = sandbox.flexperto.add_archive(
-        status="ABANDONED",
-        moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
-        participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}],
-    )
-    lena = next(c for c in sandbox.totalexpert.contacts() if c["email"] == "lena.lang@example.org")
-    # The other worker posted its insight before it abandoned the conference.
-    sandbox.totalexpert._routes[("POST", "/insights")](
-        _incoming(
-            {
-                "type": {"type": config.totalexpert.insight_type},
-                "contact": {"id": lena["id"]},
-                "owner": {"id": lena["owner"]["id"]},
-                "insight_date": "2026-11-20 09:00:00",
-                "data": {"flexperto_archive_id": meeting["id"]},
-            }
-        )
-    )
+    meeting = add_meeting(sandbox, "lena.lang@example.org", status="ABANDONED")
+    lena = post_as_another_worker(sandbox, config, meeting["id"], "lena.lang@example.org")
     assert run_pass(config, clock).exit_code == 0
-    assert in_te(sandbox)[(meeting["id"], lena["id"])] == 1
+    assert in_te(sandbox)[(meeting["id"], lena)] == 1
     exactly_once(sandbox, config)
 
 
-def _incoming(body: dict) -> Incoming:
-    return Incoming(
-        method="POST",
-        path="/v1/insights",
-        query={},
-        headers={"content-type": "application/json"},
-        body=json.dumps(body).encode(),
-    )
+def test_an_archive_known_here_but_abandoned_by_another_worker_is_looked_up_first(
+    sandbox_in, clock
+):
+    sandbox, config = sandbox_in(LENIENT)
+    meeting = add_meeting(sandbox, "lena.lang@example.org")
+    download = Fault(path=f"{meeting['id']}/download$", status=503, times=None)
+    sandbox.add_fault("flexperto", download)
+    run_pass(config, clock)  # listed AVAILABLE here, not stored
+    sandbox.service("flexperto").faults.clear()
+    # Meanwhile another worker stores it, posts its insight and abandons it.
+    lena = post_as_another_worker(sandbox, config, meeting["id"], "lena.lang@example.org")
+    sandbox.flexperto.set_status(meeting["id"], "ABANDONED")
+    clock.advance(config.retry.max_backoff_seconds)
+    assert run_pass(config, clock).exit_code == 0
+    assert in_te(sandbox)[(meeting["id"], lena)] == 1
+    exactly_once(sandbox, config)
+
+
+def post_as_another_worker(sandbox, config, archive_id: str, email: str) -> int:
+    """Post the insight another worker would have posted for the archive; the contact id."""
+    contact = next(c for c in sandbox.totalexpert.contacts() if c["email"] == email)
+    body = {
+        "type": {"type": config.totalexpert.insight_type},
+        "contact": {"id": contact["id"]},
+        "owner": {"id": contact["owner"]["id"]},
+        "insight_date": "2026-11-20 09:00:00",
+        "data": {"flexperto_archive_id": archive_id},
+    }
+    headers = {"content-type": "application/json"}
+    request = Incoming("POST", "/v1/insights", {}, headers, json.dumps(body).encode())
+    assert sandbox.totalexpert._routes[("POST", "/insights")](request).status == 201
+    return contact["id"]
 
 
 # --- contacts per address are bounded ---------------------------------------------------
@@ -249,14 +266,6 @@ def crowd(sandbox, email: str, count: int) -> None:
         te.add_contact(email, owners[n % len(owners)], "Crowd", str(n))
 
 
-def add_meeting(sandbox, email: str) -> dict:
-    return sandbox.flexperto.add_archive(
-        status="AVAILABLE",
-        moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
-        participants=[{"account_id": "p-crowd", "email": email, "name": "Crowd"}],
-    )
-
-
 @pytest.mark.parametrize("contacts", [30, 2500], ids=["copied", "looked-up"])
 def test_an_address_shared_by_a_crowd_of_contacts_is_parked_as_ambiguous(
     sandbox, config, run, clock, tmp_path, capsys, contacts
@@ -264,7 +273,7 @@ def test_an_address_shared_by_a_crowd_of_contacts_is_parked_as_ambiguous(
     email = "shared.inbox@example.org"
     crowd(sandbox, email, contacts)
     meeting = add_meeting(sandbox, email)
-    contact_pages_before = _contact_pages_read(sandbox, email)
+    contact_pages_before = contact_pages_read(sandbox, email)
     assert run().exit_code == 1
     db = open_database(config.state.database)
     row = db["participants"].get((meeting["id"], email))
@@ -275,7 +284,7 @@ def test_an_address_shared_by_a_crowd_of_contacts_is_parked_as_ambiguous(
     ).fetchone() == (0,)
     assert not any(key[0] == meeting["id"] for key in in_te(sandbox))
     # Looked up one by one, the address costs one page, not the crowd's 25.
-    assert _contact_pages_read(sandbox, email) - contact_pages_before <= 1
+    assert contact_pages_read(sandbox, email) - contact_pages_before <= 1
     exactly_once(sandbox, config)
 
     config_file = str(tmp_path / "config.toml")
@@ -299,7 +308,7 @@ def test_an_address_shared_by_a_crowd_of_contacts_is_parked_as_ambiguous(
         exactly_once(sandbox, config)
 
 
-def _contact_pages_read(sandbox, email: str) -> int:
+def contact_pages_read(sandbox, email: str) -> int:
     return sum(
         1
         for r in sandbox.totalexpert.requests
