@@ -87,7 +87,7 @@ class ContactDirectory:
 
     def contacts_for(self, email: str, moderator_email: str | None) -> list[Contact]:
         """The contacts the participant's insights go to; AmbiguousAddress when more than
-        the ceiling share the address (no more than that are read)."""
+        the ceiling share the address (reading stops at the first one past it)."""
         contacts = [c for c in self._contacts(email) if c.owner_id is not None]
         if len({contact.owner_id for contact in contacts}) <= 1 or not moderator_email:
             return contacts  # nothing to prefer: spare the user lookup
