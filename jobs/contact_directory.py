@@ -56,11 +56,24 @@ BATCH_SIZE = 500
 log = structlog.get_logger(job="insights")
 
 
+class AmbiguousAddress(Exception):
+    """More TE contacts share an address than ``totalexpert.max_contacts_per_address``:
+    whom the participant is, an operator decides."""
+
+    def __init__(self, email: str, ceiling: int) -> None:
+        super().__init__(
+            f"more than {ceiling} Total Expert contacts share the address {email} "
+            "(totalexpert.max_contacts_per_address): merge them in TE or raise the ceiling, "
+            "then `sync-worker retry`"
+        )
+
+
 class ContactDirectory:
     def __init__(self, ctx: JobContext) -> None:
         self._db = ctx.db
         self._client = ctx.totalexpert
         self._clock = ctx.clock
+        self._ceiling = ctx.config.totalexpert.max_contacts_per_address
         self.indexed = False
 
     def prepare(self, emails: set[str]) -> None:
@@ -73,6 +86,8 @@ class ContactDirectory:
             self.indexed = False
 
     def contacts_for(self, email: str, moderator_email: str | None) -> list[Contact]:
+        """The contacts the participant's insights go to; AmbiguousAddress when more than
+        the ceiling share the address (reading stops at the first one past it)."""
         contacts = [c for c in self._contacts(email) if c.owner_id is not None]
         if len({contact.owner_id for contact in contacts}) <= 1 or not moderator_email:
             return contacts  # nothing to prefer: spare the user lookup
@@ -131,17 +146,21 @@ class ContactDirectory:
             )
 
     def _contacts(self, email: str) -> list[Contact]:
-        rows = directory.contacts_by_email(self._db, email)
+        rows = directory.contacts_by_email(self._db, email, self._ceiling + 1)
         fresh_since = self._clock.now() - LOOKUP_TTL_SECONDS
         known = (self.indexed and rows) or directory.looked_up_since(
             self._db, email, "contact", fresh_since
         )
         if not known:  # not in the copy (or no copy): ask TE about this one address
-            found = self._client.find_contacts(email)
+            found = self._client.find_contacts(email, self._ceiling)
+            if len(found) > self._ceiling:  # not kept: only part of them was read
+                raise AmbiguousAddress(email, self._ceiling)
             directory.replace_contacts_of(
                 self._db, email, map(_contact_row, found), self._clock.now()
             )
-            rows = directory.contacts_by_email(self._db, email)
+            rows = directory.contacts_by_email(self._db, email, self._ceiling + 1)
+        if len(rows) > self._ceiling:
+            raise AmbiguousAddress(email, self._ceiling)
         return [Contact(row["contact_id"], row["email"], row["owner_id"]) for row in rows]
 
     def _user(self, email: str) -> User | None:

@@ -1,11 +1,15 @@
 """The insight job: match stored archives' participants to Total Expert contacts and post
 one "Conference archived" insight per matched contact, exactly once.
 
-Exactly once: an insight is marked ``sending`` before its POST and ``sent`` after TE accepts
-it. One found still ``sending`` (a crash or timeout hid the outcome) is first looked for
-among the contact's insights by ``data.flexperto_archive_id``; if TE's list cannot tell
-(it does not show ``data``), the insight is parked ``unverified`` instead of risking a
-second one.
+Exactly once: an insight is marked ``sending`` before its POST and ``sent`` only once TE's
+answer proves it created (a 2xx of another shape, a proxy's page say, proves nothing). One
+found still ``sending`` (a crash, a timeout or such an answer hid the outcome; or its archive
+was listed ABANDONED before this worker abandoned it, so another worker, or this one before
+its state file was lost, may have posted it) is first looked for among the contact's
+insights by ``data.flexperto_archive_id``; if TE's list cannot tell (it does not show
+``data``), the insight is parked ``unverified`` instead of risking a second one. A
+participant whose address more contacts share than ``totalexpert.max_contacts_per_address``
+is parked ``ambiguous``, with no insight queued.
 
 Each participant and each insight is one item: a failure is recorded for it and the job
 goes on, except that once TE cannot be reached the rest waits for a later pass.
@@ -20,7 +24,7 @@ import structlog
 
 from sync_worker.flexperto.records import ArchiveRecord
 from sync_worker.http import ApiError, TransientError
-from sync_worker.jobs.contact_directory import ContactDirectory
+from sync_worker.jobs.contact_directory import AmbiguousAddress, ContactDirectory
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
 from sync_worker.state import directory, insights
@@ -149,6 +153,10 @@ def match_participant(ctx: JobContext, contacts: ContactDirectory, row: Particip
             ctx.stats.add(Outcome.NO_MATCH)
     except JOB_STOPPERS:
         raise
+    except AmbiguousAddress as exc:
+        insights.park_participant(ctx.db, row.archive_id, row.email, str(exc))
+        bound.error("item.given_up", kind="participant", state=insights.AMBIGUOUS, error=str(exc))
+        ctx.stats.add(Outcome.GIVEN_UP)
     except Exception as exc:
         key = {"archive_id": row.archive_id, "email": row.email}
         fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_FAILURE)

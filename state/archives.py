@@ -76,9 +76,10 @@ def _archive_row(row: dict[str, Any]) -> ArchiveRow:
 def note_listed(
     db: sqlite_utils.Database, records: Iterable[ArchiveRecord], now: float
 ) -> list[str]:
-    """Remember listed archives, in one transaction: a first sighting is created pending, a
-    known one gets its latest status (and record, until stored). Claimed ones are left
-    alone. Returns the ids seen for the first time."""
+    """Remember listed archives, in one transaction: a first sighting is created pending,
+    with the status it was first listed with, a known one gets its latest status (and
+    record, until stored). Claimed ones are left alone. Returns the ids seen for the first
+    time."""
     new = []
     with transaction(db):
         for item in records:
@@ -92,7 +93,8 @@ def note_listed(
                 new.append(item.archive_id)
             db.execute(
                 "insert into archives (archive_id, conference_id, state, remote_status, sha256, "
-                "record, first_seen_at, attempts) values (?, ?, ?, ?, ?, ?, ?, 0) "
+                "record, first_seen_at, first_seen_status, attempts) "
+                "values (?, ?, ?, ?, ?, ?, ?, ?, 0) "
                 "on conflict (archive_id) do update set remote_status = excluded.remote_status, "
                 "record = iif(state in ('stored', 'claimed'), record, excluded.record), "
                 "sha256 = iif(state in ('stored', 'claimed'), sha256, excluded.sha256), "
@@ -106,6 +108,7 @@ def note_listed(
                     item.sha256,
                     json.dumps(item.raw),
                     now,
+                    item.status,
                 ],
             )
     return new

@@ -176,26 +176,30 @@ def _begin(db: sqlite_utils.Database) -> None:
 
 
 def _create_tables(db: sqlite_utils.Database) -> None:
+    archive_columns = {
+        "archive_id": str,
+        "conference_id": str,
+        "state": str,
+        "remote_status": str,
+        "sha256": str,
+        "record": str,
+        "path": str,
+        "size": int,
+        "first_seen_at": float,
+        "stored_at": float,
+        "claimed_at": float,
+        **RETRY_COLUMNS,
+        # the status the archive was first listed with (null: listed by an older version)
+        "first_seen_status": str,
+    }
     db["archives"].create(
-        {
-            "archive_id": str,
-            "conference_id": str,
-            "state": str,
-            "remote_status": str,
-            "sha256": str,
-            "record": str,
-            "path": str,
-            "size": int,
-            "first_seen_at": float,
-            "stored_at": float,
-            "claimed_at": float,
-            **RETRY_COLUMNS,
-        },
+        archive_columns,
         pk="archive_id",
         not_null={"conference_id", "state", "attempts"},
         defaults={"attempts": 0},
         if_not_exists=True,
     )
+    _create_or_extend(db, "archives", archive_columns, pk="archive_id")
     db["archives"].create_index(["state", "next_attempt_at"], if_not_exists=True)
     db["archives"].create_index(["conference_id"], if_not_exists=True)
     # status pages through archives by age without reading the history to sort it

@@ -51,12 +51,15 @@ def upsert_contacts(
         db["te_contacts"].upsert_all(rows, pk="contact_id")
 
 
-def contacts_by_email(db: sqlite_utils.Database, email: str) -> list[dict[str, Any]]:
+def contacts_by_email(
+    db: sqlite_utils.Database, email: str, limit: int = -1
+) -> list[dict[str, Any]]:
+    """The contacts with ``email``, at most ``limit`` of them (-1: all)."""
     return list(
         db.query(
             "select contact_id, email, owner_id from te_contacts where email = ? "
-            "order by contact_id",
-            [email.lower()],
+            "order by contact_id limit ?",
+            [email.lower(), limit],
         )
     )
 

@@ -4,9 +4,12 @@
 participant email, to be matched against Total Expert contacts. ``insights`` is the ledger:
 one row per (archive, contact), moved ``pending → sending → sent``. A row left in
 ``sending`` means a POST whose outcome is unknown, so it is looked up in Total Expert before
-being posted again. When that look-up cannot be trusted (TE's insight list does not show
-the ``data`` we sent), the row is parked as ``unverified``: posting it again could double
-it, so an operator decides.
+being posted again. The insights of an archive listed ABANDONED before this worker abandoned
+it (first seen so: rescued after the state was lost; or abandoned by another worker) start
+in ``sending``: another POST may have been made for them. When that look-up cannot be
+trusted (TE's insight list does not show the ``data`` we sent), the row is parked as
+``unverified``: posting it again could double it, so an operator decides. A participant
+whose address too many contacts share is parked as ``ambiguous`` for an operator too.
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ SENDING = "sending"
 SENT = "sent"
 GIVEN_UP = "given_up"
 UNVERIFIED = "unverified"
+AMBIGUOUS = "ambiguous"
 
 
 @dataclass(frozen=True)
@@ -77,22 +81,42 @@ def queue_insights(
     email: str,
     contacts: Iterable[tuple[int, int]],
 ) -> None:
-    """Queue one insight per (contact id, owner id) and close the participant, atomically."""
+    """Queue one insight per (contact id, owner id) and close the participant, atomically.
+    Those of an archive abandoned elsewhere are queued ``sending``: looked for first."""
     contacts = list(contacts)
     with transaction(db):
+        state = SENDING if _abandoned_elsewhere(db, archive_id) else PENDING
         db.conn.executemany(
             "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
-            "attempts) values (?, ?, ?, ?, 'pending', 0)",
-            [(archive_id, contact_id, owner_id, email) for contact_id, owner_id in contacts],
+            "attempts) values (?, ?, ?, ?, ?, 0)",
+            [(archive_id, contact_id, owner_id, email, state) for contact_id, owner_id in contacts],
         )
         _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
 
 
-def _close_participant(db: sqlite_utils.Database, archive_id: str, email: str, state: str) -> None:
+def park_participant(db: sqlite_utils.Database, archive_id: str, email: str, error: str) -> None:
+    """Park a participant as ``ambiguous`` (too many contacts share its address), with why."""
+    with transaction(db):
+        _close_participant(db, archive_id, email, AMBIGUOUS, error[:500])
+
+
+def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
+    """Whether the archive was listed ABANDONED before this worker abandoned it: first seen
+    so, or so since (the listing does not update a claimed archive)."""
+    row = db.execute(
+        "select first_seen_status, remote_status from archives where archive_id = ?",
+        [archive_id],
+    ).fetchone()
+    return row is not None and "ABANDONED" in row
+
+
+def _close_participant(
+    db: sqlite_utils.Database, archive_id: str, email: str, state: str, error: str | None = None
+) -> None:
     db.execute(
-        "update participants set state = ?, last_error = null, next_attempt_at = null "
+        "update participants set state = ?, last_error = ?, next_attempt_at = null "
         "where archive_id = ? and email = ?",
-        [state, archive_id, email],
+        [state, error, archive_id, email],
     )
 
 
@@ -167,6 +191,7 @@ def give_up(
 
 def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
     """Put failing and parked participants and insights (of one archive, or all) back to work.
+    An ``ambiguous`` participant is matched again (under the ceiling then configured).
 
     A parked insight may have been posted before it failed, so it is looked for before it is
     posted again; except an ``unverified`` one, which cannot be looked for: the operator who
@@ -176,7 +201,7 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
     with transaction(db):  # each "state in" leads with the state index: no ledger scan
         count = db.execute(
             "update participants set state = 'pending', attempts = 0, next_attempt_at = null "
-            f"where state in ('failed', 'given_up') {which}",
+            f"where state in ('failed', 'given_up', 'ambiguous') {which}",
             params,
         ).rowcount
         count += db.execute(

@@ -37,12 +37,12 @@ ARCHIVE_FIELDS = (
 # The states in which an item can carry an error (the indexes lead with the state).
 FAILING_ARCHIVE_STATES = ("pending", "failed", "stored", "given_up")
 FAILING_INSIGHT_STATES = ("pending", "sending", "given_up", "unverified")
-FAILING_PARTICIPANT_STATES = ("pending", "failed", "given_up")
+FAILING_PARTICIPANT_STATES = ("pending", "failed", "given_up", "ambiguous")
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
     """Archives per state; insights per state, with participants that got none (no_match,
-    or not matched yet) counted by their own state."""
+    ambiguous, or not matched yet) counted by their own state."""
     archives = dict(db.execute("select state, count(*) from archives group by state").fetchall())
     insights = Counter(
         dict(db.execute("select state, count(*) from insights group by state").fetchall())
@@ -50,9 +50,9 @@ def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
     insights.update(
         dict(
             db.execute(
-                "select state, count(*) from participants where state in (?, ?, ?, ?) "
+                "select state, count(*) from participants where state in (?, ?, ?, ?, ?) "
                 "group by state",
-                ["pending", "failed", "no_match", "given_up"],
+                ["pending", "failed", "no_match", "given_up", "ambiguous"],
             ).fetchall()
         )
     )

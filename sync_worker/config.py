@@ -117,6 +117,12 @@ class TotalExpertConfig:
     token_requests_per_hour: int = setting(
         2, help="token requests allowed in any hour (TE's limit per source IP)", positive=True
     )
+    max_contacts_per_address: int = setting(
+        20,
+        help="a participant whose address more TE contacts share is not matched but parked "
+        "as `ambiguous` for an operator (`sync-worker retry` releases it)",
+        positive=True,
+    )
     shared_budget: Path = setting(
         "",
         help="a SQLite file that every worker on this host shares for TE's budgets and "

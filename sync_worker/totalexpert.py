@@ -8,16 +8,19 @@ the host's shared budget file.
 
 Shapes the documents do not give, each with a way back (the README's table "What we assume
 about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
-tells whether TE has it; jobs.contact_directory does without), the id in the answer to
-``POST /insights`` (without one the insight still counts as created), ``data`` echoed by
+tells whether TE has it; jobs.contact_directory does without), the answer to
+``POST /insights`` (``{"id": N, ...}``, or ``{}``: then the insight still counts as created;
+any other answer proves nothing, and the insight is looked for), ``data`` echoed by
 ``GET /insights`` (:class:`InsightSearch` says when a search cannot be trusted), and
-``expires_in`` (the documented hour when it is missing).
+``expires_in`` (the documented hour when it is missing or not a number; kept within
+bounds).
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -43,6 +46,10 @@ from sync_worker.http import (
 SERVICE = "totalexpert"
 # "Once you have retrieved a token, that token is valid for 1 hour." (getting-started guide)
 DOCUMENTED_TOKEN_LIFETIME = 3600
+# Bounds on what an answer's expires_in makes of a token's life: the least leaves a pass
+# minutes of use after state.tokens' margin; the most keeps a token no longer than a day.
+MIN_TOKEN_LIFETIME = 600.0
+MAX_TOKEN_LIFETIME = 86_400.0
 UPDATED_SINCE_FILTER = "internal_updated_at_start"
 # Answers of probe_updated_since.
 FILTER_SUPPORTED, FILTER_REJECTED, FILTER_IGNORED = "supported", "rejected", "ignored"
@@ -181,9 +188,17 @@ class TotalExpertClient:
             if user is not None:
                 yield user
 
-    def find_contacts(self, email: str) -> list[Contact]:
-        found = _contacts(self._pages("/contacts", {"email": email}))
-        return [contact for contact in found if contact.email == email.lower()]
+    def find_contacts(self, email: str, limit: int) -> list[Contact]:
+        """The contacts with ``email``; reading stops past ``limit`` of them (at most
+        ``limit + 1`` come back)."""
+        found: list[Contact] = []
+        for item in self._pages("/contacts", {"email": email}):
+            contact = _contact(item)
+            if contact is not None and contact.email == email.lower():
+                found.append(contact)
+                if len(found) > limit:
+                    break
+        return found
 
     def find_user(self, email: str) -> User | None:
         for item in self._pages("/users", {"email": email}):
@@ -199,16 +214,24 @@ class TotalExpertClient:
         return None
 
     def create_insight(self, body: dict[str, Any]) -> int | None:
-        """Post one insight; returns its id, or None when TE accepted it (2xx) without
-        saying which (the answer's shape is not documented). TE does not deduplicate: a POST
-        that may have been processed is not repeated here (the caller looks for it first on
-        its next try)."""
+        """Post one insight; returns its id, or None when TE accepted it without saying
+        which. Only an answer of TE's shape proves the insight created (see
+        :func:`_created_id`); any other, whatever its status (a proxy's or a firewall's
+        page), is a TransientError that may have been processed. TE does not deduplicate: a
+        POST that may have been processed is not repeated here (the caller looks for it
+        first on its next try)."""
         answer = self._request_answer("POST", "/insights", idempotent=False, json=body)
         try:
-            created = json.loads(answer.body)
+            return _created_id(answer.body)
         except ValueError:
-            return None
-        return _int(created.get("id")) if isinstance(created, dict) else None
+            kind = answer.headers.get("Content-Type", "no Content-Type")[:60]
+            raise TransientError(
+                SERVICE,
+                f"POST /insights answered HTTP {answer.status} ({kind}) with a body that is "
+                "not TE's answer: the insight may or may not exist, it is looked for",
+                answer.status,
+                maybe_processed=True,
+            ) from None
 
     def lists_insight_data(self, type_id: int) -> bool | None:
         """Whether ``GET /insights`` shows each insight's ``data`` (what a search for a
@@ -221,8 +244,8 @@ class TotalExpertClient:
         """Look for the contact's insight carrying ``data.flexperto_archive_id``."""
         verifiable = True
         for item in self._pages("/insights", {"contact_id": contact_id, "type_id": type_id}):
-            if not isinstance(item, dict):
-                continue
+            if not isinstance(item, dict):  # not TE's list: it proves nothing either way
+                raise ApiError(SERVICE, "GET /insights listed an item that is not an insight")
             data = item.get("data")
             if not isinstance(data, dict):
                 verifiable = False
@@ -357,7 +380,7 @@ class TotalExpertClient:
         token = body.get("access_token") if isinstance(body, dict) else None
         if not isinstance(token, str) or not token:
             raise ApiError(SERVICE, "token answer lacks access_token")
-        expires_in = _int(body.get("expires_in")) or DOCUMENTED_TOKEN_LIFETIME
+        expires_in = _token_lifetime(body.get("expires_in"))
         return token, self._access.keep_token(token, now + expires_in, now)
 
     def _post_token(self) -> requests.Response:
@@ -375,6 +398,33 @@ class TotalExpertClient:
         self._access.drop_token(token)
         self._remembered = None
         self._log.warning("te.token_rejected")
+
+
+def _created_id(body: bytes) -> int | None:
+    """The id in an answer to ``POST /insights``; None for the empty object. Raises
+    ValueError for any other answer: TE's is assumed ``{"id": N, "created": "<url>"}``
+    (API-NOTES), the strict sandbox's ``{}``."""
+    created = json.loads(body)
+    if created == {}:
+        return None
+    created_id = _int(created.get("id")) if isinstance(created, dict) else None
+    if created_id is None:
+        raise ValueError("not an answer of TE's shape")
+    return created_id
+
+
+def _token_lifetime(expires_in: object) -> float:
+    """How long to keep a token, from the answer's ``expires_in``: the documented hour
+    when it is missing or not a number of seconds, else within the bounds (a token that
+    seems to expire at once would spend the other token request of the hour)."""
+    if isinstance(expires_in, str) and expires_in.isascii() and expires_in.isdigit():
+        expires_in = int(expires_in)
+    if isinstance(expires_in, bool) or not isinstance(expires_in, int | float):
+        return DOCUMENTED_TOKEN_LIFETIME
+    if isinstance(expires_in, float) and math.isnan(expires_in):
+        return DOCUMENTED_TOKEN_LIFETIME
+    # compared before any conversion: a number of 400 digits is no float
+    return float(min(max(expires_in, MIN_TOKEN_LIFETIME), MAX_TOKEN_LIFETIME))
 
 
 def _contacts(items: Iterable[object]) -> list[Contact]:
