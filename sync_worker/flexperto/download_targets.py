@@ -12,8 +12,8 @@ policy allows:
   (169.254/16, fe80::/10, where metadata services answer), private (10/8, 172.16/12,
   192.168/16, fc00::/7), shared (100.64/10), multicast, reserved or unspecified; unless
   it is listed in ``download_hosts_allowed``, as ``host:port`` (that host at that port) or
-  as an address or CIDR (any port). An IPv4 address written in IPv6 (``::ffff:a.b.c.d``)
-  is judged as the IPv4 address.
+  as an address or CIDR (any port). An IPv4 address carried in IPv6 (``::ffff:a.b.c.d``,
+  6to4, NAT64's ``64:ff9b::/96``) is judged as the IPv4 address.
 
 The URL is checked before anything is sent (:meth:`DownloadTargets.check_url`); the
 address actually connected to is checked again once connected, before TLS or any byte of
@@ -41,6 +41,7 @@ METADATA_NAMES = frozenset(
         "instance-data.ec2.internal",
     }
 )
+NAT64 = ipaddress.IPv6Network("64:ff9b::/96")  # the well-known prefix (RFC 6052)
 DEFAULT_PORTS = {"https": 443, "http": 80}
 HTTP_RULE = "https only; http only to a loopback host listed in download_hosts_allowed"
 
@@ -129,10 +130,13 @@ def _internal(address: Address) -> str | None:
 
 
 def _plain(address: Address) -> Address:
-    """An IPv4 address written in IPv6 (``::ffff:a.b.c.d``) as the IPv4 address."""
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
+    """An IPv4 address carried in IPv6 (mapped ``::ffff:a.b.c.d``, 6to4, NAT64) as the
+    IPv4 address, which is where a gateway would take it."""
+    if not isinstance(address, ipaddress.IPv6Address):
+        return address
+    if address in NAT64:
+        return ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+    return address.ipv4_mapped or address.sixtofour or address
 
 
 def _address(host: str) -> Address | None:

@@ -223,6 +223,8 @@ INTERNAL_TARGETS = {
     "private 192.168/16": "https://192.168.1.1/x.zip",
     "unique local v6": "https://[fd00:ec2::254]/x.zip",
     "shared 100.64/10": "https://100.100.100.200/latest/meta-data/",
+    "link-local through NAT64": "https://[64:ff9b::a9fe:a9fe]/latest/meta-data/",
+    "link-local through 6to4": "https://[2002:a9fe:a9fe::1]/latest/meta-data/",
 }
 
 
