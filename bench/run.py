@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from sync_worker.clock import SystemClock
 from sync_worker.config import load_config
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.sandbox import Sandbox, free_port, tenants_toml
@@ -140,7 +141,7 @@ def throughput(size: int, repeats: int) -> list[Row]:
 
 def curl_throughput(config: Path, archive_id: str, size: int) -> float:
     settings = load_config(config, env={})
-    client = FlexpertoClient(settings.flexperto, settings.http, time.sleep)
+    client = FlexpertoClient(settings.flexperto, settings.http, SystemClock())
     url = client.download_url(archive_id)
     client.close()
     started = time.perf_counter()
@@ -579,7 +580,7 @@ def s3_store(size: int, repeats: int) -> list[Row]:
 def copy_by_hand(config: Path, archive_id: str, folder: Path, sandbox: Sandbox) -> float:
     """Seconds to do what the worker does with standard tools, one step after another."""
     settings = load_config(config, env={})
-    client = FlexpertoClient(settings.flexperto, settings.http, time.sleep)
+    client = FlexpertoClient(settings.flexperto, settings.http, SystemClock())
     url = client.download_url(archive_id)
     client.close()
     copy, bucket = folder / "by-hand.zip", sandbox.bucket

@@ -55,7 +55,7 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
         _check("state database", lambda: _state(config)),
         _check("archive store", lambda: open_store(config.storage, config.http).probe()),
     ]
-    flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
+    flexperto = FlexpertoClient(config.flexperto, config.http, clock)
     try:
         findings.append(_check("flexperto listing", lambda: _listing(flexperto)))
         if findings[-1].ok:

@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from sync_worker.flexperto.download_targets import DownloadTargets
+
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
 QUOTE = '"'
 COMMENT_WIDTH = 90
@@ -83,10 +85,26 @@ class FlexpertoConfig:
         "gives none",
         positive=True,
     )
+    download_hosts_allowed: tuple[str, ...] = setting(
+        (),
+        help="internal hosts the download redirect may lead to, each `HOST:PORT` or an "
+        "address or CIDR (any port); any other loopback, link-local, private or cloud "
+        "metadata target is refused, and `http://` is taken only to a listed loopback host",
+    )
+
+    def __post_init__(self) -> None:
+        try:
+            DownloadTargets.parse(self.download_hosts_allowed)
+        except ValueError as exc:
+            raise ConfigError(f"config key flexperto.download_hosts_allowed: {exc}") from None
 
     @property
     def max_archive_bytes(self) -> int:
         return int(self.max_archive_gib * GIB)
+
+    @property
+    def download_targets(self) -> DownloadTargets:
+        return DownloadTargets.parse(self.download_hosts_allowed)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -251,10 +269,29 @@ class HttpConfig:
         help="a JSON answer larger than this is refused, not read into memory",
         positive=True,
     )
+    deadline_seconds: float = setting(
+        120.0,
+        help="an API answer must be complete, body included, this long after the request; "
+        "else it fails as a timeout (a peer trickling its answer holds nothing for long)",
+        positive=True,
+    )
+    min_download_kib_per_second: float = setting(
+        16.0,
+        help="a download slower than this on average over `download_rate_window_seconds` "
+        "is cut; a later try resumes it",
+        positive=True,
+    )
+    download_rate_window_seconds: float = setting(
+        60.0, help="... measured over this many seconds", positive=True
+    )
 
     @property
     def max_answer_bytes(self) -> int:
         return int(self.max_answer_mib * MIB)
+
+    @property
+    def min_download_bytes_per_second(self) -> float:
+        return self.min_download_kib_per_second * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -682,6 +719,8 @@ def _credential(rules: Rules, env: Mapping[str, str], prefix: str = "") -> str |
 
 
 def _coerce(text: str, kind: type, name: str) -> Any:
+    if typing.get_origin(kind) is tuple:  # a list: comma-separated
+        return tuple(part.strip() for part in text.split(",")) if text.strip() else ()
     if kind is Path:
         return text  # made a path once validated
     if kind is bool:
@@ -695,6 +734,10 @@ def _coerce(text: str, kind: type, name: str) -> Any:
 
 
 def _check_type(value: Any, kind: type, name: str) -> Any:
+    if typing.get_origin(kind) is tuple:
+        if isinstance(value, list) and all(isinstance(item, str) for item in value):
+            return tuple(value)
+        raise ConfigError(f"config key {name} must be a list of strings")
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if kind is Path and isinstance(value, str):
@@ -736,6 +779,8 @@ def _shown_value(key: dataclasses.Field[Any]) -> Any:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(map(_toml_value, value)) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, float) and value.is_integer():

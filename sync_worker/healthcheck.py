@@ -30,7 +30,7 @@ def _post(target: str, body: bytes) -> None:
     try:
         with new_session() as session:
             response = session.post(target, data=body, timeout=TIMEOUT_SECONDS)
-        if response.status_code >= 400:
+        if response.status_code >= 300:  # a redirect is not followed: not a ping either
             log.warning("healthcheck.failed", status=response.status_code)
     except Exception as exc:  # monitoring must never break the work it monitors
         log.warning("healthcheck.failed", error=type(exc).__name__)

@@ -5,6 +5,14 @@ for a successful answer; an error's text is cut short instead): a service answer
 an endless or huge body is refused with a clear error rather than read into memory.
 Archive downloads are streamed instead, by the Flexperto client.
 
+Nothing here follows a redirect: an API's 3xx is an error naming where it pointed (the
+api-key, the client secret and the bearer token stay with the host they are meant for),
+and the one redirect the worker takes, the archive download's, is read as an answer by the
+Flexperto client. Every API answer must be complete within ``http.deadline_seconds`` of the
+worker's clock, its body included; bodies are read as they arrive, so that a peer sending a
+byte now and then (each within the read timeout) is noticed. A download is held to a
+minimum rate instead (:class:`RateFloor`).
+
 Retries are for faults that a moment's wait may cure: connection errors, timeouts, 429 and
 500/502/503/504 (neither vendor documents 500; it is taken as a passing fault). A
 ``Retry-After`` header is honoured; when it asks for longer than the policy's
@@ -15,12 +23,15 @@ from __future__ import annotations
 
 import json
 import random
+import socket
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
 import tenacity
@@ -36,6 +47,12 @@ ERROR_TEXT_LIMIT = 300
 # Of an error answer, only this much is read: its text is cut short anyway.
 ERROR_BODY_LIMIT = 64 * 1024
 READ_CHUNK = 64 * 1024
+REDIRECT_STATUSES = range(300, 400)
+# A download's rate is measured from marks this far apart (a fraction of the window).
+MARKS_PER_WINDOW = 16
+# Checks the address a connection reached: (scheme, host, port, peer address); raises to
+# refuse it, with an exception that is no OSError (so that it reaches the caller as it is).
+Guard = Callable[[str, str, int, str], None]
 
 
 class ApiError(Exception):
@@ -68,16 +85,152 @@ class TransientError(ApiError):
         self.maybe_processed = maybe_processed
 
 
-def new_session(headers: dict[str, str] | None = None, pool_size: int = 8) -> requests.Session:
-    """A pooled session that never takes proxies or credentials from the environment."""
-    session = requests.Session()
+def new_session(
+    headers: dict[str, str] | None = None, pool_size: int = 8, guard: Guard | None = None
+) -> requests.Session:
+    """A pooled session that never takes proxies or credentials from the environment and
+    never follows a redirect; with ``guard``, every connection is checked once made."""
+    session = _Session()
     session.trust_env = False
-    adapter = requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
+    adapter = (
+        _GuardedAdapter(guard, pool_connections=2, pool_maxsize=pool_size)
+        if guard
+        else requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
+    )
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
     session.headers.update(headers or {})
     return session
+
+
+class _Session(requests.Session):
+    """A session to which no answer is a redirect: a 3xx is handed back as it came, even
+    to a call that forgets ``allow_redirects=False``."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
+class _GuardedAdapter(requests.adapters.HTTPAdapter):
+    """An adapter whose connections are checked by ``guard`` once connected."""
+
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        self._guard = guard  # before the base class makes the pool manager
+        super().__init__(**kwargs)
+
+    def init_poolmanager(
+        self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
+    ) -> None:
+        super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
+        self.poolmanager = _GuardedPoolManager(
+            self._guard, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
+        )
+
+
+class _GuardedPoolManager(urllib3.PoolManager):
+    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guard = guard
+
+    def _new_pool(
+        self,
+        scheme: str,
+        host: str,
+        port: int,
+        request_context: dict[str, Any] | None = None,
+    ) -> urllib3.HTTPConnectionPool:
+        pool = super()._new_pool(scheme, host, port, request_context)
+        pool.ConnectionCls = _GUARDED_CONNECTIONS[scheme]
+        pool.conn_kw["guard"] = self._guard
+        return pool
+
+
+class _PeerChecked:
+    """Checks the address a new connection reached, before TLS or any byte is sent."""
+
+    scheme = ""
+
+    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._guard = guard
+
+    def _new_conn(self) -> socket.socket:
+        sock: socket.socket = super()._new_conn()
+        try:
+            self._guard(self.scheme, self.host, self.port, sock.getpeername()[0])
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+class _GuardedHTTPConnection(_PeerChecked, urllib3.connection.HTTPConnection):
+    scheme = "http"
+
+
+class _GuardedHTTPSConnection(_PeerChecked, urllib3.connection.HTTPSConnection):
+    scheme = "https"
+
+
+_GUARDED_CONNECTIONS = {"http": _GuardedHTTPConnection, "https": _GuardedHTTPSConnection}
+
+
+class Deadline:
+    """When an answer must be complete, on the worker's clock (``now``)."""
+
+    def __init__(self, seconds: float, now: Callable[[], float]) -> None:
+        self._seconds = seconds
+        self._now = now
+        self._at = now() + seconds
+
+    def check(self, service: str) -> None:
+        if self._now() > self._at:
+            raise TransientError(
+                service,
+                f"answer not complete within the deadline of {self._seconds:g} s",
+                maybe_processed=True,
+            )
+
+
+class RateFloor:
+    """Cuts a transfer that averages less than ``bytes_per_second`` over ``window``
+    seconds of the worker's clock (``now``): call :meth:`passed` with every piece."""
+
+    def __init__(
+        self, service: str, bytes_per_second: float, window: float, now: Callable[[], float]
+    ) -> None:
+        self._service = service
+        self._rate = bytes_per_second
+        self._window = window
+        self._now = now
+        self._total = 0
+        self._marks: deque[tuple[float, int]] = deque([(now(), 0)])  # (when, bytes by then)
+
+    def passed(self, count: int) -> None:
+        """Count ``count`` more bytes; TransientError when the rate fell below the floor."""
+        now = self._now()
+        self._total += count
+        if now - self._marks[-1][0] >= self._window / MARKS_PER_WINDOW:
+            self._marks.append((now, self._total))
+        while len(self._marks) > 1 and self._marks[1][0] <= now - self._window:
+            self._marks.popleft()
+        since, then = self._marks[0]
+        elapsed = now - since
+        if elapsed >= self._window and self._total - then < self._rate * elapsed:
+            raise TransientError(
+                self._service,
+                f"download slower than {self._rate / 1024:g} KiB/s over "
+                f"{self._window:g} s: cut, to be resumed",
+            )
+
+
+def arriving(response: requests.Response, size: int, decode: bool) -> Iterator[bytes]:
+    """A streamed body as it arrives, at most ``size`` bytes a piece: each read returns
+    what came rather than waiting to fill a piece, so that the caller sees a trickle as
+    one. ``decode``: undo a ``Content-Encoding``."""
+    while piece := response.raw.read1(size, decode_content=decode):
+        yield piece
 
 
 @dataclass(frozen=True)
@@ -93,8 +246,11 @@ class Answer:
         return self.body.decode("utf-8", "replace")
 
 
-def raise_for_status(service: str, answer: Answer) -> None:
-    """Turn a non-2xx answer into TransientError or ApiError carrying the service's text."""
+def raise_for_status(service: str, answer: Answer, redirect_expected: bool = False) -> None:
+    """Turn a non-2xx answer into TransientError or ApiError carrying the service's text; a
+    3xx is an ApiError naming where it pointed, unless the caller ``redirect_expected``."""
+    if answer.status in REDIRECT_STATUSES and not redirect_expected:
+        raise ApiError(service, f"HTTP {answer.status}: {redirect_text(answer)}", answer.status)
     if answer.status < 400:
         return
     message = f"HTTP {answer.status}: {error_text(answer)}"
@@ -107,6 +263,17 @@ def raise_for_status(service: str, answer: Answer) -> None:
             maybe_processed=answer.status in MAYBE_PROCESSED_STATUSES,
         )
     raise ApiError(service, message, answer.status)
+
+
+def redirect_text(answer: Answer) -> str:
+    """What a refused redirect said: the host it pointed to."""
+    location = answer.headers.get("Location", "")
+    try:
+        host = urlsplit(location).hostname if location else None
+    except ValueError:
+        host = None
+    target = host or ("the same host" if location else "nowhere (no Location)")
+    return f"redirect to {target[:100]} refused: API calls follow no redirect"
 
 
 def error_text(answer: Answer) -> str:
@@ -162,25 +329,33 @@ class NetworkTime:
 
 
 def send(
-    service: str, call: Callable[[], requests.Response], network: NetworkTime, limit: int
+    service: str,
+    call: Callable[[], requests.Response],
+    network: NetworkTime,
+    limit: int,
+    deadline: Deadline | None = None,
 ) -> Answer:
     """Run one HTTP call made with ``stream=True`` and read its answer, at most ``limit``
-    bytes of a successful one (a larger one is refused: ApiError); network failures, the
-    body's included, become TransientError."""
+    bytes of a successful one (a larger one is refused: ApiError), complete by the
+    ``deadline``; network failures, the body's included, become TransientError."""
     with network.measure():
         with _mapped_failures(service):
             response = call()
-        return read_answer(service, response, limit)
+        return read_answer(service, response, limit, deadline)
 
 
-def read_answer(service: str, response: requests.Response, limit: int) -> Answer:
+def read_answer(
+    service: str, response: requests.Response, limit: int, deadline: Deadline | None = None
+) -> Answer:
     """Read and close a streamed response: at most ``limit`` bytes of a successful answer
-    (more is refused: ApiError), the first ERROR_BODY_LIMIT bytes of an error's; network
-    failures on the way become TransientError."""
+    (more is refused: ApiError), the first ERROR_BODY_LIMIT bytes of an error's, all of it
+    by the ``deadline``; network failures on the way become TransientError."""
     ok = response.status_code < 400
     try:
         with _mapped_failures(service):
-            body = _read(service, response, limit if ok else ERROR_BODY_LIMIT, refuse=ok)
+            body = _read(
+                service, response, limit if ok else ERROR_BODY_LIMIT, refuse=ok, deadline=deadline
+            )
     finally:
         response.close()
     return Answer(response.status_code, response.headers, body)
@@ -195,14 +370,24 @@ def open_stream(
         return call()
 
 
-def _read(service: str, response: requests.Response, limit: int, refuse: bool) -> bytes:
+def _read(
+    service: str,
+    response: requests.Response,
+    limit: int,
+    refuse: bool,
+    deadline: Deadline | None,
+) -> bytes:
     """At most ``limit`` bytes of the body; with ``refuse``, more is an error, else cut."""
     declared = response.headers.get("Content-Length", "")
     if refuse and declared.isdigit() and int(declared) > limit:
         raise _too_large(service, response.status_code, limit)
     body = bytearray()
-    for chunk in response.iter_content(READ_CHUNK):
+    if deadline is not None:
+        deadline.check(service)
+    for chunk in arriving(response, READ_CHUNK, decode=True):
         body += chunk
+        if deadline is not None:
+            deadline.check(service)
         if len(body) > limit:
             if refuse:
                 raise _too_large(service, response.status_code, limit)
@@ -237,6 +422,15 @@ def _mapped_failures(service: str) -> Iterator[None]:
         ) from None
     except requests.RequestException as exc:
         raise ApiError(service, f"request failed: {type(exc).__name__}") from None
+    # What the body's reads raise, which requests has not wrapped.
+    except urllib3.exceptions.ReadTimeoutError:
+        raise TransientError(service, "timed out: ReadTimeoutError", maybe_processed=True) from None
+    except urllib3.exceptions.DecodeError as exc:
+        raise ApiError(service, f"request failed: {type(exc).__name__}") from None
+    except (urllib3.exceptions.HTTPError, OSError) as exc:
+        raise TransientError(
+            service, f"answer cut short: {type(exc).__name__}", maybe_processed=True
+        ) from None
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:

@@ -145,7 +145,7 @@ def _run_jobs(
     with ExitStack() as stack:
         db = open_database(config.state.database, config.state.busy_timeout_seconds)
         stack.callback(db.close)
-        flexperto = FlexpertoClient(config.flexperto, config.http, clock.sleep)
+        flexperto = FlexpertoClient(config.flexperto, config.http, clock)
         stack.callback(flexperto.close)
         access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
         stack.callback(access.close)

@@ -1,10 +1,11 @@
 """Total Expert: the API's shapes and a client that stays inside its limits.
 
-Every request first spends a slot of the per-minute budget; a token request also one of
-the hourly token budget, and is never retried in the same pass (each try would spend
-another). The budgets and the cached token are kept by an :class:`Access` the client is
-given: state.te_access shares them with every process through the state file, or through
-the host's shared budget file.
+No request follows a redirect (a 3xx is an error naming its host): the client secret and
+the bearer token go to TE's host only. Every request first spends a slot of the per-minute
+budget; a token request also one of the hourly token budget, and is never retried in the
+same pass (each try would spend another). The budgets and the cached token are kept by an
+:class:`Access` the client is given: state.te_access shares them with every process through
+the state file, or through the host's shared budget file.
 
 Shapes the documents do not give, each with a way back (the README's table "What we assume
 about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
@@ -34,6 +35,7 @@ from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
     Answer,
     ApiError,
+    Deadline,
     NetworkTime,
     TransientError,
     json_body,
@@ -121,6 +123,7 @@ class TotalExpertClient:
         self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds
+        self._deadline_seconds = http.deadline_seconds
         # Long enough for the token request's connection and answer; if the holder dies,
         # the others go on after this.
         self._token_lease_seconds = 2 * http.timeout_seconds + 5
@@ -322,7 +325,11 @@ class TotalExpertClient:
             ),
             self.network,
             self._answer_limit,
+            self._deadline(),
         )
+
+    def _deadline(self) -> Deadline:
+        return Deadline(self._deadline_seconds, self._clock.now)
 
     def _spend_request_slot(self) -> None:
         """Take a slot from the per-minute budget, waiting for one to come back if needed."""
@@ -368,7 +375,9 @@ class TotalExpertClient:
         self.tokens_requested += 1
         self._log.info("te.token_requested")
         try:
-            answer = send(SERVICE, self._post_token, self.network, self._answer_limit)
+            answer = send(
+                SERVICE, self._post_token, self.network, self._answer_limit, self._deadline()
+            )
             if answer.status == 429:
                 self.rate_limited += 1
                 self._log.warning("te.rate_limited", path="/token")

@@ -4,27 +4,36 @@ Assumed rather than documented, each with a way back (the README's table "What w
 about the APIs"): the ``/api/v2`` prefix, the list's ``status`` filter and its
 ``limit``/``offset`` paging. :class:`ListingForm` names a combination; when the service
 refuses one (400/404) the next is tried, down to the plain request the guide shows, and a
-service that ignores paging is noticed. The download redirect is followed by a session
-that never carries the api-key.
+service that ignores paging is noticed. No API call follows a redirect (a 3xx is an error
+naming its host: the api-key goes nowhere else); the download's redirect is followed by a
+session that never carries the api-key, and only to a target that
+:mod:`sync_worker.flexperto.download_targets` allows, checked again on the address
+connected to. A download is cut when it falls below the minimum rate (``[http]``).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import quote, urljoin
 
 import requests
 import urllib3
 
-from sync_worker.config import FlexpertoConfig, HttpConfig, is_loopback
+from sync_worker.clock import Clock
+from sync_worker.config import FlexpertoConfig, HttpConfig
+from sync_worker.flexperto.download_targets import Refused
 from sync_worker.http import (
     Answer,
     ApiError,
+    Deadline,
     NetworkTime,
+    RateFloor,
     TransientError,
+    arriving,
     json_body,
     new_session,
     open_stream,
@@ -95,9 +104,7 @@ class FlexpertoClient:
     default ``/api/v2``.
     """
 
-    def __init__(
-        self, config: FlexpertoConfig, http: HttpConfig, sleep: Callable[[float], None]
-    ) -> None:
+    def __init__(self, config: FlexpertoConfig, http: HttpConfig, clock: Clock) -> None:
         self._root = config.base_url
         self._form = PREFERRED_LISTING
         # An unpaged probe answer is the whole listing: kept for the listing that follows it
@@ -106,11 +113,16 @@ class FlexpertoClient:
         self._page_size = config.page_size
         self._timeout = http.timeout_seconds
         self._answer_limit = http.max_answer_bytes
-        self._retrying = retry_policy(http, sleep)
+        self._http = http
+        self._clock = clock
+        self._retrying = retry_policy(http, clock.sleep)
         self._session = new_session({"api-key": config.api_key, "Accept": "application/json"})
+        self._targets = config.download_targets
         # The pre-signed download URL points at another host: never send it the api-key.
         # Identity: the bytes are hashed as sent, so they must come as Flexperto hashed them.
-        self._download_session = new_session({"Accept-Encoding": "identity"})
+        self._download_session = new_session(
+            {"Accept-Encoding": "identity"}, guard=self._targets.check_peer
+        )
         self.network = NetworkTime()
 
     @property
@@ -196,37 +208,45 @@ class FlexpertoClient:
     def download_url(self, archive_id: str) -> str:
         """The pre-signed URL the download endpoint redirects to (not followed here)."""
         endpoint = self._base + DOWNLOAD_PATH.format(archive_id=archive_id)
-        answer = self._call("GET", endpoint, allow_redirects=False)
+        answer = self._call("GET", endpoint, redirect_expected=True)
         if answer.status not in (301, 302, 303, 307, 308):
             raise ApiError(
                 SERVICE, f"download answered HTTP {answer.status}, not a redirect", answer.status
             )
         location = answer.headers.get("Location", "")
         url = urljoin(endpoint, location)
-        _check_download_url(url)
+        with _refusals():
+            self._targets.check_url(url)
         return url
 
     def open_download(self, url: str, offset: int = 0) -> requests.Response:
         """Start streaming the archive bytes from ``url``, without the api-key."""
         headers = {"Range": f"bytes={offset}-"} if offset else {}
-        response = open_stream(
-            SERVICE,
-            lambda: self._download_session.get(
-                url, stream=True, timeout=self._timeout, headers=headers, allow_redirects=False
-            ),
-            self.network,
-        )
+        with _refusals():
+            response = open_stream(
+                SERVICE,
+                lambda: self._download_session.get(
+                    url, stream=True, timeout=self._timeout, headers=headers
+                ),
+                self.network,
+            )
         if response.status_code >= 300:
-            answer = read_answer(SERVICE, response, self._answer_limit)
-            raise_for_status(SERVICE, answer)
+            answer = read_answer(SERVICE, response, self._answer_limit, self._deadline())
+            raise_for_status(SERVICE, answer, redirect_expected=True)  # not followed either
             raise ApiError(SERVICE, f"download URL answered HTTP {answer.status}")
         return response
 
     def iter_chunks(self, response: requests.Response) -> Iterator[bytes]:
-        """The body of an open download in large chunks, exactly the bytes sent (a
+        """The body of an open download as it arrives, exactly the bytes sent (a
         ``Content-Encoding`` is not undone: they must hash as Flexperto hashed them); a
-        broken stream is transient."""
-        chunks = response.raw.stream(DOWNLOAD_CHUNK_SIZE, decode_content=False)
+        broken stream, or one slower than the minimum rate, is transient."""
+        chunks = arriving(response, DOWNLOAD_CHUNK_SIZE, decode=False)
+        floor = RateFloor(
+            SERVICE,
+            self._http.min_download_bytes_per_second,
+            self._http.download_rate_window_seconds,
+            self._clock.now,
+        )
         while True:
             try:
                 with self.network.measure():
@@ -238,6 +258,7 @@ class FlexpertoClient:
             if chunk is None:
                 return
             yield chunk
+            floor.passed(len(chunk))  # once stored: a download cut keeps all it received
 
     def abandon(self, conference_id: str) -> None:
         """Claim the conference's archive. Tried once: the caller checks the outcome."""
@@ -247,6 +268,7 @@ class FlexpertoClient:
             lambda: self._session.post(url, timeout=self._timeout, stream=True),
             self.network,
             self._answer_limit,
+            self._deadline(),
         )
         raise_for_status(SERVICE, answer)
 
@@ -264,6 +286,7 @@ class FlexpertoClient:
             ),
             self.network,
             self._answer_limit,
+            self._deadline(),
         )
         raise_for_status(SERVICE, answer)
         body = json_body(SERVICE, answer) if answer.body.strip() else None
@@ -275,7 +298,9 @@ class FlexpertoClient:
         path = SUBSCRIPTION_PATH.format(subscription_id=quote(subscription_id, safe=""))
         self._call("DELETE", self._base + path)
 
-    def _call(self, method: str, url: str, **kwargs: Any) -> Answer:
+    def _call(
+        self, method: str, url: str, redirect_expected: bool = False, **kwargs: Any
+    ) -> Answer:
         def attempt() -> Answer:
             answer = send(
                 SERVICE,
@@ -284,19 +309,25 @@ class FlexpertoClient:
                 ),
                 self.network,
                 self._answer_limit,
+                self._deadline(),
             )
-            raise_for_status(SERVICE, answer)
+            raise_for_status(SERVICE, answer, redirect_expected)
             return answer
 
         return self._retrying(attempt)
+
+    def _deadline(self) -> Deadline:
+        return Deadline(self._http.deadline_seconds, self._clock.now)
 
 
 def _probe_filters(form: ListingForm) -> dict[str, str]:
     return {"status": "AVAILABLE"} if form.status_filter else {}
 
 
-def _check_download_url(url: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme == "https" or (parts.scheme == "http" and is_loopback(parts.hostname or "")):
-        return
-    raise ApiError(SERVICE, f"download redirect to a refused URL scheme {parts.scheme!r}")
+@contextmanager
+def _refusals() -> Iterator[None]:
+    """A download target the policy refuses, as an ApiError (not worth retrying)."""
+    try:
+        yield
+    except Refused as exc:
+        raise ApiError(SERVICE, f"download redirect to {exc}") from None

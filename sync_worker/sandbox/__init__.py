@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
+from urllib.parse import urlsplit
 
 from sync_worker.clock import Clock, SystemClock
 from sync_worker.sandbox.bucket import S3Server, SandboxBucket
@@ -150,12 +151,19 @@ class Sandbox:
         served = [entry for s in self._servers.values() for entry in s.service.numbered_requests()]
         return [record for _, record in sorted(served, key=lambda entry: entry[0])]
 
+    @property
+    def storage_host(self) -> str:
+        """The storage host's ``HOST:PORT``: plain http on loopback, so the one internal
+        target a config of this sandbox allows for downloads."""
+        return urlsplit(self.s3_url).netloc
+
     def config_toml(self, archive_dir: str, database: str) -> str:
         """A worker configuration pointing at this sandbox."""
         q = json.dumps
         return (
             f"[flexperto]\nbase_url = {q(self.flexperto_url)}\napi_key = {q(self.api_key)}\n"
             "page_size = 100\n"
+            f"download_hosts_allowed = [{q(self.storage_host)}]\n"
             + self.totalexpert_toml()
             + (
                 self.bucket.storage_toml(archive_dir)
@@ -209,6 +217,7 @@ def tenants_toml(te: Sandbox, tenants: dict[str, Sandbox], budget: str = "te-bud
         text += (
             f"[[tenant]]\nname = {q(name)}\n"
             f"[tenant.flexperto]\nbase_url = {q(box.flexperto_url)}\napi_key = {q(box.api_key)}\n"
+            f"download_hosts_allowed = [{q(box.storage_host)}]\n"
             f"[tenant.storage]\narchive_dir = {q(name + '/archives')}\n"
             f"[tenant.state]\ndatabase = {q(name + '/state.db')}\n"
         )

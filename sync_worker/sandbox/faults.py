@@ -13,6 +13,9 @@ server's normal handling; faulted requests are logged like any other. Actions:
   close (meant for the storage host's downloads);
 - ``endless``: send the real status and headers, no length, and the body followed by zeros
   until the client hangs up;
+- ``trickle``: send the real status and headers, then the body a few bytes at a time, each
+  piece after ``delay`` seconds of the sandbox's clock (a fake clock just moves on: the
+  client sees a peer slower than any deadline, and nobody waits);
 - ``gzip``: send the real answer gzip-compressed with ``Content-Encoding: gzip``, whatever
   the client accepts;
 - ``malformed_json``: answer 200, ``Content-Type: application/json``, body ``{"items": [``;
@@ -32,6 +35,7 @@ SERVER is ``flexperto``, ``s3`` or ``te`` (``totalexpert`` is accepted too). Key
     te:path=/insights$,method=POST,status=503,times=2
     te:status=429,retry_after=7
     flexperto:path=/download$,action=delay,delay=2.5
+    s3:action=trickle,delay=1
     s3:action=truncate,times=inf
 """
 
@@ -44,7 +48,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 ACTIONS = frozenset(
-    {"respond", "reset", "delay", "truncate", "endless", "gzip", "malformed_json", "call"}
+    {
+        "respond",
+        "reset",
+        "delay",
+        "truncate",
+        "endless",
+        "trickle",
+        "gzip",
+        "malformed_json",
+        "call",
+    }
 )
 SERVER_NAMES = {
     "flexperto": "flexperto",

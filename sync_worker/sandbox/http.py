@@ -26,6 +26,7 @@ from sync_worker.clock import Clock
 from sync_worker.sandbox.faults import Fault, FaultList
 
 SEND_CHUNK = 1024 * 1024
+TRICKLE_BYTES = 64
 ENDLESS_LIMIT = 4 * 1024 * SEND_CHUNK
 
 
@@ -174,7 +175,7 @@ class _Handler(BaseHTTPRequestHandler):
         if reply is None:
             self._reset()
         else:
-            self._send(reply, action)
+            self._send(reply, fault)
 
     def _read_request(self) -> Incoming:
         try:
@@ -214,10 +215,13 @@ class _Handler(BaseHTTPRequestHandler):
         reply.headers.update(fault.headers or {})
         return reply
 
-    def _send(self, reply: Reply, action: str | None) -> None:
+    def _send(self, reply: Reply, fault: Fault | None) -> None:
+        action = fault.action if fault else None
         try:
             if action == "endless":
                 self._write_endless(reply)
+            elif action == "trickle":
+                self._write_trickle(reply, fault.delay if fault else 0.0)
             elif action == "gzip":
                 self._write(_gzipped(reply), truncate=False)
             else:
@@ -239,6 +243,19 @@ class _Handler(BaseHTTPRequestHandler):
         zeros = bytes(SEND_CHUNK)
         for _ in range(ENDLESS_LIMIT // SEND_CHUNK):
             self.wfile.write(zeros)
+
+    def _write_trickle(self, reply: Reply, delay: float) -> None:
+        """The reply with its length, its body TRICKLE_BYTES at a time, each piece after
+        ``delay`` seconds of the service's clock."""
+        self.send_response(reply.status)
+        for key, value in reply.headers.items():
+            self.send_header(key, value)
+        self.send_header("Content-Length", str(reply.content_length))
+        self.end_headers()
+        for chunk in reply.chunks():
+            for start in range(0, len(chunk), TRICKLE_BYTES):
+                self.service.clock.sleep(delay)
+                self.wfile.write(chunk[start : start + TRICKLE_BYTES])
 
     def _write(self, reply: Reply, truncate: bool) -> None:
         self.send_response(reply.status)

@@ -14,13 +14,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
+from sync_worker.clock import FakeClock
 from sync_worker.config import HttpConfig
 from sync_worker.http import (
     ERROR_BODY_LIMIT,
     USER_AGENT,
     Answer,
     ApiError,
+    Deadline,
     NetworkTime,
+    RateFloor,
     TransientError,
     json_body,
     new_session,
@@ -84,7 +87,12 @@ class Script:
 
     def get(self, limit: int = 1_000_000) -> Answer:
         """The answer as the clients read it (through send)."""
-        return send("svc", lambda: requests.get(self.url, stream=True, timeout=5), NETWORK, limit)
+        return send(
+            "svc",
+            lambda: requests.get(self.url, stream=True, timeout=5, allow_redirects=False),
+            NETWORK,
+            limit,
+        )
 
     def close(self) -> None:
         self._server.shutdown()
@@ -119,10 +127,30 @@ def test_refusals_are_final(server, status):
     assert str(caught.value) == f"svc: HTTP {status}: Unable to find target - contact"
 
 
-@pytest.mark.parametrize("status", [200, 201, 204, 302])
-def test_success_and_redirects_pass(server, status):
+@pytest.mark.parametrize("status", [200, 201, 204])
+def test_success_passes(server, status):
     server.answer(status)
     raise_for_status("svc", server.get())
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_refused_naming_its_host_unless_expected(server, status):
+    server.answer(status, Location="https://Elsewhere.example/x?k=v")
+    with pytest.raises(ApiError) as caught:
+        raise_for_status("svc", server.get())
+    assert not isinstance(caught.value, TransientError) and caught.value.status == status
+    assert str(caught.value) == (
+        f"svc: HTTP {status}: redirect to elsewhere.example refused: API calls follow no redirect"
+    )
+    raise_for_status("svc", server.get(), redirect_expected=True)
+
+
+def test_a_session_follows_no_redirect_even_when_asked(server):
+    server.answer(302, Location=server.url + "/elsewhere")
+    session = new_session()
+    response = session.get(server.url, allow_redirects=True)
+    assert response.status_code == 302 and len(server.seen) == 1
+    session.close()
 
 
 def test_an_answer_past_the_limit_is_refused_unread(server):
@@ -268,3 +296,30 @@ def test_a_request_that_must_not_be_repeated_is_retried_only_if_surely_not_done(
     with pytest.raises(TransientError):
         once_only(call)
     assert call.count == 1
+
+
+def test_a_transfer_above_the_floor_goes_on_and_one_below_it_is_cut():
+    clock = FakeClock()
+    steady = RateFloor("svc", 1024, 10, clock.now)
+    for _ in range(100):  # 2 KiB/s for 100 s, in 0.5 s pieces
+        clock.advance(0.5)
+        steady.passed(1024)
+    slowing = RateFloor("svc", 1024, 10, clock.now)
+    for _ in range(20):  # 20 s at full speed, then a trickle
+        clock.advance(1)
+        slowing.passed(4096)
+    with pytest.raises(TransientError, match="slower than 1 KiB/s over 10 s"):
+        for _ in range(20):
+            clock.advance(1)
+            slowing.passed(10)
+
+
+def test_an_answer_past_its_deadline_is_a_timeout():
+    clock = FakeClock()
+    deadline = Deadline(30, clock.now)
+    clock.advance(30)
+    deadline.check("svc")
+    clock.advance(0.5)
+    with pytest.raises(TransientError, match="deadline of 30 s") as caught:
+        deadline.check("svc")
+    assert caught.value.maybe_processed

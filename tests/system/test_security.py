@@ -80,7 +80,7 @@ def test_redirect_to_plain_http_on_a_remote_host_is_refused(sandbox, config, clo
         "flexperto",
         Fault(path="/download", status=302, headers={"Location": "http://s3.example.com/a.zip"}),
     )
-    client = FlexpertoClient(config.flexperto, config.http, clock.sleep)
+    client = FlexpertoClient(config.flexperto, config.http, clock)
     record = next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
     with pytest.raises(ApiError, match="refused URL scheme"):
         client.download_url(record["id"])

@@ -12,6 +12,7 @@ import requests
 
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.faults import FaultList
+from sync_worker.sandbox.http import TRICKLE_BYTES
 
 # These test the sandbox's lenient dialect itself; test_dialect.py covers the others.
 pytestmark = pytest.mark.lenient_only
@@ -166,6 +167,16 @@ def test_truncate_sends_half_the_body(sandbox, fx, fx_api):
         connection.close()
     assert len(short.value.partial) == size // 2
     assert len(requests.get(url.geturl(), timeout=5).content) == size
+
+
+def test_trickle_sends_the_whole_body_slowly_on_the_sandbox_clock(sandbox, fx, fx_api, clock):
+    url = f"{fx_api}/communication/archives/archives/{available_id(sandbox)}"
+    whole = fx.get(url).content
+    sandbox.add_fault("flexperto", Fault(path="/archives/archives/", action="trickle", delay=2))
+    started = clock.now()
+    answer = fx.get(url)
+    assert answer.status_code == 200 and answer.content == whole
+    assert clock.now() - started == 2 * -(-len(whole) // TRICKLE_BYTES)
 
 
 def test_malformed_json(sandbox, fx, fx_api):

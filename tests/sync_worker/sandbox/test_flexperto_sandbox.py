@@ -372,6 +372,7 @@ def test_urls_secrets_and_config(sandbox):
         "base_url": sandbox.flexperto_url,
         "api_key": sandbox.api_key,
         "page_size": 100,
+        "download_hosts_allowed": [sandbox.s3_url.removeprefix("http://")],  # exactly it
     }
     assert config["totalexpert"] == {
         "base_url": sandbox.totalexpert_url,
