@@ -168,7 +168,7 @@ def test_a_flexperto_api_redirect_is_an_error_and_the_api_key_stays_home(
 
 TE_CALLS: dict[str, tuple[str, Callable[[TotalExpertClient], object]]] = {
     "token": ("/token$", lambda c: c.fetch_token()),
-    "bearer": ("/contacts$", lambda c: c.find_contacts("someone@example.org")),
+    "bearer": ("/contacts$", lambda c: c.find_contacts("someone@example.org", 20)),
 }
 
 
@@ -329,7 +329,7 @@ def test_a_trickled_listing_is_cut_at_the_deadline(sandbox, config, run, log_lin
 def test_a_trickled_total_expert_answer_is_cut_at_the_deadline(sandbox, te_client):
     sandbox.add_fault("te", Fault(path="/contacts$", action="trickle", delay=1000, times=None))
     with pytest.raises(TransientError, match="deadline"):
-        te_client.find_contacts("someone@example.org")
+        te_client.find_contacts("someone@example.org", 20)
 
 
 @pytest.mark.both_stores
