@@ -1,0 +1,226 @@
+"""Hostile clients of the webhook receiver, and what operators are told (issue 17, findings 8
+and 12): trickling and flooding clients hold no more threads than the receiver's cap and
+are cut at a whole-request deadline; IPv6 loopback is served; secrets are masked in the
+forms they take on the wire; a config file others can read is named; and the commands that
+read the state file say so, and fail, when it is missing or is not one."""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+
+import requests
+
+from sync_worker.sandbox import free_port
+from sync_worker.sandbox.seed import ANNA, MAX
+from sync_worker.sandbox.worker_process import start_worker
+from sync_worker.webhook_receiver import MAX_CONNECTIONS, WebhookReceiver
+
+SECRET_PATH = "F40mfum7pZC8DtdgGOYSijx26blP0HLs"
+PAYLOAD = {"data": {"archive_id": "a-1", "archive_subject": {"conference_id": "c-1"}}}
+CAP = 4
+TRICKLERS = 3 * CAP
+GIVE_UP_SECONDS = 30  # only so that a broken receiver cannot hang the suite
+
+
+# --- finding 8: the webhook receiver ------------------------------------------------------
+
+
+def open_tricklers(port: int, count: int) -> list[socket.socket]:
+    """Connections that each begin a request and will go on sending one byte at a time."""
+    tricklers = []
+    for _ in range(count):
+        conn = socket.create_connection(("127.0.0.1", port), timeout=5)
+        conn.sendall(b"P")
+        tricklers.append(conn)
+    return tricklers
+
+
+def trickle_until_dropped(tricklers: list[socket.socket], sample: Callable[[], None]) -> None:
+    """Send each connection a byte in turn, faster than any per-read timeout, until the
+    server has closed every one (or answered it: then it is done with it)."""
+    alive = list(tricklers)
+    give_up = time.monotonic() + GIVE_UP_SECONDS
+    while alive and time.monotonic() < give_up:
+        sample()
+        readable, _, _ = select.select(alive, [], [], 0.05)
+        for conn in readable:
+            alive.remove(conn)  # an answer or the end of the connection: either way, done
+        for conn in alive:
+            try:
+                conn.sendall(b"O")
+            except OSError:
+                alive.remove(conn)
+    assert not alive, f"{len(alive)} trickling connections are still held"
+
+
+def test_trickling_clients_hold_at_most_the_cap_of_threads_and_are_cut(log_lines):
+    woken: list[str] = []
+    before = threading.active_count()
+    port = free_port()
+    receiver = WebhookReceiver(
+        f"127.0.0.1:{port}", woken.append, max_connections=CAP, deadline_seconds=2.0
+    ).start()
+    receiver.accept("bank-a", [SECRET_PATH])
+    url = f"http://127.0.0.1:{port}/{SECRET_PATH}"
+    tricklers = open_tricklers(port, TRICKLERS)
+    peak = [0]
+    try:
+        # every slot is taken: a delivery now is refused at once, not queued behind them
+        try:
+            answer = requests.post(url, json=PAYLOAD, timeout=3)
+            assert answer.status_code == 503
+        except requests.ConnectionError:
+            pass  # closed at once: refused as well
+        trickle_until_dropped(
+            tricklers, lambda: peak.__setitem__(0, max(peak[0], threading.active_count()))
+        )
+        # the slots are free again: a well-behaved delivery is taken
+        assert requests.post(url, json=PAYLOAD, timeout=3).status_code == 204
+    finally:
+        for conn in tricklers:
+            conn.close()
+        receiver.shutdown()
+    assert peak[0] - before <= CAP + 1  # the handlers, and the server's own thread
+    assert woken == ["bank-a"]
+    events = [e["event"] for e in log_lines()]
+    cut, refused = events.count("webhook.too_slow"), events.count("webhook.busy")
+    assert cut >= CAP and refused >= 1
+    assert cut + refused == TRICKLERS + 1  # every trickler, and the delivery while full
+
+
+def test_ipv6_loopback_is_served():
+    woken: list[str] = []
+    port = free_port()
+    receiver = WebhookReceiver(f"[::1]:{port}", woken.append).start()
+    receiver.accept("bank-a", [SECRET_PATH])
+    try:
+        answer = requests.post(f"http://[::1]:{port}/{SECRET_PATH}", json=PAYLOAD, timeout=3)
+    finally:
+        receiver.shutdown()
+    assert answer.status_code == 204 and woken == ["bank-a"]
+
+
+def read_until(process, found: Callable[[dict], bool]) -> list[dict]:
+    events = []
+    for line in process.stdout:
+        events.append(json.loads(line))
+        if found(events[-1]):
+            return events
+    raise AssertionError(f"the daemon ended first: {events[-5:]}")
+
+
+def test_the_daemon_listens_on_ipv6_loopback_and_is_woken(sandbox, config, tmp_path):
+    port = free_port()
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        config_file.read_text()
+        + "[schedule]\ninterval_seconds = 3600\n"
+        + f'[webhook]\nlisten = "[::1]:{port}"\n'
+        + f'public_url = "http://[::1]:{port}/callbacks/flexperto"\n'
+    )
+    process = start_worker("run", config=config_file)
+    watchdog = threading.Timer(90, process.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        seen = read_until(process, lambda e: e["event"] in ("webhook.registered", "run.failed"))
+        assert seen[-1]["event"] == "webhook.registered", seen[-3:]
+        if not any(e["event"] == "run.finished" and e["jobs"] == ["archives"] for e in seen):
+            read_until(
+                process, lambda e: e["event"] == "run.finished" and e["jobs"] == ["archives"]
+            )
+        fresh = sandbox.flexperto.add_archive(moderator=ANNA, participants=[MAX])
+        read_until(  # an interval is an hour: the delivery to [::1] did it
+            process,
+            lambda e: e["event"] == "archive.stored" and e.get("archive_id") == fresh["id"],
+        )
+    finally:
+        watchdog.cancel()
+        process.send_signal(signal.SIGTERM)
+        _rest, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors
+
+
+class Flood:
+    """A client that keeps ``size`` trickling connections open to a port, reopening each
+    one the server drops, and counts the threads of the process it attacks."""
+
+    def __init__(self, port: int, size: int, pid: int) -> None:
+        self._port, self._size, self._pid = port, size, pid
+        self._stop = threading.Event()
+        self.peak_threads = 0
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Flood:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self) -> None:
+        held: list[socket.socket] = []
+        while not self._stop.is_set():
+            while len(held) < self._size:
+                held += open_tricklers(self._port, 1)
+            readable, _, _ = select.select(held, [], [], 0.1)
+            for conn in [*readable, *(c for c in held if not _sent(c))]:
+                if conn in held:
+                    held.remove(conn)
+                    conn.close()
+            self.peak_threads = max(self.peak_threads, len(os.listdir(f"/proc/{self._pid}/task")))
+        for conn in held:
+            conn.close()
+
+
+def _sent(conn: socket.socket) -> bool:
+    try:
+        conn.sendall(b"O")
+        return True
+    except OSError:
+        return False
+
+
+def test_a_flood_of_trickling_clients_leaves_the_daemon_claiming(sandbox, config, tmp_path):
+    port = free_port()
+    config_file = tmp_path / "config.toml"
+    config_file.write_text(
+        config_file.read_text()
+        + "[schedule]\ninterval_seconds = 2\n"
+        + f'[webhook]\nlisten = "127.0.0.1:{port}"\n'
+        + f'public_url = "http://127.0.0.1:{port}/callbacks/flexperto"\n'
+    )
+    process = start_worker("run", config=config_file)
+    watchdog = threading.Timer(90, process.kill)  # never hang the suite
+    watchdog.start()
+    try:
+        read_until(process, lambda e: e["event"] == "webhook.registered")
+        read_until(process, lambda e: e["event"] == "run.finished" and e["jobs"] == ["archives"])
+        idle_threads = len(os.listdir(f"/proc/{process.pid}/task"))
+        with Flood(port, 3 * MAX_CONNECTIONS, process.pid) as flood:
+            events = read_until(process, lambda e: e["event"] == "webhook.busy")
+            fresh = sandbox.flexperto.add_archive(moderator=ANNA, participants=[MAX])
+            events += read_until(
+                process,
+                lambda e: e["event"] == "archive.abandoned" and e.get("archive_id") == fresh["id"],
+            )
+            if not any(e["event"] == "webhook.too_slow" for e in events):
+                events += read_until(process, lambda e: e["event"] == "webhook.too_slow")
+    finally:
+        watchdog.cancel()
+        process.send_signal(signal.SIGTERM)
+        _rest, errors = process.communicate(timeout=30)
+    assert process.returncode == 0, errors
+    assert "Traceback" not in errors
+    assert any(e["event"] == "archive.stored" and e["archive_id"] == fresh["id"] for e in events)
+    assert {"webhook.busy", "webhook.too_slow"} <= {e["event"] for e in events}
+    downloads = config.flexperto.max_parallel_downloads
+    assert flood.peak_threads <= idle_threads + MAX_CONNECTIONS + downloads + 2
