@@ -6,6 +6,8 @@ read the state file say so, and fail, when it is missing or is not one."""
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import os
 import select
@@ -14,10 +16,15 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from urllib.parse import quote, quote_plus
 
 import requests
+import structlog
 
-from sync_worker.sandbox import free_port
+from sync_worker import logs
+from sync_worker.cli import main
+from sync_worker.config import load_config
+from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.sandbox.worker_process import start_worker
 from sync_worker.webhook_receiver import MAX_CONNECTIONS, WebhookReceiver
@@ -224,3 +231,68 @@ def test_a_flood_of_trickling_clients_leaves_the_daemon_claiming(sandbox, config
     assert {"webhook.busy", "webhook.too_slow"} <= {e["event"] for e in events}
     downloads = config.flexperto.max_parallel_downloads
     assert flood.peak_threads <= idle_threads + MAX_CONNECTIONS + downloads + 2
+
+
+# --- finding 12: secrets in other forms ---------------------------------------------------
+
+
+def wire_forms(client_id: str, secret: str) -> dict[str, str]:
+    """The forms a secret takes in headers, URLs and encodings, as an echo may show them."""
+    return {
+        "lower-cased": secret.lower(),
+        "upper-cased": secret.upper(),
+        "url-encoded": quote(secret, safe=""),
+        "form-encoded": quote_plus(secret),
+        "base64": base64.b64encode(secret.encode()).decode(),
+        "base64, no padding": base64.b64encode(secret.encode()).decode().rstrip("="),
+        "urlsafe base64": base64.urlsafe_b64encode(secret.encode()).decode(),
+        "basic auth": base64.b64encode(f"{client_id}:{secret}".encode()).decode(),
+    }
+
+
+def test_secrets_are_masked_in_their_wire_forms(tmp_path):
+    path = tmp_path / "config.toml"
+    path.write_text(
+        '[flexperto]\nbase_url = "https://demo.test.flexperto.com"\n'
+        'api_key = "eyJhbGciOi.Jx/+Qz=y?k&1"\n'
+        '[totalexpert]\nclient_id = "Client-ID-77"\nclient_secret = "Te/Secret+Value=99"\n'
+    )
+    path.chmod(0o600)
+    config = load_config(path, env={})
+    stream = io.StringIO()
+    logs.configure("json", "debug", stream=stream, secrets=config.secrets())
+    te = config.totalexpert
+    api_key, secret = config.flexperto.api_key, te.client_secret
+    shown = {
+        **{f"api-key {k}": v for k, v in wire_forms(te.client_id, api_key).items()},
+        **{f"secret {k}": v for k, v in wire_forms(te.client_id, secret).items()},
+    }
+    for form, text in shown.items():
+        structlog.get_logger().warning("echo", form=form, error=f"the server said: <{text}>")
+    logged = {e["form"]: e["error"] for e in map(json.loads, stream.getvalue().splitlines())}
+    leaked = {form: logged[form] for form, text in shown.items() if text in logged[form]}
+    assert leaked == {}
+    assert all(logs.REDACTED in error for error in logged.values())
+
+
+def test_servers_echoing_the_secrets_in_other_forms_leak_nothing_to_the_log(
+    sandbox, config, tmp_path, capsys
+):
+    te = config.totalexpert
+    echoes = {
+        "flexperto": wire_forms(te.client_id, config.flexperto.api_key),
+        "totalexpert": wire_forms(te.client_id, te.client_secret),
+    }
+    for service, path in (("flexperto", "/archive/abandon$"), ("totalexpert", "/token$")):
+        body = json.dumps({"error": "you sent " + " ".join(echoes[service].values())})
+        sandbox.add_fault(service, Fault(path=path, status=401, body=body, times=None))
+    assert main(["--config", str(tmp_path / "config.toml"), "--log-format", "json", "run-once"])
+    out, err = capsys.readouterr()
+    assert out.count(logs.REDACTED) >= 2 * len(echoes["flexperto"])  # both echoes, masked
+    leaked = [
+        f"{service} {form}"
+        for service, forms in echoes.items()
+        for form, shown in forms.items()
+        if shown in out + err
+    ]
+    assert leaked == []
