@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
+import pytest
 import requests
 import structlog
 
@@ -296,3 +297,51 @@ def test_servers_echoing_the_secrets_in_other_forms_leak_nothing_to_the_log(
         if shown in out + err
     ]
     assert leaked == []
+
+
+# --- finding 12: a config file others can read --------------------------------------------
+
+MINIMAL = """
+[flexperto]
+base_url = "https://demo.test.flexperto.com"
+api_key = "fx-key-in-the-file"
+[totalexpert]
+client_id = "te-id"
+client_secret = "te-secret"
+"""
+
+
+@pytest.mark.parametrize(
+    ("mode", "text", "warned"),
+    [
+        (0o644, MINIMAL, True),
+        (0o640, MINIMAL, True),
+        (0o600, MINIMAL, False),
+        (0o644, '[flexperto]\nbase_url = "https://demo.test.flexperto.com"\n', False),
+    ],
+)
+def test_a_config_file_others_can_read_is_named_if_it_holds_secrets(
+    tmp_path, log_lines, mode, text, warned
+):
+    path = tmp_path / "config.toml"
+    path.write_text(text)
+    path.chmod(mode)
+    env = {
+        "FLEXPERTO_API_KEY": "fx-key-from-env",
+        "TOTALEXPERT_CLIENT_ID": "te-id-from-env",
+        "TOTALEXPERT_CLIENT_SECRET": "te-secret-from-env",
+    }
+    load_config(path, env=env)
+    events = [e for e in log_lines() if e["event"] == "config.readable_by_others"]
+    if not warned:
+        assert events == []
+        return
+    [event] = events
+    assert event["level"] == "warning" and event["path"] == str(path)
+    assert event["mode"] == oct(mode)
+    assert event["keys"] == [
+        "flexperto.api_key",
+        "totalexpert.client_id",
+        "totalexpert.client_secret",
+    ]
+    assert "fx-key-in-the-file" not in json.dumps(event)
