@@ -13,9 +13,11 @@ import os
 import select
 import signal
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from urllib.parse import quote, quote_plus
 
 import pytest
@@ -345,3 +347,75 @@ def test_a_config_file_others_can_read_is_named_if_it_holds_secrets(
         "totalexpert.client_secret",
     ]
     assert "fx-key-in-the-file" not in json.dumps(event)
+
+
+# --- finding 12: commands that read the state file ----------------------------------------
+
+STATE_COMMANDS = [
+    ["status"],
+    ["status", "--json"],
+    ["export"],
+    ["export", "--format", "jsonl"],
+    ["retry", "--all-failed"],
+    ["retry", "some-archive"],
+]
+
+
+def offline_config(tmp_path: Path, database: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        MINIMAL.replace("https://demo.test.flexperto.com", "http://127.0.0.1:9")
+        + f'[storage]\narchive_dir = "archives"\n[state]\ndatabase = "{database}"\n'
+    )
+    path.chmod(0o600)
+    return path
+
+
+def not_a_state_file(kind: str, path: Path) -> None:
+    """Put something at ``path`` that is not a state file of this worker."""
+    if kind == "directory":
+        path.mkdir()
+    elif kind == "garbage":
+        path.write_bytes(b"this is not a SQLite database, " * 100)
+    elif kind == "foreign database":
+        conn = sqlite3.connect(path)
+        conn.execute("create table notes (text)")
+        conn.commit()
+        conn.close()
+
+
+@pytest.mark.parametrize("kind", ["missing", "directory", "garbage", "foreign database"])
+@pytest.mark.parametrize("command", STATE_COMMANDS, ids=" ".join)
+def test_a_missing_or_broken_state_file_fails_the_commands_that_read_it(
+    tmp_path, capsys, kind, command
+):
+    database = tmp_path / "stat.db"  # state.db, mistyped
+    config_file = offline_config(tmp_path, database.name)
+    not_a_state_file(kind, database)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    before_bytes = database.read_bytes() if database.is_file() else None
+    code = main(["--config", str(config_file), *command])
+    out, err = capsys.readouterr()
+    assert code == 1
+    assert [line for line in out.splitlines() if not line.startswith("{")] == []
+    [line] = err.strip().splitlines()
+    assert line.startswith("sync-worker: ") and str(database) in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == before  # no file made, none beside
+    assert (database.read_bytes() if database.is_file() else None) == before_bytes
+
+
+@pytest.mark.parametrize("kind", ["directory", "garbage", "foreign database"])
+def test_check_fails_a_state_file_that_is_not_one_and_leaves_it_alone(
+    sandbox, tmp_path, config, capsys, monkeypatch, kind
+):
+    database = tmp_path / "other.db"
+    not_a_state_file(kind, database)
+    before = database.read_bytes() if database.is_file() else None
+    monkeypatch.setenv("SYNC_WORKER_STATE_DATABASE", str(database))
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if not line.startswith("{")]
+    [state] = [line for line in lines if "state database" in line]
+    assert state.startswith("FAIL") and str(database) in state
+    assert (database.read_bytes() if database.is_file() else None) == before
+    assert not Path(f"{database}-wal").exists()
+    assert os.path.isdir(database) == (kind == "directory")
