@@ -148,6 +148,7 @@ def _handler(receiver: WebhookReceiver, deadline_seconds: float) -> type[BaseHTT
 
         def setup(self) -> None:
             super().setup()
+            self.rfile.close()  # the plain reader, replaced by one that keeps the deadline
             self.rfile = io.BufferedReader(_DeadlineReader(self.connection, deadline_seconds))
 
         def do_POST(self) -> None:
@@ -202,7 +203,10 @@ class _DeadlineReader(io.RawIOBase):
 
 
 def _length(header: str | None) -> int | None:
-    return int(header) if header is not None and header.isdigit() else None
+    """The body's length as the header states it in ASCII digits ("²" is a digit too)."""
+    if header is None or not (header.isascii() and header.isdigit()):
+        return None
+    return int(header)
 
 
 def _archive_fields(body: bytes) -> dict[str, str]:

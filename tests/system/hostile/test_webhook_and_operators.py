@@ -117,6 +117,21 @@ def test_ipv6_loopback_is_served():
     assert answer.status_code == 204 and woken == ["bank-a"]
 
 
+def test_a_length_in_other_digits_is_answered_411(log_lines):
+    port = free_port()
+    receiver = WebhookReceiver(f"127.0.0.1:{port}", lambda _tenant: None).start()
+    receiver.accept("bank-a", [SECRET_PATH])
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            head = f"POST /{SECRET_PATH} HTTP/1.1\r\nHost: x\r\nContent-Length: \u00b2\r\n\r\n"
+            conn.sendall(head.encode("latin-1") + b"{}")
+            answer = conn.recv(1024)
+    finally:
+        receiver.shutdown()
+    assert answer.startswith(b"HTTP/1.0 411 ")
+    assert "webhook.bad_request" not in [e["event"] for e in log_lines()]
+
+
 def read_until(process, found: Callable[[dict], bool]) -> list[dict]:
     events = []
     for line in process.stdout:
