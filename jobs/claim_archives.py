@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextvars
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import partial
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any
 
 import structlog
@@ -110,7 +111,8 @@ def _in_parallel(
     ctx: JobContext, rows: list[ArchiveRow], step: Callable[[JobContext, ArchiveRow], None]
 ) -> None:
     """Run ``step`` on every row, ``max_parallel_downloads`` at a time, each thread with its
-    own database connection."""
+    own database connection, taking the next row as it gets free: a download that takes
+    hours holds up no row but its own."""
     workers = min(ctx.config.flexperto.max_parallel_downloads, len(rows))
     if workers <= 1:
         _each(ctx, rows, step)
@@ -118,17 +120,18 @@ def _in_parallel(
     connections = ThreadConnections(
         ctx.config.state.database, ctx.config.state.busy_timeout_seconds
     )
-    chunks = [rows[n::workers] for n in range(workers)]
+    waiting: SimpleQueue[ArchiveRow] = SimpleQueue()
+    for row in rows:
+        waiting.put(row)
     try:
         with ThreadPoolExecutor(workers, thread_name_prefix="archives") as pool:
             # Each thread runs in a copy of this one's context: its events name the tenant.
             futures = [
                 pool.submit(
                     contextvars.copy_context().run,
-                    lambda c: _each(replace(ctx, db=connections.get()), c, step),
-                    chunk,
+                    lambda: _each(replace(ctx, db=connections.get()), _taken(waiting), step),
                 )
-                for chunk in chunks
+                for _ in range(workers)
             ]
             for future in futures:
                 future.result()  # re-raise what must stop the pass (a busy state file)
@@ -136,8 +139,17 @@ def _in_parallel(
         connections.close()
 
 
+def _taken(waiting: SimpleQueue[ArchiveRow]) -> Iterator[ArchiveRow]:
+    """The rows left in ``waiting``, one at a time, until there are none."""
+    while True:
+        try:
+            yield waiting.get_nowait()
+        except Empty:
+            return
+
+
 def _each(
-    ctx: JobContext, rows: list[ArchiveRow], step: Callable[[JobContext, ArchiveRow], None]
+    ctx: JobContext, rows: Iterable[ArchiveRow], step: Callable[[JobContext, ArchiveRow], None]
 ) -> None:
     for row in rows:
         if ctx.stop_requested():

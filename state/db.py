@@ -32,6 +32,10 @@ class StateBusyError(Exception):
     """Another process held the state database locked for longer than the busy timeout."""
 
 
+class StateFileError(Exception):
+    """The state file a command needs is missing, unreadable or not a state file at all."""
+
+
 def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
     """Open (creating if needed) the state database, private to the current user."""
     return _open(path, busy_timeout, _create_tables)
@@ -92,6 +96,30 @@ def open_read_only(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sq
             isolation_level=None,
         )
     return sqlite_utils.Database(conn)
+
+
+def open_existing(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
+    """Open a state file that a pass has made, for a command that reads it or changes a few
+    rows (status, export, retry, check): never one made here. Raises StateFileError if there
+    is none at ``path``, or what is there cannot be read or is not a state file."""
+    if not path.exists():
+        raise StateFileError(
+            f"no state file at {path}: no pass has run with this config, or state.database "
+            "is mistyped"
+        )
+    if not path.is_file():
+        raise StateFileError(f"the state file {path} is not a file")
+    try:
+        probe = open_read_only(path, busy_timeout)
+        try:
+            ours = probe["archives"].exists()
+        finally:
+            probe.close()
+    except sqlite3.Error as exc:
+        raise StateFileError(f"cannot read the state file {path}: {exc}") from None
+    if not ours:
+        raise StateFileError(f"{path} is not a state file of sync-worker (no archives table)")
+    return open_database(path, busy_timeout)
 
 
 def open_memory_database() -> sqlite_utils.Database:

@@ -22,7 +22,13 @@ from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, Lis
 from sync_worker.flexperto.records import RecordError, parse_record
 from sync_worker.http import ApiError
 from sync_worker.state import capabilities
-from sync_worker.state.db import StateBusyError, open_database, open_memory_database
+from sync_worker.state.db import (
+    StateBusyError,
+    StateFileError,
+    open_database,
+    open_existing,
+    open_memory_database,
+)
 from sync_worker.state.te_access import SharedAccess
 from sync_worker.stores import StoreError, open_store
 from sync_worker.totalexpert import (
@@ -83,9 +89,16 @@ def _state_or_memory(config: Config) -> sqlite_utils.Database:
     """The state file, whose budgets and token every process shares; if it cannot be opened
     (the first finding says why), a private one, so that TE can still be checked."""
     try:
-        return open_database(config.state.database)
-    except (OSError, sqlite3.Error, StateBusyError):
+        return _open_state(config)
+    except (OSError, sqlite3.Error, StateBusyError, StateFileError):
         return open_memory_database()
+
+
+def _open_state(config: Config) -> sqlite_utils.Database:
+    """The state file, made if there is none yet (it keeps TE's token for the passes); one
+    that is there but is not a state file is left as it is."""
+    path = config.state.database
+    return open_existing(path) if path.exists() else open_database(path)
 
 
 def _totalexpert_findings(config: Config, client: TotalExpertClient) -> list[Finding]:
@@ -117,13 +130,14 @@ def _check(name: str, probe: Callable[[], str]) -> Finding:
         RecordError,
         sqlite3.Error,
         StoreError,
+        StateFileError,
     ) as exc:
-        plain = isinstance(exc, ApiError | TokenBudgetExhausted | StoreError)
+        plain = isinstance(exc, ApiError | TokenBudgetExhausted | StoreError | StateFileError)
         return Finding(name, FAIL, str(exc) if plain else f"{type(exc).__name__}: {exc}")
 
 
 def _state(config: Config) -> str:
-    open_database(config.state.database).close()
+    _open_state(config).close()
     return f"{config.state.database} opens"
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import structlog
 
@@ -32,9 +33,11 @@ from sync_worker.runner import run_passes
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
 from sync_worker.state import archives, insights, reports
-from sync_worker.state.db import open_database
+from sync_worker.state.db import StateFileError, open_existing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+# Commands whose stdout is their output, for tools to read: their log goes to stderr.
+OUTPUT_COMMANDS = frozenset({"status", "export"})
 
 log = structlog.get_logger()
 
@@ -138,12 +141,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_format, args.log_level)
+    logs.configure(args.log_format, args.log_level, _log_stream(args))
     try:
         return _dispatch(args)
     except ConfigError as exc:
         print(f"sync-worker: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except StateFileError as exc:
+        print(f"sync-worker: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except KeyboardInterrupt:
         print("sync-worker: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -186,9 +192,16 @@ def _load(args: argparse.Namespace, one: bool) -> list[Config]:
     else:
         configs = load_tenants(path)
     logs.configure(
-        args.log_format, args.log_level, secrets=[s for c in configs for s in c.secrets()]
+        args.log_format,
+        args.log_level,
+        _log_stream(args),
+        secrets=[s for c in configs for s in c.secrets()],
     )
     return configs
+
+
+def _log_stream(args: argparse.Namespace) -> TextIO:
+    return sys.stderr if args.command in OUTPUT_COMMANDS else sys.stdout
 
 
 def _run_once(configs: list[Config], _args: argparse.Namespace) -> int:
@@ -210,15 +223,14 @@ def _write_metrics(configs: list[Config]) -> None:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    db = open_database(config.state.database) if config.state.database.exists() else None
+    db = open_existing(config.state.database)
     try:
         if args.json:
             status.write_json(db, sys.stdout, tuple(args.state), args.since, args.limit)
         else:
             print(status.render_table(db, args.limit or status.FAILING_SHOWN))
     finally:
-        if db is not None:
-            db.close()
+        db.close()
     return EXIT_OK
 
 
@@ -232,11 +244,7 @@ def _audit(configs: list[Config], args: argparse.Namespace) -> int:
 
 
 def _export(config: Config, args: argparse.Namespace) -> int:
-    if not config.state.database.exists():
-        rows: Iterator[dict] = iter(())
-        manifest.write(rows, sys.stdout, args.format)
-        return EXIT_OK
-    db = open_database(config.state.database)
+    db = open_existing(config.state.database)
     try:
         manifest.write(reports.manifest(db, args.since), sys.stdout, args.format)
     finally:
@@ -273,7 +281,7 @@ def _check(configs: list[Config], _args: argparse.Namespace) -> int:
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
     archive_id = None if args.all_failed else args.archive_id
-    db = open_database(config.state.database)
+    db = open_existing(config.state.database)
     try:
         if archive_id and archives.get(db, archive_id) is None:
             print(f"sync-worker: no archive {archive_id!r} in the state database", file=sys.stderr)

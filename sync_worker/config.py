@@ -25,6 +25,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import structlog
+
 from sync_worker.flexperto.download_targets import DownloadTargets
 
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
@@ -33,6 +35,9 @@ COMMENT_WIDTH = 90
 MIB = 1024 * 1024
 GIB = 1024 * MIB
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+OTHERS_READ = 0o044  # the group's and everyone's read bits
+
+log = structlog.get_logger()
 
 
 class ConfigError(Exception):
@@ -461,6 +466,7 @@ def load_tenants(path: Path | None, env: Mapping[str, str] | None = None) -> lis
     if path is not None:
         raw = _read_toml(path)
         base_dir = path.resolve().parent
+        _warn_if_others_can_read(path, raw)
     tables = raw.pop(TENANT_TABLE, None)
     _reject_unknown(raw)
     if tables is None:
@@ -653,6 +659,38 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+
+
+def _warn_if_others_can_read(path: Path, raw: dict[str, Any]) -> None:
+    """Warn (naming the keys, never their values) when the file holds secrets and its group
+    or everyone may read it. Not refused: the secrets are out already, and a refusal would
+    stop a running service at its next restart instead of telling whoever reads the log."""
+    mode = path.stat().st_mode & 0o777
+    held = _secrets_in(raw) if mode & OTHERS_READ else []
+    if held:
+        log.warning(
+            "config.readable_by_others",
+            path=str(path),
+            mode=oct(mode),
+            keys=held,
+            fix="chmod 600 the file, or give the secrets as credentials or environment",
+        )
+
+
+def _secrets_in(raw: dict[str, Any]) -> list[str]:
+    """The secret keys that have a value in the file, at the top or in a [[tenant]]."""
+    tables = [("", raw)]
+    tenants = raw.get(TENANT_TABLE)
+    if isinstance(tenants, list):
+        tables += [(f"tenant.{t.get('name')}.", t) for t in tenants if isinstance(t, dict)]
+    return [
+        f"{where}{section}.{key.name}"
+        for where, table in tables
+        for section, key in keys()
+        if _rules(key).secret_env
+        and isinstance(table.get(section), dict)
+        and table[section].get(key.name)
+    ]
 
 
 def _reject_unknown(raw: dict[str, Any], where: str = "") -> None:

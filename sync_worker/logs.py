@@ -2,17 +2,24 @@
 
 Every secret the worker knows (api-key, client id and secret, access tokens as they are
 obtained) is registered with :func:`add_secret`; a processor replaces any occurrence of one,
-in any field, before the event is rendered. Fields named like secrets are masked too.
+in any field, before the event is rendered. A secret is also found in the forms a server's
+echo or an error message may show it in: in any case, URL-encoded, and base64-encoded (alone,
+at any offset of a longer encoding, and as HTTP Basic credentials, registered as such).
+Fields named like secrets are masked too.
 """
 
 from __future__ import annotations
 
+import base64
+import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Iterable, Iterator, MutableMapping
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
+from urllib.parse import quote, quote_plus
 
 import structlog
 
@@ -30,6 +37,7 @@ SECRET_FIELDS = frozenset(
     }
 )
 MIN_SECRET_LENGTH = 4
+URLSAFE = str.maketrans("+/", "-_")  # base64's alphabet for URLs and file names
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 ERROR_TEXT_LIMIT = 500
 # Where the project's packages sit (the repository, or site-packages), and their names.
@@ -46,37 +54,76 @@ def add_secret(value: str | None) -> None:
             _secrets.add(value)
 
 
+def add_basic_credentials(user: str, password: str) -> None:
+    """Register ``user:password`` as it is sent in HTTP Basic auth (base64 of the pair)."""
+    add_secret(base64.b64encode(f"{user}:{password}".encode()).decode())
+
+
 def redact(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """structlog processor: mask registered secret values and secret-named fields."""
-    with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
+    pattern = _current_pattern()
     for key, value in list(event.items()):
         if key.lower() in SECRET_FIELDS and value is not None:
             event[key] = REDACTED
         else:
-            event[key] = _scrub(value, secrets)
+            event[key] = _scrub(value, pattern)
     return event
 
 
 def mask(text: str) -> str:
     """``text`` with every registered secret replaced, for output outside the log."""
+    return _scrub(text, _current_pattern())
+
+
+def _current_pattern() -> re.Pattern[str] | None:
     with _secrets_lock:
-        secrets = sorted(_secrets, key=len, reverse=True)
-    return _scrub(text, secrets)
+        secrets = frozenset(_secrets)
+    return _pattern(secrets)
 
 
-def _scrub(value: Any, secrets: list[str]) -> Any:
+@lru_cache(maxsize=4)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """One expression for every form of every secret, the longest tried first; case is
+    ignored (a secret lower- or upper-cased, a %2f for a %2F)."""
+    forms = {form for secret in secrets for form in _forms(secret)}
+    forms = {form for form in forms if len(form) >= MIN_SECRET_LENGTH}
+    if not forms:
+        return None
+    ordered = sorted(forms, key=len, reverse=True)
+    return re.compile("|".join(map(re.escape, ordered)), re.IGNORECASE)
+
+
+def _forms(secret: str) -> Iterator[str]:
+    """``secret`` as it is, URL-encoded, and base64-encoded in the usual alphabets."""
+    yield secret
+    yield quote(secret, safe="")
+    yield quote_plus(secret)
+    data = secret.encode()
+    for encoded in _base64_forms(data):
+        yield encoded
+        yield encoded.translate(URLSAFE)
+
+
+def _base64_forms(data: bytes) -> Iterator[str]:
+    """The base64 of ``data`` whole (padded), and the characters that stand for it alone
+    wherever it begins in a longer encoding (at each of the three offsets)."""
+    yield base64.b64encode(data).decode()
+    for offset in range(3):
+        encoded = base64.b64encode(bytes(offset) + data).decode()
+        first = -(-8 * offset // 6)  # the first character made of ``data``'s bits only
+        last = 8 * (offset + len(data)) // 6  # past the last such character
+        yield encoded[first:last]
+
+
+def _scrub(value: Any, pattern: re.Pattern[str] | None) -> Any:
     if isinstance(value, str):
-        for secret in secrets:
-            if secret in value:
-                value = value.replace(secret, REDACTED)
-        return value
+        return pattern.sub(REDACTED, value) if pattern else value
     if isinstance(value, dict):
-        return {key: _scrub(item, secrets) for key, item in value.items()}
+        return {key: _scrub(item, pattern) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_scrub(item, secrets) for item in value]
+        return [_scrub(item, pattern) for item in value]
     if isinstance(value, BaseException):
-        return _scrub(f"{type(value).__name__}: {value}", secrets)
+        return _scrub(f"{type(value).__name__}: {value}", pattern)
     return value
 
 

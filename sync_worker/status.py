@@ -20,14 +20,12 @@ TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "s
 FAILING_SHOWN = 50
 
 
-def render_table(db: sqlite_utils.Database | None, limit: int = FAILING_SHOWN) -> str:
-    """Counts per state, then up to ``limit`` failing or parked items (none without a
-    state file yet)."""
-    counts = reports.counts(db) if db is not None else {"archives": {}, "insights": {}}
+def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
+    """Counts per state, then up to ``limit`` failing or parked items."""
+    counts = reports.counts(db)
     lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
-    if db is not None:
-        lines.extend(_held(db, limit))
-    rows, total = reports.failing(db, limit) if db is not None else ([], 0)
+    lines.extend(_held(db, limit))
+    rows, total = reports.failing(db, limit)
     if not rows:
         lines.append("No failing items.")
         return "\n".join(lines)
@@ -70,16 +68,16 @@ def _more(hidden: int) -> list[str]:
 
 
 def write_json(
-    db: sqlite_utils.Database | None,
+    db: sqlite_utils.Database,
     out: TextIO,
     states: tuple[str, ...] = (),
     since: float | None = None,
     limit: int | None = None,
 ) -> None:
     """The counts and every archive (filtered) with its insights, as one JSON document."""
-    counts = reports.counts(db) if db is not None else {"archives": {}, "insights": {}}
+    counts = reports.counts(db)
     out.write(f'{{"counts": {json.dumps(counts)}, "archives": [')
-    archives = reports.archives_with_insights(db, states, since, limit) if db is not None else ()
+    archives = reports.archives_with_insights(db, states, since, limit)
     for n, archive in enumerate(archives):
         out.write(("\n" if n == 0 else ",\n") + json.dumps(_readable(archive)))
     out.write("\n]}\n")

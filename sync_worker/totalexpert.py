@@ -30,6 +30,7 @@ from typing import Any, Protocol
 import requests
 import structlog
 
+from sync_worker import logs
 from sync_worker.clock import Clock
 from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
@@ -120,6 +121,7 @@ class TotalExpertClient:
         self, config: TotalExpertConfig, http: HttpConfig, access: Access, clock: Clock
     ) -> None:
         self._config = config
+        logs.add_basic_credentials(config.client_id, config.client_secret)  # as /token gets them
         self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds

@@ -131,6 +131,7 @@ def sandbox_in(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., tuple
 def write_config(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
     path = folder / "config.toml"
     path.write_text(sandbox.config_toml("archives", "state.db") + TEST_SETTINGS + extra)
+    path.chmod(0o600)  # it holds the sandbox's secrets
     return path
 
 

@@ -25,6 +25,8 @@ LAYERS = {
     "sync_worker.config": 0,
     "sync_worker.logs": 0,
     "sync_worker.private_files": 0,
+    # the download policy imports nothing of ours; config validates its entries with it
+    "sync_worker.flexperto.download_targets": -1,
     "sync_worker.http": 1,
     "sync_worker.locks": 1,
     "sync_worker.progress": 1,

@@ -14,6 +14,7 @@ from sync_worker.config import load_config
 from sync_worker.sandbox import STRICT, Sandbox, tenants_toml
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
+from sync_worker.state.db import open_database
 from sync_worker.state.reports import MANIFEST_FIELDS
 from tests.conftest import write_config
 
@@ -97,6 +98,7 @@ def test_retry_puts_a_parked_archive_back(sandbox, tmp_path, config, capsys):
 
 
 def test_retry_of_an_unknown_archive_is_a_usage_error(sandbox, tmp_path, config):
+    open_database(config.state.database).close()
     assert main(["--config", str(tmp_path / "config.toml"), "retry", "nope"]) == 2
 
 
@@ -250,10 +252,8 @@ def test_a_state_file_that_is_not_a_database_is_an_error_not_a_traceback(sandbox
     status = sync_worker("--config", config_file, "status")
     assert status.returncode == 1
     assert "Traceback" not in status.stdout + status.stderr
-    assert (
-        status.stderr.strip()
-        .splitlines()[-1]
-        .startswith("sync-worker: status failed: DatabaseError:")
+    assert status.stderr.strip().splitlines()[-1] == (
+        f"sync-worker: cannot read the state file {config.state.database}: file is not a database"
     )
 
 
@@ -261,7 +261,10 @@ def test_check_reaches_te_even_when_the_state_file_is_broken(sandbox, tmp_path, 
     config.state.database.write_bytes(b"not a database " * 100)
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 1
     found = findings(capsys.readouterr().out)
-    assert found["state database"][0] == "FAIL" and "DatabaseError" in found["state database"][1]
+    assert found["state database"] == (
+        "FAIL",
+        f"cannot read the state file {config.state.database}: file is not a database",
+    )
     assert found["totalexpert"] == ("ok", "heartbeat answered")
     assert found["totalexpert token"][0] == "ok"
 
@@ -321,9 +324,15 @@ def test_export_writes_the_manifest_as_csv_or_json_lines(sandbox, tmp_path, conf
     assert capsys.readouterr().out.splitlines() == [",".join(MANIFEST_FIELDS)]
 
 
-def test_export_without_a_state_file_is_an_empty_manifest(tmp_path, sandbox, config, capsys):
-    assert main(["--config", str(tmp_path / "config.toml"), "export", "--format", "jsonl"]) == 0
-    assert capsys.readouterr().out == ""
+def test_export_without_a_state_file_fails_and_makes_none(tmp_path, sandbox, config, capsys):
+    assert main(["--config", str(tmp_path / "config.toml"), "export", "--format", "jsonl"]) == 1
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert (
+        err == f"sync-worker: no state file at {config.state.database}: no pass has run "
+        "with this config, or state.database is mistyped\n"
+    )
+    assert not config.state.database.exists()
 
 
 def test_commands_with_several_tenants(sandbox, tmp_path, capsys):

@@ -47,11 +47,12 @@ def test_failing_archive_shows_its_error_and_next_attempt(tmp_path):
     assert "2026-11-20T10:01:00+00:00" in table and "sha256 mismatch" in table
 
 
-def test_without_a_state_file_status_says_so():
-    table = status.render_table(None)
+def test_a_state_file_without_archives_says_so(tmp_path):
+    db = open_database(tmp_path / "s.db")
+    table = status.render_table(db)
     assert table.splitlines() == ["Archives: none", "Insights: none", "No failing items."]
     out = io.StringIO()
-    status.write_json(None, out)
+    status.write_json(db, out)
     assert json.loads(out.getvalue()) == {
         "counts": {"archives": {}, "insights": {}},
         "archives": [],

@@ -31,6 +31,7 @@ def two_sandboxes(tmp_path, clock):
 def write(folder: Path, text: str) -> Path:
     path = folder / "config.toml"
     path.write_text(text)
+    path.chmod(0o600)  # it holds the sandboxes' secrets
     return path
 
 
