@@ -1,9 +1,11 @@
 """Archives in a bucket of S3 or an S3-compatible store (MinIO, Ceph...), through boto3.
 
-Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it, and
-``{prefix}SHA256SUMS``. A download passes through a local spool (a LocalStore in
-``archive_dir``), where it is resumed, hashed, fsynced and verified as for the local
-store; only then is it uploaded:
+Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it,
+``{prefix}SHA256SUMS``, and ``{prefix}.owner``, naming the state file the bucket and prefix
+belong to (as ``.owner`` does in a local folder: see :meth:`S3Store.claim`). A download
+passes through a local spool (a LocalStore in ``archive_dir``, claimed too), where it is
+resumed, fsynced, read back and verified as for the local store; only then is it uploaded,
+with the SHA-256s of what was read from disk, so that the bucket holds what was verified:
 
 - in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (read from the
   spool file as they are sent, never held in memory), each with its SHA-256, which a store
@@ -47,16 +49,19 @@ from sync_worker.stores import (
     Missing,
     Saved,
     StoreError,
+    StoreOwner,
     VerificationError,
     Verified,
     Written,
 )
-from sync_worker.stores.local import CHUNK_SIZE, LocalStore
+from sync_worker.stores.local import CHUNK_SIZE, OWNER, LocalStore, check_owner
 
 SINGLE_PUT_LIMIT = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# A conditional write (If-None-Match: *) that lost to another: the marker exists.
+PRECONDITION_FAILED = ("412", "PreconditionFailed", "ConditionalRequestConflict")
 
 
 class S3Store:
@@ -149,7 +154,8 @@ class S3Store:
         retention: it is rewritten often, and every version kept under a lock would be kept
         for years."""
         make_private_dirs(self._spool.spool())
-        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool()) as temp:
+        # Hidden, as every name the worker keeps at the spool's root but SHA256SUMS.
+        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool(), prefix=".") as temp:
             digest = hashlib.sha256()
             for line in lines:
                 data = line.encode()
@@ -183,6 +189,44 @@ class S3Store:
             self._config.retention_days
         )
         return f"bucket {self._bucket} reachable{locked}; spool {spooled}"
+
+    def claim(self, owner: StoreOwner) -> None:
+        """The spool, then the bucket's prefix: the first claim writes ``{prefix}.owner``
+        only if it is not there (If-None-Match, where the store honours it), then reads back
+        which state file it names; another's is ForeignOwner."""
+        self._spool.claim(owner)
+        key = self._prefix + OWNER
+        with _store_errors(self._bucket):
+            recorded = self._owner_marker(key)
+            if recorded is None:
+                body = owner.as_text().encode()
+                try:
+                    self._client.put_object(
+                        Bucket=self._bucket,
+                        Key=key,
+                        Body=body,
+                        IfNoneMatch="*",
+                        ChecksumAlgorithm="SHA256",
+                        ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+                        ContentType="application/json",
+                    )
+                except ClientError as exc:
+                    if _code(exc) not in PRECONDITION_FAILED:
+                        raise
+                recorded = self._owner_marker(key) or owner
+        where = self._location(key)
+        check_owner(recorded, owner, self._location(self._prefix), where)
+
+    def _owner_marker(self, key: str) -> StoreOwner | None:
+        try:
+            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return None
+            raise
+        with body:
+            text = body.read().decode("utf-8", "replace")
+        return StoreOwner.from_text(text, self._location(key))
 
     def _object_lock_enabled(self) -> bool:
         try:
@@ -334,7 +378,9 @@ class S3Store:
         if target.size is not None and head["ContentLength"] != target.size:
             return None
         make_private_dirs(self._spool.spool())
-        with tempfile.NamedTemporaryFile(dir=self._spool.spool(), suffix=".zip") as copy:
+        with tempfile.NamedTemporaryFile(
+            dir=self._spool.spool(), prefix=".", suffix=".zip"
+        ) as copy:
             digest = hashlib.sha256()
             for chunk in self.read(self._location(key)):
                 copy.write(chunk)
