@@ -62,6 +62,7 @@ MAX_PARTS = 10_000  # S3's limit
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 # A conditional write (If-None-Match: *) that lost to another: the marker exists.
 PRECONDITION_FAILED = ("412", "PreconditionFailed", "ConditionalRequestConflict")
+NOT_IMPLEMENTED = ("501", "NotImplemented")
 
 
 class S3Store:
@@ -199,23 +200,30 @@ class S3Store:
         with _store_errors(self._bucket):
             recorded = self._owner_marker(key)
             if recorded is None:
-                body = owner.as_text().encode()
-                try:
-                    self._client.put_object(
-                        Bucket=self._bucket,
-                        Key=key,
-                        Body=body,
-                        IfNoneMatch="*",
-                        ChecksumAlgorithm="SHA256",
-                        ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
-                        ContentType="application/json",
-                    )
-                except ClientError as exc:
-                    if _code(exc) not in PRECONDITION_FAILED:
-                        raise
+                self._put_owner_marker(key, owner.as_text().encode())
                 recorded = self._owner_marker(key) or owner
         where = self._location(key)
         check_owner(recorded, owner, self._location(self._prefix), where)
+
+    def _put_owner_marker(self, key: str, body: bytes) -> None:
+        """Write the marker unless one is there (a store without conditional writes, which
+        answers NotImplemented, writes it anyway: the read back then tells who won)."""
+        put = functools.partial(
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=key,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            ContentType="application/json",
+        )
+        try:
+            put(IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) in NOT_IMPLEMENTED:
+                put()
+            elif _code(exc) not in PRECONDITION_FAILED:
+                raise
 
     def _owner_marker(self, key: str) -> StoreOwner | None:
         try:

@@ -251,3 +251,23 @@ def test_an_archive_folder_that_is_itself_a_link_is_configuration(sandbox, tmp_p
     claimed = [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
     assert claimed
     assert len(list(real.glob("*/*.zip"))) == len(claimed)
+
+
+@pytest.mark.parametrize("name", [".owner", ".owner.lock"])
+def test_a_linked_owner_file_stops_the_job_before_any_download(
+    sandbox, tmp_path, config, clock, log_lines, name
+):
+    outside = _outside(tmp_path)
+    before = _snapshot(outside)
+    root = config.storage.archive_dir
+    root.mkdir()
+    link = root / name
+    link.symlink_to(outside / "precious")
+
+    assert run_pass(config, clock).exit_code == 1
+
+    stopped = [e for e in log_lines() if e["event"] == "storage.unavailable"]
+    assert len(stopped) == 1
+    assert str(link) in stopped[0]["error"] and "symbolic link" in stopped[0]["error"]
+    assert not sandbox.s3.requests
+    assert _snapshot(outside) == before
