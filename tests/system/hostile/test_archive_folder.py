@@ -9,6 +9,7 @@ import signal
 import pytest
 
 from sync_worker.config import load_config
+from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_pass
 from sync_worker.sandbox.worker_process import log_events, run_worker
 from tests.conftest import TEST_SETTINGS, write_config
@@ -271,3 +272,24 @@ def test_a_linked_owner_file_stops_the_job_before_any_download(
     assert str(link) in stopped[0]["error"] and "symbolic link" in stopped[0]["error"]
     assert not sandbox.s3.requests
     assert _snapshot(outside) == before
+
+
+def test_the_audit_does_not_read_an_archive_through_a_planted_folder_link(
+    sandbox, tmp_path, config, clock, log_lines
+):
+    # The folder moved outside and linked back: it still hashes right, but the copy is no
+    # longer where the worker keeps it. The audit says so instead of reporting it sound.
+    assert run_pass(config, clock).exit_code == 0
+    folder = next(p for p in config.storage.archive_dir.iterdir() if not p.name.startswith("."))
+    moved = tmp_path / "moved"
+    folder.rename(moved)
+    folder.symlink_to(moved)
+
+    run_pass(config, clock, jobs=("audit",), audit_plan=AuditPlan(everything=True))
+
+    events = log_lines()
+    complaints = [e for e in events if e["event"] == "audit.failed"]
+    assert complaints
+    assert all(str(folder) in e["error"] and "symbolic link" in e["error"] for e in complaints)
+    ok = [e["location"] for e in events if e["event"] == "audit.ok"]
+    assert not [location for location in ok if location.startswith(str(folder))]
