@@ -256,7 +256,8 @@ class S3Store:
         ``retention_days`` when ``retain``)."""
         lock = self._lock() if retain else {}
         if size <= SINGLE_PUT_LIMIT:
-            with path.open("rb") as body:
+            with path.open("rb") as handle:
+                body = _Part(handle, 0, size)
                 self._client.put_object(
                     Bucket=self._bucket,
                     Key=key,
@@ -266,6 +267,7 @@ class S3Store:
                     Metadata={"sha256": sha256},
                     **lock,
                 )
+            _sent_as_verified(body.sent_sha256(), bytes.fromhex(sha256), path, key)
             expected = _b64(bytes.fromhex(sha256))
         else:
             expected = self._upload_parts(path, key, sha256, size, lock)
@@ -286,11 +288,12 @@ class S3Store:
             **lock,
         )
         parts, digests = [], []
+        whole = hashlib.sha256()
         try:
             with path.open("rb") as handle:
                 for number, offset in enumerate(range(0, size, part_size), start=1):
                     part = _Part(handle, offset, min(part_size, size - offset))
-                    digest = part.sha256()
+                    digest = part.sha256(whole)
                     answer = self._client.upload_part(
                         Bucket=self._bucket,
                         Key=key,
@@ -300,6 +303,7 @@ class S3Store:
                         ChecksumAlgorithm="SHA256",
                         ChecksumSHA256=_b64(digest),
                     )
+                    _sent_as_verified(part.sent_sha256(), digest, path, key)
                     parts.append(
                         {
                             "PartNumber": number,
@@ -308,6 +312,7 @@ class S3Store:
                         }
                     )
                     digests.append(digest)
+            _sent_as_verified(whole.digest(), bytes.fromhex(sha256), path, key)
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=key,
@@ -456,30 +461,50 @@ def _store_errors(bucket: str) -> Iterator[None]:
 class _Part:
     """``length`` bytes of an open file from ``offset``, as a file of their own that botocore
     can read, measure and rewind (to sign, send and resend a part) without the part ever
-    being held in memory."""
+    being held in memory.
+
+    Each pass read from the start is hashed: :meth:`sent_sha256` is the hash of the last
+    whole pass, which is what went out (botocore reads a body again from its start for
+    each attempt), so that what was sent is checked against what was verified."""
 
     def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
         self._handle, self._offset, self._length = handle, offset, length
         self._position = 0
+        self._pass, self._passed = hashlib.sha256(), 0
+        self._last_pass = self._pass.digest() if length == 0 else None
 
-    def sha256(self) -> bytes:
+    def sha256(self, whole: Any = None) -> bytes:
+        """The part's SHA-256, read from the file (also fed to ``whole``, the file's)."""
         digest = hashlib.sha256()
         while chunk := self.read(CHUNK_SIZE):
             digest.update(chunk)
+            if whole is not None:
+                whole.update(chunk)
         self.seek(0)
         return digest.digest()
+
+    def sent_sha256(self) -> bytes | None:
+        """The SHA-256 of the last pass read whole from the start; None if there was none."""
+        return self._last_pass
 
     def read(self, size: int = -1) -> bytes:
         left = self._length - self._position
         wanted = left if size is None or size < 0 else min(size, left)
         self._handle.seek(self._offset + self._position)
         data = self._handle.read(wanted)
+        if self._position == self._passed:  # read on from where this pass has got to
+            self._pass.update(data)
+            self._passed += len(data)
+            if data and self._passed == self._length:
+                self._last_pass = self._pass.digest()
         self._position += len(data)
         return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
         self._position = min(max(base + offset, 0), self._length)
+        if self._position == 0:  # a new pass
+            self._pass, self._passed = hashlib.sha256(), 0
         return self._position
 
     def tell(self) -> int:
@@ -487,6 +512,15 @@ class _Part:
 
     def __len__(self) -> int:
         return self._length
+
+
+def _sent_as_verified(sent: bytes | None, verified: bytes, path: Path, key: str) -> None:
+    """VerificationError unless the bytes sent from the spool file hash as those verified."""
+    if sent != verified:
+        raise VerificationError(
+            f"{path} changed after it was verified: what was sent to {key} is not the "
+            "verified archive, and is not taken as stored"
+        )
 
 
 def _code(exc: ClientError) -> str:

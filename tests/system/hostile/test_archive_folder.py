@@ -3,15 +3,20 @@ with another state file on the same folder, and symbolic links planted inside it
 
 from __future__ import annotations
 
+import hashlib
 import resource
 import signal
+from contextlib import contextmanager
 
 import pytest
 
-from sync_worker.config import load_config
+from sync_worker.config import HttpConfig, StorageConfig, load_config
 from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_pass
+from sync_worker.sandbox.bucket import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SandboxBucket
 from sync_worker.sandbox.worker_process import log_events, run_worker
+from sync_worker.stores import ArchiveFile, Download, VerificationError
+from sync_worker.stores.s3 import S3Store
 from tests.conftest import TEST_SETTINGS, write_config
 
 MIB = 1024 * 1024
@@ -293,3 +298,39 @@ def test_the_audit_does_not_read_an_archive_through_a_planted_folder_link(
     assert all(str(folder) in e["error"] and "symbolic link" in e["error"] for e in complaints)
     ok = [e["location"] for e in events if e["event"] == "audit.ok"]
     assert not [location for location in ok if location.startswith(str(folder))]
+
+
+@pytest.mark.parametrize("data", [b"small archive " * 1000, bytes(range(256)) * (80 * 1024)])
+def test_a_spool_file_changed_after_its_verification_never_counts_as_uploaded(
+    s3_server, tmp_path, data
+):
+    # Another process writes into the verified spool file before it is uploaded (the same
+    # size, one byte changed): the bucket must not be taken to hold the verified archive.
+    bucket = SandboxBucket(s3_server)
+    store = S3Store(
+        StorageConfig(
+            backend="s3",
+            archive_dir=tmp_path / "spool",
+            bucket=bucket.name,
+            prefix="archives/",
+            endpoint_url=bucket.server.url,
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+        ),
+        HttpConfig(timeout_seconds=5, retries=1, retry_wait_seconds=1, retry_max_wait_seconds=5),
+    )
+
+    @contextmanager
+    def fetch(offset):
+        yield Download(iter([data[offset:]]), resumed=True)
+
+    def tamper(path):
+        with path.open("r+b") as handle:
+            handle.seek(len(data) // 2)
+            handle.write(b"\0" if data[len(data) // 2] else b"\1")
+
+    target = ArchiveFile("c1", "a1", hashlib.sha256(data).hexdigest(), len(data))
+    with pytest.raises(VerificationError):
+        store.save(target, {"id": "a1"}, fetch, on_verified=tamper)
+    assert bucket.incomplete_uploads() == []
