@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import structlog
 
 from sync_worker.clock import Clock
-from sync_worker.jobs import sha256sums
+from sync_worker.jobs import claim_archives, sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import archives, audits
 from sync_worker.state.audits import Stored
@@ -29,6 +29,8 @@ log = structlog.get_logger(job="audit")
 
 
 def run(ctx: JobContext) -> None:
+    if not claim_archives.claim_store(ctx, log):  # it rewrites SHA256SUMS in the store
+        return
     plan = ctx.audit_plan
     rate = plan.max_bytes_per_second or ctx.config.audit.max_mib_per_second * MIB
     throttle = Throttle(rate, ctx.clock)

@@ -34,13 +34,21 @@ from sync_worker.flexperto.records import (
 from sync_worker.http import ApiError
 from sync_worker.jobs import sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
-from sync_worker.state import archives, capabilities, held_records
+from sync_worker.jobs.item_failures import JOB_STOPPERS, error_text, fail_item
+from sync_worker.state import archives, capabilities, held_records, store_owner
 from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.archives import ArchiveRow
 from sync_worker.state.db import ThreadConnections, make_durable
 from sync_worker.state.work_items import is_due
-from sync_worker.stores import ArchiveFile, Download, StoreError, TooLarge, VerificationError
+from sync_worker.stores import (
+    ArchiveFile,
+    Download,
+    ForeignOwner,
+    StoreError,
+    StoreOwner,
+    TooLarge,
+    VerificationError,
+)
 
 # Downloadable ones, and those still being made: they hold their conference back.
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED", *sorted(IN_PROGRESS))
@@ -60,6 +68,8 @@ log = structlog.get_logger(job="archives")
 
 def run(ctx: JobContext) -> None:
     """One pass of the archive job: store what is new, make that durable, then abandon."""
+    if not claim_store(ctx, log):
+        return
     try:
         for key in ctx.store.tidy():  # what passes cut short left (uploads in parts)
             log.warning("storage.upload_aborted", key=key)
@@ -100,6 +110,23 @@ def run(ctx: JobContext) -> None:
             abandon(ctx, row, row.archive_id in listed)
     if ctx.stats.counts[Outcome.STORED] > stored_before and not ctx.store.appends_sums:
         sha256sums.rewrite(ctx)  # a bucket's SHA256SUMS: a failure waits for the next pass
+
+
+def claim_store(ctx: JobContext, logger: Any) -> bool:
+    """Make sure the archive store belongs to this state file (recording it the first
+    time), before anything is downloaded or written there; False, with one error event,
+    when it is another's (``storage.foreign_owner``) or cannot be reached."""
+    try:
+        state_file = ctx.config.state.database
+        ctx.store.claim(StoreOwner.of(store_owner.state_id(ctx.db), state_file))
+    except ForeignOwner as exc:
+        logger.error("storage.foreign_owner", error=str(exc), owner=exc.owner.describe())
+    except (StoreError, OSError) as exc:
+        logger.error("storage.unavailable", error=error_text(exc)[0])
+    else:
+        return True
+    ctx.stats.add(Outcome.FAILED)
+    return False
 
 
 def _due(ctx: JobContext, rows: list[ArchiveRow]) -> list[ArchiveRow]:

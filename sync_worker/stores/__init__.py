@@ -8,9 +8,11 @@ disk and fsynced, or confirmed in the bucket): the archive job abandons nothing 
 
 from __future__ import annotations
 
+import json
+import socket
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -33,6 +35,61 @@ class Missing(Exception):
 
 class StoreError(Exception):
     """The store refused or could not be reached; the message says what it answered."""
+
+
+class LinkRefused(StoreError):
+    """A symbolic link inside the archive folder, where the worker keeps its own files: it
+    is never followed."""
+
+
+@dataclass(frozen=True)
+class StoreOwner:
+    """The state file an archive store belongs to: ``state_id`` (made once in the state
+    file), and where the file is (host and path). Either one identifies it (see
+    :meth:`same_as`)."""
+
+    state_id: str
+    host: str
+    state_file: str
+
+    @classmethod
+    def of(cls, state_id: str, state_file: Path) -> StoreOwner:
+        """The state file ``state_file`` of this host, whose id is ``state_id``."""
+        return cls(state_id, socket.gethostname(), str(state_file.resolve()))
+
+    def same_as(self, other: StoreOwner) -> bool:
+        """Whether ``other`` is this state file: the same id (the file moved to another
+        host, or the host was renamed), or the same place (the file was lost and made anew,
+        or restored from a backup, where it was)."""
+        return self.state_id == other.state_id or (self.host, self.state_file) == (
+            other.host,
+            other.state_file,
+        )
+
+    def describe(self) -> str:
+        return f"the state file {self.state_file} on {self.host} (id {self.state_id})"
+
+    def as_text(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True) + "\n"
+
+    @classmethod
+    def from_text(cls, text: str, where: str) -> StoreOwner:
+        """The owner recorded in ``text``; StoreError naming ``where`` if it is not one."""
+        try:
+            fields = json.loads(text)
+            return cls(str(fields["state_id"]), str(fields["host"]), str(fields["state_file"]))
+        except (ValueError, TypeError, KeyError):
+            raise StoreError(
+                f"{where} does not name the state file owning the store; restore or remove it"
+            ) from None
+
+
+class ForeignOwner(StoreError):
+    """The store belongs to another state file: nothing may be stored there from this one."""
+
+    def __init__(self, owner: StoreOwner, message: str) -> None:
+        super().__init__(message)
+        self.owner = owner
 
 
 @dataclass(frozen=True)
@@ -117,6 +174,10 @@ class Store(Protocol):
 
     def relative(self, conference_id: str, archive_id: str) -> str:
         """An archive's path under the store's root, as SHA256SUMS names it."""
+
+    def claim(self, owner: StoreOwner) -> None:
+        """Make sure the store belongs to ``owner``'s state file, recording it there the first
+        time; ForeignOwner if another state file's is recorded. Before anything is stored."""
 
     def probe(self) -> str:
         """Check, without writing anything, that archives can be stored; say so in words.

@@ -6,35 +6,55 @@ Layout under ``archive_dir``::
     {conference_id}/{archive_id}.json     the archive record as Flexperto sent it
     {conference_id}/.{archive_id}.zip.part  a download in progress (resumable)
     .quarantine/{archive_id}.zip          the latest copy that failed verification
+    .owner                                the state file the folder belongs to
+    .owner.lock                           taken while .owner is checked or written
     SHA256SUMS                            ``sha256  {conference_id}/{archive_id}.zip``
                                           per archive stored, for ``sha256sum -c``
 
-A file only ever appears under its final name complete, fsynced and verified: bytes go to
-the ``.part`` file, are hashed on the way, fsynced, checked, and then renamed atomically;
-the folder is fsynced after the rename. Folders are 0700 and files 0600. SHA256SUMS gets a
-line as each archive is stored (a pass cut short may repeat one, which sha256sum does not
-mind); the audit rewrites it whole from the ledger.
+Every name the worker keeps at the root but SHA256SUMS starts with a dot, which no archive
+or conference id can. The folder belongs to one state file (:meth:`LocalStore.claim`):
+two workers with state files of their own would write into each other's partial files.
 
-The S3 store uses a LocalStore as its spool: downloads are verified here, then uploaded.
+A file only ever appears under its final name complete, fsynced and verified: bytes go to
+the ``.part`` file, every write checked to have taken all it was given, then it is fsynced,
+read back through a descriptor of its own and hashed as the file system returns it,
+checked, and renamed atomically; the folder is fsynced after the rename. Folders are 0700
+and files 0600. SHA256SUMS gets a line as each archive is stored (a pass cut short may
+repeat one, which sha256sum does not mind); the audit rewrites it whole from the ledger.
+
+Nothing inside the folder is reached through a symbolic link: every folder and file is
+opened relative to its folder's descriptor with ``O_NOFOLLOW``, and a name is checked not
+to be a link before a file is renamed onto it. A link found is an error naming it
+(LinkRefused), and nothing is written where it points. ``archive_dir`` itself may be a
+link: that is the operator's configuration.
+
+The S3 store uses a LocalStore as its spool: downloads are verified here, from disk, then
+uploaded, and the bucket's copy is checked against that.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import fcntl
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sync_worker.private_files import fsync_dir, make_private_dirs
+from sync_worker.private_files import make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
     ArchiveFile,
     Fetch,
+    ForeignOwner,
+    LinkRefused,
     Missing,
     Saved,
+    StoreOwner,
     TooLarge,
     VerificationError,
     Verified,
@@ -43,6 +63,10 @@ from sync_worker.stores import (
 
 CHUNK_SIZE = 1024 * 1024
 QUARANTINE = ".quarantine"
+OWNER = ".owner"
+OWNER_LOCK = ".owner.lock"
+# The hash of no bytes: what a partial file that is not there yet holds.
+NOTHING = hashlib.sha256().hexdigest()
 
 
 class LocalStore:
@@ -57,7 +81,7 @@ class LocalStore:
         return self.root / conference_id / f"{archive_id}.zip"
 
     def part_path(self, conference_id: str, archive_id: str) -> Path:
-        return self.root / conference_id / f".{archive_id}.zip.part"
+        return self.root / conference_id / _part_name(archive_id)
 
     def save(
         self,
@@ -67,92 +91,124 @@ class LocalStore:
         on_written: Written = lambda _size, _fetched: None,
         on_verified: Verified = lambda _path: None,
     ) -> Saved:
-        """Store the archive ``target`` with its ``record`` beside it, and return where.
+        """Store the archive ``target`` with its record beside it, and return where.
 
         A verified file already in place is taken as is. Otherwise the partial file left
-        by an earlier try is hashed (once) and, unless it is complete already, continued
-        with the bytes ``fetch`` gives from its end (or rewritten, when the storage host
-        sends them from the start); then it is fsynced, ``on_written(size, fetched)`` is
+        by an earlier try is hashed and, unless it is complete already, continued with the
+        bytes ``fetch`` gives from its end (or rewritten, when the storage host sends them
+        from the start); then it is fsynced, read back, ``on_written(size, fetched)`` is
         called, and it is verified against ``target`` and moved into place, or moved to
         quarantine with VerificationError. ``on_verified`` is given the file in place.
         """
-        in_place = self._verified_in_place(target)
-        if in_place is not None:
-            self._write_record(Path(in_place.location), record)
-            self._append_sum(target)
-            on_verified(Path(in_place.location))
-            return in_place
-        part = self.part_path(target.conference_id, target.archive_id)
-        make_private_dirs(part.parent)
-        digest = hashlib.sha256()
-        size = _hash_into(digest, part) if part.is_file() else 0
+        with self._root() as root, root.folder(target.conference_id) as folder:
+            saved = self._verified_in_place(folder, target)
+            if saved is None:
+                saved = self._fetch_verified(folder, target, fetch, on_written)
+            self._write_record(folder, f"{target.archive_id}.json", record)
+            self._append_sum(root, target)
+        on_verified(Path(saved.location))
+        return saved
+
+    def _fetch_verified(
+        self, folder: _Folder, target: ArchiveFile, fetch: Fetch, on_written: Written
+    ) -> Saved:
+        """Complete the partial file, verify it as read back from disk, and rename it into
+        place.
+
+        Read back rather than counted: the sizes ``write`` returns and ``fstat`` shows are
+        what the file system says it took, not the bytes it will give back (a FUSE, NFS or
+        SMB mount, a quota or a signal mid-write can differ from both). The file is hashed
+        from a descriptor of its own, opened after the fsync (which on NFS revalidates what
+        the client caches), and that hash and size alone gate the rename, and so the
+        abandon. The hash is computed once either way, now from the file instead of the
+        chunks in flight; the cost is one read of the file, usually from the page cache.
+        """
+        part = _part_name(target.archive_id)
+        digest, size = _hash_file(folder, part) or (NOTHING, 0)
         fetched = 0
-        if _mismatch(digest.hexdigest(), size, target) is not None:
+        if _mismatch(digest, size, target) is None:
+            _fsync_file(folder, part)  # complete already; make sure of it before the rename
+        else:
             with fetch(size) as download:
-                if not download.resumed:
-                    digest, size = hashlib.sha256(), 0
-                room = None if target.most_bytes is None else target.most_bytes - size
+                start = size if download.resumed else 0
+                room = None if target.most_bytes is None else target.most_bytes - start
                 try:
-                    fetched = _write(part, download.chunks, digest, download.resumed, room)
+                    fetched = _write(folder, part, download.chunks, download.resumed, room)
                 except TooLarge:
-                    kept = self._quarantine(part, target.archive_id)
+                    kept = self._quarantine(folder, part, target.archive_id)
                     raise TooLarge(
                         f"the download went on past the {target.most_bytes} bytes the archive "
                         f"may have: stopped; what came is kept at {kept}"
                     ) from None
-                size += fetched
-        else:
-            _fsync_file(part)  # complete already; make sure of it before the rename
+            digest, size = _hash_file(folder, part) or (NOTHING, 0)
         on_written(size, fetched)
-        problem = _mismatch(digest.hexdigest(), size, target)
+        problem = _mismatch(digest, size, target)
         if problem is not None:
-            kept = self._quarantine(part, target.archive_id)
+            kept = self._quarantine(folder, part, target.archive_id)
             raise VerificationError(f"{problem}; bad copy kept at {kept}")
-        final = self.final_path(target.conference_id, target.archive_id)
-        os.replace(part, final)
-        self._write_record(final, record)
-        self._append_sum(target)
-        on_verified(final)
-        return Saved(str(final), digest.hexdigest(), size, fetched)
+        final = f"{target.archive_id}.zip"
+        folder.rename(part, folder, final)
+        return Saved(str(folder.path / final), digest, size, fetched)
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
-        with contextlib.suppress(FileNotFoundError, NotADirectoryError):
-            self.part_path(conference_id, archive_id).unlink()
+        with (
+            contextlib.suppress(FileNotFoundError, NotADirectoryError, LinkRefused),
+            self._root(create=False) as root,
+            root.folder(conference_id, create=False) as folder,
+        ):
+            folder.unlink(_part_name(archive_id))
 
     def remove(self, conference_id: str, archive_id: str) -> None:
         """Delete a stored archive and its record (the S3 store's spool, once uploaded)."""
-        final = self.final_path(conference_id, archive_id)
         # The folder stays: another download of the conference may be writing into it.
-        for path in (final, final.with_suffix(".json")):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        with (
+            contextlib.suppress(FileNotFoundError),
+            self._root(create=False) as root,
+            root.folder(conference_id, create=False) as folder,
+        ):
+            for name in (f"{archive_id}.zip", f"{archive_id}.json"):
+                with contextlib.suppress(FileNotFoundError):
+                    folder.unlink(name)
 
     def tidy(self) -> list[str]:
         return []  # partial files are resumed, not left behind
 
     def read(self, location: str) -> Iterator[bytes]:
         path = Path(location)
-        if not path.is_file():
-            raise Missing(f"{location} is not there")
-        with path.open("rb", buffering=0) as handle:
+        try:
+            fd = self._open_stored(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise Missing(f"{location} is not there") from None
+        with os.fdopen(fd, "rb", buffering=0) as handle:
             while chunk := handle.read(CHUNK_SIZE):
                 yield chunk
 
+    def _open_stored(self, path: Path) -> int:
+        """A descriptor of the stored file at ``path``: inside the folder, reached without
+        following a link (a ledger path outside it, from an earlier archive_dir, as is)."""
+        if path.parent.parent != self.root:
+            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        with (
+            self._root(create=False) as root,
+            root.folder(path.parent.name, create=False) as folder,
+        ):
+            return folder.open(path.name, os.O_RDONLY)
+
     def archives(self) -> Iterator[str]:
-        for folder in sorted(self.root.iterdir()) if self.root.is_dir() else ():
-            if folder.is_dir() and not folder.name.startswith("."):
-                yield from (str(path) for path in sorted(folder.glob("*.zip")))
+        for name in _entries(self.root, folders=True):
+            folder = self.root / name
+            yield from (str(folder / file) for file in _entries(folder, folders=False))
 
     def write_sums(self, lines: Iterable[str]) -> None:
-        make_private_dirs(self.root)
-        path = self.root / SUMS_NAME
-        temp = path.with_name(f".{SUMS_NAME}.tmp")
-        with os.fdopen(os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as out:
-            out.writelines(lines)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(temp, path)
-        fsync_dir(self.root)
+        with self._root() as root:
+            temp = f".{SUMS_NAME}.tmp"
+            fd = root.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with os.fdopen(fd, "w") as out:
+                out.writelines(lines)
+                out.flush()
+                os.fsync(out.fileno())
+            root.rename(temp, root, SUMS_NAME)
+            root.fsync()
 
     def spool(self) -> Path:
         return self.root
@@ -163,85 +219,240 @@ class LocalStore:
             raise PermissionError(f"{self.root} is not writable by this user")
         return f"{self.root} is writable"
 
+    def claim(self, owner: StoreOwner) -> None:
+        """Make sure the folder belongs to ``owner``'s state file: the first claim records
+        it in .owner (under an exclusive lock on .owner.lock, so that two first passes
+        cannot both record themselves); another state file's is ForeignOwner."""
+        with self._root() as root:
+            fd = root.open(OWNER_LOCK, os.O_RDWR | os.O_CREAT)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                recorded = _read_owner(root)
+                if recorded is None or (recorded != owner and recorded.same_as(owner)):
+                    _write_owner(root, owner)  # the first claim, or the owner as it is now
+                    recorded = owner
+            finally:
+                os.close(fd)
+        check_owner(recorded, owner, str(self.root), f"{self.root / OWNER}")
+
     def relative(self, conference_id: str, archive_id: str) -> str:
         """An archive's path under the root, as SHA256SUMS names it."""
         return f"{conference_id}/{archive_id}.zip"
 
-    def _append_sum(self, target: ArchiveFile) -> None:
+    @contextlib.contextmanager
+    def _root(self, create: bool = True) -> Iterator[_Folder]:
+        """The folder itself (``create``: made first if missing), through a descriptor."""
+        if create:
+            make_private_dirs(self.root)
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield _Folder(fd, self.root)
+        finally:
+            os.close(fd)
+
+    def _append_sum(self, root: _Folder, target: ArchiveFile) -> None:
         """Add the archive's line to SHA256SUMS. Not fsynced: a line lost to a power cut is
         back at the next audit, which rewrites the file from the ledger."""
         if not self.appends_sums:
             return
         line = f"{target.sha256}  {self.relative(target.conference_id, target.archive_id)}\n"
-        fd = os.open(self.root / SUMS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        fd = root.open(SUMS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
-            os.write(fd, line.encode())
+            _write_all(fd, line.encode(), root.path / SUMS_NAME)
         finally:
             os.close(fd)
 
-    def _verified_in_place(self, target: ArchiveFile) -> Saved | None:
+    def _verified_in_place(self, folder: _Folder, target: ArchiveFile) -> Saved | None:
         """The final file if it exists with the expected hash; a bad one is quarantined."""
-        path = self.final_path(target.conference_id, target.archive_id)
-        if not path.is_file():
+        name = f"{target.archive_id}.zip"
+        found = _hash_file(folder, name)
+        if found is None:
             return None
-        digest = hashlib.sha256()
-        size = _hash_into(digest, path)
-        if digest.hexdigest() == target.sha256:
-            return Saved(str(path), target.sha256, size, recovered=True)
-        self._quarantine(path, target.archive_id)
+        if found[0] == target.sha256:
+            return Saved(str(folder.path / name), target.sha256, found[1], recovered=True)
+        self._quarantine(folder, name, target.archive_id)
         return None
 
-    def _quarantine(self, path: Path, archive_id: str) -> Path:
-        target_dir = self.root / QUARANTINE
-        make_private_dirs(target_dir)
-        target = target_dir / f"{archive_id}.zip"
-        os.replace(path, target)
-        fsync_dir(target_dir)
-        fsync_dir(path.parent)
-        return target
+    def _quarantine(self, folder: _Folder, name: str, archive_id: str) -> Path:
+        with self._root() as root, root.folder(QUARANTINE) as quarantine:
+            kept = f"{archive_id}.zip"
+            folder.rename(name, quarantine, kept)
+            quarantine.fsync()
+            folder.fsync()
+            return quarantine.path / kept
 
-    def _write_record(self, archive: Path, record: dict[str, Any]) -> None:
-        """Write the record beside ``archive`` (atomically, fsynced) and make both entries
-        durable in their folder."""
-        path = archive.with_suffix(".json")
-        temp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    def _write_record(self, folder: _Folder, name: str, record: dict[str, Any]) -> None:
+        """Write the record ``name`` in ``folder`` (atomically, fsynced) and make both
+        entries durable there."""
+        temp = f".{name}.tmp"
+        fd = folder.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(json.dumps(record, sort_keys=True))  # C encoder: no indent
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temp, path)
-        fsync_dir(path.parent)
+        folder.rename(temp, folder, name)
+        folder.fsync()
 
 
-def _hash_into(digest: Any, path: Path) -> int:
-    size = 0
-    with path.open("rb", buffering=0) as handle:
-        while chunk := handle.read(CHUNK_SIZE):
-            digest.update(chunk)
-            size += len(chunk)
-    return size
+class _Folder:
+    """A folder of the store through its descriptor: whatever is named in it is opened,
+    renamed onto or removed without following a symbolic link."""
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path = fd, path
+
+    def open(self, name: str, flags: int) -> int:
+        try:
+            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR):
+                self.refuse_link(name)
+            raise
+
+    @contextlib.contextmanager
+    def folder(self, name: str, create: bool = True) -> Iterator[_Folder]:
+        """The folder ``name`` in this one (``create``: made 0700 first if missing)."""
+        if create:
+            try:
+                os.mkdir(name, 0o700, dir_fd=self.fd)
+            except FileExistsError:
+                pass
+            else:
+                self.fsync()
+        fd = self.open(name, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            yield _Folder(fd, self.path / name)
+        finally:
+            os.close(fd)
+
+    def rename(self, name: str, into: _Folder, new_name: str) -> None:
+        """Rename ``name`` to ``new_name`` in folder ``into``, replacing a file there, but
+        never a link (a link replaced would do no harm, but it was planted: say so)."""
+        into.refuse_link(new_name)
+        os.replace(name, new_name, src_dir_fd=self.fd, dst_dir_fd=into.fd)
+
+    def unlink(self, name: str) -> None:
+        os.unlink(name, dir_fd=self.fd)
+
+    def fsync(self) -> None:
+        os.fsync(self.fd)
+
+    def refuse_link(self, name: str) -> None:
+        """LinkRefused if ``name`` is a symbolic link."""
+        try:
+            mode = os.lstat(name, dir_fd=self.fd).st_mode
+        except FileNotFoundError:
+            return
+        if stat.S_ISLNK(mode):
+            raise LinkRefused(
+                f"{self.path / name} is a symbolic link, which the worker never follows in "
+                "the archive folder: remove it (and look into who planted it)"
+            )
 
 
-def _write(path: Path, chunks: Iterable[bytes], digest: Any, append: bool, room: int | None) -> int:
-    """Write ``chunks`` to ``path`` (after what is there, or instead of it), hashing them
-    into ``digest``, and fsync; returns how many bytes were written. More than ``room``
-    bytes is TooLarge, raised before the chunk that would pass it is written."""
+def check_owner(recorded: StoreOwner, owner: StoreOwner, store: str, marker: str) -> None:
+    """ForeignOwner unless the store's ``recorded`` owner is ``owner``'s state file."""
+    if not recorded.same_as(owner):
+        raise ForeignOwner(
+            recorded,
+            f"{store} belongs to {recorded.describe()}, not to {owner.describe()}: nothing is "
+            f"stored there from this one. Give each state file an archive store of its own; "
+            f"if the state file was moved to this place, remove {marker} once the old worker "
+            "is stopped for good",
+        )
+
+
+def _read_owner(root: _Folder) -> StoreOwner | None:
+    try:
+        fd = root.open(OWNER, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb") as handle:
+        text = handle.read().decode("utf-8", "replace")
+    return StoreOwner.from_text(text, str(root.path / OWNER))
+
+
+def _write_owner(root: _Folder, owner: StoreOwner) -> None:
+    temp = f"{OWNER}.tmp"
+    fd = root.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    try:
+        _write_all(fd, owner.as_text().encode(), root.path / temp)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    root.rename(temp, root, OWNER)
+    root.fsync()
+
+
+def _part_name(archive_id: str) -> str:
+    return f".{archive_id}.zip.part"
+
+
+def _entries(folder: Path, folders: bool) -> list[str]:
+    """The names of the conference folders in ``folder`` (not links, not hidden), or of the
+    archives in a conference folder, sorted."""
+    try:
+        with os.scandir(folder) as entries:
+            found = [
+                entry.name
+                for entry in entries
+                if entry.is_dir(follow_symlinks=False) == folders
+                and (not entry.name.startswith(".") if folders else entry.name.endswith(".zip"))
+            ]
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(found)
+
+
+def _hash_file(folder: _Folder, name: str) -> tuple[str, int] | None:
+    """The sha256 and size of the file ``name`` as the file system gives its bytes back
+    (through a descriptor of its own); None when there is no such file."""
+    try:
+        fd = folder.open(name, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    with os.fdopen(fd, "rb", buffering=0) as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+        return digest.hexdigest(), handle.tell()
+
+
+def _write(
+    folder: _Folder, name: str, chunks: Iterable[bytes], append: bool, room: int | None
+) -> int:
+    """Write ``chunks`` to the file ``name`` (after what is there, or instead of it), every
+    byte of each, and fsync; returns how many bytes were written. More than ``room`` bytes
+    is TooLarge, raised before the chunk that would pass it is written."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
+    fd = folder.open(name, flags)
     written = 0
-    with os.fdopen(os.open(path, flags, 0o600), "wb", buffering=0) as handle:
+    try:
         for chunk in chunks:
             if room is not None and written + len(chunk) > room:
                 raise TooLarge
-            handle.write(chunk)
-            digest.update(chunk)
+            _write_all(fd, chunk, folder.path / name)
             written += len(chunk)
-        os.fsync(handle.fileno())
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     return written
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
+def _write_all(fd: int, data: bytes, path: Path) -> None:
+    """Write all of ``data``: a short write is continued with the rest, and the error that
+    usually follows one (a full disk, a file size limit) names the file."""
+    view = memoryview(data)
+    try:
+        while view:
+            taken = os.write(fd, view)
+            if taken == 0:
+                raise OSError(errno.EIO, "the file system took no byte of a write")
+            view = view[taken:]
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror, str(path)) from None
+
+
+def _fsync_file(folder: _Folder, name: str) -> None:
+    fd = folder.open(name, os.O_RDONLY)
     try:
         os.fsync(fd)
     finally:

@@ -1,9 +1,11 @@
 """Archives in a bucket of S3 or an S3-compatible store (MinIO, Ceph...), through boto3.
 
-Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it, and
-``{prefix}SHA256SUMS``. A download passes through a local spool (a LocalStore in
-``archive_dir``), where it is resumed, hashed, fsynced and verified as for the local
-store; only then is it uploaded:
+Keys: ``{prefix}{conference_id}/{archive_id}.zip`` and ``.json`` beside it,
+``{prefix}SHA256SUMS``, and ``{prefix}.owner``, naming the state file the bucket and prefix
+belong to (as ``.owner`` does in a local folder: see :meth:`S3Store.claim`). A download
+passes through a local spool (a LocalStore in ``archive_dir``, claimed too), where it is
+resumed, fsynced, read back and verified as for the local store; only then is it uploaded,
+with the SHA-256s of what was read from disk, so that the bucket holds what was verified:
 
 - in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (read from the
   spool file as they are sent, never held in memory), each with its SHA-256, which a store
@@ -47,16 +49,20 @@ from sync_worker.stores import (
     Missing,
     Saved,
     StoreError,
+    StoreOwner,
     VerificationError,
     Verified,
     Written,
 )
-from sync_worker.stores.local import CHUNK_SIZE, LocalStore
+from sync_worker.stores.local import CHUNK_SIZE, OWNER, LocalStore, check_owner
 
 SINGLE_PUT_LIMIT = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# A conditional write (If-None-Match: *) that lost to another: the marker exists.
+PRECONDITION_FAILED = ("412", "PreconditionFailed", "ConditionalRequestConflict")
+NOT_IMPLEMENTED = ("501", "NotImplemented")
 
 
 class S3Store:
@@ -149,7 +155,8 @@ class S3Store:
         retention: it is rewritten often, and every version kept under a lock would be kept
         for years."""
         make_private_dirs(self._spool.spool())
-        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool()) as temp:
+        # Hidden, as every name the worker keeps at the spool's root but SHA256SUMS.
+        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool(), prefix=".") as temp:
             digest = hashlib.sha256()
             for line in lines:
                 data = line.encode()
@@ -184,6 +191,58 @@ class S3Store:
         )
         return f"bucket {self._bucket} reachable{locked}; spool {spooled}"
 
+    def claim(self, owner: StoreOwner) -> None:
+        """The spool, then the bucket's prefix: the first claim writes ``{prefix}.owner``
+        only if it is not there (If-None-Match, where the store honours it), then reads back
+        which state file it names; another's is ForeignOwner."""
+        self._spool.claim(owner)
+        key = self._prefix + OWNER
+        with _store_errors(self._bucket):
+            recorded = self._owner_marker(key)
+            if recorded is None:
+                self._put_owner_marker(key, owner.as_text().encode())
+                recorded = self._owner_marker(key) or owner
+            elif recorded != owner and recorded.same_as(owner):
+                self._put_owner_marker(key, owner.as_text().encode(), replace=True)
+                recorded = owner
+        where = self._location(key)
+        check_owner(recorded, owner, self._location(self._prefix), where)
+
+    def _put_owner_marker(self, key: str, body: bytes, replace: bool = False) -> None:
+        """Write the marker unless one is there (a store without conditional writes, which
+        answers NotImplemented, writes it anyway: the read back then tells who won); with
+        ``replace``, over the one there (the same owner, as it is now)."""
+        put = functools.partial(
+            self._client.put_object,
+            Bucket=self._bucket,
+            Key=key,
+            Body=body,
+            ChecksumAlgorithm="SHA256",
+            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            ContentType="application/json",
+        )
+        if replace:
+            put()
+            return
+        try:
+            put(IfNoneMatch="*")
+        except ClientError as exc:
+            if _code(exc) in NOT_IMPLEMENTED:
+                put()
+            elif _code(exc) not in PRECONDITION_FAILED:
+                raise
+
+    def _owner_marker(self, key: str) -> StoreOwner | None:
+        try:
+            body = self._client.get_object(Bucket=self._bucket, Key=key)["Body"]
+        except ClientError as exc:
+            if _code(exc) in NOT_FOUND:
+                return None
+            raise
+        with body:
+            text = body.read().decode("utf-8", "replace")
+        return StoreOwner.from_text(text, self._location(key))
+
     def _object_lock_enabled(self) -> bool:
         try:
             lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
@@ -204,7 +263,8 @@ class S3Store:
         ``retention_days`` when ``retain``)."""
         lock = self._lock() if retain else {}
         if size <= SINGLE_PUT_LIMIT:
-            with path.open("rb") as body:
+            with path.open("rb") as handle:
+                body = _Part(handle, 0, size)
                 self._client.put_object(
                     Bucket=self._bucket,
                     Key=key,
@@ -214,6 +274,7 @@ class S3Store:
                     Metadata={"sha256": sha256},
                     **lock,
                 )
+            _sent_as_verified(body.sent_sha256(), bytes.fromhex(sha256), path, key)
             expected = _b64(bytes.fromhex(sha256))
         else:
             expected = self._upload_parts(path, key, sha256, size, lock)
@@ -234,11 +295,12 @@ class S3Store:
             **lock,
         )
         parts, digests = [], []
+        whole = hashlib.sha256()
         try:
             with path.open("rb") as handle:
                 for number, offset in enumerate(range(0, size, part_size), start=1):
                     part = _Part(handle, offset, min(part_size, size - offset))
-                    digest = part.sha256()
+                    digest = part.sha256(whole)
                     answer = self._client.upload_part(
                         Bucket=self._bucket,
                         Key=key,
@@ -248,6 +310,7 @@ class S3Store:
                         ChecksumAlgorithm="SHA256",
                         ChecksumSHA256=_b64(digest),
                     )
+                    _sent_as_verified(part.sent_sha256(), digest, path, key)
                     parts.append(
                         {
                             "PartNumber": number,
@@ -256,6 +319,7 @@ class S3Store:
                         }
                     )
                     digests.append(digest)
+            _sent_as_verified(whole.digest(), bytes.fromhex(sha256), path, key)
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=key,
@@ -334,7 +398,9 @@ class S3Store:
         if target.size is not None and head["ContentLength"] != target.size:
             return None
         make_private_dirs(self._spool.spool())
-        with tempfile.NamedTemporaryFile(dir=self._spool.spool(), suffix=".zip") as copy:
+        with tempfile.NamedTemporaryFile(
+            dir=self._spool.spool(), prefix=".", suffix=".zip"
+        ) as copy:
             digest = hashlib.sha256()
             for chunk in self.read(self._location(key)):
                 copy.write(chunk)
@@ -402,30 +468,50 @@ def _store_errors(bucket: str) -> Iterator[None]:
 class _Part:
     """``length`` bytes of an open file from ``offset``, as a file of their own that botocore
     can read, measure and rewind (to sign, send and resend a part) without the part ever
-    being held in memory."""
+    being held in memory.
+
+    Each pass read from the start is hashed: :meth:`sent_sha256` is the hash of the last
+    whole pass, which is what went out (botocore reads a body again from its start for
+    each attempt), so that what was sent is checked against what was verified."""
 
     def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
         self._handle, self._offset, self._length = handle, offset, length
         self._position = 0
+        self._pass, self._passed = hashlib.sha256(), 0
+        self._last_pass = self._pass.digest() if length == 0 else None
 
-    def sha256(self) -> bytes:
+    def sha256(self, whole: Any = None) -> bytes:
+        """The part's SHA-256, read from the file (also fed to ``whole``, the file's)."""
         digest = hashlib.sha256()
         while chunk := self.read(CHUNK_SIZE):
             digest.update(chunk)
+            if whole is not None:
+                whole.update(chunk)
         self.seek(0)
         return digest.digest()
+
+    def sent_sha256(self) -> bytes | None:
+        """The SHA-256 of the last pass read whole from the start; None if there was none."""
+        return self._last_pass
 
     def read(self, size: int = -1) -> bytes:
         left = self._length - self._position
         wanted = left if size is None or size < 0 else min(size, left)
         self._handle.seek(self._offset + self._position)
         data = self._handle.read(wanted)
+        if self._position == self._passed:  # read on from where this pass has got to
+            self._pass.update(data)
+            self._passed += len(data)
+            if data and self._passed == self._length:
+                self._last_pass = self._pass.digest()
         self._position += len(data)
         return data
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
         self._position = min(max(base + offset, 0), self._length)
+        if self._position == 0:  # a new pass
+            self._pass, self._passed = hashlib.sha256(), 0
         return self._position
 
     def tell(self) -> int:
@@ -433,6 +519,15 @@ class _Part:
 
     def __len__(self) -> int:
         return self._length
+
+
+def _sent_as_verified(sent: bytes | None, verified: bytes, path: Path, key: str) -> None:
+    """VerificationError unless the bytes sent from the spool file hash as those verified."""
+    if sent != verified:
+        raise VerificationError(
+            f"{path} changed after it was verified: what was sent to {key} is not the "
+            "verified archive, and is not taken as stored"
+        )
 
 
 def _code(exc: ClientError) -> str:

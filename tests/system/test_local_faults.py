@@ -62,9 +62,11 @@ def test_unwritable_archive_folder_is_a_clear_error(sandbox, tmp_path, clock, lo
     config = load_config(path, env={})
     result = run_pass(config, clock)
     assert result.exit_code == 1
-    errors = [e for e in log_lines() if e["event"] == "item.failed"]
-    assert len(errors) == 3
-    assert all("NotADirectoryError" in e["error"] for e in errors)
+    # The folder is claimed for the state file before any download: one error stops the job.
+    errors = [e for e in log_lines() if e["event"] in ("item.failed", "storage.unavailable")]
+    assert [e["event"] for e in errors] == ["storage.unavailable"]
+    assert "NotADirectoryError" in errors[0]["error"]
+    assert not sandbox.s3.requests
     assert not [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
 
 
