@@ -72,6 +72,12 @@ class FlexpertoConfig:
         credential="flexperto_api_key",
     )
     page_size: int = setting(100, help="records per list request", positive=True)
+    max_list_pages: int = setting(
+        1000,
+        help="list requests per status in a pass; past it the listing ends with what it has "
+        "(stored this pass, the rest in later ones), with a warning",
+        positive=True,
+    )
     max_parallel_downloads: int = setting(
         4,
         help="archives downloaded at the same time, each verified and stored on its own",
@@ -116,6 +122,12 @@ class TotalExpertConfig:
     )
     token_requests_per_hour: int = setting(
         2, help="token requests allowed in any hour (TE's limit per source IP)", positive=True
+    )
+    max_list_pages: int = setting(
+        2000,
+        help="pages of contacts or users read to copy TE's directory (100 each; raise it "
+        "for more than 200,000 contacts); past it this pass looks addresses up one by one",
+        positive=True,
     )
     shared_budget: Path = setting(
         "",

@@ -6,6 +6,13 @@ about the APIs"): the ``/api/v2`` prefix, the list's ``status`` filter and its
 refuses one (400/404) the next is tried, down to the plain request the guide shows, and a
 service that ignores paging is noticed. The download redirect is followed by a session
 that never carries the api-key.
+
+A paged listing is bounded: it ends at a page that shows no archive id not seen before (a
+service that ignores ``offset``, however it stamps its answers), and after
+``flexperto.max_list_pages`` pages (a listing that never ends) with what it has, so that
+what was listed is stored in this pass; the next pass lists again. A page nested too
+deeply to read is skipped (the same record would poison it on every pass, hiding the pages
+after it); the listing then ends with an ApiError once the rest is read.
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from typing import Any
 from urllib.parse import quote, urljoin, urlsplit
 
 import requests
+import structlog
 import urllib3
 
 from sync_worker.config import FlexpertoConfig, HttpConfig, is_loopback
@@ -25,6 +33,7 @@ from sync_worker.http import (
     ApiError,
     NetworkTime,
     TransientError,
+    UnreadableAnswer,
     json_body,
     new_session,
     open_stream,
@@ -104,6 +113,7 @@ class FlexpertoClient:
         # (form, filters, items), rather than asking for everything twice.
         self._probed: tuple[ListingForm, dict[str, str], list[object]] | None = None
         self._page_size = config.page_size
+        self._max_pages = config.max_list_pages
         self._timeout = http.timeout_seconds
         self._answer_limit = http.max_answer_bytes
         self._retrying = retry_policy(http, sleep)
@@ -112,6 +122,7 @@ class FlexpertoClient:
         # Identity: the bytes are hashed as sent, so they must come as Flexperto hashed them.
         self._download_session = new_session({"Accept-Encoding": "identity"})
         self.network = NetworkTime()
+        self._log = structlog.get_logger(service=SERVICE)
 
     @property
     def _base(self) -> str:
@@ -147,31 +158,50 @@ class FlexpertoClient:
 
     def list_records(self, statuses: Sequence[str]) -> Iterator[object]:
         """The records listed with any of ``statuses`` (or, without a status filter, every
-        record listed), page by page; items are raw and unvalidated."""
-        if not self._form.status_filter:
-            yield from self._list(self._form, {})
-            return
-        for status in statuses:
-            yield from self._list(self._form, {"status": status})
+        record listed), page by page; items are raw and unvalidated. Pages that could not
+        be read are skipped, and raised as one ApiError at the end."""
+        skipped: list[UnreadableAnswer] = []
+        listings = [{"status": s} for s in statuses] if self.filters_by_status else [{}]
+        for filters in listings:
+            yield from self._list(self._form, filters, skipped)
+        if skipped:
+            raise ApiError(SERVICE, f"{len(skipped)} archive list page(s) skipped: {skipped[0]}")
 
     def first_record(self) -> object | None:
         """The first record of a listing (one small request when the form pages), raw."""
         items = self._list_page(self._form, _probe_filters(self._form), 1)
         return items[0] if items else None
 
-    def _list(self, form: ListingForm, filters: dict[str, str]) -> Iterator[object]:
+    def _list(
+        self, form: ListingForm, filters: dict[str, str], skipped: list[UnreadableAnswer]
+    ) -> Iterator[object]:
+        """One listing, bounded as the module docstring says; unreadable pages skipped
+        are added to ``skipped``."""
         if not form.paging:
             yield from self._list_page(form, filters, None)
             return
-        offset, previous = 0, None
-        while True:
-            items = self._list_page(form, filters, self._page_size, offset)
-            if items == previous:
+        seen: set[str] = set()
+        for offset in range(0, self._max_pages * self._page_size, self._page_size):
+            try:
+                items = self._list_page(form, filters, self._page_size, offset)
+            except UnreadableAnswer as exc:
+                self._log.error("flexperto.page_unreadable", offset=offset, error=str(exc))
+                skipped.append(exc)
+                continue
+            ids = set(map(_archive_id, items)) - {None}
+            if ids and ids <= seen:
+                self._log.warning("flexperto.listing_repeated", offset=offset, **filters)
                 return  # the service ignores offset: this page was seen already
+            seen |= ids
             yield from items
             if len(items) != self._page_size:
                 return  # the last page, or a service that ignores limit sent everything
-            offset, previous = offset + len(items), items
+        self._log.warning(
+            "flexperto.listing_truncated",
+            ceiling=self._max_pages,
+            key="flexperto.max_list_pages",
+            **filters,
+        )
 
     def _list_page(
         self, form: ListingForm, filters: dict[str, str], limit: int | None, offset: int = 0
@@ -289,6 +319,12 @@ class FlexpertoClient:
             return answer
 
         return self._retrying(attempt)
+
+
+def _archive_id(item: object) -> str | None:
+    """The id a raw listed record shows, if any (for noticing repeated pages)."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    return ident if isinstance(ident, str) else None
 
 
 def _probe_filters(form: ListingForm) -> dict[str, str]:
