@@ -111,7 +111,7 @@ def parse_record(raw: object) -> ArchiveRecord:
         raise RecordError("record has no subject object")
     conference_id = _id(subject.get("conference_id"), "conference")
     status = raw.get("status")
-    if status not in KNOWN_STATUSES:
+    if not isinstance(status, str) or status not in KNOWN_STATUSES:  # a list is unhashable
         raise RecordError(f"unknown status {printable_id(status)}")
     sha256 = _sha256_hex(raw.get("sha256CheckSum"))
     if sha256 is None and status in DOWNLOADABLE:
