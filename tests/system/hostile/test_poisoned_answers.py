@@ -9,6 +9,8 @@ stops misbehaving after a while (``CAP``), so that a worker without the bounds s
 from __future__ import annotations
 
 import json
+import socketserver
+import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -282,3 +284,51 @@ def test_a_te_id_of_unicode_digits_fails_only_its_contact(
     assert posted_to and erika["id"] not in posted_to
     assert available(sandbox) == set()
     assert result.exit_code == 0
+
+
+def test_an_error_answer_nested_deeper_than_the_reader_takes_is_a_clear_error(
+    sandbox, config, clock, log_lines
+):
+    deep = "[" * 60_000  # an error's text is read up to 64 KiB
+    sandbox.add_fault("te", Fault(path="/contacts$", status=400, body=deep, times=None))
+    run_pass(config, clock)
+
+    assert not events_named(log_lines, "job.failed")
+    assert available(sandbox) == set()
+    [unavailable] = events_named(log_lines, "te.directory_unavailable")
+    assert "HTTP 400: [[[" in unavailable["error"]
+
+
+class RawServer(socketserver.ThreadingTCPServer):
+    """A loopback server answering every request with the same raw bytes, then closing."""
+
+    daemon_threads = True
+
+    def __init__(self, answer: bytes) -> None:
+        class Handler(socketserver.StreamRequestHandler):
+            def handle(self) -> None:
+                while self.rfile.readline() not in (b"\r\n", b""):
+                    pass
+                self.wfile.write(answer)
+
+        super().__init__(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+@pytest.mark.lenient_only
+def test_a_content_length_of_unicode_digits_is_no_crash(tmp_path, sandbox, clock, log_lines):
+    body = b'{"items": []}'
+    server = RawServer(b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n" + body)
+    try:
+        path = write_config(tmp_path, sandbox)
+        path.write_text(path.read_text().replace(sandbox.flexperto_url, server.url))
+        run_pass(load_config(path, env={}), clock)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+    assert not events_named(log_lines, "job.failed")
