@@ -2,7 +2,7 @@
 the record gate (``parse_record``). Whatever comes in, the reader returns a value or raises
 ApiError, the gate returns a record or raises RecordError, and nothing else escapes; an
 accepted record's ids are safe file names that name none of the worker's own files, and it
-survives being stored as JSON and read back.
+survives being stored as JSON and read back from the ledger.
 
 ``FUZZ_EXAMPLES`` sets the examples per property (CI runs a few minutes' worth).
 """
@@ -22,6 +22,7 @@ from sync_worker.flexperto.records import (
     RecordError,
     is_safe_id,
     parse_record,
+    read_record,
 )
 from sync_worker.http import Answer, ApiError, OversizedNumber, json_body
 
@@ -143,7 +144,8 @@ def check_gate(raw: Any) -> None:
         assert is_safe_id(ident) and ident.lower() not in RESERVED_IDS
         root = Path("/srv/archives")
         assert (root / ident).resolve().parent == root
-    assert parse_record(json.loads(json.dumps(raw))) == record  # as the state file keeps it
+    kept = json.loads(json.dumps(raw))  # as the ledger keeps it
+    assert parse_record(kept) == read_record(kept) == record
 
 
 @FUZZ

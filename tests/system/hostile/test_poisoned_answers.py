@@ -21,7 +21,7 @@ from sync_worker.config import Config, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.sandbox.http import Incoming, Reply
-from sync_worker.state.db import open_database
+from sync_worker.state.db import open_database, transaction
 from tests.conftest import write_config
 
 CAP = 200  # requests after which a hostile server gives in
@@ -332,3 +332,32 @@ def test_a_content_length_of_unicode_digits_is_no_crash(tmp_path, sandbox, clock
         server.server_close()
 
     assert not events_named(log_lines, "job.failed")
+
+
+@pytest.mark.both_stores
+def test_a_ledger_row_that_the_gate_now_refuses_stops_no_job(sandbox, config, clock, log_lines):
+    """An older version let a conference id such as SHA256SUMS in (harmless in a bucket):
+    its row in the ledger is still read, and its insights still go out."""
+    sandbox.add_fault("te", Fault(method="POST", path="/insights$", status=503, times=None))
+    run_pass(config, clock)  # archives stored and claimed; their insights wait
+    sandbox.totalexpert.faults.clear()
+    first = sandbox.flexperto.records()[0]["id"]
+    db = open_database(config.state.database)
+    try:
+        record = json.loads(db["archives"].get(first)["record"])
+        record["subject"]["conference_id"] = "SHA256SUMS"
+        with transaction(db):
+            db["archives"].update(first, {"record": json.dumps(record)})
+    finally:
+        db.close()
+    clock.advance(config.retry.max_backoff_seconds)
+    result = run_pass(config, clock)
+
+    assert not events_named(log_lines, "job.failed")
+    posted = [
+        (insight["data"]["flexperto_archive_id"], insight["contact_id"])
+        for insight in sandbox.totalexpert.insights()
+    ]
+    assert first in {archive_id for archive_id, _ in posted}
+    assert len(posted) == len(set(posted))
+    assert result.exit_code == 0
