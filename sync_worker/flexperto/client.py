@@ -12,7 +12,7 @@ service that ignores ``offset``, however it stamps its answers), and after
 ``flexperto.max_list_pages`` pages (a listing that never ends) with what it has, so that
 what was listed is stored in this pass; the next pass lists again. A page nested too
 deeply to read is skipped (the same record would poison it on every pass, hiding the pages
-after it); the listing then ends with an ApiError once the rest is read.
+after it), and two in a row end the listing; either way it then ends with an ApiError.
 """
 
 from __future__ import annotations
@@ -181,13 +181,18 @@ class FlexpertoClient:
             yield from self._list_page(form, filters, None)
             return
         seen: set[str] = set()
+        unreadable_before = False
         for offset in range(0, self._max_pages * self._page_size, self._page_size):
             try:
                 items = self._list_page(form, filters, self._page_size, offset)
             except UnreadableAnswer as exc:
                 self._log.error("flexperto.page_unreadable", offset=offset, error=str(exc))
                 skipped.append(exc)
+                if unreadable_before:
+                    return  # two in a row: the rest is no better (or offset is ignored)
+                unreadable_before = True
                 continue
+            unreadable_before = False
             ids = set(map(_archive_id, items)) - {None}
             if ids and ids <= seen:
                 self._log.warning("flexperto.listing_repeated", offset=offset, **filters)

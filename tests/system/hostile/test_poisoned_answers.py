@@ -361,3 +361,16 @@ def test_a_ledger_row_that_the_gate_now_refuses_stops_no_job(sandbox, config, cl
     assert first in {archive_id for archive_id, _ in posted}
     assert len(posted) == len(set(posted))
     assert result.exit_code == 0
+
+
+@pytest.mark.lenient_only
+def test_unreadable_pages_that_never_end_are_not_paged_through(tmp_path, sandbox, clock, log_lines):
+    config = configured(tmp_path, sandbox, page_size=1)
+    deep = "[" * 100_000 + "]" * 100_000
+    sandbox.add_fault("flexperto", Fault(path=LIST, status=200, body=deep, times=CAP))
+    result = run_pass(config, clock)
+
+    assert len(listings(sandbox)) == 4  # two statuses, each ended by its second such page
+    assert len(events_named(log_lines, "flexperto.page_unreadable")) == 4
+    assert not events_named(log_lines, "job.failed")
+    assert result.exit_code == 1
