@@ -13,6 +13,7 @@ import socketserver
 import threading
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from sync_worker.config import Config, load_config
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.sandbox.http import Incoming, Reply
+from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.state.db import open_database, transaction
 from tests.conftest import write_config
 
@@ -374,3 +376,39 @@ def test_unreadable_pages_that_never_end_are_not_paged_through(tmp_path, sandbox
     assert len(events_named(log_lines, "flexperto.page_unreadable")) == 4
     assert not events_named(log_lines, "job.failed")
     assert result.exit_code == 1
+
+
+@pytest.mark.lenient_only  # the strict dialect has no updated-since filter to refresh by
+def test_te_links_next_that_never_ends_bounds_the_refresh_of_the_contact_copy(
+    tmp_path, sandbox, clock, log_lines
+):
+    config = configured(tmp_path, sandbox, te="max_list_pages = 6\n")
+    run_pass(config, clock)  # the copy of TE's contacts is made, its insights are sent
+    assert events_named(log_lines, "te.directory_filled")
+    pages_served: list[int] = []
+
+    def endless(request: Incoming, normal) -> Reply:
+        since = request.query.get("filter", "").partition("internal_updated_at_start=")[2]
+        now = datetime.fromtimestamp(clock.now(), UTC).strftime("%Y-%m-%d %H:%M:%S")
+        if not since or since > now or len(pages_served) > CAP:  # the probe asks for tomorrow
+            return normal(request)
+        number = int(request.query.get("page[number]", 1))
+        pages_served.append(number)
+
+        def forever(body: dict) -> None:
+            body["links"]["next"] = number + 1
+            body["items"] = [{"id": 10**6 * number + n, "email": f"{n}@x.example"} for n in (1, 2)]
+
+        return rewritten(normal(request), forever)
+
+    wrap(sandbox.totalexpert, endless)
+    sandbox.flexperto.add_archive(moderator=ANNA, participants=[ANNA, MAX])
+    clock.advance(3600)
+    result = run_pass(config, clock)
+
+    assert 0 < len(pages_served) <= 6
+    [truncated] = events_named(log_lines, "te.paging_truncated")
+    assert truncated["ceiling"] == 6 and truncated["key"] == "totalexpert.max_list_pages"
+    assert events_named(log_lines, "te.directory_unavailable")  # so: looked up one by one
+    assert available(sandbox) == set()
+    assert result.exit_code == 0
