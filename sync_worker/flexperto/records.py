@@ -96,14 +96,19 @@ def is_safe_id(value: object) -> TypeGuard[str]:
 
 
 def printable_id(value: object) -> str:
-    """A log-safe rendering of an untrusted id (bounded, control characters escaped)."""
-    return repr(value)[:80]
+    """A log-safe rendering of an untrusted id (bounded, control characters escaped; a
+    JSON object or array by its kind only: its repr could be huge, or too deep to make)."""
+    if isinstance(value, dict | list):
+        return f"(a JSON {'object' if isinstance(value, dict) else 'array'})"
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        return f"(a number of more than {MAX_INT_DIGITS} digits)"
+    return repr(value[:80] if isinstance(value, str) else value)[:80]
 
 
 def parse_record(raw: object) -> ArchiveRecord:
     """Validate one archive record from the API. Raises RecordError."""
+    _check_values(raw)
     record = read_record(raw)
-    _check_values(record.raw)
     for kind, ident in (("archive", record.archive_id), ("conference", record.conference_id)):
         if ident.lower() in RESERVED_IDS:
             raise RecordError(f"{kind} id {ident!r} is reserved: the store keeps a file so named")
@@ -145,7 +150,7 @@ def read_record(raw: object) -> ArchiveRecord:
     )
 
 
-def _check_values(raw: dict[str, Any]) -> None:
+def _check_values(raw: object) -> None:
     """Refuse a record holding a value that is no plain JSON, or nested too deeply."""
     pending: list[tuple[object, int]] = [(raw, 1)]
     while pending:
