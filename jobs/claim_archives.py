@@ -202,7 +202,8 @@ def refresh_listing(ctx: JobContext) -> set[str]:
         log.error("archive.list_failed", error=str(exc))
         ctx.stats.add(Outcome.FAILED)
     else:
-        held_records.forget_unseen(ctx.db, listing)
+        if ctx.flexperto.listed_whole:  # a listing cut short releases no held record
+            held_records.forget_unseen(ctx.db, listing)
     for archive_id in archives.note_listed(ctx.db, seen.values(), ctx.clock.now()):
         record = seen[archive_id]
         log.info(

@@ -17,7 +17,7 @@ from typing import Any
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import ArchiveRecord, parse_record
+from sync_worker.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
 
 PENDING = "pending"
@@ -60,9 +60,9 @@ def get(db: sqlite_utils.Database, archive_id: str) -> ArchiveRow | None:
 
 
 def _archive_row(row: dict[str, Any]) -> ArchiveRow:
-    """The row with its record parsed (it passed parse_record when it was listed)."""
+    """The row with its record read (it passed parse_record when it was listed)."""
     return ArchiveRow(
-        record=parse_record(json.loads(row["record"])),
+        record=read_record(json.loads(row["record"])),
         state=row["state"],
         remote_status=row["remote_status"],
         attempts=row["attempts"],

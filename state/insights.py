@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import ArchiveRecord, parse_record
+from sync_worker.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
 
 PENDING = "pending"
@@ -129,9 +129,7 @@ def open_insights(db: sqlite_utils.Database) -> list[InsightRow]:
         "order by a.first_seen_at, i.archive_id, i.contact_id",
         [PENDING, SENDING],
     )
-    return [
-        InsightRow(**{**row, "record": parse_record(json.loads(row["record"]))}) for row in rows
-    ]
+    return [InsightRow(**{**row, "record": read_record(json.loads(row["record"]))}) for row in rows]
 
 
 def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> None:

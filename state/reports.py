@@ -16,7 +16,7 @@ from typing import Any
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import parse_record
+from sync_worker.flexperto.records import read_record
 
 PAGE = 500
 ARCHIVE_FIELDS = (
@@ -194,7 +194,7 @@ def manifest(db: sqlite_utils.Database, since: float | None = None) -> Iterator[
 
 
 def _manifest_row(row: dict[str, Any], participants: int, sent: dict[str, list[int]]) -> dict:
-    record = parse_record(json.loads(row["record"]))
+    record = read_record(json.loads(row["record"]))
     return {
         **{key: value for key, value in row.items() if key not in ("record", "first_seen_at")},
         "start": record.start.isoformat() if record.start else None,

@@ -79,6 +79,12 @@ class FlexpertoConfig:
         credential="flexperto_api_key",
     )
     page_size: int = setting(100, help="records per list request", positive=True)
+    max_list_pages: int = setting(
+        1000,
+        help="list requests per status in a pass; past it the listing ends with what it has "
+        "(stored this pass, the rest in later ones), with a warning",
+        positive=True,
+    )
     max_parallel_downloads: int = setting(
         4,
         help="archives downloaded at the same time, each verified and stored on its own",
@@ -144,6 +150,12 @@ class TotalExpertConfig:
         20,
         help="a participant whose address more TE contacts share is not matched but parked "
         "as `ambiguous` for an operator (`sync-worker retry` releases it)",
+        positive=True,
+    )
+    max_list_pages: int = setting(
+        2000,
+        help="pages of contacts or users read to copy TE's directory (100 each; raise it "
+        "for more than 200,000 contacts); past it this pass looks addresses up one by one",
         positive=True,
     )
     shared_budget: Path = setting(

@@ -53,6 +53,9 @@ MARKS_PER_WINDOW = 16
 # Checks the address a connection reached: (scheme, host, port, peer address); raises to
 # refuse it, with an exception that is no OSError (so that it reaches the caller as it is).
 Guard = Callable[[str, str, int, str], None]
+# No id, count or size the APIs send is longer; Python's int limit (4300 digits) would
+# otherwise refuse the whole answer for one long number.
+MAX_INT_DIGITS = 32
 
 
 class ApiError(Exception):
@@ -62,6 +65,21 @@ class ApiError(Exception):
         super().__init__(f"{service}: {message}")
         self.service = service
         self.status = status
+
+
+class UnreadableAnswer(ApiError):
+    """An answer that is JSON but nested too deeply to read."""
+
+
+@dataclass(frozen=True)
+class OversizedNumber:
+    """Stands in a JSON answer for an integer of more than MAX_INT_DIGITS digits: no
+    reader takes it for a number, and the record gate refuses a record holding one."""
+
+    digits: int
+
+    def __str__(self) -> str:
+        return f"a number of {self.digits} digits"
 
 
 class TransientError(ApiError):
@@ -279,12 +297,14 @@ def redirect_text(answer: Answer) -> str:
 def error_text(answer: Answer) -> str:
     """The service's own error text, shortened; JSON ``error``/``message`` fields preferred."""
     try:
-        body = json.loads(answer.body)
-    except ValueError:
+        body = json.loads(answer.body, parse_int=_bounded_int)
+    except (ValueError, RecursionError):
         body = None
     if isinstance(body, dict):
         parts = [
-            str(body[key]) for key in ("error", "message", "error_description") if body.get(key)
+            str(body[key])
+            for key in ("error", "message", "error_description")
+            if isinstance(body.get(key), str | int) and body[key]
         ]
         if parts:
             return " - ".join(parts)[:ERROR_TEXT_LIMIT]
@@ -302,12 +322,29 @@ def parse_retry_after(answer: Answer) -> float | None:
 
 
 def json_body(service: str, answer: Answer) -> Any:
+    """The answer's JSON; ApiError if it is none.
+
+    One bad value costs its item, not the answer: an integer longer than MAX_INT_DIGITS
+    becomes an :class:`OversizedNumber`. Nesting deeper than the parser's stack fails the
+    answer with :class:`UnreadableAnswer` (a clear error, not a RecursionError): checking
+    depth before parsing would cost a Python loop over every byte, and a page that deep
+    is no listing; what the parser does take, the record gate bounds in depth.
+    """
     try:
-        return json.loads(answer.body)
+        return json.loads(answer.body, parse_int=_bounded_int)
+    except RecursionError:
+        raise UnreadableAnswer(
+            service, f"JSON nested too deeply to read (HTTP {answer.status})", answer.status
+        ) from None
     except ValueError:
         raise ApiError(
             service, f"malformed JSON in answer (HTTP {answer.status})", answer.status
         ) from None
+
+
+def _bounded_int(text: str) -> int | OversizedNumber:
+    digits = len(text.lstrip("-"))
+    return int(text) if digits <= MAX_INT_DIGITS else OversizedNumber(digits)
 
 
 class NetworkTime:
@@ -379,7 +416,8 @@ def _read(
 ) -> bytes:
     """At most ``limit`` bytes of the body; with ``refuse``, more is an error, else cut."""
     declared = response.headers.get("Content-Length", "")
-    if refuse and declared.isdigit() and int(declared) > limit:
+    length_given = declared.isascii() and declared.isdigit()  # not "²", which int() refuses
+    if refuse and length_given and (len(declared) > MAX_INT_DIGITS or int(declared) > limit):
         raise _too_large(service, response.status_code, limit)
     body = bytearray()
     if deadline is not None:

@@ -15,6 +15,13 @@ any other answer proves nothing, and the insight is looked for), ``data`` echoed
 ``GET /insights`` (:class:`InsightSearch` says when a search cannot be trusted), and
 ``expires_in`` (the documented hour when it is missing or not a number; kept within
 bounds).
+
+Paging over ``links.next`` is bounded: a page that shows only ids seen before ends it (a
+TE repeating itself), and so does an empty one; more pages than a ceiling is an ApiError
+rather than an answer cut short, since the caller would trust it as whole (an insight
+not found among the pages read may be on the next one, and posting it again would double
+it). Reading TE's directory whole may take ``totalexpert.max_list_pages`` pages, anything
+else LOOKUP_PAGES. Ids and counts are ints, or strings of ASCII digits only.
 """
 
 from __future__ import annotations
@@ -22,6 +29,7 @@ from __future__ import annotations
 import base64
 import json
 import math
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -57,6 +65,11 @@ UPDATED_SINCE_FILTER = "internal_updated_at_start"
 # Answers of probe_updated_since.
 FILTER_SUPPORTED, FILTER_REJECTED, FILTER_IGNORED = "supported", "rejected", "ignored"
 PAGE_SIZE = 100
+# Pages of one look-up (an address's contacts, a contact's insights): 2,000 items.
+LOOKUP_PAGES = 20
+# ASCII digits only ("²".isdigit() is true, and int() reads "٣" as 3), within 64 bits.
+ASCII_INT = re.compile(r"[0-9]{1,18}")
+INT_RANGE = range(-(2**63), 2**63)
 TOKEN_WAIT_SECONDS = 0.2  # looking again for the token another process is requesting
 
 
@@ -122,6 +135,7 @@ class TotalExpertClient:
     ) -> None:
         self._config = config
         logs.add_basic_credentials(config.client_id, config.client_secret)  # as /token gets them
+        self._directory_pages = config.max_list_pages
         self._access = access
         self._clock = clock
         self._timeout = http.timeout_seconds
@@ -164,12 +178,12 @@ class TotalExpertClient:
 
     def contacts_from_page(self, page: int) -> Iterator[Contact]:
         """Every contact from ``page`` on."""
-        for item in self._pages("/contacts", {}, page):
+        for item in self._pages("/contacts", {}, page, whole=True):
             yield from _contacts([item])
 
     def contacts_updated_since(self, since: datetime) -> Iterator[Contact]:
         filters = {UPDATED_SINCE_FILTER: _te_time(since)}
-        for item in self._pages("/contacts", filters):
+        for item in self._pages("/contacts", filters, whole=True):
             yield from _contacts([item])
 
     def probe_updated_since(self) -> str:
@@ -188,7 +202,7 @@ class TotalExpertClient:
 
     def users_updated_since(self, since: datetime | None) -> Iterator[User]:
         filters = {UPDATED_SINCE_FILTER: _te_time(since)} if since else {}
-        for item in self._pages("/users", filters):
+        for item in self._pages("/users", filters, whole=True):
             user = _user(item)
             if user is not None:
                 yield user
@@ -260,15 +274,28 @@ class TotalExpertClient:
 
     # --- plumbing --------------------------------------------------------------------
 
-    def _pages(self, path: str, filters: dict[str, Any], page: int = 1) -> Iterator[Any]:
-        """The items of every page from ``page`` on."""
-        while True:
+    def _pages(
+        self, path: str, filters: dict[str, Any], page: int = 1, whole: bool = False
+    ) -> Iterator[Any]:
+        """The items of every page from ``page`` on, at most LOOKUP_PAGES pages, or with
+        ``whole`` (reading the directory) ``totalexpert.max_list_pages``; see the module
+        docstring."""
+        ceiling = self._directory_pages if whole else LOOKUP_PAGES
+        seen: set[int] = set()
+        for _ in range(ceiling):
             items, links = self._page(path, filters, page)
+            ids = _ids(items)
+            if not items or (ids and ids <= seen):
+                return
+            seen |= ids
             yield from items
             next_page = _int(links.get("next"))
             if next_page is None or next_page <= page:
                 return
             page = next_page
+        key = {"key": "totalexpert.max_list_pages"} if whole else {}
+        self._log.warning("te.paging_truncated", path=path, ceiling=ceiling, **key)
+        raise ApiError(SERVICE, f"list {path} goes on past {ceiling} pages")
 
     def _page(
         self, path: str, filters: dict[str, Any], page: int
@@ -477,11 +504,18 @@ def _contact(item: object) -> Contact | None:
     return Contact(contact_id, email.lower(), owner_id)
 
 
+def _ids(items: list[Any]) -> set[int]:
+    """The ids the items of a page show."""
+    found = (_int(item.get("id")) for item in items if isinstance(item, dict))
+    return {ident for ident in found if ident is not None}
+
+
 def _int(value: object) -> int | None:
+    """An id or count as TE sent it, if it is one (see ASCII_INT)."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value
-    if isinstance(value, str) and value.isdigit():
+        return value if value in INT_RANGE else None
+    if isinstance(value, str) and ASCII_INT.fullmatch(value):
         return int(value)
     return None

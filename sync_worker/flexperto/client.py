@@ -9,6 +9,13 @@ naming its host: the api-key goes nowhere else); the download's redirect is foll
 session that never carries the api-key, and only to a target that
 :mod:`sync_worker.flexperto.download_targets` allows, checked again on the address
 connected to. A download is cut when it falls below the minimum rate (``[http]``).
+
+A paged listing is bounded: it ends at a page that shows no archive id not seen before (a
+service that ignores ``offset``, however it stamps its answers), and after
+``flexperto.max_list_pages`` pages (a listing that never ends) with what it has, so that
+what was listed is stored in this pass; the next pass lists again. A page nested too
+deeply to read is skipped (the same record would poison it on every pass, hiding the pages
+after it), and two in a row end the listing; either way it then ends with an ApiError.
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ from typing import Any
 from urllib.parse import quote, urljoin
 
 import requests
+import structlog
 import urllib3
 
 from sync_worker.clock import Clock
@@ -33,6 +41,7 @@ from sync_worker.http import (
     NetworkTime,
     RateFloor,
     TransientError,
+    UnreadableAnswer,
     arriving,
     json_body,
     new_session,
@@ -111,6 +120,7 @@ class FlexpertoClient:
         # (form, filters, items), rather than asking for everything twice.
         self._probed: tuple[ListingForm, dict[str, str], list[object]] | None = None
         self._page_size = config.page_size
+        self._max_pages = config.max_list_pages
         self._timeout = http.timeout_seconds
         self._answer_limit = http.max_answer_bytes
         self._http = http
@@ -124,6 +134,9 @@ class FlexpertoClient:
             {"Accept-Encoding": "identity"}, guard=self._targets.check_peer
         )
         self.network = NetworkTime()
+        # Whether the last listing read every page (see list_records).
+        self.listed_whole = True
+        self._log = structlog.get_logger(service=SERVICE)
 
     @property
     def _base(self) -> str:
@@ -159,31 +172,60 @@ class FlexpertoClient:
 
     def list_records(self, statuses: Sequence[str]) -> Iterator[object]:
         """The records listed with any of ``statuses`` (or, without a status filter, every
-        record listed), page by page; items are raw and unvalidated."""
-        if not self._form.status_filter:
-            yield from self._list(self._form, {})
-            return
-        for status in statuses:
-            yield from self._list(self._form, {"status": status})
+        record listed), page by page; items are raw and unvalidated. Pages that could not
+        be read are skipped, and raised as one ApiError at the end. Afterwards
+        :attr:`listed_whole` says whether every page was read (not when the service
+        repeated itself or the ceiling was reached: records may lie beyond)."""
+        skipped: list[UnreadableAnswer] = []
+        self.listed_whole = True
+        listings = [{"status": s} for s in statuses] if self.filters_by_status else [{}]
+        for filters in listings:
+            yield from self._list(self._form, filters, skipped)
+        if skipped:
+            raise ApiError(SERVICE, f"{len(skipped)} archive list page(s) skipped: {skipped[0]}")
 
     def first_record(self) -> object | None:
         """The first record of a listing (one small request when the form pages), raw."""
         items = self._list_page(self._form, _probe_filters(self._form), 1)
         return items[0] if items else None
 
-    def _list(self, form: ListingForm, filters: dict[str, str]) -> Iterator[object]:
+    def _list(
+        self, form: ListingForm, filters: dict[str, str], skipped: list[UnreadableAnswer]
+    ) -> Iterator[object]:
+        """One listing, bounded as the module docstring says; unreadable pages skipped
+        are added to ``skipped``."""
         if not form.paging:
             yield from self._list_page(form, filters, None)
             return
-        offset, previous = 0, None
-        while True:
-            items = self._list_page(form, filters, self._page_size, offset)
-            if items == previous:
+        seen: set[str] = set()
+        unreadable_before = False
+        for offset in range(0, self._max_pages * self._page_size, self._page_size):
+            try:
+                items = self._list_page(form, filters, self._page_size, offset)
+            except UnreadableAnswer as exc:
+                self._log.error("flexperto.page_unreadable", offset=offset, error=str(exc))
+                skipped.append(exc)
+                if unreadable_before:
+                    return  # two in a row: the rest is no better (or offset is ignored)
+                unreadable_before = True
+                continue
+            unreadable_before = False
+            ids = set(map(_archive_id, items)) - {None}
+            if ids and ids <= seen:
+                self._log.warning("flexperto.listing_repeated", offset=offset, **filters)
+                self.listed_whole = False
                 return  # the service ignores offset: this page was seen already
+            seen |= ids
             yield from items
             if len(items) != self._page_size:
                 return  # the last page, or a service that ignores limit sent everything
-            offset, previous = offset + len(items), items
+        self.listed_whole = False
+        self._log.warning(
+            "flexperto.listing_truncated",
+            ceiling=self._max_pages,
+            key="flexperto.max_list_pages",
+            **filters,
+        )
 
     def _list_page(
         self, form: ListingForm, filters: dict[str, str], limit: int | None, offset: int = 0
@@ -318,6 +360,12 @@ class FlexpertoClient:
 
     def _deadline(self) -> Deadline:
         return Deadline(self._http.deadline_seconds, self._clock.now)
+
+
+def _archive_id(item: object) -> str | None:
+    """The id a raw listed record shows, if any (for noticing repeated pages)."""
+    ident = item.get("id") if isinstance(item, dict) else None
+    return ident if isinstance(ident, str) else None
 
 
 def _probe_filters(form: ListingForm) -> dict[str, str]:

@@ -6,6 +6,12 @@
 is optional (see the README's table "What we assume about the APIs"): ``size`` if present,
 the subject's times and people (without participants, :func:`people_from_archive` reads
 them from the archive's own metadata), and the checksum may be hex or base64.
+
+One bad value fails its record, nothing more: a record is refused when it holds a value
+the JSON reader could not take as it came (a number too long, sent as
+:class:`~sync_worker.http.OversizedNumber`) or is nested deeper than MAX_RECORD_DEPTH, as
+it could not be stored as JSON and read back; ids are refused when they would name a
+file the worker keeps in the store's root (``SHA256SUMS``, in any letter case).
 """
 
 from __future__ import annotations
@@ -19,10 +25,15 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
+
+from sync_worker.http import MAX_INT_DIGITS
+from sync_worker.stores import SUMS_NAME
 
 # The archive's own metadata is read only up to this size (a zip member can claim anything).
 METADATA_LIMIT = 4 * 1024 * 1024
+# Records are a few levels deep; deeper ones are refused (they must survive json.dumps).
+MAX_RECORD_DEPTH = 32
 
 KNOWN_STATUSES = frozenset(
     {
@@ -41,6 +52,11 @@ IN_PROGRESS = frozenset({"PROCESSING", "ARTIFACT_GATHERING_COMPLETE", "PACKING"}
 
 # Ids reach file names: letters, digits, "-", "_", "." only, never leading ".", bounded length.
 SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
+# Names the worker keeps at the root of a store, as a conference folder would be named (in
+# lower case: file systems may ignore case). Every other one starts with ".".
+RESERVED_IDS = frozenset({SUMS_NAME.lower()})
+JSON_SCALARS = (str, float, type(None))
+INT_LIMIT = 10**MAX_INT_DIGITS
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
 SHA256_BASE64 = re.compile(r"[A-Za-z0-9+/]{43}=")
 EMAIL = re.compile(r"[^@\s,]{1,128}@[^@\s,]{1,255}")
@@ -77,30 +93,44 @@ class ArchiveRecord:
         return self.status in DOWNLOADABLE
 
 
-def is_safe_id(value: object) -> bool:
+def is_safe_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and SAFE_ID.fullmatch(value) is not None
 
 
 def printable_id(value: object) -> str:
-    """A log-safe rendering of an untrusted id (bounded, control characters escaped)."""
-    return repr(value)[:80]
+    """A log-safe rendering of an untrusted id (bounded, control characters escaped; a
+    JSON object or array by its kind only: its repr could be huge, or too deep to make)."""
+    if isinstance(value, dict | list):
+        return f"(a JSON {'object' if isinstance(value, dict) else 'array'})"
+    if isinstance(value, int) and not -INT_LIMIT < value < INT_LIMIT:
+        return f"(a number of more than {MAX_INT_DIGITS} digits)"
+    return repr(value[:80] if isinstance(value, str) else value)[:80]
 
 
 def parse_record(raw: object) -> ArchiveRecord:
     """Validate one archive record from the API. Raises RecordError."""
+    _check_values(raw)
+    record = read_record(raw)
+    for kind, ident in (("archive", record.archive_id), ("conference", record.conference_id)):
+        if ident.lower() in RESERVED_IDS:
+            raise RecordError(f"{kind} id {ident!r} is reserved: the store keeps a file so named")
+    return record
+
+
+def read_record(raw: object) -> ArchiveRecord:
+    """A record as the ledger keeps it. It passed :func:`parse_record` when it was listed,
+    maybe in an older version whose gate let more in: only the checks every version made
+    are made again, so that a row kept then cannot stop every pass now. Raises
+    RecordError."""
     if not isinstance(raw, dict):
         raise RecordError("record is not a JSON object")
-    archive_id = raw.get("id")
-    if not is_safe_id(archive_id):
-        raise RecordError(f"unsafe or missing archive id {printable_id(archive_id)}")
+    archive_id = _id(raw.get("id"), "archive")
     subject = raw.get("subject")
     if not isinstance(subject, dict):
         raise RecordError("record has no subject object")
-    conference_id = subject.get("conference_id")
-    if not is_safe_id(conference_id):
-        raise RecordError(f"unsafe or missing conference id {printable_id(conference_id)}")
+    conference_id = _id(subject.get("conference_id"), "conference")
     status = raw.get("status")
-    if status not in KNOWN_STATUSES:
+    if not isinstance(status, str) or status not in KNOWN_STATUSES:  # a list is unhashable
         raise RecordError(f"unknown status {printable_id(status)}")
     sha256 = _sha256_hex(raw.get("sha256CheckSum"))
     if sha256 is None and status in DOWNLOADABLE:
@@ -120,6 +150,32 @@ def parse_record(raw: object) -> ArchiveRecord:
         raw=raw,
         people_listed=isinstance(subject.get("participants"), list),
     )
+
+
+def _check_values(raw: object) -> None:
+    """Refuse a record holding a value that is no plain JSON, or nested too deeply."""
+    pending: list[tuple[object, int]] = [(raw, 1)]
+    while pending:
+        value, depth = pending.pop()
+        if isinstance(value, JSON_SCALARS):
+            continue
+        if isinstance(value, int):  # bool too
+            if -INT_LIMIT < value < INT_LIMIT:
+                continue
+            raise RecordError(f"record holds a number of more than {MAX_INT_DIGITS} digits")
+        if not isinstance(value, dict | list):
+            raise RecordError(f"record holds an unreadable value: {str(value)[:80]}")
+        if depth > MAX_RECORD_DEPTH:
+            raise RecordError(f"record nested deeper than {MAX_RECORD_DEPTH} levels")
+        children = value.values() if isinstance(value, dict) else value
+        pending.extend((child, depth + 1) for child in children)
+
+
+def _id(value: object, kind: str) -> str:
+    """An archive or conference id that is safe as a file name. Raises RecordError."""
+    if not is_safe_id(value):
+        raise RecordError(f"unsafe or missing {kind} id {printable_id(value)}")
+    return value
 
 
 def _sha256_hex(value: object) -> str | None:
@@ -148,11 +204,11 @@ def _timestamp(value: object) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            parsed = parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: year 1 or 9999 moved into UTC
         return None
-    if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _person(value: object) -> Person | None:

@@ -11,11 +11,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sync_worker.config import load_config
+from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault
 from sync_worker.state import archives
 from sync_worker.state.abandon_rule import HARMLESS_STATUSES, Sibling, blockers
 from sync_worker.state.db import open_database
 from sync_worker.status import render_table
+from tests.conftest import write_config
 
 GOOD = {"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}
 
@@ -203,3 +206,21 @@ def test_a_stored_archive_is_abandoned_while_another_download_hangs(sandbox, run
     run()
     assert seen_while_hanging and seen_while_hanging[0] is not None
     assert sandbox.flexperto.record(slow["id"])["status"] == "ABANDONED"  # then stored too
+
+
+@pytest.mark.lenient_only  # the strict listing has no pages to cut short
+def test_a_listing_cut_short_releases_no_held_record(sandbox, tmp_path, config, run, clock):
+    good = sandbox.flexperto.add_archive(conference_id="c-6", participants=[GOOD])
+    bad = sandbox.flexperto.add_archive(conference_id="c-6", participants=[GOOD])
+    poison_checksum(sandbox, bad["id"])
+    run()
+    # Later passes see one page only (the ceiling), which does not reach the held record.
+    path = write_config(tmp_path, sandbox)
+    text = path.read_text().replace("page_size = 100\n", "page_size = 1\nmax_list_pages = 1\n")
+    path.write_text(text)
+    run_pass(load_config(path, env={}), clock)
+    assert abandons(sandbox, "c-6") == 0
+    db = open_database(config.state.database)
+    assert archives.get(db, good["id"]).state == archives.STORED
+    assert bad["id"] in render_table(db)
+    db.close()
