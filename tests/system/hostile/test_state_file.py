@@ -9,6 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from sync_worker.cli import main
+from sync_worker.clock import FakeClock
+from sync_worker.runner import run_pass
 from sync_worker.state.db import open_database, transaction
 
 # Another process that opens the state file, reads, and closes it (a `status` call).
@@ -88,3 +91,34 @@ def test_an_existing_file_keeps_its_commits_when_many_threads_open_it_at_once(tm
         db.close()
     held.close()
     assert sqlite3.connect(path).execute("pragma integrity_check").fetchone()[0] == "ok"
+
+
+def test_check_runs_sqlites_integrity_check_on_the_state_file(sandbox, tmp_path, config, capsys):
+    """A state file whose pages are damaged (a disk error, a bad restore) opens, and a
+    cursory query may even work: check reads every page and says so."""
+    run_pass(config, FakeClock())
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
+    capsys.readouterr()
+    damage_an_index(config.state.database)
+    assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if "state database" in line]
+    assert lines and lines[0].startswith("FAIL") and "integrity" in lines[0]
+
+
+def damage_an_index(path: Path) -> None:
+    """Drop rows from an index behind SQLite's back (the table keeps them): the kind of
+    damage a cursory query does not see and integrity_check does."""
+    db = sqlite3.connect(path)
+    db.execute("pragma writable_schema = on")
+    db.execute("create table if not exists scratch (n)")  # keep the file in use
+    [root] = db.execute(
+        "select rootpage from sqlite_master where name = 'idx_archives_conference_id'"
+    ).fetchone()
+    db.close()
+    page_size = sqlite3.connect(path).execute("pragma page_size").fetchone()[0]
+    with path.open("r+b") as handle:  # an index page emptied: its entries are gone
+        handle.seek((root - 1) * page_size)
+        page = bytearray(handle.read(page_size))
+        page[3:5] = b"\x00\x00"  # zero cells on this leaf page
+        handle.seek((root - 1) * page_size)
+        handle.write(page)
