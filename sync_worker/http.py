@@ -28,7 +28,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -107,14 +107,12 @@ def new_session(
     headers: dict[str, str] | None = None, pool_size: int = 8, guard: Guard | None = None
 ) -> requests.Session:
     """A pooled session that never takes proxies or credentials from the environment and
-    never follows a redirect; with ``guard``, every connection is checked once made."""
+    never follows a redirect; with ``guard``, every connection is checked once made. Its
+    connections cut an answer whose status line and headers are not in by the deadline of
+    the call in hand (see :func:`send`)."""
     session = _Session()
     session.trust_env = False
-    adapter = (
-        _GuardedAdapter(guard, pool_connections=2, pool_maxsize=pool_size)
-        if guard
-        else requests.adapters.HTTPAdapter(pool_connections=2, pool_maxsize=pool_size)
-    )
+    adapter = _Adapter(guard, pool_connections=2, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
     session.headers["User-Agent"] = USER_AGENT
@@ -130,10 +128,11 @@ class _Session(requests.Session):
         return None
 
 
-class _GuardedAdapter(requests.adapters.HTTPAdapter):
-    """An adapter whose connections are checked by ``guard`` once connected."""
+class _Adapter(requests.adapters.HTTPAdapter):
+    """An adapter whose connections are this module's (checked by ``guard`` once
+    connected, when there is one; their headers watched)."""
 
-    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+    def __init__(self, guard: Guard | None, **kwargs: Any) -> None:
         self._guard = guard  # before the base class makes the pool manager
         super().__init__(**kwargs)
 
@@ -141,13 +140,13 @@ class _GuardedAdapter(requests.adapters.HTTPAdapter):
         self, connections: int, maxsize: int, block: bool = False, **pool_kwargs: Any
     ) -> None:
         super().init_poolmanager(connections, maxsize, block, **pool_kwargs)
-        self.poolmanager = _GuardedPoolManager(
+        self.poolmanager = _PoolManager(
             self._guard, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
         )
 
 
-class _GuardedPoolManager(urllib3.PoolManager):
-    def __init__(self, guard: Guard, **kwargs: Any) -> None:
+class _PoolManager(urllib3.PoolManager):
+    def __init__(self, guard: Guard | None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self._guard = guard
 
@@ -159,22 +158,31 @@ class _GuardedPoolManager(urllib3.PoolManager):
         request_context: dict[str, Any] | None = None,
     ) -> urllib3.HTTPConnectionPool:
         pool = super()._new_pool(scheme, host, port, request_context)
-        pool.ConnectionCls = _GUARDED_CONNECTIONS[scheme]
+        pool.ConnectionCls = _CONNECTIONS[scheme]
         pool.conn_kw["guard"] = self._guard
         return pool
 
 
-class _PeerChecked:
-    """Checks the address a new connection reached, before TLS or any byte is sent."""
+# The deadline of the call this thread is making, for its connection to watch the headers.
+_calling = threading.local()
+
+
+class _Checked:
+    """A connection that checks the address it reached with ``guard`` (if any), before TLS
+    or any byte is sent; and shuts itself down when the status line and headers of an
+    answer are not in by the deadline of the call in hand, however slowly they come (a
+    peer sending a byte now and then, each within the read timeout)."""
 
     scheme = ""
 
-    def __init__(self, *args: Any, guard: Guard, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, guard: Guard | None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._guard = guard
 
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()
+        if self._guard is None:
+            return sock
         try:
             self._guard(self.scheme, self.host, self.port, sock.getpeername()[0])
         except BaseException:
@@ -182,16 +190,29 @@ class _PeerChecked:
             raise
         return sock
 
+    def getresponse(self, *args: Any, **kwargs: Any) -> Any:
+        deadline: Deadline | None = getattr(_calling, "deadline", None)
+        sock = self.sock
+        if deadline is None or sock is None:
+            return super().getresponse(*args, **kwargs)
+        watchdog = threading.Timer(deadline.left(), deadline.cut, [sock])
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return super().getresponse(*args, **kwargs)
+        finally:
+            watchdog.cancel()
 
-class _GuardedHTTPConnection(_PeerChecked, urllib3.connection.HTTPConnection):
+
+class _Connection(_Checked, urllib3.connection.HTTPConnection):
     scheme = "http"
 
 
-class _GuardedHTTPSConnection(_PeerChecked, urllib3.connection.HTTPSConnection):
+class _TLSConnection(_Checked, urllib3.connection.HTTPSConnection):
     scheme = "https"
 
 
-_GUARDED_CONNECTIONS = {"http": _GuardedHTTPConnection, "https": _GuardedHTTPSConnection}
+_CONNECTIONS = {"http": _Connection, "https": _TLSConnection}
 
 
 class Deadline:
@@ -201,9 +222,19 @@ class Deadline:
         self._seconds = seconds
         self._now = now
         self._at = now() + seconds
+        self.was_cut = False
+
+    def left(self) -> float:
+        return max(self._at - self._now(), 0.0)
+
+    def cut(self, sock: socket.socket) -> None:
+        """Shut ``sock`` down (from a watchdog thread): its answer is past the deadline."""
+        self.was_cut = True
+        with suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
     def check(self, service: str) -> None:
-        if self._now() > self._at:
+        if self.was_cut or self._now() > self._at:
             raise TransientError(
                 service,
                 f"answer not complete within the deadline of {self._seconds:g} s",
@@ -376,9 +407,24 @@ def send(
     bytes of a successful one (a larger one is refused: ApiError), complete by the
     ``deadline``; network failures, the body's included, become TransientError."""
     with network.measure():
-        with _mapped_failures(service):
+        with _headers_by(service, deadline), _mapped_failures(service):
             response = call()
         return read_answer(service, response, limit, deadline)
+
+
+@contextmanager
+def _headers_by(service: str, deadline: Deadline | None) -> Iterator[None]:
+    """The call's answer must have its status line and headers by ``deadline``: this
+    thread's connection shuts down then (:class:`_Checked`), and the failure says why."""
+    _calling.deadline = deadline
+    try:
+        yield
+    except TransientError:
+        if deadline is not None:
+            deadline.check(service)
+        raise
+    finally:
+        _calling.deadline = None
 
 
 def read_answer(
@@ -399,11 +445,15 @@ def read_answer(
 
 
 def open_stream(
-    service: str, call: Callable[[], requests.Response], network: NetworkTime
+    service: str,
+    call: Callable[[], requests.Response],
+    network: NetworkTime,
+    deadline: Deadline | None = None,
 ) -> requests.Response:
-    """Run one HTTP call made with ``stream=True``, its body left for the caller to read
-    (and close); network failures become TransientError."""
-    with _mapped_failures(service), network.measure():
+    """Run one HTTP call made with ``stream=True``, its status line and headers in by the
+    ``deadline``, its body left for the caller to read (and close); network failures
+    become TransientError."""
+    with _headers_by(service, deadline), _mapped_failures(service), network.measure():
         return call()
 
 

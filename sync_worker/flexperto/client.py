@@ -271,6 +271,7 @@ class FlexpertoClient:
                     url, stream=True, timeout=self._timeout, headers=headers
                 ),
                 self.network,
+                self._deadline(),  # for the headers: the body is held to the minimum rate
             )
         if response.status_code >= 300:
             answer = read_answer(SERVICE, response, self._answer_limit, self._deadline())

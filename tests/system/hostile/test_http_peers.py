@@ -12,7 +12,9 @@ from __future__ import annotations
 import socket
 import socketserver
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 
@@ -355,3 +357,65 @@ def test_a_trickled_download_is_cut_recorded_and_resumed(sandbox, tmp_path, cloc
     ranged = [r for r in sandbox.s3.requests if record["id"] in r.path and "range" in r.headers]
     assert ranged and ranged[-1].status == 206
     assert archive_row(config, record["id"])["state"] == "claimed"
+
+
+class HeaderTrickler:
+    """A host that answers the status line and headers a byte at a time, each well within
+    the read timeout, for far longer than any deadline; ``cut`` is set when the client
+    hangs up on it."""
+
+    def __init__(self, pause: float = 0.05, pieces: int = 400) -> None:
+        self.cut = threading.Event()
+        trickler = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self) -> None:
+                if not _read_head(self.request):
+                    return
+                head = b"HTTP/1.1 200 OK\r\n" + b"X-Pad: " + b"a" * pieces + b"\r\n"
+                try:
+                    for byte in head:
+                        self.request.sendall(bytes([byte]))
+                        time.sleep(pause)
+                    self.request.sendall(b"Content-Length: 2\r\n\r\n{}")
+                except OSError:
+                    trickler.cut.set()
+
+        socketserver.ThreadingTCPServer.allow_reuse_address = True
+        self._server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self.port = self._server.server_address[1]
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_an_answer_whose_headers_trickle_is_cut_at_the_deadline(tmp_path, clock):
+    """The deadline covers the status line and headers too, not only the body."""
+    trickler = HeaderTrickler()
+    config = load_config(
+        _config_file(tmp_path, f"http://127.0.0.1:{trickler.port}", "deadline_seconds = 1"),
+        env={},
+    )
+    client = FlexpertoClient(config.flexperto, config.http, clock)
+    try:
+        with pytest.raises(ApiError, match="deadline"):
+            client.get_record("a1")
+        assert trickler.cut.wait(10)  # the worker hung up, long before the headers ended
+    finally:
+        client.close()
+        trickler.close()
+
+
+def _config_file(tmp_path: Path, base_url: str, http: str) -> Path:
+    path = tmp_path / "config.toml"
+    path.write_text(
+        f'[flexperto]\nbase_url = "{base_url}"\napi_key = "k"\n'
+        '[totalexpert]\nclient_id = "i"\nclient_secret = "s"\n'
+        f'[state]\ndatabase = "state.db"\n[storage]\narchive_dir = "archives"\n'
+        f"[http]\ntimeout_seconds = 5\nretries = 0\n{http}\n"
+    )
+    path.chmod(0o600)
+    return path
