@@ -271,12 +271,22 @@ def _parse_listed(ctx: JobContext, raw: object, listing: str) -> ArchiveRecord |
     if record.status in IN_PROGRESS:
         reason = f"still {record.status}"
         held_records.hold(ctx.db, raw, held_records.IN_PROGRESS, reason, listing, ctx.clock.now())
-        log.debug("archive.in_progress", archive_id=record.archive_id, status=record.status)
+        log.debug(
+            "archive.in_progress",
+            archive_id=record.archive_id,
+            conference_id=record.conference_id,
+            status=record.status,
+        )
         return None
     if not record.downloadable:
         # Asked for by status, the list should not show it; unfiltered, it shows everything.
         level = log.warning if ctx.flexperto.filters_by_status else log.debug
-        level("archive.skipped_status", archive_id=record.archive_id, status=record.status)
+        level(
+            "archive.skipped_status",
+            archive_id=record.archive_id,
+            conference_id=record.conference_id,
+            status=record.status,
+        )
         return None
     return record
 
