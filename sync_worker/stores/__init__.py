@@ -39,7 +39,8 @@ class StoreError(Exception):
 
 class LinkRefused(StoreError):
     """A symbolic link inside the archive folder, where the worker keeps its own files: it
-    is never followed."""
+    is never followed; nor is anything else planted there that is no regular file or
+    folder (a named pipe, a device) ever opened."""
 
 
 @dataclass(frozen=True)

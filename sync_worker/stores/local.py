@@ -302,12 +302,33 @@ class _Folder:
         self.fd, self.path = fd, path
 
     def open(self, name: str, flags: int) -> int:
+        """A descriptor of ``name``: never through a link, and (unless a folder is asked
+        for) only of a regular file. Opened without blocking, so that a named pipe planted
+        there cannot hold the pass; a regular file takes no notice of that."""
         try:
-            return os.open(name, flags | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
+            fd = os.open(
+                name,
+                flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK,
+                0o600,
+                dir_fd=self.fd,
+            )
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.ENOTDIR):
                 self.refuse_link(name)
+            if exc.errno == errno.ENXIO:  # a pipe opened for writing, nobody reading
+                raise LinkRefused(self._not_a_file(name)) from None
             raise
+        if not flags & os.O_DIRECTORY and not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise LinkRefused(self._not_a_file(name))
+        return fd
+
+    def _not_a_file(self, name: str) -> str:
+        return (
+            f"{self.path / name} is not a regular file (a named pipe, a device, a socket?), "
+            "which the worker never reads or writes in the archive folder: remove it (and "
+            "look into who made it)"
+        )
 
     @contextlib.contextmanager
     def folder(self, name: str, create: bool = True) -> Iterator[_Folder]:

@@ -4,6 +4,7 @@ with another state file on the same folder, and symbolic links planted inside it
 from __future__ import annotations
 
 import hashlib
+import os
 import resource
 import signal
 from contextlib import contextmanager
@@ -195,6 +196,27 @@ def test_a_link_planted_in_a_conference_is_refused_and_nothing_outside_is_touche
     assert sandbox.flexperto.record(archive["id"])["status"] == "AVAILABLE"
     others = [r for r in sandbox.flexperto.records() if r["id"] != archive["id"]]
     assert [r for r in others if r["status"] == "ABANDONED"]  # the pass went on
+
+
+@pytest.mark.parametrize("name", ["{c}/.{a}.zip.part", "{c}/{a}.zip"], ids=["partial", "final"])
+def test_a_fifo_planted_in_a_conference_fails_its_archive_and_blocks_nothing(
+    sandbox, config, clock, log_lines, name
+):
+    """A named pipe where a file is awaited would block the first open for reading for
+    ever (nobody writes to it): the pass must go on, the archive fail naming it."""
+    archive = sandbox.flexperto.add_archive()
+    ids = {"c": archive["subject"]["conference_id"], "a": archive["id"]}
+    planted = config.storage.archive_dir / name.format(**ids)
+    planted.parent.mkdir(parents=True)
+    os.mkfifo(planted)
+
+    result = run_pass(config, clock)
+
+    assert result.exit_code == 1
+    failed = [e for e in log_lines() if e["event"] == "item.failed"]
+    assert [e["archive_id"] for e in failed] == [archive["id"]]
+    assert str(planted) in failed[0]["error"] and "not a regular file" in failed[0]["error"]
+    assert sandbox.flexperto.record(archive["id"])["status"] == "AVAILABLE"
 
 
 def test_a_linked_archive_in_place_is_not_taken_for_a_stored_one(
