@@ -16,12 +16,12 @@ any other answer proves nothing, and the insight is looked for), ``data`` echoed
 ``expires_in`` (the documented hour when it is missing or not a number; kept within
 bounds).
 
-Paging over ``links.next`` is bounded: a page that shows only ids seen before ends it (a
-TE repeating itself), and so does an empty one; more pages than a ceiling is an ApiError
-rather than an answer cut short, since the caller would trust it as whole (an insight
-not found among the pages read may be on the next one, and posting it again would double
-it). Reading TE's directory whole may take ``totalexpert.max_list_pages`` pages, anything
-else LOOKUP_PAGES. Ids and counts are ints, or strings of ASCII digits only.
+Paging over ``links.next`` is bounded: an empty page ends it; a page that shows only ids
+seen before (a TE repeating itself) and more pages than a ceiling are an ApiError rather
+than an answer cut short, since the caller would trust it as whole (an insight not found
+among the pages read may be on the next one, and posting it again would double it).
+Reading TE's directory whole may take ``totalexpert.max_list_pages`` pages, anything else
+LOOKUP_PAGES. Ids and counts are ints, or strings of ASCII digits only.
 """
 
 from __future__ import annotations
@@ -285,8 +285,11 @@ class TotalExpertClient:
         for _ in range(ceiling):
             items, links = self._page(path, filters, page)
             ids = _ids(items)
-            if not items or (ids and ids <= seen):
+            if not items:
                 return
+            if ids and ids <= seen:  # what it has not shown may be there all the same
+                self._log.warning("te.paging_repeated", path=path, page=page)
+                raise ApiError(SERVICE, f"list {path} repeats its pages from page {page}")
             seen |= ids
             yield from items
             next_page = _int(links.get("next"))

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from sync_worker.sandbox import Fault
+from sync_worker.sandbox.http import Incoming, Reply
 from sync_worker.state import archives
 from sync_worker.state.db import open_database
+from tests.system.hostile.test_insight_ledger import HTML, answer_posts_with, in_te, ledger
+from tests.system.hostile.test_poisoned_answers import rewritten, wrap
 
 GOOD = {"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}
 LIST = "/communication/conferences/archives$"
@@ -46,3 +51,40 @@ def test_a_listing_that_fails_half_way_abandons_nothing(sandbox, config, run):
     sandbox.flexperto.set_status(packing["id"], "AVAILABLE")
     run()
     assert abandons(sandbox, "c-r1") == 1
+
+
+def test_a_te_repeating_a_page_of_insights_is_no_proof_that_one_is_missing(
+    sandbox, config, run, clock, monkeypatch
+):
+    """An insight whose POST was answered by a gateway's page is looked for; TE then
+    serves the contact's first page whatever page is asked for, with a next link: what
+    was not shown may well be there, and posting it again would double it."""
+    assert run().exit_code == 0  # the seed's insights, one of them for Max
+    answer_posts_with(sandbox, monkeypatch, 502, "text/html", HTML)
+    clock.advance(3600)
+    run()  # the seed's archive that was packing: TE has Max's second insight, unproven
+    monkeypatch.undo()
+    sending = [key for key, state in ledger(config).items() if state == "sending"]
+    assert sending and all(in_te(sandbox)[key] == 1 for key in sending)
+
+    def first_page_forever(request: Incoming, normal) -> Reply:
+        if request.method != "GET" or not request.path.endswith("/insights"):
+            return normal(request)
+        number = int(request.query.get("page[number]", 1))
+        query = {**request.query, "page[number]": "1", "page[size]": "1"}
+        reply = normal(replace(request, query=query))
+
+        def next_link(body: dict) -> None:
+            body["links"]["next"] = number + 1 if number < 50 else None
+
+        return rewritten(reply, next_link)
+
+    wrap(sandbox.totalexpert, first_page_forever)
+    clock.advance(config.retry.max_backoff_seconds)
+    run()
+    assert max(in_te(sandbox).values()) == 1
+    assert all(ledger(config)[key] != "sent" for key in sending)  # nor proven missing
+
+
+def _contact_id(sandbox, email: str) -> int:
+    return next(c["id"] for c in sandbox.totalexpert.contacts() if c["email"] == email)
