@@ -8,7 +8,7 @@ import pytest
 
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.http import Incoming, Reply
-from sync_worker.state import archives
+from sync_worker.state import archives, held_records
 from sync_worker.state.db import open_database
 from tests.system.hostile.test_insight_ledger import HTML, answer_posts_with, in_te, ledger
 from tests.system.hostile.test_poisoned_answers import rewritten, wrap
@@ -88,3 +88,23 @@ def test_a_te_repeating_a_page_of_insights_is_no_proof_that_one_is_missing(
 
 def _contact_id(sandbox, email: str) -> int:
     return next(c["id"] for c in sandbox.totalexpert.contacts() if c["email"] == email)
+
+
+@pytest.mark.parametrize("field", ["id", "conference_id"])
+def test_a_lone_surrogate_in_a_rejected_record_fails_only_that_record(sandbox, config, run, field):
+    """JSON may escape half a UTF-16 pair ("\\udc80"), which Python reads as a lone
+    surrogate: SQLite cannot take it as text, and the held record must still be kept."""
+    good = sandbox.flexperto.add_archive(conference_id="c-r3", participants=[GOOD])
+    bad = "a\udc80b"
+    record = {"id": "r-3", "status": "AVAILABLE", "subject": {"conference_id": "c-r3"}}
+    if field == "id":
+        record["id"] = bad
+    else:
+        record["subject"] = {"conference_id": bad}
+    sandbox.flexperto.add_raw_record(record)
+    run()
+    db = open_database(config.state.database)
+    assert archives.get(db, good["id"]).state == archives.STORED  # the job went on
+    assert held_records.counts(db)[held_records.REJECTED] == 1
+    db.close()
+    assert abandons(sandbox, "c-r3") == 0  # held: its own conference, or every one
