@@ -475,10 +475,10 @@ def _contacts(items: Iterable[object]) -> list[Contact]:
 def _user(item: object) -> User | None:
     if not isinstance(item, dict):
         return None
-    user_id, email = _int(item.get("id")), item.get("email")
-    if user_id is None or not isinstance(email, str):
+    user_id, email = _int(item.get("id")), _email(item.get("email"))
+    if user_id is None or email is None:
         return None
-    return User(user_id, email.lower())
+    return User(user_id, email)
 
 
 def _for_contact(insight: dict[str, Any], contact_id: int) -> bool:
@@ -499,12 +499,24 @@ def _contact(item: object) -> Contact | None:
     if not isinstance(item, dict):
         return None
     contact_id = _int(item.get("id"))
-    email = item.get("email")
-    if contact_id is None or not isinstance(email, str):
+    email = _email(item.get("email"))
+    if contact_id is None or email is None:
         return None
     owner = item.get("owner")
     owner_id = _int(owner.get("id")) if isinstance(owner, dict) else None
-    return Contact(contact_id, email.lower(), owner_id)
+    return Contact(contact_id, email, owner_id)
+
+
+def _email(value: object) -> str | None:
+    """An address as TE sent it, in lower case, if it is text SQLite can keep (JSON may
+    escape half a UTF-16 pair, which Python reads as a lone surrogate no UTF-8 encodes)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value.lower()
 
 
 def _ids(items: list[Any]) -> set[int]:

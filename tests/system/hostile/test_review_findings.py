@@ -8,6 +8,7 @@ import pytest
 
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.http import Incoming, Reply
+from sync_worker.sandbox.seed import ANNA
 from sync_worker.state import archives, held_records
 from sync_worker.state.db import open_database
 from tests.system.hostile.test_insight_ledger import HTML, answer_posts_with, in_te, ledger
@@ -108,3 +109,16 @@ def test_a_lone_surrogate_in_a_rejected_record_fails_only_that_record(sandbox, c
     assert held_records.counts(db)[held_records.REJECTED] == 1
     db.close()
     assert abandons(sandbox, "c-r3") == 0  # held: its own conference, or every one
+
+
+def test_a_te_contact_whose_address_holds_a_lone_surrogate_fails_no_pass(
+    sandbox, config, run, clock
+):
+    """One contact of TE's directory with such an address is skipped; the others' insights
+    are posted as ever."""
+    anna = next(u for u in sandbox.totalexpert.users() if u["email"] == ANNA["email"])
+    sandbox.totalexpert.add_contact("x\udc80@example.org", anna["id"])
+    result = run()
+    clock.advance(config.retry.max_backoff_seconds)
+    run()
+    assert len(in_te(sandbox)) >= 3, result  # the seed's insights
