@@ -122,3 +122,14 @@ def test_a_te_contact_whose_address_holds_a_lone_surrogate_fails_no_pass(
     clock.advance(config.retry.max_backoff_seconds)
     run()
     assert len(in_te(sandbox)) >= 3, result  # the seed's insights
+
+
+@pytest.mark.parametrize("field", ["email", "name"])
+def test_a_participant_holding_a_lone_surrogate_fails_not_its_archive(sandbox, config, run, field):
+    """The archive is stored and abandoned; the poisoned participant alone is left out."""
+    poisoned = {**GOOD, "email": "z@example.org", field: "z\udc80@example.org"}
+    meeting = sandbox.flexperto.add_archive(conference_id="c-r4", participants=[GOOD, poisoned])
+    run()
+    db = open_database(config.state.database)
+    assert archives.get(db, meeting["id"]).state == archives.CLAIMED
+    db.close()
