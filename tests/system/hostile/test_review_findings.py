@@ -133,3 +133,19 @@ def test_a_participant_holding_a_lone_surrogate_fails_not_its_archive(sandbox, c
     db = open_database(config.state.database)
     assert archives.get(db, meeting["id"]).state == archives.CLAIMED
     db.close()
+
+
+def test_an_error_answer_holding_a_lone_surrogate_fails_only_its_item(sandbox, config, run):
+    """The service's message is kept as the item's error: SQLite must be able to take it."""
+    target = sandbox.flexperto.add_archive(conference_id="c-r5", participants=[GOOD])
+    other = sandbox.flexperto.add_archive(conference_id="c-r6", participants=[GOOD])
+    body = '{"message": "no \\udc80 such archive"}'
+    sandbox.add_fault(
+        "flexperto",
+        Fault(path=f"/{target['id']}/download$", status=500, body=body, times=None),
+    )
+    run()
+    db = open_database(config.state.database)
+    assert archives.get(db, target["id"]).state == archives.FAILED
+    assert archives.get(db, other["id"]).state == archives.CLAIMED
+    db.close()
