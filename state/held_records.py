@@ -84,13 +84,17 @@ def hold(
     listing: str,
     now: float,
 ) -> None:
-    """Hold a listed record (or keep holding it), marked as seen by ``listing``."""
+    """Hold a listed record (or keep holding it), marked as seen by ``listing``. Two
+    records of one listing under one key in two conferences hold back every conference
+    (either could be lost)."""
     key, conference = record_key(raw), record_conference(raw)
     with transaction(db):
         db.execute(
             "insert into held_records (key, conference_id, kind, reason, listing, "
             "first_seen_at, last_seen_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do "
-            "update set conference_id = excluded.conference_id, kind = excluded.kind, "
+            "update set conference_id = case when listing = excluded.listing and "
+            "conference_id is not excluded.conference_id then null "
+            "else excluded.conference_id end, kind = excluded.kind, "
             "reason = excluded.reason, listing = excluded.listing, "
             "last_seen_at = excluded.last_seen_at",
             [key, conference, kind, reason[:TEXT_LIMIT], listing, now, now],

@@ -149,3 +149,16 @@ def test_an_error_answer_holding_a_lone_surrogate_fails_only_its_item(sandbox, c
     assert archives.get(db, target["id"]).state == archives.FAILED
     assert archives.get(db, other["id"]).state == archives.CLAIMED
     db.close()
+
+
+def test_two_rejected_records_under_one_key_hold_back_both_conferences(sandbox, config, run):
+    """Two records with the same id (or ids alike in their first 200 characters) in two
+    conferences: holding the second must not release the first one's conference."""
+    for conference in ("c-r7", "c-r8"):
+        sandbox.flexperto.add_archive(conference_id=conference, participants=[GOOD])
+        sandbox.flexperto.add_raw_record(
+            {"id": "dup+id", "status": "AVAILABLE", "subject": {"conference_id": conference}}
+        )
+    run()
+    run()  # and in every later listing
+    assert abandons(sandbox, "c-r7") == abandons(sandbox, "c-r8") == 0
