@@ -48,9 +48,10 @@ def new_listing() -> str:
 
 
 def record_key(raw: object) -> str:
-    """What names a listed record: its id when it is a string, else a digest of it."""
+    """What names a listed record: its id when it is a string SQLite can keep, else a
+    digest of it."""
     ident = raw.get("id") if isinstance(raw, dict) else None
-    if isinstance(ident, str) and ident:
+    if isinstance(ident, str) and ident and _storable(ident):
         return ident[:TEXT_LIMIT]
     text = json.dumps(raw, sort_keys=True, default=repr)
     return "record-" + hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -60,9 +61,19 @@ def record_conference(raw: object) -> str | None:
     """The conference a listed record names, if it names one as a string."""
     subject = raw.get("subject") if isinstance(raw, dict) else None
     conference = subject.get("conference_id") if isinstance(subject, dict) else None
-    if isinstance(conference, str) and 0 < len(conference) <= TEXT_LIMIT:
+    if isinstance(conference, str) and 0 < len(conference) <= TEXT_LIMIT and _storable(conference):
         return conference
     return None
+
+
+def _storable(text: str) -> bool:
+    """Whether SQLite can keep ``text``: JSON may escape half a UTF-16 pair ("\\udc80"),
+    which Python reads as a lone surrogate that no UTF-8 can encode."""
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def hold(
@@ -73,13 +84,17 @@ def hold(
     listing: str,
     now: float,
 ) -> None:
-    """Hold a listed record (or keep holding it), marked as seen by ``listing``."""
+    """Hold a listed record (or keep holding it), marked as seen by ``listing``. Two
+    records of one listing under one key in two conferences hold back every conference
+    (either could be lost)."""
     key, conference = record_key(raw), record_conference(raw)
     with transaction(db):
         db.execute(
             "insert into held_records (key, conference_id, kind, reason, listing, "
             "first_seen_at, last_seen_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do "
-            "update set conference_id = excluded.conference_id, kind = excluded.kind, "
+            "update set conference_id = case when listing = excluded.listing and "
+            "conference_id is not excluded.conference_id then null "
+            "else excluded.conference_id end, kind = excluded.kind, "
             "reason = excluded.reason, listing = excluded.listing, "
             "last_seen_at = excluded.last_seen_at",
             [key, conference, kind, reason[:TEXT_LIMIT], listing, now, now],

@@ -62,7 +62,9 @@ class ApiError(Exception):
     """A request failed for good: the service refused it or answered nonsense."""
 
     def __init__(self, service: str, message: str, status: int | None = None) -> None:
-        super().__init__(f"{service}: {message}")
+        # A service's text may hold half a UTF-16 pair (JSON escapes one): escaped here, as
+        # the text is kept in the state file, whose UTF-8 cannot take it as it is.
+        super().__init__(f"{service}: {message}".encode(errors="backslashreplace").decode())
         self.service = service
         self.status = status
 

@@ -16,12 +16,12 @@ any other answer proves nothing, and the insight is looked for), ``data`` echoed
 ``expires_in`` (the documented hour when it is missing or not a number; kept within
 bounds).
 
-Paging over ``links.next`` is bounded: a page that shows only ids seen before ends it (a
-TE repeating itself), and so does an empty one; more pages than a ceiling is an ApiError
-rather than an answer cut short, since the caller would trust it as whole (an insight
-not found among the pages read may be on the next one, and posting it again would double
-it). Reading TE's directory whole may take ``totalexpert.max_list_pages`` pages, anything
-else LOOKUP_PAGES. Ids and counts are ints, or strings of ASCII digits only.
+Paging over ``links.next`` is bounded: an empty page ends it; a page that shows only ids
+seen before (a TE repeating itself) and more pages than a ceiling are an ApiError rather
+than an answer cut short, since the caller would trust it as whole (an insight not found
+among the pages read may be on the next one, and posting it again would double it).
+Reading TE's directory whole may take ``totalexpert.max_list_pages`` pages, anything else
+LOOKUP_PAGES. Ids and counts are ints, or strings of ASCII digits only.
 """
 
 from __future__ import annotations
@@ -285,8 +285,11 @@ class TotalExpertClient:
         for _ in range(ceiling):
             items, links = self._page(path, filters, page)
             ids = _ids(items)
-            if not items or (ids and ids <= seen):
+            if not items:
                 return
+            if ids and ids <= seen:  # what it has not shown may be there all the same
+                self._log.warning("te.paging_repeated", path=path, page=page)
+                raise ApiError(SERVICE, f"list {path} repeats its pages from page {page}")
             seen |= ids
             yield from items
             next_page = _int(links.get("next"))
@@ -472,10 +475,10 @@ def _contacts(items: Iterable[object]) -> list[Contact]:
 def _user(item: object) -> User | None:
     if not isinstance(item, dict):
         return None
-    user_id, email = _int(item.get("id")), item.get("email")
-    if user_id is None or not isinstance(email, str):
+    user_id, email = _int(item.get("id")), _email(item.get("email"))
+    if user_id is None or email is None:
         return None
-    return User(user_id, email.lower())
+    return User(user_id, email)
 
 
 def _for_contact(insight: dict[str, Any], contact_id: int) -> bool:
@@ -496,12 +499,24 @@ def _contact(item: object) -> Contact | None:
     if not isinstance(item, dict):
         return None
     contact_id = _int(item.get("id"))
-    email = item.get("email")
-    if contact_id is None or not isinstance(email, str):
+    email = _email(item.get("email"))
+    if contact_id is None or email is None:
         return None
     owner = item.get("owner")
     owner_id = _int(owner.get("id")) if isinstance(owner, dict) else None
-    return Contact(contact_id, email.lower(), owner_id)
+    return Contact(contact_id, email, owner_id)
+
+
+def _email(value: object) -> str | None:
+    """An address as TE sent it, in lower case, if it is text SQLite can keep (JSON may
+    escape half a UTF-16 pair, which Python reads as a lone surrogate no UTF-8 encodes)."""
+    if not isinstance(value, str):
+        return None
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return None
+    return value.lower()
 
 
 def _ids(items: list[Any]) -> set[int]:

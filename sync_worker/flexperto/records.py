@@ -215,10 +215,22 @@ def _person(value: object) -> Person | None:
     if not isinstance(value, dict):
         return None
     email = value.get("email")
-    if not isinstance(email, str) or not EMAIL.fullmatch(email.strip()):
+    if not _text(email) or not EMAIL.fullmatch(email.strip()):
         return None
     name = value.get("name")
-    return Person(email=email.strip().lower(), name=name[:200] if isinstance(name, str) else "")
+    return Person(email=email.strip().lower(), name=name[:200] if _text(name) else "")
+
+
+def _text(value: object) -> TypeGuard[str]:
+    """Whether ``value`` is text SQLite can keep: JSON may escape half a UTF-16 pair,
+    which Python reads as a lone surrogate that no UTF-8 encodes."""
+    if not isinstance(value, str):
+        return False
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _participants(value: object) -> tuple[Person, ...]:
