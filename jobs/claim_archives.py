@@ -60,6 +60,8 @@ FAILURE_TRANSITIONS = {
     archives.FAILED: archives.FAILED,
     archives.STORED: archives.STORED,
 }
+# What holds every conference back when this pass's listing was not read whole.
+NOT_WHOLE = "the listing, not read whole this pass"
 # The record's status as Flexperto reports it, when the listing did not show the archive.
 CLAIMED_REMOTELY = frozenset({"ABANDONED", "EXPIRED"})
 
@@ -78,7 +80,7 @@ def run(ctx: JobContext) -> None:
         ctx.stats.add(Outcome.FAILED)
         return
     stored_before = ctx.stats.counts[Outcome.STORED]
-    listed, listing_ok = refresh_listing(ctx)
+    listed, listed_whole = refresh_listing(ctx)
     open_work = archives.open_work(ctx.db)
     due = _due(ctx, open_work)
     if len(due) < len(open_work):
@@ -93,7 +95,7 @@ def run(ctx: JobContext) -> None:
         if store(thread_ctx, row):
             with abandoning:
                 make_durable(thread_ctx.db)
-                abandon(thread_ctx, row, row.archive_id in listed, listing_ok)
+                abandon(thread_ctx, row, row.archive_id in listed, listed_whole)
 
     try:
         _in_parallel(ctx, to_store, store_then_abandon)
@@ -107,7 +109,7 @@ def run(ctx: JobContext) -> None:
             log.info("run.stopping")
             return
         if row.state == archives.STORED:
-            abandon(ctx, row, row.archive_id in listed, listing_ok)
+            abandon(ctx, row, row.archive_id in listed, listed_whole)
     if ctx.stats.counts[Outcome.STORED] > stored_before and not ctx.store.appends_sums:
         sha256sums.rewrite(ctx)  # a bucket's SHA256SUMS: a failure waits for the next pass
 
@@ -190,7 +192,8 @@ def refresh_listing(ctx: JobContext) -> tuple[set[str], bool]:
     """Record every downloadable archive Flexperto lists; hold the records that cannot be
     taken (rejected, or still being made), which holds their conference back. Returns the
     ids of the archives listed (those not listed are looked up one by one before they are
-    abandoned), and whether the listing was read without failing."""
+    abandoned), and whether the listing was read whole: without failing, and to its end
+    (not cut at the ceiling, nor by a service repeating itself)."""
     seen: dict[str, ArchiveRecord] = {}
     listing = held_records.new_listing()
     try:
@@ -201,10 +204,10 @@ def refresh_listing(ctx: JobContext) -> tuple[set[str], bool]:
     except ApiError as exc:  # keep what was listed before the failure, and every hold
         log.error("archive.list_failed", error=str(exc))
         ctx.stats.add(Outcome.FAILED)
-        listing_ok = False
+        whole = False
     else:
-        listing_ok = True
-        if ctx.flexperto.listed_whole:  # a listing cut short releases no held record
+        whole = ctx.flexperto.listed_whole
+        if whole:  # a listing cut short releases no held record
             held_records.forget_unseen(ctx.db, listing)
     for archive_id in archives.note_listed(ctx.db, seen.values(), ctx.clock.now()):
         record = seen[archive_id]
@@ -215,7 +218,7 @@ def refresh_listing(ctx: JobContext) -> tuple[set[str], bool]:
             status=record.status,
         )
         ctx.stats.add(Outcome.LISTED)
-    return set(seen), listing_ok
+    return set(seen), whole
 
 
 def _listed_records(ctx: JobContext) -> Iterator[object]:
@@ -307,17 +310,17 @@ def store(ctx: JobContext, row: ArchiveRow) -> bool:
     return True
 
 
-def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listing_ok: bool) -> None:
+def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool) -> None:
     """Abandon a stored archive's conference at Flexperto, and checkpoint the claim.
     ``listed``: the archive was in this pass's listing, so its status there is current;
-    ``listing_ok``: the listing did not fail (else no conference is abandoned: what it did
-    not read may hold a sibling that neither the ledger nor a held record knows of)."""
+    ``listed_whole``: the listing was read whole (else no conference is abandoned: what it
+    did not read may hold a sibling that neither the ledger nor a held record knows of)."""
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         current = archives.get(ctx.db, row.archive_id)
         if current is None or current.state != archives.STORED:
             return  # claimed meanwhile, with a sibling of its conference
-        _abandon(ctx, current, listed, listing_ok, bound)
+        _abandon(ctx, current, listed, listed_whole, bound)
     except JOB_STOPPERS:
         raise
     except Exception as exc:
@@ -400,7 +403,9 @@ def _download(ctx: JobContext, record: ArchiveRecord, offset: int) -> Iterator[D
         )
 
 
-def _abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listing_ok: bool, bound: Any) -> None:
+def _abandon(
+    ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool, bound: Any
+) -> None:
     archive_id, conference_id = row.archive_id, row.conference_id
     remote_status = row.remote_status if listed else _remote_status(ctx, archive_id)
     if remote_status in CLAIMED_REMOTELY:  # abandoned already (by a pass cut short, say)
@@ -408,7 +413,7 @@ def _abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listing_ok: bool, b
         bound.info("archive.claimed", already_abandoned=True)
         ctx.stats.add(Outcome.CLAIMED)
         return
-    waiting_for = conference_blockers(ctx.db, conference_id) if listing_ok else ["listing failed"]
+    waiting_for = conference_blockers(ctx.db, conference_id) if listed_whole else [NOT_WHOLE]
     if waiting_for:
         bound.info("archive.abandon_deferred", waiting_for=waiting_for)
         ctx.stats.add(Outcome.DEFERRED)

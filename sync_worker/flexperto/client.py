@@ -10,8 +10,9 @@ session that never carries the api-key, and only to a target that
 :mod:`sync_worker.flexperto.download_targets` allows, checked again on the address
 connected to. A download is cut when it falls below the minimum rate (``[http]``).
 
-A paged listing is bounded: it ends at a page that shows no archive id not seen before (a
-service that ignores ``offset``, however it stamps its answers), and after
+A paged listing is bounded: at a page that shows no archive id not seen before (a service
+that ignores ``offset``, however it stamps its answers) it asks once for everything, the
+plain request the guide shows, and ends; and after
 ``flexperto.max_list_pages`` pages (a listing that never ends) with what it has, so that
 what was listed is stored in this pass; the next pass lists again. A page nested too
 deeply to read is skipped (the same record would poison it on every pass, hiding the pages
@@ -174,8 +175,8 @@ class FlexpertoClient:
         """The records listed with any of ``statuses`` (or, without a status filter, every
         record listed), page by page; items are raw and unvalidated. Pages that could not
         be read are skipped, and raised as one ApiError at the end. Afterwards
-        :attr:`listed_whole` says whether every page was read (not when the service
-        repeated itself or the ceiling was reached: records may lie beyond)."""
+        :attr:`listed_whole` says whether every page was read (not when the ceiling was
+        reached: records may lie beyond)."""
         skipped: list[UnreadableAnswer] = []
         self.listed_whole = True
         listings = [{"status": s} for s in statuses] if self.filters_by_status else [{}]
@@ -212,9 +213,10 @@ class FlexpertoClient:
             unreadable_before = False
             ids = set(map(_archive_id, items)) - {None}
             if ids and ids <= seen:
+                # The service ignores offset: ask once for everything, as the guide does.
                 self._log.warning("flexperto.listing_repeated", offset=offset, **filters)
-                self.listed_whole = False
-                return  # the service ignores offset: this page was seen already
+                yield from self._list_page(form, filters, None)
+                return
             seen |= ids
             yield from items
             if len(items) != self._page_size:

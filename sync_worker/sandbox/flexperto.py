@@ -180,6 +180,12 @@ class FakeFlexperto(FakeService):
         with self.lock:
             self._extras.append(_Raw(record))
 
+    def remove_raw_records(self) -> None:
+        """List none of the records added with :meth:`add_raw_record` any more (Flexperto
+        mended them)."""
+        with self.lock:
+            self._extras = [e for e in self._extras if not isinstance(e, _Raw)]
+
     def duplicate_in_listing(self, archive_id: str) -> None:
         """List the record a second time, after all the others."""
         with self.lock:

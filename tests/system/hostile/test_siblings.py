@@ -6,6 +6,7 @@ the operator; nothing is dropped in silence."""
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 import pytest
 from hypothesis import given
@@ -224,3 +225,26 @@ def test_a_listing_cut_short_releases_no_held_record(sandbox, tmp_path, config, 
     assert archives.get(db, good["id"]).state == archives.STORED
     assert bad["id"] in render_table(db)
     db.close()
+
+
+@pytest.mark.lenient_only  # the strict listing has no pages to cut short
+def test_a_sibling_past_the_listings_ceiling_holds_its_conference_back(
+    sandbox, tmp_path, config, clock
+):
+    """The first page shows one archive of a conference; its sibling is on a page the
+    ceiling never reaches, so neither the ledger nor a held record knows of it: a listing
+    not read to its end abandons nothing."""
+    early = datetime(2026, 1, 5, 9, 0, tzinfo=UTC)  # listed first, before the seeded ones
+    seen = sandbox.flexperto.add_archive(conference_id="c-7", participants=[GOOD], start=early)
+    unseen = sandbox.flexperto.add_archive(conference_id="c-7", participants=[GOOD])
+    path = write_config(tmp_path, sandbox)
+    text = path.read_text().replace("page_size = 100\n", "page_size = 1\nmax_list_pages = 1\n")
+    path.write_text(text)
+    capped = load_config(path, env={})
+    for _ in range(3):
+        run_pass(capped, clock)
+    assert abandons(sandbox, "c-7") == 0
+    assert sandbox.flexperto.record(unseen["id"])["status"] == "AVAILABLE"
+    run_pass(config, clock)  # read whole: both stored, then the conference abandoned once
+    assert abandons(sandbox, "c-7") == 1
+    assert {sandbox.flexperto.record(a["id"])["status"] for a in (seen, unseen)} == {"ABANDONED"}
