@@ -155,6 +155,7 @@ def run(
             + SETTINGS
             + (CROWD_SETTINGS if crowd else "")
         )
+        config.chmod(0o600)  # it holds the sandbox's secrets
         with Crowd(config, random.Random(rng.random()), report) if crowd else nullcontext():
             _kill_passes(sandbox, config, rng, report, kills)
         for server in ("flexperto", "s3", "te"):
