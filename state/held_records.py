@@ -24,6 +24,7 @@ from typing import Any
 import sqlite_utils
 
 from sync_worker.state.db import transaction
+from sync_worker.untrusted import storable
 
 REJECTED = "rejected"
 IN_PROGRESS = "in_progress"
@@ -51,7 +52,7 @@ def record_key(raw: object) -> str:
     """What names a listed record: its id when it is a string SQLite can keep, else a
     digest of it."""
     ident = raw.get("id") if isinstance(raw, dict) else None
-    if isinstance(ident, str) and ident and _storable(ident):
+    if isinstance(ident, str) and ident and storable(ident):
         return ident[:TEXT_LIMIT]
     text = json.dumps(raw, sort_keys=True, default=repr)
     return "record-" + hashlib.sha256(text.encode()).hexdigest()[:16]
@@ -61,19 +62,9 @@ def record_conference(raw: object) -> str | None:
     """The conference a listed record names, if it names one as a string."""
     subject = raw.get("subject") if isinstance(raw, dict) else None
     conference = subject.get("conference_id") if isinstance(subject, dict) else None
-    if isinstance(conference, str) and 0 < len(conference) <= TEXT_LIMIT and _storable(conference):
+    if isinstance(conference, str) and 0 < len(conference) <= TEXT_LIMIT and storable(conference):
         return conference
     return None
-
-
-def _storable(text: str) -> bool:
-    """Whether SQLite can keep ``text``: JSON may escape half a UTF-16 pair ("\\udc80"),
-    which Python reads as a lone surrogate that no UTF-8 can encode."""
-    try:
-        text.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def hold(

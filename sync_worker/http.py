@@ -38,6 +38,7 @@ import tenacity
 import urllib3
 
 from sync_worker.config import HttpConfig
+from sync_worker.untrusted import MAX_INT_DIGITS
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
 # A server or gateway error may hide a request the service did process.
@@ -53,9 +54,6 @@ MARKS_PER_WINDOW = 16
 # Checks the address a connection reached: (scheme, host, port, peer address); raises to
 # refuse it, with an exception that is no OSError (so that it reaches the caller as it is).
 Guard = Callable[[str, str, int, str], None]
-# No id, count or size the APIs send is longer; Python's int limit (4300 digits) would
-# otherwise refuse the whole answer for one long number.
-MAX_INT_DIGITS = 32
 
 
 class ApiError(Exception):

@@ -53,6 +53,7 @@ from sync_worker.http import (
     retry_policy,
     send,
 )
+from sync_worker.untrusted import storable
 
 SERVICE = "totalexpert"
 # "Once you have retrieved a token, that token is valid for 1 hour." (getting-started guide)
@@ -508,15 +509,8 @@ def _contact(item: object) -> Contact | None:
 
 
 def _email(value: object) -> str | None:
-    """An address as TE sent it, in lower case, if it is text SQLite can keep (JSON may
-    escape half a UTF-16 pair, which Python reads as a lone surrogate no UTF-8 encodes)."""
-    if not isinstance(value, str):
-        return None
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return None
-    return value.lower()
+    """An address as TE sent it, in lower case, if it is text the state file can keep."""
+    return value.lower() if storable(value) else None
 
 
 def _ids(items: list[Any]) -> set[int]:

@@ -25,6 +25,7 @@ LAYERS = {
     "sync_worker.config": 0,
     "sync_worker.logs": 0,
     "sync_worker.private_files": 0,
+    "sync_worker.untrusted": 0,
     # the download policy imports nothing of ours; config validates its entries with it
     "sync_worker.flexperto.download_targets": -1,
     "sync_worker.http": 1,

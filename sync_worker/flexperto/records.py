@@ -27,8 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
-from sync_worker.http import MAX_INT_DIGITS
-from sync_worker.stores import SUMS_NAME
+from sync_worker.untrusted import MAX_INT_DIGITS, storable
 
 # The archive's own metadata is read only up to this size (a zip member can claim anything).
 METADATA_LIMIT = 4 * 1024 * 1024
@@ -54,7 +53,7 @@ IN_PROGRESS = frozenset({"PROCESSING", "ARTIFACT_GATHERING_COMPLETE", "PACKING"}
 SAFE_ID = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]{0,127}")
 # Names the worker keeps at the root of a store, as a conference folder would be named (in
 # lower case: file systems may ignore case). Every other one starts with ".".
-RESERVED_IDS = frozenset({SUMS_NAME.lower()})
+RESERVED_IDS = frozenset({"sha256sums"})  # the store's stores.SUMS_NAME, in lower case
 JSON_SCALARS = (str, float, type(None))
 INT_LIMIT = 10**MAX_INT_DIGITS
 SHA256_HEX = re.compile(r"[0-9a-fA-F]{64}")
@@ -215,22 +214,10 @@ def _person(value: object) -> Person | None:
     if not isinstance(value, dict):
         return None
     email = value.get("email")
-    if not _text(email) or not EMAIL.fullmatch(email.strip()):
+    if not storable(email) or not EMAIL.fullmatch(email.strip()):
         return None
     name = value.get("name")
-    return Person(email=email.strip().lower(), name=name[:200] if _text(name) else "")
-
-
-def _text(value: object) -> TypeGuard[str]:
-    """Whether ``value`` is text SQLite can keep: JSON may escape half a UTF-16 pair,
-    which Python reads as a lone surrogate that no UTF-8 encodes."""
-    if not isinstance(value, str):
-        return False
-    try:
-        value.encode()
-    except UnicodeEncodeError:
-        return False
-    return True
+    return Person(email=email.strip().lower(), name=name[:200] if storable(name) else "")
 
 
 def _participants(value: object) -> tuple[Person, ...]:

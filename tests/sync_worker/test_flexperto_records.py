@@ -11,7 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync_worker.flexperto.records import RecordError, is_safe_id, parse_record, people_from_archive
+from sync_worker.flexperto.records import (
+    RESERVED_IDS,
+    RecordError,
+    is_safe_id,
+    parse_record,
+    people_from_archive,
+)
+from sync_worker.stores import SUMS_NAME
 
 GOOD = {
     "id": "9b2f0c1e-1111-2222-3333-444455556666",
@@ -191,3 +198,7 @@ def test_a_file_that_is_not_a_zip_yields_nobody(tmp_path):
     path = tmp_path / "a.zip"
     path.write_bytes(b"not a zip")
     assert people_from_archive(path) == (None, ())
+
+
+def test_the_stores_own_file_name_is_a_reserved_id():
+    assert SUMS_NAME.lower() in RESERVED_IDS
