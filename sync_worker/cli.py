@@ -170,7 +170,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "sandbox":
         try:
             return demo.serve_sandbox(
-                Path(args.dir), args.fault, STRICT if args.strict else LENIENT
+                Path(args.dir), args.fault, STRICT if args.strict else LENIENT, args.storage
             )
         except ValueError as exc:
             print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)

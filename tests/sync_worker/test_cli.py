@@ -237,6 +237,36 @@ def test_sandbox_command_prints_a_working_config(tmp_path):
     assert process.wait(timeout=10) == 0
 
 
+def test_sandbox_command_with_s3_storage_serves_a_bucket(tmp_path):
+    import signal
+    import tomllib
+
+    import boto3
+
+    process = start_worker("sandbox", "--dir", str(tmp_path / "sb"), "--storage", "s3")
+    try:
+        lines = []
+        assert process.stdout is not None
+        for line in process.stdout:
+            lines.append(line)
+            if line.startswith("database"):
+                break
+        storage = tomllib.loads("".join(lines))["storage"]
+        assert storage["backend"] == "s3"
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=storage["endpoint_url"],
+            region_name=storage["region"],
+            aws_access_key_id=storage["access_key_id"],
+            aws_secret_access_key=storage["secret_access_key"],
+        )
+        lock = s3.get_object_lock_configuration(Bucket=storage["bucket"])
+        assert lock["ObjectLockConfiguration"]["ObjectLockEnabled"] == "Enabled"
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=10) == 0
+
+
 def test_a_state_file_that_is_not_a_database_is_an_error_not_a_traceback(sandbox, tmp_path, config):
     config.state.database.write_bytes(b"this is not a SQLite database, " * 100)
     config_file = str(tmp_path / "config.toml")
