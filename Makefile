@@ -4,7 +4,7 @@ PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo demo-s3 test lint bench clean
+.PHONY: demo demo-s3 test lint bench docs docs-config clean
 
 ## demo: create the virtualenv, install the worker, run one pass against the sandbox
 demo: $(STAMP)
@@ -27,6 +27,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
+## docs: build the manual in docs/ into site/, failing on a broken link
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict
+
+## docs-config: paste the config example and key table from sync_worker/config.py into the manual
+docs-config: $(STAMP)
+	$(BIN)/python tools/regen_config_docs.py
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
@@ -34,4 +42,4 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 clean:
-	rm -rf $(VENV) demo-data sandbox-data bench/work
+	rm -rf $(VENV) demo-data sandbox-data bench/work site

@@ -2,8 +2,8 @@
 
 Each field carries its default (none: required), its help text, and what makes a value
 valid. From these declarations come the loading and validation here, the commented example
-that ``sync-worker init-config`` writes (:func:`example_toml`), and the README's table of
-keys (:func:`markdown_table`, held equal to the README by a test).
+that ``sync-worker init-config`` writes (:func:`example_toml`), and the manual's table of
+keys (:func:`markdown_table`, held equal to docs/configuration.md by a test).
 
 Values come, highest priority first, from ``SYNC_WORKER_<SECTION>_<KEY>`` environment
 variables, the config file, a secret's own environment variable, a systemd credential in
@@ -622,7 +622,7 @@ def example_toml() -> str:
 
 
 def markdown_table() -> str:
-    """The README's table of config keys."""
+    """The manual's table of config keys (docs/configuration.md)."""
     rows = ["| key | default | meaning |", "|---|---|---|"]
     for section, key in keys():
         rules = _rules(key)

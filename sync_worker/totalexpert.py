@@ -7,7 +7,7 @@ same pass (each try would spend another). The budgets and the cached token are k
 :class:`Access` the client is given: state.te_access shares them with every process through
 the state file, or through the host's shared budget file.
 
-Shapes the documents do not give, each with a way back (the README's table "What we assume
+Shapes the documents do not give, each with a way back (docs/assumptions.md, "What we assume
 about the APIs"): the ``internal_updated_at_start`` filter (:meth:`probe_updated_since`
 tells whether TE has it; jobs.contact_directory does without), the answer to
 ``POST /insights`` (``{"id": N, ...}``, or ``{}``: then the insight still counts as created;

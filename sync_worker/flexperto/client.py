@@ -1,6 +1,6 @@
 """Flexperto's archive API: the HTTP client, and the forms of request it may take.
 
-Assumed rather than documented, each with a way back (the README's table "What we assume
+Assumed rather than documented, each with a way back (docs/assumptions.md, "What we assume
 about the APIs"): the ``/api/v2`` prefix, the list's ``status`` filter and its
 ``limit``/``offset`` paging. :class:`ListingForm` names a combination; when the service
 refuses one (400/404) the next is tried, down to the plain request the guide shows, and a

@@ -3,7 +3,7 @@
 :func:`parse_record` turns a record from the API into an :class:`ArchiveRecord` or raises
 :class:`RecordError` saying why not. Field names beyond ``id``, ``status``, ``error``,
 ``subject.conference_id`` and ``sha256CheckSum`` are not documented, so every other field
-is optional (see the README's table "What we assume about the APIs"): ``size`` if present,
+is optional (see docs/assumptions.md, "What we assume about the APIs"): ``size`` if present,
 the subject's times and people (without participants, :func:`people_from_archive` reads
 them from the archive's own metadata), and the checksum may be hex or base64.
 

@@ -152,13 +152,13 @@ def between(text: str, name: str) -> str:
     return text.split(f"<!-- {name}:start -->\n")[1].split(f"<!-- {name}:end -->")[0]
 
 
-def test_the_readme_shows_the_declared_keys():
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
-    assert between(readme, "config-table") == markdown_table(), (
-        "README's config table is stale: paste sync_worker.config.markdown_table()"
+def test_the_manual_shows_the_declared_keys():
+    page = (Path(__file__).parents[2] / "docs" / "configuration.md").read_text()
+    assert between(page, "config-table") == markdown_table(), (
+        "docs/configuration.md's config table is stale: run make docs-config"
     )
-    assert between(readme, "config-example") == f"```toml\n{example_toml()}```\n", (
-        "README's example config is stale: paste sync_worker.config.example_toml()"
+    assert between(page, "config-example") == f"```toml\n{example_toml()}```\n", (
+        "docs/configuration.md's example config is stale: run make docs-config"
     )
 
 
