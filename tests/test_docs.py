@@ -183,3 +183,33 @@ def test_every_config_key_the_docs_write_exists(declared):
     }
     assert any(name in declared for _, name in written)
     assert sorted(w for w in written if w[1] not in declared | events) == []
+
+
+# Paths the docs write that the worker or the demo makes, not the repository.
+MADE = ("demo-data/",)
+
+
+def test_every_test_and_file_the_docs_cite_exists():
+    tests = ROOT / "tests"
+    defined = {
+        name
+        for path in tests.rglob("*.py")
+        for name in re.findall(r"def (test_\w+)", path.read_text())
+    }
+    path_pattern = r"(?<![\w/.-])((?:[\w.-]+/)+[\w.-]+\.(?:py|yml|md|toml|service|timer|json))"
+    missing = set()
+    for page, text in manual().items():
+        for span in code_spans(text):
+            missing |= {
+                (page.name, name)
+                for name in re.findall(r"\b(test_\w+)\b", span)
+                if name not in defined and not any(tests.rglob(f"{name}.py"))
+            }
+            missing |= {
+                (page.name, path)
+                for path in re.findall(path_pattern, span)
+                if not path.startswith(MADE)
+                and not (ROOT / path).exists()
+                and not (tests / path).exists()
+            }
+    assert sorted(missing) == []
