@@ -11,6 +11,7 @@ import pytest
 
 from sync_worker.cli import build_parser
 from sync_worker.config import keys
+from tests.test_monitoring import exported_names, rules
 
 ROOT = Path(__file__).parents[1]
 DOCS = ROOT / "docs"
@@ -213,3 +214,24 @@ def test_every_test_and_file_the_docs_cite_exists():
                 and not (tests / path).exists()
             }
     assert sorted(missing) == []
+
+
+def logged_events() -> set[str]:
+    """The event names the code logs, as written in its log calls."""
+    call = re.compile(
+        r"\.(?:debug|info|warning|error|exception|critical)\(\s*\"([a-z_]+\.[a-z_]+)\""
+    )
+    return {
+        name
+        for folder in SOURCES
+        for path in (ROOT / folder).rglob("*.py")
+        for name in call.findall(path.read_text())
+    }
+
+
+def test_the_manual_names_every_event_metric_and_alert():
+    text = "\n".join(manual().values())
+    events = logged_events()
+    assert len(events) > 20  # the pattern still finds the log calls
+    named = events | exported_names() | {rule["alert"] for rule in rules()}
+    assert sorted(name for name in named if not re.search(rf"\b{re.escape(name)}\b", text)) == []
