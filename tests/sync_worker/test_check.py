@@ -132,3 +132,15 @@ def test_check_options_are_checked(tmp_path, options):
     with pytest.raises(SystemExit) as exited:
         main(["check", *options])
     assert exited.value.code == 2
+
+
+def test_check_reads_a_state_file_another_process_has_open(sandbox, tmp_path, config, capsys):
+    run_pass(config, sandbox.clock)
+    held = open_database(config.state.database)  # as the daemon holds it, with its WAL
+    try:
+        before = listing(tmp_path)
+        assert check(tmp_path) == 0
+        assert findings(capsys.readouterr().out)["state database"][0] == "ok"
+        assert set(listing(tmp_path)) == set(before)
+    finally:
+        held.close()
