@@ -124,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     shown = config_commands.add_parser(
         "show", help="as TOML, from file, environment and defaults, secrets masked"
     )
-    _add_global_options(shown, dict.fromkeys(GLOBAL_DEFAULTS, argparse.SUPPRESS))
+    validate = config_commands.add_parser("validate", help="the same as check --offline")
+    for action in (shown, validate):
+        _add_global_options(action, dict.fromkeys(GLOBAL_DEFAULTS, argparse.SUPPRESS))
     audit = commands.add_parser("audit", help="read stored archives back and check their sha256")
     chosen = audit.add_mutually_exclusive_group()
     chosen.add_argument(
@@ -317,6 +319,11 @@ def _positive(text: str) -> int:
 
 def _check(configs: list[Config], args: argparse.Namespace) -> int:
     plan = CheckPlan(offline=args.offline, token=args.token, probe_seconds=args.probe_timeout)
+    return _report_checks(configs, plan)
+
+
+def _report_checks(configs: list[Config], plan: CheckPlan) -> int:
+    """Print each tenant's findings; exit 1 if one is a FAIL."""
     ok = True
     for config in configs:
         if config.tenant:
@@ -328,7 +335,9 @@ def _check(configs: list[Config], args: argparse.Namespace) -> int:
     return EXIT_OK if ok else EXIT_FAILED
 
 
-def _config(configs: list[Config], _args: argparse.Namespace) -> int:
+def _config(configs: list[Config], args: argparse.Namespace) -> int:
+    if args.config_command == "validate":
+        return _report_checks(configs, CheckPlan(offline=True))
     print(config_show.render(configs), end="")
     return EXIT_OK
 

@@ -118,6 +118,12 @@ def test_check_offline_reaches_no_service(sandbox, tmp_path, config, capsys):
     assert listing(tmp_path) == before
 
 
+def test_config_validate_is_check_offline(sandbox, tmp_path, config, capsys):
+    assert main(["config", "validate", "--config", str(tmp_path / "config.toml")]) == 0
+    assert set(findings(capsys.readouterr().out)) == {"state database", "archive store"}
+    assert sandbox.flexperto.requests == [] and sandbox.totalexpert.requests == []
+
+
 def test_check_offline_fails_an_archive_folder_it_could_not_make(sandbox, tmp_path, config, capsys):
     (tmp_path / "a-file").write_text("not a folder")
     path = tmp_path / "config.toml"
