@@ -115,7 +115,8 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
     try:
         db = _access_database(config, plan.token)
     except DB_ERRORS as exc:
-        return [*findings, Finding("totalexpert budget", FAIL, f"{type(exc).__name__}: {exc}")]
+        detail = f"{config.totalexpert.shared_budget}: {type(exc).__name__}: {exc}"
+        return [*findings, Finding("totalexpert budget", FAIL, detail)]
     te = config.totalexpert
     kind = SharedAccess if plan.token else CachedTokenOnly
     access = kind(db, te.base_url, te.client_id, te.requests_per_minute, te.token_requests_per_hour)
@@ -166,7 +167,8 @@ def _store_finding(config: Config, plan: CheckPlan) -> Finding:
 def _access_database(config: Config, token: bool) -> sqlite_utils.Database:
     """Where check finds TE's budgets and cached token: the budget file, else the state
     file. A copy in memory (nothing written); with ``--token`` the file itself, when it
-    is there, so that the token requested serves the passes. Neither is ever made."""
+    is there, so that the token requested serves the passes. Neither is ever made. A
+    broken budget file raises; a broken state file is left to the state finding."""
     budget = config.totalexpert.shared_budget_file
     source = budget or config.state.database
     if not source.is_file():
@@ -177,7 +179,9 @@ def _access_database(config: Config, token: bool) -> sqlite_utils.Database:
             return memory_copy(source, timeout)
         return open_budget_database(source, timeout) if budget else open_existing(source, timeout)
     except DB_ERRORS:
-        return open_memory_database()  # the state finding says what is wrong with it
+        if budget:
+            raise
+        return open_memory_database()
 
 
 def _state_copy(config: Config) -> sqlite_utils.Database:

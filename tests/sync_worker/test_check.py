@@ -11,7 +11,7 @@ from sync_worker.cli import main
 from sync_worker.config import HttpConfig
 from sync_worker.runner import run_pass
 from sync_worker.sandbox.faults import Fault
-from sync_worker.state.db import open_database
+from sync_worker.state.db import open_budget_database, open_database
 from tests.sync_worker.test_cli import findings
 
 
@@ -150,3 +150,28 @@ def test_check_reads_a_state_file_another_process_has_open(sandbox, tmp_path, co
         assert set(listing(tmp_path)) == set(before)
     finally:
         held.close()
+
+
+def test_a_broken_budget_file_fails_check_and_is_left_alone(
+    sandbox, tmp_path, config, capsys, monkeypatch
+):
+    budget = tmp_path / "budget.db"
+    budget.write_bytes(b"not a database " * 100)
+    monkeypatch.setenv("SYNC_WORKER_TOTALEXPERT_SHARED_BUDGET", str(budget))
+    assert check(tmp_path) == 1
+    status, detail = findings(capsys.readouterr().out)["totalexpert budget"]
+    assert status == "FAIL" and detail.startswith(f"{budget}: DatabaseError")
+    assert budget.read_bytes() == b"not a database " * 100
+
+
+def test_check_uses_and_keeps_the_token_of_the_budget_file(
+    sandbox, tmp_path, config, capsys, monkeypatch
+):
+    budget = tmp_path / "budget.db"
+    open_budget_database(budget).close()  # as the first pass of a worker of the host leaves it
+    monkeypatch.setenv("SYNC_WORKER_TOTALEXPERT_SHARED_BUDGET", str(budget))
+    assert check(tmp_path, "--token") == 0
+    assert check(tmp_path) == 0
+    assert "cached access token reused" in findings(capsys.readouterr().out)["totalexpert token"][1]
+    assert sandbox.totalexpert.token_requests == 1
+    assert not config.state.database.exists()
