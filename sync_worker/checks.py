@@ -219,16 +219,20 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
         return Finding(name, SKIPPED, str(exc))
     except MissingState as exc:
         return Finding(name, MISSING, str(exc))
+    except TokenBudgetExhausted as exc:
+        detail = (
+            f"TE's token requests of the hour are spent: the next at {_iso(exc.next_allowed_at)}"
+        )
+        return Finding(name, FAIL, f"{where}: {detail}" if where else detail)
     except (
         ApiError,
         OSError,
-        TokenBudgetExhausted,
         RecordError,
         sqlite3.Error,
         StoreError,
         StateFileError,
     ) as exc:
-        plain = isinstance(exc, ApiError | TokenBudgetExhausted | StoreError | StateFileError)
+        plain = isinstance(exc, ApiError | StoreError | StateFileError)
         detail = str(exc) if plain else f"{type(exc).__name__}: {exc}"
         return Finding(name, FAIL, f"{where}: {detail}" if where else detail)
 
@@ -295,7 +299,7 @@ def _token(client: TotalExpertClient) -> str:
     else:
         detail = "cached access token reused"
     until = client.token_usable_until()
-    when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds") if until else "?"
+    when = _iso(until) if until else "?"
     return f"{detail}, used until {when}"
 
 
@@ -349,6 +353,11 @@ def _remembered_in(db: sqlite_utils.Database) -> list[Finding]:
         if name == capabilities.LISTING_FORM:
             form = ListingForm.from_text(value)
             value = form.summary() if form else value
-        since = datetime.fromtimestamp(decision.decided_at, UTC).isoformat(timespec="seconds")
+        since = _iso(decision.decided_at)
         findings.append(Finding("remembered", OK, f"{name}: {value} (since {since})"))
     return findings
+
+
+def _iso(moment: float) -> str:
+    """Epoch seconds as ISO 8601 in UTC, for people."""
+    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")

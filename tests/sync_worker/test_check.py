@@ -1,6 +1,7 @@
 """``sync-worker check``: read-only for real, a TE token only with ``--token``, a short
 deadline per request with the service and host named, and ``--offline``."""
 
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -12,6 +13,7 @@ from sync_worker.config import HttpConfig
 from sync_worker.runner import run_pass
 from sync_worker.sandbox.faults import Fault
 from sync_worker.state.db import open_budget_database, open_database
+from sync_worker.state.te_access import SharedAccess
 from tests.sync_worker.test_cli import findings
 
 
@@ -175,3 +177,17 @@ def test_check_uses_and_keeps_the_token_of_the_budget_file(
     assert "cached access token reused" in findings(capsys.readouterr().out)["totalexpert token"][1]
     assert sandbox.totalexpert.token_requests == 1
     assert not config.state.database.exists()
+
+
+def test_a_spent_token_budget_is_told_with_an_iso_time(sandbox, tmp_path, config, capsys):
+    db = open_database(config.state.database)
+    te = config.totalexpert
+    access = SharedAccess(db, te.base_url, te.client_id, 1000, te.token_requests_per_hour)
+    for _ in range(te.token_requests_per_hour):  # spent by passes a moment ago
+        assert access.spend_token_request(time.time()) is None
+    db.close()
+    assert check(tmp_path, "--token") == 1
+    status, detail = findings(capsys.readouterr().out)["totalexpert token"]
+    assert status == "FAIL" and "token requests of the hour are spent: the next at 20" in detail
+    assert detail.endswith("+00:00")
+    assert sandbox.totalexpert.token_requests == 0
