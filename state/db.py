@@ -98,10 +98,61 @@ def open_read_only(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sq
     return sqlite_utils.Database(conn)
 
 
+def open_untouched(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
+    """Open an existing state or budget file for reading only, making no file beside it.
+
+    A read-only connection to a WAL database makes its ``-wal`` and ``-shm`` when they are
+    not there, and leaves them. When they are not there no process has the file open (the
+    last to close removes them), so it is read as immutable: without SQLite's shared memory.
+    A pass that starts meanwhile writes to its own WAL, not to the file, until a checkpoint.
+    """
+    if Path(f"{path}-wal").exists():
+        return open_read_only(path, busy_timeout)
+    with _CREATING:
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=ro&immutable=1",
+            uri=True,
+            timeout=busy_timeout,
+            isolation_level=None,
+            check_same_thread=False,
+        )
+    return sqlite_utils.Database(conn)
+
+
 def open_existing(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
     """Open a state file that a pass has made, for a command that reads it or changes a few
-    rows (status, export, retry, check): never one made here. Raises StateFileError if there
+    rows (status, export, retry): never one made here. Raises StateFileError if there
     is none at ``path``, or what is there cannot be read or is not a state file."""
+    _require_state_file(path, busy_timeout)
+    return open_database(path, busy_timeout)
+
+
+def open_existing_read_only(
+    path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS
+) -> sqlite_utils.Database:
+    """Open a state file that a pass has made for reading only (check): no schema change,
+    no permission change, nothing made. Raises StateFileError as :func:`open_existing`."""
+    _require_state_file(path, busy_timeout)
+    return open_untouched(path, busy_timeout)
+
+
+def memory_copy(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
+    """A private copy in memory of an existing state or budget file, with the whole schema:
+    to use its budgets and token as they are without writing anything to the file."""
+    source = open_untouched(path, busy_timeout)
+    copy = sqlite3.connect(":memory:", isolation_level=None, check_same_thread=False)
+    try:
+        source.conn.backup(copy)
+    finally:
+        source.close()
+    db = sqlite_utils.Database(copy)
+    with transaction(db):
+        _create_tables(db)
+    return db
+
+
+def _require_state_file(path: Path, busy_timeout: float) -> None:
+    """Raise StateFileError unless ``path`` is a readable state file of this worker."""
     if not path.exists():
         raise StateFileError(
             f"no state file at {path}: no pass has run with this config, or state.database "
@@ -110,7 +161,7 @@ def open_existing(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     if not path.is_file():
         raise StateFileError(f"the state file {path} is not a file")
     try:
-        probe = open_read_only(path, busy_timeout)
+        probe = open_untouched(path, busy_timeout)
         try:
             ours = probe["archives"].exists()
         finally:
@@ -119,7 +170,6 @@ def open_existing(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
         raise StateFileError(f"cannot read the state file {path}: {exc}") from None
     if not ours:
         raise StateFileError(f"{path} is not a state file of sync-worker (no archives table)")
-    return open_database(path, busy_timeout)
 
 
 def open_memory_database() -> sqlite_utils.Database:

@@ -17,8 +17,8 @@ from typing import TextIO
 
 import structlog
 
-from sync_worker import demo, logs, manifest, metrics, status
-from sync_worker.checks import run_checks
+from sync_worker import config_show, demo, logs, manifest, metrics, status
+from sync_worker.checks import PROBE_SECONDS, CheckPlan, run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
     Config,
@@ -33,11 +33,11 @@ from sync_worker.runner import run_passes
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
 from sync_worker.state import archives, insights, reports
-from sync_worker.state.db import StateFileError, open_existing
+from sync_worker.state.db import StateFileError, open_existing, open_existing_read_only
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Commands whose stdout is their output, for tools to read: their log goes to stderr.
-OUTPUT_COMMANDS = frozenset({"status", "export"})
+OUTPUT_COMMANDS = frozenset({"status", "export", "config"})
 
 log = structlog.get_logger()
 
@@ -47,20 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sync-worker",
         description="Claim Flexperto archives and record them as Total Expert insights.",
     )
-    parser.add_argument("--config", help="config file (default: $SYNC_WORKER_CONFIG)")
-    parser.add_argument(
-        "--log-format",
-        choices=("auto", "json", "console"),
-        default="auto",
-        help="log rendering; auto = console on a terminal, JSON lines otherwise",
-    )
-    parser.add_argument(
-        "--log-level", choices=tuple(logs.LEVELS), default="info", help="lowest level logged"
-    )
-    parser.add_argument(
-        "--tenant",
-        help="with [[tenant]] tables: only this one (status, export and retry need one)",
-    )
+    _add_global_options(parser, GLOBAL_DEFAULTS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run-once", help="one full pass, then exit")
     commands.add_parser("run", help="the daemon: a pass every interval until SIGTERM")
@@ -108,7 +95,38 @@ def build_parser() -> argparse.ArgumentParser:
             default="local",
             help="s3: archives go to a bucket of an S3 server on loopback (needs moto)",
         )
-    commands.add_parser("check", help="validate the config and reach both services")
+    check = commands.add_parser(
+        "check", help="validate the config and reach both services, changing nothing"
+    )
+    reach = check.add_mutually_exclusive_group()
+    reach.add_argument(
+        "--offline",
+        action="store_true",
+        help="no network: the config, the state file and the archive folder only",
+    )
+    reach.add_argument(
+        "--token",
+        action="store_true",
+        help="request a TE token if none is cached (spends one of TE's token requests of "
+        "the hour); without it the TE checks that need one are skipped",
+    )
+    check.add_argument(
+        "--probe-timeout",
+        type=_positive,
+        default=int(PROBE_SECONDS),
+        metavar="SECONDS",
+        help=f"longest wait for each request, not retried (default {PROBE_SECONDS:.0f})",
+    )
+    config_parser = commands.add_parser("config", help="the configuration in effect")
+    config_commands = config_parser.add_subparsers(
+        dest="config_command", required=True, metavar="ACTION"
+    )
+    shown = config_commands.add_parser(
+        "show", help="as TOML, from file, environment and defaults, secrets masked"
+    )
+    validate = config_commands.add_parser("validate", help="the same as check --offline")
+    for action in (shown, validate):
+        _add_global_options(action, dict.fromkeys(GLOBAL_DEFAULTS, argparse.SUPPRESS))
     audit = commands.add_parser("audit", help="read stored archives back and check their sha256")
     chosen = audit.add_mutually_exclusive_group()
     chosen.add_argument(
@@ -136,7 +154,37 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init-config", help="write a commented example config")
     init.add_argument("path", help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    for command in commands.choices.values():  # accepted after the command too
+        _add_global_options(command, dict.fromkeys(GLOBAL_DEFAULTS, argparse.SUPPRESS))
     return parser
+
+
+GLOBAL_DEFAULTS = {"config": None, "log_format": "auto", "log_level": "info", "tenant": None}
+
+
+def _add_global_options(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
+    """The options of every command. A command's own copy defaults to SUPPRESS, so that a
+    value given before the command is not reset by the copy after it."""
+    parser.add_argument(
+        "--config", default=defaults["config"], help="config file (default: $SYNC_WORKER_CONFIG)"
+    )
+    parser.add_argument(
+        "--log-format",
+        choices=("auto", "json", "console"),
+        default=defaults["log_format"],
+        help="log rendering; auto = console on a terminal, JSON lines otherwise",
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=tuple(logs.LEVELS),
+        default=defaults["log_level"],
+        help="lowest level logged",
+    )
+    parser.add_argument(
+        "--tenant",
+        default=defaults["tenant"],
+        help="with [[tenant]] tables: only this one (status, export and retry need one)",
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -235,6 +283,8 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _audit(configs: list[Config], args: argparse.Namespace) -> int:
+    for config in configs:  # audits what passes stored: never against a new state file
+        open_existing_read_only(config.state.database).close()
     plan = AuditPlan(
         everything=args.all, sample=args.sample, max_bytes_per_second=args.max_bytes_per_second
     )
@@ -267,16 +317,29 @@ def _positive(text: str) -> int:
     return int(text)
 
 
-def _check(configs: list[Config], _args: argparse.Namespace) -> int:
+def _check(configs: list[Config], args: argparse.Namespace) -> int:
+    plan = CheckPlan(offline=args.offline, token=args.token, probe_seconds=args.probe_timeout)
+    return _report_checks(configs, plan)
+
+
+def _report_checks(configs: list[Config], plan: CheckPlan) -> int:
+    """Print each tenant's findings; exit 1 if one is a FAIL."""
     ok = True
     for config in configs:
         if config.tenant:
             print(f"tenant {config.tenant}")
-        findings = run_checks(config, SystemClock())
+        findings = run_checks(config, SystemClock(), plan)
         for finding in findings:
             print(f"{finding.status:<8}  {finding.name:<22} {finding.detail}")
         ok = ok and all(f.ok for f in findings)
     return EXIT_OK if ok else EXIT_FAILED
+
+
+def _config(configs: list[Config], args: argparse.Namespace) -> int:
+    if args.config_command == "validate":
+        return _report_checks(configs, CheckPlan(offline=True))
+    print(config_show.render(configs), end="")
+    return EXIT_OK
 
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
@@ -312,6 +375,7 @@ COMMANDS = {
     "run-once": _run_once,
     "run": _run,
     "check": _check,
+    "config": _config,
 }
 # ... and for exactly one.
 TENANT_COMMANDS = {

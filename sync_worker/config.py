@@ -13,13 +13,14 @@ variables, the config file, a secret's own environment variable, a systemd crede
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import ipaddress
 import os
 import re
 import textwrap
 import tomllib
 import typing
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ import structlog
 
 from sync_worker.flexperto.download_targets import DownloadTargets
 
+ENV_PREFIX = "SYNC_WORKER_"
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
 QUOTE = '"'
 COMMENT_WIDTH = 90
@@ -408,6 +410,8 @@ class Config:
     webhook: WebhookConfig
     # The [[tenant]] this is ("" for a file without tenants); not a section.
     tenant: str = ""
+    # Where each key's value came from, by "section.key" (for `config show`); not a section.
+    origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def log_fields(self) -> dict[str, str]:
         """The ``tenant`` field for this tenant's events: none for a file without tenants,
@@ -431,7 +435,7 @@ def keys() -> Iterator[tuple[str, dataclasses.Field[Any]]]:
 
 
 def _sections() -> list[dataclasses.Field[Any]]:
-    return [section for section in dataclasses.fields(Config) if section.name != "tenant"]
+    return [s for s in dataclasses.fields(Config) if s.name not in ("tenant", "origins")]
 
 
 def parse_listen(value: str, name: str) -> tuple[str, int]:
@@ -473,6 +477,7 @@ def load_tenants(path: Path | None, env: Mapping[str, str] | None = None) -> lis
     """Read, merge and validate the configuration: one Config per ``[[tenant]]`` table (its
     keys over the top-level ones), or just the top level. Raises ConfigError."""
     env = os.environ if env is None else env
+    _reject_unknown_environment(env)
     raw: dict[str, Any] = {}
     base_dir = Path.cwd()
     if path is not None:
@@ -494,14 +499,15 @@ def _build(
     raw: dict[str, Any], env: Mapping[str, str], base_dir: Path, own: Tenant | None = None
 ) -> Config:
     sections: dict[str, Any] = {}
+    origins: dict[str, str] = {}
     for section in _sections():
         cls = _section_class(section)
-        values = {
-            key.name: _value(raw, env, section.name, key, base_dir, own)
-            for key in dataclasses.fields(cls)
-        }
+        values = {}
+        for key in dataclasses.fields(cls):
+            values[key.name], origin = _value(raw, env, section.name, key, base_dir, own)
+            origins[f"{section.name}.{key.name}"] = origin
         sections[section.name] = cls(**values)
-    return Config(**sections, tenant=own.name if own else "")
+    return Config(**sections, tenant=own.name if own else "", origins=origins)
 
 
 @dataclass(frozen=True)
@@ -569,7 +575,7 @@ def _bucket_place(storage: StorageConfig) -> tuple[str, str, str] | None:
 
 
 def env_override_name(section: str, key: str) -> str:
-    return f"SYNC_WORKER_{section.upper()}_{key.upper()}"
+    return f"{ENV_PREFIX}{section.upper()}_{key.upper()}"
 
 
 def validate_base_url(url: str, name: str) -> str:
@@ -711,12 +717,30 @@ def _reject_unknown(raw: dict[str, Any], where: str = "") -> None:
         known.setdefault(section, set()).add(key.name)
     for section, body in raw.items():
         if section not in known:
-            raise ConfigError(f"unknown config section [{where}{section}]")
+            hint = _did_you_mean(section, known, "[{}]")
+            raise ConfigError(f"unknown config section [{where}{section}]{hint}")
         if not isinstance(body, dict):
             raise ConfigError(f"config key {where}{section} must be a table [{where}{section}]")
         for key in body:
             if key not in known[section]:
-                raise ConfigError(f"unknown config key {where}{section}.{key}")
+                hint = _did_you_mean(key, known[section])
+                raise ConfigError(f"unknown config key {where}{section}.{key}{hint}")
+
+
+def _reject_unknown_environment(env: Mapping[str, str]) -> None:
+    """A ``SYNC_WORKER_*`` variable that names no key is a typo, not something to ignore."""
+    known = {CONFIG_ENV, *(env_override_name(section, key.name) for section, key in keys())}
+    for name in sorted(env):
+        if name.startswith(ENV_PREFIX) and name not in known:
+            tails = {known_name.removeprefix(ENV_PREFIX) for known_name in known}
+            hint = _did_you_mean(name.removeprefix(ENV_PREFIX), tails, ENV_PREFIX + "{}")
+            raise ConfigError(f"unknown environment variable {name}{hint}")
+
+
+def _did_you_mean(name: str, known: Iterable[str], form: str = "{}") -> str:
+    """`` (did you mean X?)`` for the closest known name, if one is close."""
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    return f" (did you mean {form.format(close[0])}?)" if close else ""
 
 
 def _value(
@@ -726,28 +750,31 @@ def _value(
     key: dataclasses.Field[Any],
     base_dir: Path,
     tenant: Tenant | None = None,
-) -> Any:
-    """The key's value from the highest-priority source, validated: a tenant's own table
-    and credential come first."""
+) -> tuple[Any, str]:
+    """The key's value from the highest-priority source, validated, and that source: a
+    tenant's own table and credential come first."""
     name, kind, rules = f"{section}.{key.name}", _kind(section, key), _rules(key)
-    override = env.get(env_override_name(section, key.name))
+    override_name = env_override_name(section, key.name)
+    override = env.get(override_name)
     own = tenant.raw.get(section, {}) if tenant else {}
     if key.name in own:
         name = f"tenant.{tenant.name}.{name}" if tenant else name
-        value = _check_type(own[key.name], kind, name)
+        value, origin = _check_type(own[key.name], kind, name), "file, [[tenant]]"
     elif tenant and (secret := _credential(rules, env, f"{tenant.name}.")) is not None:
-        value = secret
+        value, origin = secret, f"credential {tenant.name}.{rules.credential}"
     elif override is not None:
-        value = _coerce(override, kind, name)
+        value, origin = _coerce(override, kind, name), f"env {override_name}"
     elif key.name in raw.get(section, {}):
-        value = _check_type(raw[section][key.name], kind, name)
+        value, origin = _check_type(raw[section][key.name], kind, name), "file"
     elif (secret := _secret_from_environment(rules, env)) is not None:
+        from_env = bool(env.get(rules.secret_env or ""))
         value = secret
+        origin = f"env {rules.secret_env}" if from_env else f"credential {rules.credential}"
     elif key.default is not dataclasses.MISSING:
-        value = key.default
+        value, origin = key.default, "default"
     else:
         raise ConfigError(f"missing required config key {name}")
-    return _validated(value, kind, rules, name, base_dir)
+    return _validated(value, kind, rules, name, base_dir), origin
 
 
 def _secret_from_environment(rules: Rules, env: Mapping[str, str]) -> str | None:

@@ -25,3 +25,22 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def describe_writable_dir(path: Path) -> str:
+    """Say, without making anything, that folder ``path`` is writable, or that the nearest
+    folder above it that exists is (so a pass can make it). Raises PermissionError."""
+    if path.exists():
+        if not path.is_dir():
+            raise PermissionError(f"{path} is not a folder")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise PermissionError(f"{path} is not writable by this user")
+        return f"{path} is writable"
+    above = path.parent
+    while not above.exists():
+        above = above.parent
+    if not above.is_dir():
+        raise PermissionError(f"{path} cannot be made: {above} is not a folder")
+    if not os.access(above, os.W_OK | os.X_OK):
+        raise PermissionError(f"{path} does not exist and {above} is not writable by this user")
+    return f"{path} does not exist yet: a pass makes it in {above}, which is writable"

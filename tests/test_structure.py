@@ -23,6 +23,7 @@ FOLDERS = {"sync_worker.jobs": ROOT / "jobs", "sync_worker.state": ROOT / "state
 LAYERS = {
     "sync_worker.clock": 0,
     "sync_worker.config": 0,
+    "sync_worker.config_show": 1,
     "sync_worker.logs": 0,
     "sync_worker.private_files": 0,
     "sync_worker.untrusted": 0,

@@ -45,7 +45,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from sync_worker.private_files import make_private_dirs
+from sync_worker.private_files import describe_writable_dir, make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
     ArchiveFile,
@@ -214,10 +214,7 @@ class LocalStore:
         return self.root
 
     def probe(self) -> str:
-        make_private_dirs(self.root)
-        if not os.access(self.root, os.W_OK | os.X_OK):
-            raise PermissionError(f"{self.root} is not writable by this user")
-        return f"{self.root} is writable"
+        return describe_writable_dir(self.root)
 
     def claim(self, owner: StoreOwner) -> None:
         """Make sure the folder belongs to ``owner``'s state file: the first claim records

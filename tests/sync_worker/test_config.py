@@ -268,3 +268,58 @@ def test_tenants_are_kept_apart(tmp_path, change, message):
 def test_listening_addresses_are_loopback_only(tmp_path, section, message):
     with pytest.raises(ConfigError, match=message):
         load_config(write(tmp_path, MINIMAL + section), env={})
+
+
+def test_a_mistyped_environment_override_is_an_error_with_a_suggestion(tmp_path):
+    with pytest.raises(
+        ConfigError,
+        match=r"unknown environment variable SYNC_WORKER_FLEXPERTO_PAGESIZE "
+        r"\(did you mean SYNC_WORKER_FLEXPERTO_PAGE_SIZE\?\)",
+    ):
+        load_config(write(tmp_path, MINIMAL), env={"SYNC_WORKER_FLEXPERTO_PAGESIZE": "50"})
+
+
+def test_known_environment_variables_are_accepted(tmp_path):
+    env = {
+        "SYNC_WORKER_CONFIG": str(tmp_path / "config.toml"),
+        "SYNC_WORKER_FLEXPERTO_PAGE_SIZE": "50",
+        "FLEXPERTO_API_KEY": "from-env",
+        "SYNC_WORKERS": "not ours: no SYNC_WORKER_ prefix",
+    }
+    assert load_config(write(tmp_path, MINIMAL), env=env).flexperto.page_size == 50
+
+
+def test_an_unknown_environment_variable_far_from_any_key_has_no_suggestion(tmp_path):
+    with pytest.raises(ConfigError) as raised:
+        load_config(write(tmp_path, MINIMAL), env={"SYNC_WORKER_ZZZ": "1"})
+    assert str(raised.value) == "unknown environment variable SYNC_WORKER_ZZZ"
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (MINIMAL.replace("api_key", "api_kee"), r"flexperto\.api_kee \(did you mean api_key\?\)"),
+        (MINIMAL + "[schedul]\n", r"section \[schedul\] \(did you mean \[schedule\]\?\)"),
+    ],
+)
+def test_unknown_keys_in_the_file_get_a_suggestion(tmp_path, text, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_each_value_keeps_where_it_came_from(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "totalexpert_client_secret").write_text("from-credential\n")
+    text = MINIMAL.replace('client_secret = "te-secret"\n', "")
+    env = {
+        "SYNC_WORKER_FLEXPERTO_PAGE_SIZE": "50",
+        "TOTALEXPERT_CLIENT_ID": "ignored: the file has one",
+        "CREDENTIALS_DIRECTORY": str(credentials),
+    }
+    origins = load_config(write(tmp_path, text), env=env).origins
+    assert origins["flexperto.page_size"] == "env SYNC_WORKER_FLEXPERTO_PAGE_SIZE"
+    assert origins["flexperto.base_url"] == "file"
+    assert origins["totalexpert.client_id"] == "file"
+    assert origins["totalexpert.client_secret"] == "credential totalexpert_client_secret"
+    assert origins["schedule.interval_seconds"] == "default"

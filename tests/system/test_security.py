@@ -33,7 +33,7 @@ def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path,
     sandbox.add_fault("te", Fault(path="/insights", status=503, times=None))
     sandbox.add_fault("s3", Fault(action="reset", times=1))
     output.append(run_cli(config_file, "run-once"))
-    output.append(run_cli(config_file, "check"))
+    output.append(run_cli(config_file, "check", "--token"))
     output.append(run_cli(config_file, "audit", "--all"))
     wrong = tmp_path / "wrong.toml"
     wrong.write_text(config_file.read_text().replace(sandbox.client_secret, "not-the-secret"))
