@@ -17,7 +17,7 @@ from typing import TextIO
 
 import structlog
 
-from sync_worker import demo, logs, manifest, metrics, status
+from sync_worker import demo, history, logs, manifest, metrics, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
@@ -32,12 +32,13 @@ from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_passes
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
-from sync_worker.state import archives, insights, reports
+from sync_worker.state import archives, insights, pass_history, reports
 from sync_worker.state.db import StateFileError, open_existing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+HISTORY_SHOWN = 100  # passes that `history` shows without --limit
 # Commands whose stdout is their output, for tools to read: their log goes to stderr.
-OUTPUT_COMMANDS = frozenset({"status", "export"})
+OUTPUT_COMMANDS = frozenset({"status", "export", "history"})
 
 log = structlog.get_logger()
 
@@ -59,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--tenant",
-        help="with [[tenant]] tables: only this one (status, export and retry need one)",
+        help="with [[tenant]] tables: only this one (status, export, retry and history need one)",
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run-once", help="one full pass, then exit")
@@ -85,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"JSON: at most this many archives; table: failing items shown "
         f"(default {status.FAILING_SHOWN})",
     )
+    _add_history_parser(commands)
     sandbox = commands.add_parser("sandbox", help="serve the sandbox Flexperto and TE APIs")
     sandbox.add_argument("--dir", default="sandbox-data", help="folder for sandbox files")
     sandbox.add_argument(
@@ -137,6 +139,19 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("path", help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
     return parser
+
+
+def _add_history_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("history", help="the passes kept in the state file")
+    parser.add_argument(
+        "--since", type=_moment, help="only passes started at or after this UTC date or time"
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive,
+        help=f"at most this many passes, the newest (default {HISTORY_SHOWN})",
+    )
+    parser.add_argument("--json", action="store_true", help="a JSON object per pass, one a line")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -234,6 +249,19 @@ def _status(config: Config, args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _history(config: Config, args: argparse.Namespace) -> int:
+    db = open_existing(config.state.database)
+    try:
+        passes = pass_history.passes(db, args.since, args.limit or HISTORY_SHOWN)
+    finally:
+        db.close()
+    if args.json:
+        history.write_json(passes, sys.stdout)
+    else:
+        print("\n".join(history.render_table(passes)) if passes else "No pass recorded.")
+    return EXIT_OK
+
+
 def _audit(configs: list[Config], args: argparse.Namespace) -> int:
     plan = AuditPlan(
         everything=args.all, sample=args.sample, max_bytes_per_second=args.max_bytes_per_second
@@ -318,6 +346,7 @@ TENANT_COMMANDS = {
     "export": _export,
     "status": _status,
     "retry": _retry,
+    "history": _history,
 }
 
 
