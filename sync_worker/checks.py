@@ -12,11 +12,10 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
 
 import sqlite_utils
 
-from sync_worker.clock import Clock
+from sync_worker.clock import Clock, iso_time
 from sync_worker.config import Config
 from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
 from sync_worker.flexperto.records import RecordError, parse_record
@@ -192,7 +191,7 @@ def _token(client: TotalExpertClient) -> str:
     else:
         detail = "cached access token reused"
     until = client.token_usable_until()
-    when = datetime.fromtimestamp(until, UTC).isoformat(timespec="seconds") if until else "?"
+    when = iso_time(until) if until else "?"
     return f"{detail}, used until {when}"
 
 
@@ -235,6 +234,6 @@ def _remembered(db: sqlite_utils.Database) -> list[Finding]:
         if name == capabilities.LISTING_FORM:
             form = ListingForm.from_text(value)
             value = form.summary() if form else value
-        since = datetime.fromtimestamp(decision.decided_at, UTC).isoformat(timespec="seconds")
+        since = iso_time(decision.decided_at)
         findings.append(Finding("remembered", OK, f"{name}: {value} (since {since})"))
     return findings

@@ -9,12 +9,12 @@ a time (one per line), so that even years of archives need no more memory than o
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import sqlite_utils
 
 from sync_worker import history
+from sync_worker.clock import iso_time
 from sync_worker.state import held_records, pass_history, reports
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
@@ -112,7 +112,7 @@ def _with_times(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(value: float | None) -> str | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat()
+    return None if value is None else iso_time(value)
 
 
 def _counts(counts: dict[str, int]) -> str:
