@@ -21,7 +21,7 @@ COLUMNS = (
 HEADER = (
     f"{'STARTED':<25} {'DURATION':>8}  {'OUTCOME':<10} "
     + " ".join(f"{name:>9}" for name, _, _ in COLUMNS)
-    + f" {'BYTES':>9} {'TE REQ':>6}"
+    + f" {'BYTES':>9} {'TE REQ':>6}  JOBS"
 )
 
 
@@ -33,7 +33,7 @@ def render_table(passes: Iterable[PassRecord]) -> list[str]:
         lines.append(
             f"{iso_time(record.started_at):<25} {_duration(record.duration):>8}  "
             f"{record.outcome:<10} {counts} {_size(record.bytes_stored):>9} "
-            f"{record.te_requests:>6}"
+            f"{record.te_requests:>6}  {','.join(record.jobs)}"
         )
         lines.extend(f"{'':<25} {job} stopped: {error}" for job, error in record.errors.items())
     return lines

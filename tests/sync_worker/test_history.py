@@ -63,6 +63,9 @@ def test_a_stopped_job_is_kept_with_its_error_masked(sandbox, config, run, crash
     assert record.errors["archives"].startswith("LeakyError: injected at archive.listed")
     assert sandbox.api_key not in record.errors["archives"]
     assert "insights" in record.counts  # the other job still ran
+    [_, line, error] = history.render_table([record])
+    assert line.split()[2] == "stopped"
+    assert error.strip() == f"archives stopped: {record.errors['archives']}"
 
 
 def test_passes_older_than_history_days_are_pruned(sandbox, config, run, clock):
@@ -111,9 +114,11 @@ def test_history_command_table_json_since_and_limit(sandbox, tmp_path, config, r
         "BYTES",
         "TE",
         "REQ",
+        "JOBS",
     ]
     assert oldest.startswith("2026-11-18T") and ISO.match(oldest)
     assert oldest.split()[1:8] == ["0.0s", "ok", "3", "3", "0", "3", "0"]
+    assert oldest.split()[-1] == "archives,insights"
     assert newest.split()[1:8] == ["0.0s", "ok", "1", "1", "0", "1", "0"]  # was PACKING
     assert main(["--config", config_file, "history", "--json", "--limit", "1"]) == 0
     [line] = capsys.readouterr().out.splitlines()
