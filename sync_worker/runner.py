@@ -7,7 +7,8 @@ a failure (exit 1), and ``run.finished`` is logged whatever happened: no excepti
 pass.
 
 A pass that reaches its state file is kept in its history (state.pass_history): a row
-written as it starts, completed as it ends (ok, failed, or stopped with the error).
+written as it starts, completed as it ends (ok, failed, or stopped with the error, Ctrl-C
+included); a pass killed leaves its row unfinished.
 """
 
 from __future__ import annotations
@@ -150,6 +151,10 @@ def _run_jobs(
         pass_id = _begin_record(db, clock, jobs, config.tenant or None)
         try:
             _run_with_clients(config, db, clock, jobs, stats, stop_requested, audit_plan)
+        except KeyboardInterrupt:
+            stats.job_errors["pass"] = "interrupted (Ctrl-C)"
+            _end_record(db, clock, pass_id, stats, config.state.history_days)
+            raise
         except Exception as exc:
             stats.job_errors["pass"] = _error_text(exc)
             _end_record(db, clock, pass_id, stats, config.state.history_days)

@@ -68,6 +68,15 @@ def test_a_stopped_job_is_kept_with_its_error_masked(sandbox, config, run, crash
     assert error.strip() == f"archives stopped: {record.errors['archives']}"
 
 
+def test_an_interrupted_pass_is_kept_stopped(sandbox, config, run, crash):
+    crash.arm("archive.listed", 1, error=KeyboardInterrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run()
+    [record] = kept(config)
+    assert (record.outcome, record.errors) == ("stopped", {"pass": "interrupted (Ctrl-C)"})
+    assert record.finished_at is not None
+
+
 def test_passes_older_than_history_days_are_pruned(sandbox, config, run, clock):
     assert run().exit_code == 0
     clock.advance(config.state.history_days * 86_400 + 1)
