@@ -380,7 +380,7 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
         moderator.email if moderator else None,
     )
     bound.info("archive.stored", path=saved.location, size=saved.size, sha256=saved.sha256)
-    ctx.stats.add(Outcome.STORED)
+    ctx.stats.add_stored(saved.size)
 
 
 @contextmanager

@@ -66,11 +66,14 @@ class PassStats:
 
     counts: Counter[Outcome] = field(default_factory=Counter)
     bytes_downloaded: int = 0
+    bytes_stored: int = 0  # the size of the archives stored
     te_requests: int = 0
     te_tokens_requested: int = 0
     te_rate_limited: int = 0  # 429 answers
     te_token_budget_exhausted: int = 0  # times the insight job found no token request left
     network_seconds: float = 0.0
+    job_counts: dict[str, dict[str, int]] = field(default_factory=dict)  # what each job did
+    job_errors: dict[str, str] = field(default_factory=dict)  # why a job (or "pass") stopped
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, outcome: Outcome, count: int = 1) -> None:
@@ -80,6 +83,22 @@ class PassStats:
     def add_bytes(self, count: int) -> None:
         with self._lock:
             self.bytes_downloaded += count
+
+    def add_stored(self, size: int) -> None:
+        """One archive of ``size`` bytes stored."""
+        with self._lock:
+            self.counts[Outcome.STORED] += 1
+            self.bytes_stored += size
+
+    def snapshot(self) -> Counter[Outcome]:
+        with self._lock:
+            return Counter(self.counts)
+
+    def counts_since(self, before: Counter[Outcome]) -> dict[str, int]:
+        """The outcomes counted since ``before`` (a :meth:`snapshot`)."""
+        with self._lock:
+            grown = self.counts - before
+        return {str(outcome): n for outcome, n in sorted(grown.items())}
 
     @property
     def failures(self) -> int:

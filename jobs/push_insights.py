@@ -22,6 +22,7 @@ from typing import Any
 
 import structlog
 
+from sync_worker.clock import iso_time
 from sync_worker.flexperto.records import ArchiveRecord
 from sync_worker.http import ApiError, TransientError
 from sync_worker.jobs.contact_directory import AmbiguousAddress, ContactDirectory
@@ -65,7 +66,7 @@ def run(ctx: JobContext) -> None:
     except TokenBudgetExhausted as exc:
         log.warning(
             "te.token_budget_exhausted",
-            next_allowed_at=datetime.fromtimestamp(exc.next_allowed_at, UTC).isoformat(),
+            next_allowed_at=iso_time(exc.next_allowed_at),
         )
         ctx.stats.add(Outcome.DEFERRED)
         ctx.stats.te_token_budget_exhausted += 1

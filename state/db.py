@@ -385,6 +385,31 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         {"id": int, "state_id": str}, pk="id", not_null={"state_id"}, if_not_exists=True
     )
     _create_audits(db)
+    _create_passes(db)
+
+
+def _create_passes(db: sqlite_utils.Database) -> None:
+    """Every pass (state.pass_history), found by its start time (--since, the newest first,
+    pruning)."""
+    db["passes"].create(
+        {
+            "id": int,
+            "started_at": float,
+            "finished_at": float,
+            "outcome": str,
+            "tenant": str,
+            "jobs": str,
+            "counts": str,
+            "errors": str,
+            "bytes_stored": int,
+            "te_requests": int,
+            "te_tokens_requested": int,
+        },
+        pk="id",
+        not_null={"started_at", "jobs"},
+        if_not_exists=True,
+    )
+    db["passes"].create_index(["started_at"], if_not_exists=True)
 
 
 def _create_access_tables(db: sqlite_utils.Database) -> None:

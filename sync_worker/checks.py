@@ -17,12 +17,11 @@ from __future__ import annotations
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
 import sqlite_utils
 
-from sync_worker.clock import Clock
+from sync_worker.clock import Clock, iso_time
 from sync_worker.config import Config, HttpConfig
 from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
 from sync_worker.flexperto.records import RecordError, parse_record
@@ -220,9 +219,8 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
     except MissingState as exc:
         return Finding(name, MISSING, str(exc))
     except TokenBudgetExhausted as exc:
-        detail = (
-            f"TE's token requests of the hour are spent: the next at {_iso(exc.next_allowed_at)}"
-        )
+        next_at = iso_time(exc.next_allowed_at)
+        detail = f"TE's token requests of the hour are spent: the next at {next_at}"
         return Finding(name, FAIL, f"{where}: {detail}" if where else detail)
     except (
         ApiError,
@@ -299,7 +297,7 @@ def _token(client: TotalExpertClient) -> str:
     else:
         detail = "cached access token reused"
     until = client.token_usable_until()
-    when = _iso(until) if until else "?"
+    when = iso_time(until) if until else "?"
     return f"{detail}, used until {when}"
 
 
@@ -353,11 +351,6 @@ def _remembered_in(db: sqlite_utils.Database) -> list[Finding]:
         if name == capabilities.LISTING_FORM:
             form = ListingForm.from_text(value)
             value = form.summary() if form else value
-        since = _iso(decision.decided_at)
+        since = iso_time(decision.decided_at)
         findings.append(Finding("remembered", OK, f"{name}: {value} (since {since})"))
     return findings
-
-
-def _iso(moment: float) -> str:
-    """Epoch seconds as ISO 8601 in UTC, for people."""
-    return datetime.fromtimestamp(moment, UTC).isoformat(timespec="seconds")

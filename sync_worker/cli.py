@@ -17,7 +17,7 @@ from typing import TextIO
 
 import structlog
 
-from sync_worker import config_show, demo, logs, manifest, metrics, status
+from sync_worker import config_show, demo, history, logs, manifest, metrics, status
 from sync_worker.checks import PROBE_SECONDS, CheckPlan, run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
@@ -32,12 +32,13 @@ from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_passes
 from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
-from sync_worker.state import archives, insights, reports
+from sync_worker.state import archives, insights, pass_history, reports
 from sync_worker.state.db import StateFileError, open_existing, open_existing_read_only
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+HISTORY_SHOWN = 100  # passes that `history` shows without --limit
 # Commands whose stdout is their output, for tools to read: their log goes to stderr.
-OUTPUT_COMMANDS = frozenset({"status", "export", "config"})
+OUTPUT_COMMANDS = frozenset({"status", "export", "config", "history"})
 
 log = structlog.get_logger()
 
@@ -72,6 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"JSON: at most this many archives; table: failing items shown "
         f"(default {status.FAILING_SHOWN})",
     )
+    _add_history_parser(commands)
     sandbox = commands.add_parser("sandbox", help="serve the sandbox Flexperto and TE APIs")
     sandbox.add_argument("--dir", default="sandbox-data", help="folder for sandbox files")
     sandbox.add_argument(
@@ -159,6 +161,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_history_parser(commands: argparse._SubParsersAction) -> None:
+    parser = commands.add_parser("history", help="the passes kept in the state file")
+    parser.add_argument(
+        "--since", type=_moment, help="only passes started at or after this UTC date or time"
+    )
+    parser.add_argument(
+        "--limit",
+        type=_positive,
+        help=f"at most this many passes, the newest (default {HISTORY_SHOWN})",
+    )
+    parser.add_argument("--json", action="store_true", help="a JSON object per pass, one a line")
+
+
 GLOBAL_DEFAULTS = {"config": None, "log_format": "auto", "log_level": "info", "tenant": None}
 
 
@@ -183,7 +198,7 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: dict[str, obj
     parser.add_argument(
         "--tenant",
         default=defaults["tenant"],
-        help="with [[tenant]] tables: only this one (status, export and retry need one)",
+        help="with [[tenant]] tables: only this one (status, export, retry and history need one)",
     )
 
 
@@ -279,6 +294,19 @@ def _status(config: Config, args: argparse.Namespace) -> int:
             print(status.render_table(db, args.limit or status.FAILING_SHOWN))
     finally:
         db.close()
+    return EXIT_OK
+
+
+def _history(config: Config, args: argparse.Namespace) -> int:
+    db = open_existing(config.state.database)
+    try:
+        passes = pass_history.passes(db, args.since, args.limit or HISTORY_SHOWN)
+    finally:
+        db.close()
+    if args.json:
+        history.write_json(passes, sys.stdout)
+    else:
+        print("\n".join(history.render_table(passes)) if passes else "No pass recorded.")
     return EXIT_OK
 
 
@@ -382,6 +410,7 @@ TENANT_COMMANDS = {
     "export": _export,
     "status": _status,
     "retry": _retry,
+    "history": _history,
 }
 
 

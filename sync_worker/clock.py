@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import UTC, datetime
 from typing import Protocol
+
+
+def iso_time(seconds: float) -> str:
+    """A moment as every output for people shows it: ISO 8601 in UTC, to the second, e.g.
+    ``2026-12-02T03:00:00+00:00``."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="seconds")
 
 
 class Clock(Protocol):

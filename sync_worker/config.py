@@ -250,6 +250,12 @@ class StateConfig:
         "report `state.busy`",
         positive=True,
     )
+    history_days: int = setting(
+        90,
+        help="every pass is kept this many days (`sync-worker history`); older ones are "
+        "deleted as passes end",
+        positive=True,
+    )
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterable
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from sync_worker.clock import iso_time
 from sync_worker.state.reports import MANIFEST_FIELDS
 
 TIME_FIELDS = ("stored_at", "abandoned_at", "last_audit_at")
@@ -33,4 +33,4 @@ def _readable(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(value: float | None) -> str | None:
-    return None if not value else datetime.fromtimestamp(value, UTC).isoformat()
+    return None if not value else iso_time(value)

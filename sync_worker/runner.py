@@ -5,6 +5,10 @@ else a job raises ends that job with one ``job.failed`` event, and the next job 
 a pass that cannot even be set up (state file, clients) logs ``run.failed``. Each counts as
 a failure (exit 1), and ``run.finished`` is logged whatever happened: no exception leaves a
 pass.
+
+A pass that reaches its state file is kept in its history (state.pass_history): a row
+written as it starts, completed as it ends (ok, failed, or stopped with the error, Ctrl-C
+included); a pass killed leaves its row unfinished.
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.jobs import audit_archives, claim_archives, push_insights, webhook_subscription
 from sync_worker.jobs.context import AuditPlan, JobContext, Outcome, PassStats
 from sync_worker.locks import LockHeld, job_locks
-from sync_worker.logs import exception_fields
-from sync_worker.state import run_history
+from sync_worker.logs import exception_fields, mask
+from sync_worker.state import pass_history, run_history
 from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.state.te_access import SharedAccess
 from sync_worker.stores import open_store
@@ -142,9 +146,35 @@ def _run_jobs(
     audit_plan: AuditPlan,
     started: float,
 ) -> None:
+    db = open_database(config.state.database, config.state.busy_timeout_seconds)
+    try:
+        pass_id = _begin_record(db, clock, jobs, config.tenant or None)
+        try:
+            _run_with_clients(config, db, clock, jobs, stats, stop_requested, audit_plan)
+        except KeyboardInterrupt:
+            stats.job_errors["pass"] = "interrupted (Ctrl-C)"
+            _end_record(db, clock, pass_id, stats, config.state.history_days)
+            raise
+        except Exception as exc:
+            stats.job_errors["pass"] = _error_text(exc)
+            _end_record(db, clock, pass_id, stats, config.state.history_days)
+            raise
+        _remember(db, clock, jobs, time.monotonic() - started, stats)
+        _end_record(db, clock, pass_id, stats, config.state.history_days)
+    finally:
+        db.close()
+
+
+def _run_with_clients(
+    config: Config,
+    db: sqlite_utils.Database,
+    clock: Clock,
+    jobs: Sequence[str],
+    stats: PassStats,
+    stop_requested: Callable[[], bool],
+    audit_plan: AuditPlan,
+) -> None:
     with ExitStack() as stack:
-        db = open_database(config.state.database, config.state.busy_timeout_seconds)
-        stack.callback(db.close)
         flexperto = FlexpertoClient(config.flexperto, config.http, clock)
         stack.callback(flexperto.close)
         access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
@@ -170,7 +200,55 @@ def _run_jobs(
             stats.te_tokens_requested = totalexpert.tokens_requested
             stats.te_rate_limited = totalexpert.rate_limited
             stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds
-        _remember(db, clock, jobs, time.monotonic() - started, stats)
+
+
+def _begin_record(
+    db: sqlite_utils.Database, clock: Clock, jobs: Sequence[str], tenant: str | None
+) -> int | None:
+    """The pass's row in the history (state.pass_history), or None if it could not be
+    written (logged; the pass goes on)."""
+    try:
+        return pass_history.start_pass(db, clock.now(), jobs, tenant)
+    except Exception as exc:
+        log.warning("run.history_failed", **exception_fields(exc))
+        return None
+
+
+def _end_record(
+    db: sqlite_utils.Database,
+    clock: Clock,
+    pass_id: int | None,
+    stats: PassStats,
+    history_days: int,
+) -> None:
+    """Complete the pass's row: stopped if a job (or the pass) stopped on an error, failed
+    if some item failed, else ok; and prune the passes older than ``history_days``."""
+    if pass_id is None:
+        return
+    if stats.job_errors:
+        outcome = pass_history.STOPPED
+    else:
+        outcome = pass_history.FAILED if stats.failures else pass_history.OK
+    now = clock.now()
+    end = pass_history.PassEnd(
+        finished_at=now,
+        outcome=outcome,
+        counts=stats.job_counts,
+        errors=stats.job_errors,
+        bytes_stored=stats.bytes_stored,
+        te_requests=stats.te_requests,
+        te_tokens_requested=stats.te_tokens_requested,
+    )
+    try:
+        pass_history.finish_pass(db, pass_id, end, keep_after=now - history_days * 86_400)
+    except Exception as exc:
+        log.warning("run.history_failed", **exception_fields(exc))
+
+
+def _error_text(exc: BaseException) -> str:
+    """What stopped a job, as kept in the history: its class and message, secrets masked."""
+    fields = exception_fields(exc)
+    return mask(f"{fields['error_class']}: {fields['error']}")
 
 
 def _remember(
@@ -199,6 +277,7 @@ def _remember(
 
 def _run_job(name: str, context: JobContext) -> None:
     """Run one job; whatever it raises ends it (not the pass) with one ``job.failed``."""
+    before = context.stats.snapshot()
     try:
         JOBS[name](context)
     except StateBusyError:
@@ -206,3 +285,6 @@ def _run_job(name: str, context: JobContext) -> None:
     except Exception as exc:
         log.error("job.failed", job=name, **exception_fields(exc))
         context.stats.add(Outcome.FAILED)
+        context.stats.job_errors[name] = _error_text(exc)
+    finally:
+        context.stats.job_counts[name] = context.stats.counts_since(before)

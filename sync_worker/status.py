@@ -1,6 +1,6 @@
 """``sync-worker status``: what the checkpoints hold. A table for people (counts, then the
-failing and parked items), streamed JSON for tools. Either costs what is at hand, not the
-history (see state.reports).
+failing and parked items, then the last passes), streamed JSON for tools. Either costs
+what is at hand, not the history (see state.reports).
 
 The JSON is one document, ``{"counts": {...}, "archives": [...]}``, written an archive at
 a time (one per line), so that even years of archives need no more memory than one page.
@@ -9,27 +9,36 @@ a time (one per line), so that even years of archives need no more memory than o
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
 import sqlite_utils
 
-from sync_worker.state import held_records, reports
+from sync_worker import history
+from sync_worker.clock import iso_time
+from sync_worker.state import held_records, pass_history, reports
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
 FAILING_SHOWN = 50
+RECENT_PASSES = 5
 
 
 def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
-    """Counts per state, then up to ``limit`` failing or parked items."""
+    """Counts per state, then up to ``limit`` failing or parked items, then the last
+    RECENT_PASSES passes."""
     counts = reports.counts(db)
     lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
     lines.extend(_held(db, limit))
+    lines.extend(_failing(db, limit))
+    lines.extend(_recent_passes(db))
+    return "\n".join(lines)
+
+
+def _failing(db: sqlite_utils.Database, limit: int) -> list[str]:
+    """Up to ``limit`` failing or parked items, each with its next try and last error."""
     rows, total = reports.failing(db, limit)
     if not rows:
-        lines.append("No failing items.")
-        return "\n".join(lines)
-    lines.append("")
+        return ["No failing items."]
+    lines = [""]
     lines.append(f"{'ARCHIVE':<38} {'ITEM':<28} {'STATE':<10} {'TRIES':>5}  NEXT TRY / LAST ERROR")
     for row in rows:
         next_try = _iso(row["next_attempt_at"]) or "-"
@@ -39,7 +48,15 @@ def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
         )
         lines.append(f"{'':<38} {row['last_error']}")
     lines.extend(_more(total - len(rows)))
-    return "\n".join(lines)
+    return lines
+
+
+def _recent_passes(db: sqlite_utils.Database) -> list[str]:
+    """The last few passes, the newest first (all of them: sync-worker history)."""
+    recent = pass_history.passes(db, limit=RECENT_PASSES)
+    if not recent:
+        return []
+    return ["", "Recent passes (sync-worker history for more)", *history.render_table(recent)]
 
 
 def _held(db: sqlite_utils.Database, limit: int) -> list[str]:
@@ -95,7 +112,7 @@ def _with_times(row: dict[str, Any]) -> dict[str, Any]:
 
 
 def _iso(value: float | None) -> str | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC).isoformat()
+    return None if value is None else iso_time(value)
 
 
 def _counts(counts: dict[str, int]) -> str:

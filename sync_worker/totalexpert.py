@@ -39,7 +39,7 @@ import requests
 import structlog
 
 from sync_worker import logs
-from sync_worker.clock import Clock
+from sync_worker.clock import Clock, iso_time
 from sync_worker.config import HttpConfig, TotalExpertConfig
 from sync_worker.http import (
     Answer,
@@ -78,7 +78,7 @@ class TokenBudgetExhausted(Exception):
     """No token request is allowed before ``next_allowed_at`` (epoch seconds)."""
 
     def __init__(self, next_allowed_at: float) -> None:
-        super().__init__(f"token request budget spent until {next_allowed_at:.0f}")
+        super().__init__(f"token request budget spent until {iso_time(next_allowed_at)}")
         self.next_allowed_at = next_allowed_at
 
 

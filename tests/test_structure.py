@@ -40,6 +40,8 @@ LAYERS = {
     "sync_worker.healthcheck": 2,
     "sync_worker.state": 2,
     "sync_worker.jobs": 3,
+    # the passes' rendering, for status and the history command (reads state, as jobs do)
+    "sync_worker.history": 3,
     "sync_worker.runner": 4,
     "sync_worker.checks": 4,
     "sync_worker.status": 4,

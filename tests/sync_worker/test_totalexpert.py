@@ -141,7 +141,9 @@ def test_a_spent_token_budget_asks_nothing(sandbox, config, client_for):
     client = client_for(sandbox, config, token_requests_per_hour=1)
     client.fetch_token()
     sandbox.totalexpert.revoke_tokens()
-    with pytest.raises(TokenBudgetExhausted):
+    # the next allowed time as people read it (ISO 8601 with zone), not as epoch seconds
+    spent = r"token request budget spent until 2026-11-18T\d\d:\d\d:\d\d\+00:00$"
+    with pytest.raises(TokenBudgetExhausted, match=spent):
         client.insight_type_id("flexperto_conference_archived")
     assert len(te_requests(sandbox, path="/token")) == 1
 

@@ -1,5 +1,5 @@
 """Years of history cost a pass nothing: every statement a pass runs on the archives,
-insights and participants tables finds its rows through an index, never by reading the
+insights, participants and passes tables finds its rows through an index, never by reading the
 table (or a whole index) through. Statements are recorded as the worker runs them, over a
 state file that already holds claimed archives, and each one's query plan is checked.
 """
@@ -15,7 +15,7 @@ from sync_worker.cli import main
 from sync_worker.state import db as state_db
 
 # The tables that grow with history, and the aliases the worker's queries give them.
-LEDGER = re.compile(r"\bSCAN (archives|insights|participants|a|i|p)\b")
+LEDGER = re.compile(r"\bSCAN (archives|insights|participants|passes|a|i|p)\b")
 
 
 @pytest.fixture
@@ -68,7 +68,7 @@ def test_a_pass_finds_everything_through_indexes(sandbox, config, run, statement
     assert full_scans(config.state.database, statements) == []
 
 
-def test_status_and_retry_read_the_history_only_through_indexes(
+def test_status_retry_and_history_read_the_history_only_through_indexes(
     sandbox, config, run, statements, tmp_path, capsys
 ):
     run()
@@ -77,6 +77,8 @@ def test_status_and_retry_read_the_history_only_through_indexes(
     assert main(["--config", config_file, "status"]) == 0
     assert main(["--config", config_file, "retry", "--all-failed"]) == 0
     assert main(["--config", config_file, "status", "--json", "--limit", "2"]) == 0
+    assert main(["--config", config_file, "history", "--since", "2026-01-01"]) == 0
+    assert main(["--config", config_file, "history", "--limit", "3", "--json"]) == 0
     capsys.readouterr()
     # Counting by state reads the state index through, not the table: allowed here.
     assert full_scans(config.state.database, statements, allow_index_scans=True) == []

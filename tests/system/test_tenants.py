@@ -14,6 +14,7 @@ from sync_worker.runner import run_passes
 from sync_worker.sandbox import Sandbox, tenants_toml
 from sync_worker.sandbox.seed import ANNA, BERND, ERIKA, MAX
 from sync_worker.sandbox.worker_process import run_worker
+from sync_worker.state import pass_history
 from sync_worker.state.db import open_database
 from tests.conftest import TEST_SETTINGS
 
@@ -52,6 +53,8 @@ def test_two_tenants_pass_side_by_side_each_in_its_own_files_and_log_fields(
         available = {r["id"] for r in box.flexperto.records() if r["status"] == "ABANDONED"}
         assert stored == available and stored
         assert {p.stem for p in (tmp_path / name / "archives").rglob("*.zip")} == stored
+        [kept] = pass_history.passes(db)  # the pass, in the tenant's own history
+        assert (kept.tenant, kept.outcome) == (name, "ok")
     assert len(a.totalexpert.insights()) == 3 + 2
     assert a.totalexpert.rate_limited_count == 0
 
