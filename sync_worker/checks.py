@@ -21,6 +21,7 @@ from sync_worker.config import Config
 from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
 from sync_worker.flexperto.records import RecordError, parse_record
 from sync_worker.http import ApiError
+from sync_worker.network import SERVICES
 from sync_worker.state import capabilities
 from sync_worker.state.db import (
     StateBusyError,
@@ -58,10 +59,13 @@ class Fallback(Exception):
 
 def run_checks(config: Config, clock: Clock) -> list[Finding]:
     findings = [
+        *_routes(config),
         _check("state database", lambda: _state(config)),
-        _check("archive store", lambda: open_store(config.storage, config.http).probe()),
+        _check(
+            "archive store", lambda: open_store(config.storage, config.http, config.network).probe()
+        ),
     ]
-    flexperto = FlexpertoClient(config.flexperto, config.http, clock)
+    flexperto = FlexpertoClient(config.flexperto, config.http, clock, config.network)
     try:
         findings.append(_check("flexperto listing", lambda: _listing(flexperto)))
         if findings[-1].ok:
@@ -74,7 +78,7 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
     except (OSError, sqlite3.Error, StateBusyError) as exc:
         db.close()
         return [*findings, Finding("totalexpert budget", FAIL, f"{type(exc).__name__}: {exc}")]
-    client = TotalExpertClient(config.totalexpert, config.http, access, clock)
+    client = TotalExpertClient(config.totalexpert, config.http, access, clock, config.network)
     try:
         findings.extend(_totalexpert_findings(config, client))
         findings.extend(_remembered(db))
@@ -83,6 +87,12 @@ def run_checks(config: Config, clock: Clock) -> list[Finding]:
         access.close()
         db.close()
     return findings
+
+
+def _routes(config: Config) -> list[Finding]:
+    """Which proxy (without its credentials) and which CAs each service is reached with."""
+    services = [s for s in SERVICES if s != "s3" or config.storage.backend == "s3"]
+    return [Finding(f"network {s}", OK, config.network.route(s).describe()) for s in services]
 
 
 def _state_or_memory(config: Config) -> sqlite_utils.Database:

@@ -41,6 +41,7 @@ from typing import Any, BinaryIO
 from botocore.exceptions import BotoCoreError, ClientError
 
 from sync_worker.config import HttpConfig, StorageConfig
+from sync_worker.network import Route
 from sync_worker.private_files import make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
@@ -68,12 +69,18 @@ NOT_IMPLEMENTED = ("501", "NotImplemented")
 class S3Store:
     appends_sums = False
 
-    def __init__(self, config: StorageConfig, http: HttpConfig, client: Any = None) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        http: HttpConfig,
+        client: Any = None,
+        route: Route | None = None,
+    ) -> None:
         self._config = config
         self._bucket = config.bucket
         self._prefix = config.prefix
         self._spool = LocalStore(config.archive_dir, keep_sums=False)
-        self._client = client or _client(config, http)
+        self._client = client or _client(config, http, route or Route())
 
     # --- Store ----------------------------------------------------------------------------
 
@@ -430,8 +437,9 @@ class S3Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(config: StorageConfig, http: HttpConfig) -> Any:
-    """A boto3 S3 client: the configured keys, else the standard AWS chain. One per
+def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
+    """A boto3 S3 client: the configured keys, else the standard AWS chain; through the
+    ``route``'s proxy (https only, tunnelled), verifying with its CA bundle. One per
     configuration and process (clients are thread-safe; making one loads boto3's models,
     a fifth of a second)."""
     import boto3  # only when the bucket is used: it costs 20 MiB and a fraction of a second
@@ -449,8 +457,11 @@ def _client(config: StorageConfig, http: HttpConfig) -> Any:
         # The worker sends and checks its own SHA-256s; no second checksum on every call.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        proxies={"https": proxy} if (proxy := route.proxy_url()) else None,
     )
-    return session.client("s3", endpoint_url=config.endpoint_url or None, config=settings)
+    return session.client(
+        "s3", endpoint_url=config.endpoint_url or None, config=settings, verify=route.verify
+    )
 
 
 @contextmanager
