@@ -590,29 +590,38 @@ def _host(exc: requests.RequestException) -> str | None:
 
 
 def connection_cause(exc: requests.ConnectionError) -> str:
-    """Why a connection failed, in a few words: DNS, refused, TLS verification, the
-    proxy (named, without its credentials)..."""
+    """Why a connection failed, in a few words (see :func:`cause_of`)."""
     reason = _reason(exc)
+    if reason is None:
+        return f"connection failed: {type(exc).__name__}"
+    proxy = getattr(getattr(exc.args[0], "pool", None), "proxy", None)
+    return cause_of(reason, f"{proxy.host}:{proxy.port}" if proxy else "")
+
+
+def cause_of(reason: BaseException, proxy: str = "") -> str:
+    """What urllib3 said went wrong, in a few words: DNS, refused, TLS verification, the
+    ``proxy`` (its ``HOST:PORT``, never its credentials) unreachable or refusing..."""
     if isinstance(reason, urllib3.exceptions.ProxyError):
         inner = reason.args[1] if len(reason.args) > 1 else reason
-        proxy = getattr(getattr(exc.args[0], "pool", None), "proxy", None)
-        where = f"proxy {proxy.host}:{proxy.port}" if proxy else "proxy"
-        if isinstance(inner, urllib3.exceptions.NewConnectionError | OSError) and (
-            "Tunnel connection failed" not in str(inner)
-        ):
+        where = f"proxy {proxy}" if proxy else "proxy"
+        text = str(inner)
+        unreachable = isinstance(inner, urllib3.exceptions.NewConnectionError | OSError)
+        if unreachable and "Tunnel connection failed" not in text:
             return f"{where} unreachable: {_socket_cause(inner)}"
-        return (
-            f"{where} refused the tunnel: {str(inner).removeprefix('Tunnel connection failed: ')}"
-        )
+        return f"{where} refused the tunnel: {text.removeprefix('Tunnel connection failed: ')}"
     if isinstance(reason, urllib3.exceptions.SSLError):
         return _tls_cause(reason)
     if isinstance(reason, urllib3.exceptions.NameResolutionError):
         return f"DNS lookup failed: {reason.__cause__ or reason}"
-    if isinstance(reason, urllib3.exceptions.NewConnectionError):
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # before its base class
         return _socket_cause(reason)
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
+        return "timed out connecting"
     if isinstance(reason, urllib3.exceptions.ProtocolError):
         return f"connection broken: {reason.args[-1] if reason.args else reason}"
-    return f"connection failed: {type(exc).__name__}"
+    if isinstance(reason, OSError):
+        return _socket_cause(reason)
+    return f"connection failed: {type(reason).__name__}"
 
 
 def _socket_cause(exc: BaseException) -> str:

@@ -37,10 +37,19 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ProxyConnectionError,
+    SSLError,
+)
 
 from sync_worker.config import HttpConfig, StorageConfig
+from sync_worker.http import cause_of
 from sync_worker.network import Route
 from sync_worker.private_files import make_private_dirs
 from sync_worker.stores import (
@@ -472,8 +481,22 @@ def _store_errors(bucket: str) -> Iterator[None]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         raise StoreError(f"s3 {bucket}: {error.get('Code')}: {error.get('Message')}") from None
+    except (SSLError, EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
+        raise StoreError(_connection_failure(bucket, exc)) from None
     except BotoCoreError as exc:
         raise StoreError(f"s3 {bucket}: {type(exc).__name__}: {exc}") from None
+
+
+def _connection_failure(bucket: str, exc: BotoCoreError) -> str:
+    """``s3 HOST (bucket B): cause``, as the API clients say it (botocore gives the proxy's
+    URL masked; its credentials are masked in logs anyway)."""
+    details = getattr(exc, "kwargs", {})
+    host = urlsplit(details.get("endpoint_url", "")).netloc
+    proxy = urlsplit(details.get("proxy_url", ""))
+    where = f"{proxy.hostname}:{proxy.port}" if proxy.hostname else ""
+    error = details.get("error")
+    cause = cause_of(error, where) if isinstance(error, BaseException) else str(exc)
+    return f"s3 {host} (bucket {bucket}): {cause}" if host else f"s3 {bucket}: {cause}"
 
 
 class _Part:

@@ -26,6 +26,7 @@ from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.http import TransientError
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import STRICT, Sandbox, free_port
+from sync_worker.sandbox.bucket import S3Server
 from tests.conftest import TEST_SETTINGS
 
 PROXY_USER = "sync"
@@ -278,3 +279,59 @@ def test_connection_failures_name_host_and_cause(tmp_path, clock, base_url, caus
         client.negotiate_listing()
     client.close()
     assert str(failed.value).startswith("flexperto " + cause.format(port=port))
+
+
+# --- S3 -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tls_s3_sandbox(tmp_path, clock, ca, bundle) -> Iterator[Sandbox]:
+    """The sandbox over TLS, storing in a bucket of an S3 server over TLS."""
+    server = S3Server(tls=server_context(ca, "127.0.0.1"), ca_bundle=str(bundle))
+    tls = server_context(ca, "127.0.0.1", "127.0.0.2", "localhost")
+    try:
+        with Sandbox(
+            tmp_path / "sandbox", clock=clock, tls=tls, storage="s3", s3_server=server
+        ) as running:
+            yield running
+    finally:
+        server.stop()
+
+
+def test_s3_over_tls_refuses_an_unknown_ca(tmp_path, tls_s3_sandbox, clock, bundle):
+    network = f'flexperto_ca_bundle = "{bundle}"\n'
+    store = finding(
+        run_checks(config_for(tmp_path, tls_s3_sandbox, network), clock), "archive store"
+    )
+    assert store.status == FAIL
+    assert store.detail == (
+        f"s3 {hostport(tls_s3_sandbox.bucket.server.url)} (bucket {tls_s3_sandbox.bucket.name}): "
+        "TLS verification failed: certificate verify failed: unable to get local issuer "
+        "certificate"
+    )
+
+
+def test_s3_over_tls_through_the_proxy(tmp_path, tls_s3_sandbox, clock, bundle, proxy):
+    network = (
+        f'ca_bundle = "{bundle}"\nproxy = "{proxy.url}"\n'
+        f'proxy_user = "{PROXY_USER}"\nproxy_password = "{PROXY_PASSWORD}"\n'
+    )
+    config = config_for(tmp_path, tls_s3_sandbox, network)
+    assert run_pass(config, clock).exit_code == 0
+    listed = tls_s3_sandbox.bucket.keys()
+    stored = [key for key in listed if key.endswith(".zip")]
+    assert len(stored) == 3
+    s3 = hostport(tls_s3_sandbox.bucket.server.url)
+    assert s3 in proxy.wait_for_upstreams({s3})
+    assert tls_s3_sandbox.bucket.server.url.startswith("https://")
+
+
+def test_s3_through_an_unreachable_proxy_is_named(tmp_path, tls_s3_sandbox, clock, bundle):
+    port = free_port()
+    network = f'ca_bundle = "{bundle}"\ns3_proxy = "http://127.0.0.1:{port}"\n'
+    findings = run_checks(config_for(tmp_path, tls_s3_sandbox, network), clock)
+    bucket = tls_s3_sandbox.bucket
+    assert finding(findings, "archive store").detail == (
+        f"s3 {bucket.name}: proxy 127.0.0.1:{port} unreachable: connection refused"
+    )
+    assert finding(findings, "flexperto listing").status == OK  # the others go direct
