@@ -574,7 +574,9 @@ def _never_connected(exc: requests.ConnectionError) -> bool:
     reason = _reason(exc)
     if isinstance(reason, urllib3.exceptions.ProxyError):
         return True  # no tunnel, so nothing reached the service
-    return isinstance(reason, urllib3.exceptions.NewConnectionError | urllib3.exceptions.SSLError)
+    if isinstance(reason, urllib3.exceptions.SSLError):  # refused in the handshake, or later?
+        return bool(reason.args) and isinstance(reason.args[0], ssl.SSLCertVerificationError)
+    return isinstance(reason, urllib3.exceptions.NewConnectionError)
 
 
 def _reason(exc: requests.RequestException) -> BaseException | None:

@@ -147,6 +147,7 @@ def test_an_unknown_ca_is_refused_naming_the_host(tmp_path, tls_sandbox, clock):
         f"flexperto {where}: TLS verification failed: certificate verify failed: "
         "unable to get local issuer certificate"
     )
+    assert not refused.value.maybe_processed  # refused in the handshake: nothing was sent
     assert tls_sandbox.flexperto.requests == []
 
 
