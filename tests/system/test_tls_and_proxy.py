@@ -231,6 +231,8 @@ def test_a_pass_through_the_proxy_tunnels_every_service(
     assert tls_sandbox.api_key not in proxy.log()
     assert tls_sandbox.client_secret not in proxy.log()
     assert tls_sandbox.s3.api_key_rejections == 0
+    served = tls_sandbox.requests()
+    assert served and not [r for r in served if "proxy-authorization" in map(str.lower, r.headers)]
     assert PROXY_PASSWORD not in json.dumps(log_lines())
 
 
