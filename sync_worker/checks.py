@@ -26,6 +26,7 @@ from sync_worker.config import Config, HttpConfig
 from sync_worker.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
 from sync_worker.flexperto.records import RecordError, parse_record
 from sync_worker.http import ApiError
+from sync_worker.network import SERVICES
 from sync_worker.private_files import describe_writable_dir
 from sync_worker.state import capabilities
 from sync_worker.state.db import (
@@ -99,11 +100,15 @@ class CachedTokenOnly(SharedAccess):
 
 
 def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> list[Finding]:
-    findings = [_check("state database", lambda: _state(config)), _store_finding(config, plan)]
+    findings = [
+        *_routes(config),
+        _check("state database", lambda: _state(config)),
+        _store_finding(config, plan),
+    ]
     if plan.offline:
         return findings
     http = probe_http(config.http, plan.probe_seconds)
-    flexperto = FlexpertoClient(config.flexperto, http, clock)
+    flexperto = FlexpertoClient(config.flexperto, http, clock, config.network)
     where = f"Flexperto at {_host(config.flexperto.base_url)}"
     try:
         findings.append(_check("flexperto listing", lambda: _listing(flexperto), where))
@@ -119,7 +124,7 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
     te = config.totalexpert
     kind = SharedAccess if plan.token else CachedTokenOnly
     access = kind(db, te.base_url, te.client_id, te.requests_per_minute, te.token_requests_per_hour)
-    client = TotalExpertClient(te, http, access, clock)
+    client = TotalExpertClient(te, http, access, clock, config.network)
     where = f"Total Expert at {_host(te.base_url)}"
     try:
         findings.extend(_totalexpert_findings(config, client, where))
@@ -128,6 +133,12 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
         client.close()
         db.close()
     return findings
+
+
+def _routes(config: Config) -> list[Finding]:
+    """Which proxy (without its credentials) and which CAs each service is reached with."""
+    services = [s for s in SERVICES if s != "s3" or config.storage.backend == "s3"]
+    return [Finding(f"network {s}", OK, config.network.route(s).describe()) for s in services]
 
 
 def probe_http(http: HttpConfig, seconds: float) -> HttpConfig:
@@ -158,7 +169,7 @@ def _store_finding(config: Config, plan: CheckPlan) -> Finding:
     http = probe_http(config.http, plan.probe_seconds)
     return _check(
         "archive store",
-        lambda: open_store(storage, http).probe(),
+        lambda: open_store(storage, http, config.network).probe(),
         where if storage.backend == "s3" else "",
     )
 

@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import structlog
 
 from sync_worker.flexperto.download_targets import DownloadTargets
+from sync_worker.network import DIRECT, SERVICES, Route, check_ca_bundle, check_proxy
 
 ENV_PREFIX = "SYNC_WORKER_"
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
@@ -401,6 +402,91 @@ class WebhookConfig:
                 raise ConfigError("config key webhook.public_url is required with listen")
 
 
+def _own_proxy(service: str) -> Any:
+    return setting(
+        "",
+        help=f"{service}: its own proxy, over `proxy` (`direct`: none for it); empty: `proxy`",
+        optional=True,
+    )
+
+
+def _own_ca_bundle(service: str) -> Any:
+    return setting(
+        "",
+        help=f"{service}: its own CA bundle, over `ca_bundle`; empty: `ca_bundle`",
+        optional=True,
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    proxy: str = setting(
+        "",
+        help="an HTTP proxy, `http://HOST:PORT`, that every service is reached through "
+        "(https is tunnelled with CONNECT: the proxy sees host and port only; plain http, "
+        "loopback only, never goes through it); empty: none",
+        optional=True,
+    )
+    proxy_user: str = setting(
+        "", help="the proxy's user name (Basic auth, sent to the proxy only)", optional=True
+    )
+    proxy_password: str = setting(
+        "",
+        help="the proxy's password",
+        optional=True,
+        secret_env="PROXY_PASSWORD",
+        credential="proxy_password",
+    )
+    ca_bundle: Path = setting(
+        "",
+        help="a PEM file of the CAs to trust in place of the default ones (certifi), e.g. "
+        "with your TLS-inspecting proxy's CA; TLS is always verified; empty: the defaults",
+        optional=True,
+    )
+    flexperto_proxy: str = _own_proxy("the Flexperto API")
+    flexperto_ca_bundle: Path = _own_ca_bundle("the Flexperto API")
+    storage_host_proxy: str = _own_proxy("Flexperto's storage host (downloads)")
+    storage_host_ca_bundle: Path = _own_ca_bundle("Flexperto's storage host")
+    totalexpert_proxy: str = _own_proxy("Total Expert")
+    totalexpert_ca_bundle: Path = _own_ca_bundle("Total Expert")
+    s3_proxy: str = _own_proxy("the S3 store")
+    s3_ca_bundle: Path = _own_ca_bundle("the S3 store")
+
+    def __post_init__(self) -> None:
+        if self.proxy_password and not self.proxy_user:
+            raise ConfigError("config key network.proxy_user is required with proxy_password")
+        for key in ("proxy", *(f"{service}_proxy" for service in SERVICES)):
+            value = getattr(self, key)
+            if not value:
+                continue
+            try:
+                checked = check_proxy(value)
+            except ValueError as exc:
+                raise ConfigError(f"config key network.{key} {exc}") from None
+            if key == "proxy" and checked == DIRECT:
+                raise ConfigError("config key network.proxy must be http://HOST:PORT")
+            object.__setattr__(self, key, checked)
+        for key in ("ca_bundle", *(f"{service}_ca_bundle" for service in SERVICES)):
+            if path := getattr(self, key):
+                try:
+                    check_ca_bundle(path)
+                except ValueError as exc:
+                    raise ConfigError(f"config key network.{key}: {exc}") from None
+
+    def route(self, service: str) -> Route:
+        """How ``service`` (one of network.SERVICES) is reached."""
+        proxy = getattr(self, f"{service}_proxy") or self.proxy
+        bundle = getattr(self, f"{service}_ca_bundle") or self.ca_bundle
+        if proxy == DIRECT:
+            proxy = ""
+        return Route(
+            proxy=proxy,
+            user=self.proxy_user if proxy else "",
+            password=self.proxy_password if proxy else "",
+            ca_bundle=bundle or None,
+        )
+
+
 @dataclass(frozen=True)
 class Config:
     flexperto: FlexpertoConfig
@@ -414,6 +500,7 @@ class Config:
     monitoring: MonitoringConfig
     metrics: MetricsConfig
     webhook: WebhookConfig
+    network: NetworkConfig
     # The [[tenant]] this is ("" for a file without tenants); not a section.
     tenant: str = ""
     # Where each key's value came from, by "section.key" (for `config show`); not a section.

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import random
 import socket
+import ssl
 import threading
 import time
 from collections import deque
@@ -37,7 +38,9 @@ import requests
 import tenacity
 import urllib3
 
+from sync_worker import logs
 from sync_worker.config import HttpConfig
+from sync_worker.network import Route
 from sync_worker.untrusted import MAX_INT_DIGITS
 
 RETRYABLE_STATUSES = frozenset({429, 500, 502, 503, 504})
@@ -57,12 +60,16 @@ Guard = Callable[[str, str, int, str], None]
 
 
 class ApiError(Exception):
-    """A request failed for good: the service refused it or answered nonsense."""
+    """A request failed for good: the service refused it or answered nonsense. With
+    ``host``, the message names it: ``flexperto api.example.com: connection refused``."""
 
-    def __init__(self, service: str, message: str, status: int | None = None) -> None:
+    def __init__(
+        self, service: str, message: str, status: int | None = None, host: str | None = None
+    ) -> None:
+        where = f"{service} {host}" if host else service
         # A service's text may hold half a UTF-16 pair (JSON escapes one): escaped here, as
         # the text is kept in the state file, whose UTF-8 cannot take it as it is.
-        super().__init__(f"{service}: {message}".encode(errors="backslashreplace").decode())
+        super().__init__(f"{where}: {message}".encode(errors="backslashreplace").decode())
         self.service = service
         self.status = status
 
@@ -97,21 +104,34 @@ class TransientError(ApiError):
         status: int | None = None,
         retry_after: float | None = None,
         maybe_processed: bool = False,
+        host: str | None = None,
     ) -> None:
-        super().__init__(service, message, status)
+        super().__init__(service, message, status, host)
         self.retry_after = retry_after
         self.maybe_processed = maybe_processed
 
 
 def new_session(
-    headers: dict[str, str] | None = None, pool_size: int = 8, guard: Guard | None = None
+    headers: dict[str, str] | None = None,
+    pool_size: int = 8,
+    guard: Guard | None = None,
+    route: Route | None = None,
 ) -> requests.Session:
     """A pooled session that never takes proxies or credentials from the environment and
     never follows a redirect; with ``guard``, every connection is checked once made. Its
     connections cut an answer whose status line and headers are not in by the deadline of
-    the call in hand (see :func:`send`)."""
+    the call in hand (see :func:`send`). ``route``: the proxy that https goes through
+    (CONNECT) and the CA bundle to verify with (see :mod:`sync_worker.network`)."""
     session = _Session()
     session.trust_env = False
+    route = route or Route()
+    session.verify = route.verify
+    proxy = route.proxy_url()
+    if proxy:
+        # https only: a proxy would see a plain http request's headers (loopback anyway).
+        session.proxies = {"https": proxy}
+        logs.add_secret(route.password)
+        logs.add_basic_credentials(route.user, route.password)
     adapter = _Adapter(guard, pool_connections=2, pool_maxsize=pool_size)
     session.mount("https://", adapter)
     session.mount("http://", adapter)
@@ -144,11 +164,25 @@ class _Adapter(requests.adapters.HTTPAdapter):
             self._guard, num_pools=connections, maxsize=maxsize, block=block, **pool_kwargs
         )
 
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> urllib3.ProxyManager:
+        """requests' proxy manager, making this module's connections too."""
+        if proxy not in self.proxy_manager:
+            self.proxy_manager[proxy] = _ProxyManager(
+                self._guard,
+                proxy,
+                proxy_headers=self.proxy_headers(proxy),
+                num_pools=self._pool_connections,
+                maxsize=self._pool_maxsize,
+                block=self._pool_block,
+                **proxy_kwargs,
+            )
+        return self.proxy_manager[proxy]
 
-class _PoolManager(urllib3.PoolManager):
-    def __init__(self, guard: Guard | None, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self._guard = guard
+
+class _Pools:
+    """Makes pools of this module's connections (mixed into urllib3's managers)."""
+
+    _guard: Guard | None
 
     def _new_pool(
         self,
@@ -157,10 +191,22 @@ class _PoolManager(urllib3.PoolManager):
         port: int,
         request_context: dict[str, Any] | None = None,
     ) -> urllib3.HTTPConnectionPool:
-        pool = super()._new_pool(scheme, host, port, request_context)
+        pool = super()._new_pool(scheme, host, port, request_context)  # type: ignore[misc]
         pool.ConnectionCls = _CONNECTIONS[scheme]
         pool.conn_kw["guard"] = self._guard
         return pool
+
+
+class _PoolManager(_Pools, urllib3.PoolManager):
+    def __init__(self, guard: Guard | None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._guard = guard
+
+
+class _ProxyManager(_Pools, urllib3.ProxyManager):
+    def __init__(self, guard: Guard | None, proxy_url: str, **kwargs: Any) -> None:
+        super().__init__(proxy_url, **kwargs)
+        self._guard = guard
 
 
 # The deadline of the call this thread is making, for its connection to watch the headers.
@@ -171,7 +217,9 @@ class _Checked:
     """A connection that checks the address it reached with ``guard`` (if any), before TLS
     or any byte is sent; and shuts itself down when the status line and headers of an
     answer are not in by the deadline of the call in hand, however slowly they come (a
-    peer sending a byte now and then, each within the read timeout)."""
+    peer sending a byte now and then, each within the read timeout). Through a proxy, the
+    address reached is the proxy's, which the operator chose: not checked (the proxy
+    resolves the target's name; the URL's host was checked before)."""
 
     scheme = ""
 
@@ -181,7 +229,7 @@ class _Checked:
 
     def _new_conn(self) -> socket.socket:
         sock: socket.socket = super()._new_conn()
-        if self._guard is None:
+        if self._guard is None or getattr(self, "_tunnel_host", None):
             return sock
         try:
             self._guard(self.scheme, self.host, self.port, sock.getpeername()[0])
@@ -492,17 +540,18 @@ def _mapped_failures(service: str) -> Iterator[None]:
     """Network failures as TransientError (or ApiError when no retry can help)."""
     try:
         yield
-    except requests.ConnectTimeout:
-        raise TransientError(service, "timed out connecting") from None
+    except requests.ConnectTimeout as exc:
+        raise TransientError(service, "timed out connecting", host=_host(exc)) from None
     except requests.Timeout as exc:
         raise TransientError(
-            service, f"timed out: {type(exc).__name__}", maybe_processed=True
+            service, f"timed out: {type(exc).__name__}", maybe_processed=True, host=_host(exc)
         ) from None
     except requests.ConnectionError as exc:
         raise TransientError(
             service,
-            f"connection failed: {type(exc).__name__}",
+            connection_cause(exc),
             maybe_processed=not _never_connected(exc),
+            host=_host(exc),
         ) from None
     except requests.exceptions.ChunkedEncodingError as exc:  # the answer broke off
         raise TransientError(
@@ -522,8 +571,79 @@ def _mapped_failures(service: str) -> Iterator[None]:
 
 
 def _never_connected(exc: requests.ConnectionError) -> bool:
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    reason = _reason(exc)
+    if isinstance(reason, urllib3.exceptions.ProxyError):
+        return True  # no tunnel, so nothing reached the service
+    if isinstance(reason, urllib3.exceptions.SSLError):  # refused in the handshake, or later?
+        return bool(reason.args) and isinstance(reason.args[0], ssl.SSLCertVerificationError)
     return isinstance(reason, urllib3.exceptions.NewConnectionError)
+
+
+def _reason(exc: requests.RequestException) -> BaseException | None:
+    """What urllib3 said went wrong, under requests' wrapping."""
+    inner = exc.args[0] if exc.args else None
+    return getattr(inner, "reason", None) or (inner if isinstance(inner, BaseException) else None)
+
+
+def _host(exc: requests.RequestException) -> str | None:
+    """The ``host`` or ``host:port`` the failed request was for."""
+    url = getattr(exc.request, "url", None)
+    return urlsplit(url).netloc.rpartition("@")[2] or None if url else None
+
+
+def connection_cause(exc: requests.ConnectionError) -> str:
+    """Why a connection failed, in a few words (see :func:`cause_of`)."""
+    reason = _reason(exc)
+    if reason is None:
+        return f"connection failed: {type(exc).__name__}"
+    proxy = getattr(getattr(exc.args[0], "pool", None), "proxy", None)
+    return cause_of(reason, f"{proxy.host}:{proxy.port}" if proxy else "")
+
+
+def cause_of(reason: BaseException, proxy: str = "") -> str:
+    """What urllib3 said went wrong, in a few words: DNS, refused, TLS verification, the
+    ``proxy`` (its ``HOST:PORT``, never its credentials) unreachable or refusing..."""
+    if isinstance(reason, urllib3.exceptions.ProxyError):
+        inner = reason.args[1] if len(reason.args) > 1 else reason
+        where = f"proxy {proxy}" if proxy else "proxy"
+        text = str(inner)
+        unreachable = isinstance(inner, urllib3.exceptions.NewConnectionError | OSError)
+        if unreachable and "Tunnel connection failed" not in text:
+            return f"{where} unreachable: {_socket_cause(inner)}"
+        return f"{where} refused the tunnel: {text.removeprefix('Tunnel connection failed: ')}"
+    if isinstance(reason, urllib3.exceptions.SSLError):
+        return _tls_cause(reason)
+    if isinstance(reason, urllib3.exceptions.NameResolutionError):
+        return f"DNS lookup failed: {reason.__cause__ or reason}"
+    if isinstance(reason, urllib3.exceptions.NewConnectionError):  # before its base class
+        return _socket_cause(reason)
+    if isinstance(reason, urllib3.exceptions.ConnectTimeoutError):
+        return "timed out connecting"
+    if isinstance(reason, urllib3.exceptions.ProtocolError):
+        return f"connection broken: {reason.args[-1] if reason.args else reason}"
+    if isinstance(reason, OSError):
+        return _socket_cause(reason)
+    return f"connection failed: {type(reason).__name__}"
+
+
+def _socket_cause(exc: BaseException) -> str:
+    """A failed connect in words: ``connection refused``, or the system's error text."""
+    cause = exc.__cause__ or exc
+    if isinstance(cause, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(cause, socket.gaierror):
+        return f"DNS lookup failed: {cause}"
+    if isinstance(cause, OSError) and cause.strerror:
+        return f"could not connect: {cause.strerror}"
+    return f"could not connect: {cause}"
+
+
+def _tls_cause(exc: urllib3.exceptions.SSLError) -> str:
+    """A failed handshake: the verification's own words when that is what failed."""
+    cause = exc.args[0] if exc.args else exc
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        return f"TLS verification failed: certificate verify failed: {cause.verify_message}"
+    return f"TLS handshake failed: {cause}"
 
 
 def retry_policy(

@@ -175,11 +175,13 @@ def _run_with_clients(
     audit_plan: AuditPlan,
 ) -> None:
     with ExitStack() as stack:
-        flexperto = FlexpertoClient(config.flexperto, config.http, clock)
+        flexperto = FlexpertoClient(config.flexperto, config.http, clock, config.network)
         stack.callback(flexperto.close)
         access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
         stack.callback(access.close)
-        totalexpert = TotalExpertClient(config.totalexpert, config.http, access, clock)
+        totalexpert = TotalExpertClient(
+            config.totalexpert, config.http, access, clock, config.network
+        )
         stack.callback(totalexpert.close)
         context = JobContext(
             config=config,
@@ -187,7 +189,7 @@ def _run_with_clients(
             clock=clock,
             flexperto=flexperto,
             totalexpert=totalexpert,
-            store=open_store(config.storage, config.http),
+            store=open_store(config.storage, config.http, config.network),
             stats=stats,
             stop_requested=stop_requested,
             audit_plan=audit_plan,

@@ -40,7 +40,7 @@ import structlog
 
 from sync_worker import logs
 from sync_worker.clock import Clock, iso_time
-from sync_worker.config import HttpConfig, TotalExpertConfig
+from sync_worker.config import HttpConfig, NetworkConfig, TotalExpertConfig
 from sync_worker.http import (
     Answer,
     ApiError,
@@ -132,7 +132,12 @@ class Access(Protocol):
 
 class TotalExpertClient:
     def __init__(
-        self, config: TotalExpertConfig, http: HttpConfig, access: Access, clock: Clock
+        self,
+        config: TotalExpertConfig,
+        http: HttpConfig,
+        access: Access,
+        clock: Clock,
+        network: NetworkConfig | None = None,
     ) -> None:
         self._config = config
         logs.add_basic_credentials(config.client_id, config.client_secret)  # as /token gets them
@@ -147,7 +152,9 @@ class TotalExpertClient:
         self._answer_limit = http.max_answer_bytes
         self._retrying = retry_policy(http, clock.sleep)
         self._retrying_once_only = retry_policy(http, clock.sleep, idempotent=False)
-        self._session = new_session({"Accept": "application/json"})
+        self._session = new_session(
+            {"Accept": "application/json"}, route=(network or NetworkConfig()).route("totalexpert")
+        )
         self._log = structlog.get_logger(service=SERVICE)
         self.requests_sent = 0
         self.tokens_requested = 0

@@ -29,6 +29,8 @@ LAYERS = {
     "sync_worker.untrusted": 0,
     # the download policy imports nothing of ours; config validates its entries with it
     "sync_worker.flexperto.download_targets": -1,
+    # how each service is reached (proxy, CA bundle); config validates its keys with it
+    "sync_worker.network": -1,
     "sync_worker.http": 1,
     "sync_worker.locks": 1,
     "sync_worker.progress": 1,

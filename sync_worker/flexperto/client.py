@@ -33,7 +33,7 @@ import structlog
 import urllib3
 
 from sync_worker.clock import Clock
-from sync_worker.config import FlexpertoConfig, HttpConfig
+from sync_worker.config import FlexpertoConfig, HttpConfig, NetworkConfig
 from sync_worker.flexperto.download_targets import Refused
 from sync_worker.http import (
     Answer,
@@ -114,7 +114,14 @@ class FlexpertoClient:
     default ``/api/v2``.
     """
 
-    def __init__(self, config: FlexpertoConfig, http: HttpConfig, clock: Clock) -> None:
+    def __init__(
+        self,
+        config: FlexpertoConfig,
+        http: HttpConfig,
+        clock: Clock,
+        network: NetworkConfig | None = None,
+    ) -> None:
+        network = network or NetworkConfig()
         self._root = config.base_url
         self._form = PREFERRED_LISTING
         # An unpaged probe answer is the whole listing: kept for the listing that follows it
@@ -127,12 +134,17 @@ class FlexpertoClient:
         self._http = http
         self._clock = clock
         self._retrying = retry_policy(http, clock.sleep)
-        self._session = new_session({"api-key": config.api_key, "Accept": "application/json"})
+        self._session = new_session(
+            {"api-key": config.api_key, "Accept": "application/json"},
+            route=network.route("flexperto"),
+        )
         self._targets = config.download_targets
         # The pre-signed download URL points at another host: never send it the api-key.
         # Identity: the bytes are hashed as sent, so they must come as Flexperto hashed them.
         self._download_session = new_session(
-            {"Accept-Encoding": "identity"}, guard=self._targets.check_peer
+            {"Accept-Encoding": "identity"},
+            guard=self._targets.check_peer,
+            route=network.route("storage_host"),
         )
         self.network = NetworkTime()
         # Whether the last listing read every page (see list_records).

@@ -8,7 +8,8 @@ benchmark. Each server logs every request it serves and takes switchable faults:
         config_text = sb.config_toml("archives", "state.db")
 
 ``dialect`` (default :data:`LENIENT`) says how far the servers go beyond the vendors'
-documents; :data:`STRICT` keeps to them.
+documents; :data:`STRICT` keeps to them. ``tls`` (an ``ssl.SSLContext`` holding a
+certificate for 127.0.0.1, 127.0.0.2 and localhost) makes the three speak HTTPS.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import itertools
 import json
 import secrets
 import socket
+import ssl
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -66,6 +68,7 @@ class Sandbox:
         dialect: Dialect = LENIENT,
         storage: str = "local",
         s3_server: S3Server | None = None,
+        tls: ssl.SSLContext | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
         self.dialect = dialect
@@ -97,7 +100,7 @@ class Sandbox:
         hosts = ("127.0.0.1", _second_loopback(), "127.0.0.1")
         try:
             for service, host, port in zip(self._services(), hosts, ports, strict=True):
-                self._servers[service.name] = SandboxServer(service, host=host, port=port)
+                self._servers[service.name] = SandboxServer(service, host, port, tls)
         except OSError:
             self.stop()
             raise

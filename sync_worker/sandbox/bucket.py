@@ -2,7 +2,8 @@
 speaking the S3 API, from the test extras), with a bucket that has Object Lock enabled.
 
 One server can hold the buckets of many sandboxes (the tests start one and share it);
-each :class:`SandboxBucket` makes a bucket of its own.
+each :class:`SandboxBucket` makes a bucket of its own. Given an ``ssl.SSLContext``, the
+server speaks HTTPS, and the sandbox's own S3 client trusts ``ca_bundle``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import ssl
 from typing import Any
 
 ACCESS_KEY_ID = "sandbox-key-id"
@@ -19,9 +21,10 @@ _numbers = itertools.count()
 
 
 class S3Server:
-    """moto's S3 server on 127.0.0.1, started now, until :meth:`stop`."""
+    """moto's S3 server on 127.0.0.1, started now, until :meth:`stop`; over HTTPS with
+    ``tls``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None, ca_bundle: str | None = None) -> None:
         try:
             from moto.server import ThreadedMotoServer
         except ImportError:
@@ -30,13 +33,42 @@ class S3Server:
                 "(make test installs it)"
             ) from None
         logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no line per request
-        self._server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+        server_class = ThreadedMotoServer if tls is None else _tls_server(tls)
+        self._server = server_class(ip_address="127.0.0.1", port=0, verbose=False)
         self._server.start()
         host, port = self._server.get_host_and_port()
-        self.url = f"http://{host}:{port}"
+        self.url = f"{'https' if tls else 'http'}://{host}:{port}"
+        self.verify: str | bool = ca_bundle or True
 
     def stop(self) -> None:
         self._server.stop()
+
+
+def _tls_server(tls: ssl.SSLContext) -> type:
+    """moto's threaded server class, serving over HTTPS with ``tls``."""
+    from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+    from moto.moto_server.werkzeug_app import (
+        DomainDispatcherApplication,
+        MotoRequestHandler,
+        create_backend_app,
+    )
+    from werkzeug.serving import make_server
+
+    class TLSMotoServer(ThreadedMotoServer):
+        def _server_entry(self) -> None:
+            app = DomainDispatcherApplication(create_backend_app)
+            self._server = make_server(
+                self._ip_address,
+                self._port,
+                app,
+                True,
+                request_handler=MotoRequestHandler,
+                ssl_context=tls,
+            )
+            self._server_ready_event.set()
+            self._server.serve_forever()
+
+    return TLSMotoServer
 
 
 class SandboxBucket:
@@ -60,6 +92,7 @@ class SandboxBucket:
             region_name=REGION,
             aws_access_key_id=ACCESS_KEY_ID,
             aws_secret_access_key=SECRET_ACCESS_KEY,
+            verify=self.server.verify,
         )
 
     def storage_toml(self, spool: str, prefix: str = "archives/") -> str:

@@ -3,6 +3,8 @@ request it serves and applies the faults armed on it.
 
 A server is a :class:`FakeService` subclass (the API: ``handle(Incoming) -> Reply``) bound by
 a :class:`SandboxServer`. Replies always carry ``Content-Length``, so connections stay alive.
+Given an ``ssl.SSLContext`` (``tls``), a server speaks HTTPS: each connection's handshake
+happens in its own thread, so that a client refusing the certificate holds up no other.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import gzip
 import itertools
 import json
 import socket
+import ssl
 import struct
 import threading
 import time
@@ -145,6 +148,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         pass
+
+    def setup(self) -> None:
+        super().setup()
+        if isinstance(self.connection, ssl.SSLSocket):
+            self.connection.do_handshake()  # a failure ends this connection (handle_error)
 
     def do_GET(self) -> None:
         self._dispatch()
@@ -301,10 +309,19 @@ class _Server(ThreadingHTTPServer):
     allow_reuse_address = True
     request_queue_size = 128  # parallel clients must not wait for a SYN retransmit
 
-    def __init__(self, address: tuple[str, int], handler: type[_Handler]) -> None:
+    def __init__(
+        self, address: tuple[str, int], handler: type[_Handler], tls: ssl.SSLContext | None
+    ) -> None:
         super().__init__(address, handler)
+        self._tls = tls
         self._open: set[socket.socket] = set()
         self._open_lock = threading.Lock()
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        sock, address = super().get_request()
+        if self._tls is not None:
+            sock = self._tls.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._open_lock:
@@ -329,12 +346,20 @@ class _Server(ThreadingHTTPServer):
 
 
 class SandboxServer:
-    """One server: a fake service bound to a loopback address (port 0: a free one)."""
+    """One server: a fake service bound to a loopback address (port 0: a free one),
+    speaking HTTPS with ``tls``."""
 
-    def __init__(self, service: FakeService, host: str = "127.0.0.1", port: int = 0) -> None:
+    def __init__(
+        self,
+        service: FakeService,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        tls: ssl.SSLContext | None = None,
+    ) -> None:
         handler = type(f"{service.name}Handler", (_Handler,), {"service": service})
         self.service = service
-        self._server = _Server((host, port), handler)
+        self._scheme = "https" if tls else "http"
+        self._server = _Server((host, port), handler, tls)
         self._thread = threading.Thread(
             target=self._server.serve_forever,
             kwargs={"poll_interval": 0.02},
@@ -345,7 +370,7 @@ class SandboxServer:
     @property
     def url(self) -> str:
         host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}"
+        return f"{self._scheme}://{host}:{port}"
 
     def start(self) -> None:
         self._thread.start()

@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
-from sync_worker.config import HttpConfig, StorageConfig
+from sync_worker.config import HttpConfig, NetworkConfig, StorageConfig
 
 SUMS_NAME = "SHA256SUMS"
 
@@ -185,12 +185,15 @@ class Store(Protocol):
         Raises StoreError or OSError."""
 
 
-def open_store(config: StorageConfig, http: HttpConfig) -> Store:
-    """The store the configuration names (boto3 is loaded only for a bucket)."""
+def open_store(
+    config: StorageConfig, http: HttpConfig, network: NetworkConfig | None = None
+) -> Store:
+    """The store the configuration names (boto3 is loaded only for a bucket), reached as
+    ``network`` says."""
     if config.backend == "s3":
         from sync_worker.stores.s3 import S3Store
 
-        return S3Store(config, http)
+        return S3Store(config, http, route=(network or NetworkConfig()).route("s3"))
     from sync_worker.stores.local import LocalStore
 
     return LocalStore(config.archive_dir)

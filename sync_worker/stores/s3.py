@@ -37,10 +37,20 @@ from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
+from urllib.parse import urlsplit
 
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    ProxyConnectionError,
+    SSLError,
+)
 
 from sync_worker.config import HttpConfig, StorageConfig
+from sync_worker.http import cause_of
+from sync_worker.network import Route
 from sync_worker.private_files import make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
@@ -68,12 +78,18 @@ NOT_IMPLEMENTED = ("501", "NotImplemented")
 class S3Store:
     appends_sums = False
 
-    def __init__(self, config: StorageConfig, http: HttpConfig, client: Any = None) -> None:
+    def __init__(
+        self,
+        config: StorageConfig,
+        http: HttpConfig,
+        client: Any = None,
+        route: Route | None = None,
+    ) -> None:
         self._config = config
         self._bucket = config.bucket
         self._prefix = config.prefix
         self._spool = LocalStore(config.archive_dir, keep_sums=False)
-        self._client = client or _client(config, http)
+        self._client = client or _client(config, http, route or Route())
 
     # --- Store ----------------------------------------------------------------------------
 
@@ -430,8 +446,9 @@ class S3Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(config: StorageConfig, http: HttpConfig) -> Any:
-    """A boto3 S3 client: the configured keys, else the standard AWS chain. One per
+def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
+    """A boto3 S3 client: the configured keys, else the standard AWS chain; through the
+    ``route``'s proxy (https only, tunnelled), verifying with its CA bundle. One per
     configuration and process (clients are thread-safe; making one loads boto3's models,
     a fifth of a second)."""
     import boto3  # only when the bucket is used: it costs 20 MiB and a fraction of a second
@@ -449,8 +466,11 @@ def _client(config: StorageConfig, http: HttpConfig) -> Any:
         # The worker sends and checks its own SHA-256s; no second checksum on every call.
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
+        proxies={"https": proxy} if (proxy := route.proxy_url()) else None,
     )
-    return session.client("s3", endpoint_url=config.endpoint_url or None, config=settings)
+    return session.client(
+        "s3", endpoint_url=config.endpoint_url or None, config=settings, verify=route.verify
+    )
 
 
 @contextmanager
@@ -461,8 +481,22 @@ def _store_errors(bucket: str) -> Iterator[None]:
     except ClientError as exc:
         error = exc.response.get("Error", {})
         raise StoreError(f"s3 {bucket}: {error.get('Code')}: {error.get('Message')}") from None
+    except (SSLError, EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
+        raise StoreError(_connection_failure(bucket, exc)) from None
     except BotoCoreError as exc:
         raise StoreError(f"s3 {bucket}: {type(exc).__name__}: {exc}") from None
+
+
+def _connection_failure(bucket: str, exc: BotoCoreError) -> str:
+    """``s3 HOST (bucket B): cause``, as the API clients say it (botocore gives the proxy's
+    URL masked; its credentials are masked in logs anyway)."""
+    details = getattr(exc, "kwargs", {})
+    host = urlsplit(details.get("endpoint_url", "")).netloc
+    proxy = urlsplit(details.get("proxy_url", ""))
+    where = f"{proxy.hostname}:{proxy.port}" if proxy.hostname else ""
+    error = details.get("error")
+    cause = cause_of(error, where) if isinstance(error, BaseException) else str(exc)
+    return f"s3 {host} (bucket {bucket}): {cause}" if host else f"s3 {bucket}: {cause}"
 
 
 class _Part:

@@ -121,6 +121,10 @@ def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, con
     open_database(config.state.database).close()  # as a first pass leaves it
     assert main(["--config", str(tmp_path / "config.toml"), "check", "--token"]) == 0
     found = findings(capsys.readouterr().out)
+    routes = {"network flexperto", "network storage_host", "network totalexpert"}
+    routes |= {"network s3"} if sandbox.bucket is not None else set()
+    for name in routes:
+        assert found.pop(name) == ("ok", "direct (no proxy); trusts the default CAs (certifi)")
     assert set(found) == {
         "state database",
         "archive store",
