@@ -3,7 +3,8 @@ failing and parked items), streamed JSON for tools. Either costs what is at hand
 history (see state.reports).
 
 The JSON is one document, ``{"counts": {...}, "archives": [...]}``, written an archive at
-a time (one per line), so that even years of archives need no more memory than one page.
+a time (one per line), so that even years of archives need no more memory than one page;
+while insights are blocked (state.insight_blocks) it also holds ``"insights_blocked"``.
 """
 
 from __future__ import annotations
@@ -14,16 +15,21 @@ from typing import Any, TextIO
 
 import sqlite_utils
 
-from sync_worker.state import held_records, reports
+from sync_worker.state import held_records, insight_blocks, reports
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
 FAILING_SHOWN = 50
 
 
 def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
-    """Counts per state, then up to ``limit`` failing or parked items."""
+    """What blocks insights, if anything does; counts per state, then up to ``limit``
+    failing or parked items."""
     counts = reports.counts(db)
-    lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
+    lines = [
+        *_blocked(db),
+        "Archives: " + _counts(counts["archives"]),
+        "Insights: " + _counts(counts["insights"]),
+    ]
     lines.extend(_held(db, limit))
     rows, total = reports.failing(db, limit)
     if not rows:
@@ -40,6 +46,30 @@ def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
         lines.append(f"{'':<38} {row['last_error']}")
     lines.extend(_more(total - len(rows)))
     return "\n".join(lines)
+
+
+def _blocked(db: sqlite_utils.Database) -> list[str]:
+    """The line saying why no insight reaches Total Expert, when none can (state.insight_blocks)."""
+    block = insight_blocks.current(db)
+    if block is None:
+        return []
+    line = f"Insights blocked since {_iso(block.since)} because {block.reason}"
+    if block.retry_at is not None:
+        line += f"; not tried again before {_iso(block.retry_at)} unless the credentials change"
+    return [line, ""]
+
+
+def blocked_json(db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """The block in force, for ``status --json``: kind, reason, since and next try."""
+    block = insight_blocks.current(db)
+    if block is None:
+        return None
+    return {
+        "kind": block.kind,
+        "reason": block.reason,
+        "since": _iso(block.since),
+        "next_try_at": _iso(block.retry_at),
+    }
 
 
 def _held(db: sqlite_utils.Database, limit: int) -> list[str]:
@@ -76,7 +106,9 @@ def write_json(
 ) -> None:
     """The counts and every archive (filtered) with its insights, as one JSON document."""
     counts = reports.counts(db)
-    out.write(f'{{"counts": {json.dumps(counts)}, "archives": [')
+    blocked = blocked_json(db)
+    shown = f', "insights_blocked": {json.dumps(blocked)}' if blocked is not None else ""
+    out.write(f'{{"counts": {json.dumps(counts)}{shown}, "archives": [')
     archives = reports.archives_with_insights(db, states, since, limit)
     for n, archive in enumerate(archives):
         out.write(("\n" if n == 0 else ",\n") + json.dumps(_readable(archive)))
