@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import pytest
 import requests
@@ -167,9 +168,11 @@ def test_a_spent_token_budget_asks_nothing(sandbox, config, client_for):
     client = client_for(sandbox, config, token_requests_per_hour=1)
     client.fetch_token()
     sandbox.totalexpert.revoke_tokens()
-    with pytest.raises(TokenBudgetExhausted):
+    with pytest.raises(TokenBudgetExhausted) as spent:
         client.insight_type_id("flexperto_conference_archived")
     assert len(te_requests(sandbox, path="/token")) == 1
+    until = datetime.fromtimestamp(spent.value.next_allowed_at, UTC).isoformat()
+    assert str(spent.value) == f"token request budget spent until {until}"  # not an epoch
 
 
 def test_without_expires_in_the_token_is_good_for_the_documented_hour(
