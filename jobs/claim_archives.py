@@ -4,7 +4,10 @@ An archive is abandoned (and so scheduled for deletion by Flexperto) only once i
 complete on disk, fsynced, hash-verified, renamed into place, and checkpointed in SQLite.
 Each step is checkpointed or idempotent, so a pass cut short anywhere is completed by the
 next one without downloading, abandoning or queueing anything twice. Each archive is one
-item: whatever goes wrong with it is recorded as its failure, and the others go on.
+item: whatever goes wrong with it is recorded as its failure, and the others go on; but a
+store that refuses writes (StoreUnwritable: permissions, a read-only or full file system, a
+bucket's AccessDenied) stops the job at once with one ``storage.unavailable``, charging no
+archive a try.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from sync_worker.stores import (
     ForeignOwner,
     StoreError,
     StoreOwner,
+    StoreUnwritable,
     TooLarge,
     VerificationError,
 )
@@ -88,17 +92,28 @@ def run(ctx: JobContext) -> None:
     to_store = [row for row in due if row.state != archives.STORED]
     ctx.progress.start_pass(len(to_store))
     abandoning = threading.Lock()  # one abandon at a time: siblings finish together
+    unwritable = threading.Event()  # the store refused a write: no thread takes another
+    downloads = replace(ctx, stop_requested=lambda: ctx.stop_requested() or unwritable.is_set())
 
     def store_then_abandon(thread_ctx: JobContext, row: ArchiveRow) -> None:
         """Abandon as soon as the archive is stored, not after the other downloads (one of
         which may take hours): its checkpoint made durable first."""
-        if store(thread_ctx, row):
+        try:
+            stored = store(thread_ctx, row)
+        except StoreUnwritable:
+            unwritable.set()
+            raise
+        if stored:
             with abandoning:
                 make_durable(thread_ctx.db)
                 abandon(thread_ctx, row, row.archive_id in listed, listed_whole)
 
     try:
-        _in_parallel(ctx, to_store, store_then_abandon)
+        _in_parallel(downloads, to_store, store_then_abandon)
+    except StoreUnwritable as exc:  # no archive is to blame: the job stops, none is charged
+        log.error("storage.unavailable", path=exc.path, errno=exc.errno_name, error=str(exc))
+        ctx.stats.add(Outcome.FAILED)
+        return
     finally:
         ctx.progress.finish()
     # What was stored before this pass, or had to wait for a sibling: one fsync makes every
@@ -302,8 +317,8 @@ def store(ctx: JobContext, row: ArchiveRow) -> bool:
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         _store(ctx, row.record, bound)
-    except JOB_STOPPERS:
-        raise  # the state file is out of reach: stop the pass, not just this archive
+    except (*JOB_STOPPERS, StoreUnwritable):
+        raise  # the state file or the store is out of reach: stop, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)
         return False

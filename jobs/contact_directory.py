@@ -37,6 +37,7 @@ from sync_worker.totalexpert import (
     FILTER_SUPPORTED,
     UPDATED_SINCE_FILTER,
     Contact,
+    CredentialsRejected,
     User,
 )
 
@@ -81,6 +82,8 @@ class ContactDirectory:
         by one; see the module docstring."""
         try:
             self.indexed = self._prepare(emails)
+        except CredentialsRejected:
+            raise  # no look-up would fare better
         except ApiError as exc:
             log.warning("te.directory_unavailable", error=str(exc), fallback="lookups")
             self.indexed = False

@@ -18,10 +18,10 @@ from sync_worker.logs import exception_fields
 from sync_worker.state.db import StateBusyError
 from sync_worker.state.work_items import Failure, note_failure
 from sync_worker.stores import Missing, StoreError, VerificationError
-from sync_worker.totalexpert import TokenBudgetExhausted
+from sync_worker.totalexpert import CredentialsRejected, TokenBudgetExhausted
 
 # Raised through the item boundaries: they concern the whole job, not one item.
-JOB_STOPPERS = (StateBusyError, TokenBudgetExhausted)
+JOB_STOPPERS = (StateBusyError, TokenBudgetExhausted, CredentialsRejected)
 EXPECTED = (ApiError, VerificationError, RecordError, StoreError, Missing)
 
 

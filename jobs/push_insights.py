@@ -28,13 +28,16 @@ from sync_worker.http import ApiError, TransientError
 from sync_worker.jobs.contact_directory import AmbiguousAddress, ContactDirectory
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
-from sync_worker.state import directory, insights
+from sync_worker.state import directory, insight_blocks, insights
 from sync_worker.state.insights import InsightRow, ParticipantRow
 from sync_worker.state.work_items import is_due
-from sync_worker.totalexpert import TokenBudgetExhausted
+from sync_worker.totalexpert import CredentialsRejected, TokenBudgetExhausted
 
 # Insights marked "sending" with one fsync before they are posted one by one.
 SENDING_BATCH = 50
+# Rejected credentials are not tried again (a token request each) for this long, unless
+# they are changed.
+CREDENTIALS_BACKOFF_SECONDS = 3600.0
 # Answers that no retry will change: the item is parked with Total Expert's reason.
 FINAL_STATUSES = frozenset({400, 403, 404, 405, 409, 415, 422})
 PARTICIPANT_FAILURE = {insights.PENDING: insights.FAILED, insights.FAILED: insights.FAILED}
@@ -54,24 +57,70 @@ class TotalExpertUnavailable(Exception):
 
 
 def run(ctx: JobContext) -> None:
-    """One pass of the insight job. Makes no Total Expert call when nothing is queued."""
+    """One pass of the insight job. Makes no Total Expert call when nothing is queued, nor
+    while credentials TE rejected wait out their backoff (state.insight_blocks)."""
     now = ctx.clock.now()
     participants = [
         row for row in insights.open_participants(ctx.db) if is_due(row.next_attempt_at, now)
     ]
     if not participants and not _due_insights(ctx):
         return
+    if _backing_off(ctx, now):
+        return
     try:
         _match_and_push(ctx, participants)
+    except CredentialsRejected as exc:
+        retry_at = now + CREDENTIALS_BACKOFF_SECONDS
+        _blocked(ctx, insight_blocks.CREDENTIALS, exc.reason, retry_at, _client(ctx))
+        ctx.stats.add(Outcome.FAILED)
     except TokenBudgetExhausted as exc:
-        log.warning(
-            "te.token_budget_exhausted",
-            next_allowed_at=iso_time(exc.next_allowed_at),
-        )
+        until = iso_time(exc.next_allowed_at)
+        log.warning("te.token_budget_exhausted", next_allowed_at=until)
+        _blocked(ctx, insight_blocks.TOKEN_BUDGET, f"token budget spent until {until}")
         ctx.stats.add(Outcome.DEFERRED)
         ctx.stats.te_token_budget_exhausted += 1
     except TotalExpertUnavailable as exc:
         log.warning("run.stopping", reason=str(exc))
+    else:
+        if (cleared := insight_blocks.clear(ctx.db)) is not None:
+            log.info("te.insights_unblocked", since=iso_time(cleared.since), reason=cleared.reason)
+
+
+def _backing_off(ctx: JobContext, now: float) -> bool:
+    """Whether the credentials in use were rejected less than the backoff ago (then no
+    token is requested with them: each request would spend one of TE's few an hour)."""
+    block = insight_blocks.current(ctx.db)
+    if block is None or block.kind != insight_blocks.CREDENTIALS or block.client != _client(ctx):
+        return False
+    if block.retry_at is None or block.retry_at <= now:
+        return False
+    log.error(
+        "te.insights_blocked",
+        reason=block.reason,
+        since=iso_time(block.since),
+        next_try_at=iso_time(block.retry_at),
+    )
+    ctx.stats.add(Outcome.FAILED)
+    return True
+
+
+def _blocked(
+    ctx: JobContext,
+    kind: str,
+    reason: str,
+    retry_at: float | None = None,
+    client: str | None = None,
+) -> None:
+    """Record and log what keeps insights from TE (shown by status and the metrics)."""
+    block = insight_blocks.note(ctx.db, kind, reason, ctx.clock.now(), retry_at, client)
+    level = log.warning if kind == insight_blocks.TOKEN_BUDGET else log.error
+    retry = {"next_try_at": iso_time(retry_at)} if retry_at is not None else {}
+    level("te.insights_blocked", reason=reason, since=iso_time(block.since), **retry)
+
+
+def _client(ctx: JobContext) -> str:
+    te = ctx.config.totalexpert
+    return insight_blocks.client_fingerprint(te.base_url, te.client_id, te.client_secret)
 
 
 def _match_and_push(ctx: JobContext, participants: list[ParticipantRow]) -> None:
@@ -121,6 +170,8 @@ def _insight_type_id(ctx: JobContext) -> int:
         return int(cached)
     try:
         type_id = ctx.totalexpert.insight_type_id(name)
+    except CredentialsRejected:
+        raise  # the cause is the credentials, not the look-up
     except ApiError as exc:
         ctx.stats.add(Outcome.FAILED)
         log.error("item.failed", kind="insight_type", error=str(exc))
@@ -128,6 +179,7 @@ def _insight_type_id(ctx: JobContext) -> int:
     if type_id is None:
         ctx.stats.add(Outcome.FAILED)
         log.error("te.insight_type_missing", insight_type=name)
+        _blocked(ctx, insight_blocks.INSIGHT_TYPE, f'insight type "{name}" not found')
         raise TotalExpertUnavailable(f"insight type {name!r} does not exist in Total Expert")
     directory.set_meta(ctx.db, {_type_key(name): str(type_id)})
     return type_id

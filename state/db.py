@@ -380,6 +380,12 @@ def _create_tables(db: sqlite_utils.Database) -> None:
         not_null={"registered_at", "pending"},
         if_not_exists=True,
     )
+    db["insight_blocks"].create(  # state.insight_blocks: what keeps insights from TE
+        {"id": int, "kind": str, "reason": str, "since": float, "retry_at": float, "client": str},
+        pk="id",
+        not_null={"kind", "reason", "since"},
+        if_not_exists=True,
+    )
     # Which state file this is, for the archive store to name its owner (state.store_owner).
     db["state_identity"].create(
         {"id": int, "state_id": str}, pk="id", not_null={"state_id"}, if_not_exists=True

@@ -24,7 +24,7 @@ from prometheus_client.registry import Collector
 from sync_worker.clock import Clock
 from sync_worker.config import Config, parse_listen
 from sync_worker.logs import exception_fields
-from sync_worker.state import archives, held_records, reports, run_history
+from sync_worker.state import archives, held_records, insight_blocks, reports, run_history
 from sync_worker.state.db import open_read_only
 from sync_worker.state.te_access import SharedAccess
 
@@ -120,6 +120,15 @@ def families() -> dict[str, Metric]:
         "last_run_timestamp_seconds": ("When the job last finished a run", ["sync_job"]),
         "last_run_duration_seconds": ("How long the job's last run took", ["sync_job"]),
         "last_success_timestamp_seconds": ("When a run of the job last succeeded", ["sync_job"]),
+        "insights_blocked": (
+            "1 while insights cannot reach Total Expert for this reason (credentials, "
+            "insight_type, token_budget), else 0",
+            ["reason"],
+        ),
+        "insights_blocked_since_timestamp_seconds": (
+            "Since when insights have been blocked (only while they are)",
+            [],
+        ),
         "te_requests_left": ("Total Expert requests left in the current minute", []),
         "te_token_requests_left": ("Total Expert token requests left in the current hour", []),
         "te_token_expiry_timestamp_seconds": ("When the cached Total Expert token expires", []),
@@ -162,6 +171,7 @@ def _collect_tenant(config: Config, now: float, families: dict[str, Metric]) -> 
             [tenant], max(now - oldest, 0.0) if oldest is not None else 0.0
         )
         _add_runs(db, tenant, families)
+        _add_block(db, tenant, families)
         totals = run_history.totals(db)
         for key, (name, _text) in TOTALS.items():
             families[name].add_metric([tenant], totals.get(key, 0))
@@ -179,6 +189,16 @@ def _add_runs(db: Any, tenant: str, families: dict[str, Metric]) -> None:
             families["last_success_timestamp_seconds"].add_metric(labels, run["last_ok_at"])
         families["runs"].add_metric(labels, run["runs"])
         families["failed_runs"].add_metric(labels, run["failed_runs"])
+
+
+def _add_block(db: Any, tenant: str, families: dict[str, Metric]) -> None:
+    """What blocks insights (state.insight_blocks): 0 or 1 per reason, and since when."""
+    block = insight_blocks.current(db)
+    for kind in insight_blocks.KINDS:
+        blocked = block is not None and block.kind == kind
+        families["insights_blocked"].add_metric([tenant, kind], int(blocked))
+    if block is not None:
+        families["insights_blocked_since_timestamp_seconds"].add_metric([tenant], block.since)
 
 
 def _add_budget(config: Config, state_db: Any, now: float, families: dict[str, Metric]) -> None:

@@ -3,7 +3,8 @@ failing and parked items, then the last passes), streamed JSON for tools. Either
 what is at hand, not the history (see state.reports).
 
 The JSON is one document, ``{"counts": {...}, "archives": [...]}``, written an archive at
-a time (one per line), so that even years of archives need no more memory than one page.
+a time (one per line), so that even years of archives need no more memory than one page;
+while insights are blocked (state.insight_blocks) it also holds ``"insights_blocked"``.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sqlite_utils
 
 from sync_worker import history
 from sync_worker.clock import iso_time
-from sync_worker.state import held_records, pass_history, reports
+from sync_worker.state import held_records, insight_blocks, pass_history, reports
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
 FAILING_SHOWN = 50
@@ -23,10 +24,14 @@ RECENT_PASSES = 5
 
 
 def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
-    """Counts per state, then up to ``limit`` failing or parked items, then the last
-    RECENT_PASSES passes."""
+    """What blocks insights, if anything does; counts per state, then up to ``limit``
+    failing or parked items, then the last RECENT_PASSES passes."""
     counts = reports.counts(db)
-    lines = ["Archives: " + _counts(counts["archives"]), "Insights: " + _counts(counts["insights"])]
+    lines = [
+        *_blocked(db),
+        "Archives: " + _counts(counts["archives"]),
+        "Insights: " + _counts(counts["insights"]),
+    ]
     lines.extend(_held(db, limit))
     lines.extend(_failing(db, limit))
     lines.extend(_recent_passes(db))
@@ -57,6 +62,30 @@ def _recent_passes(db: sqlite_utils.Database) -> list[str]:
     if not recent:
         return []
     return ["", "Recent passes (sync-worker history for more)", *history.render_table(recent)]
+
+
+def _blocked(db: sqlite_utils.Database) -> list[str]:
+    """The line saying why no insight reaches Total Expert, when none can (state.insight_blocks)."""
+    block = insight_blocks.current(db)
+    if block is None:
+        return []
+    line = f"Insights blocked since {_iso(block.since)} because {block.reason}"
+    if block.retry_at is not None:
+        line += f"; not tried again before {_iso(block.retry_at)} unless the credentials change"
+    return [line, ""]
+
+
+def blocked_json(db: sqlite_utils.Database) -> dict[str, Any] | None:
+    """The block in force, for ``status --json``: kind, reason, since and next try."""
+    block = insight_blocks.current(db)
+    if block is None:
+        return None
+    return {
+        "kind": block.kind,
+        "reason": block.reason,
+        "since": _iso(block.since),
+        "next_try_at": _iso(block.retry_at),
+    }
 
 
 def _held(db: sqlite_utils.Database, limit: int) -> list[str]:
@@ -93,7 +122,9 @@ def write_json(
 ) -> None:
     """The counts and every archive (filtered) with its insights, as one JSON document."""
     counts = reports.counts(db)
-    out.write(f'{{"counts": {json.dumps(counts)}, "archives": [')
+    blocked = blocked_json(db)
+    shown = f', "insights_blocked": {json.dumps(blocked)}' if blocked is not None else ""
+    out.write(f'{{"counts": {json.dumps(counts)}{shown}, "archives": [')
     archives = reports.archives_with_insights(db, states, since, limit)
     for n, archive in enumerate(archives):
         out.write(("\n" if n == 0 else ",\n") + json.dumps(_readable(archive)))

@@ -71,6 +71,7 @@ LOOKUP_PAGES = 20
 # ASCII digits only ("²".isdigit() is true, and int() reads "٣" as 3), within 64 bits.
 ASCII_INT = re.compile(r"[0-9]{1,18}")
 INT_RANGE = range(-(2**63), 2**63)
+OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # an OAuth error code, as RFC 6749 spells them
 TOKEN_WAIT_SECONDS = 0.2  # looking again for the token another process is requesting
 
 
@@ -80,6 +81,16 @@ class TokenBudgetExhausted(Exception):
     def __init__(self, next_allowed_at: float) -> None:
         super().__init__(f"token request budget spent until {iso_time(next_allowed_at)}")
         self.next_allowed_at = next_allowed_at
+
+
+class CredentialsRejected(ApiError):
+    """TE refused the client id and secret at ``/token`` (HTTP 401, or an OAuth
+    ``invalid_client``): no request will succeed until they are corrected."""
+
+    def __init__(self, status: int, code: str) -> None:
+        self.reason = f"credentials rejected ({status} {code})"
+        super().__init__(SERVICE, f"{self.reason}: check totalexpert.client_id and client_secret")
+        self.status = status
 
 
 @dataclass(frozen=True)
@@ -202,6 +213,8 @@ class TotalExpertClient:
         tomorrow = datetime.fromtimestamp(self._clock.now() + 86_400, UTC)
         try:
             items, _links = self._page("/contacts", {UPDATED_SINCE_FILTER: _te_time(tomorrow)}, 1)
+        except CredentialsRejected:
+            raise  # the token's 400, not the filter's
         except ApiError as exc:
             if exc.status == 400:
                 return FILTER_REJECTED
@@ -421,6 +434,7 @@ class TotalExpertClient:
             if answer.status == 429:
                 self.rate_limited += 1
                 self._log.warning("te.rate_limited", path="/token")
+            _refuse_rejected_credentials(answer)
             raise_for_status(SERVICE, answer)
         except TransientError as exc:
             # Not retried here: every try would spend one of the few token requests.
@@ -447,6 +461,21 @@ class TotalExpertClient:
         self._access.drop_token(token)
         self._remembered = None
         self._log.warning("te.token_rejected")
+
+
+def _refuse_rejected_credentials(answer: Answer) -> None:
+    """CredentialsRejected if the token answer says the client is not known: a 401, or
+    OAuth's ``invalid_client`` (RFC 6749 5.2; TE's sandbox answers it with a 400)."""
+    if answer.status not in (400, 401):
+        return
+    try:
+        body = json.loads(answer.body)
+    except (ValueError, RecursionError):
+        body = None
+    code = body.get("error") if isinstance(body, dict) else None
+    if code == "invalid_client" or answer.status == 401:
+        shown = code if isinstance(code, str) and OAUTH_CODE.fullmatch(code) else "unauthorized"
+        raise CredentialsRejected(answer.status, shown)
 
 
 def _created_id(body: bytes) -> int | None:

@@ -8,6 +8,7 @@ disk and fsynced, or confirmed in the bucket): the archive job abandons nothing 
 
 from __future__ import annotations
 
+import errno
 import json
 import socket
 from collections.abc import Callable, Iterable, Iterator
@@ -35,6 +36,33 @@ class Missing(Exception):
 
 class StoreError(Exception):
     """The store refused or could not be reached; the message says what it answered."""
+
+
+# What a file system answers when the fault is the store's, not an archive's: no archive
+# can be written there until an operator acts (a full disk or quota is one too).
+UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
+
+
+class StoreUnwritable(StoreError):
+    """Nothing can be written to the store (``path``): ``errno`` names why (EACCES, EROFS,
+    ENOSPC..., or the bucket's AccessDenied). The archive job stops at once for the pass,
+    and charges no archive a try."""
+
+    def __init__(self, path: str, errno_name: str, detail: str) -> None:
+        super().__init__(
+            f"the archive store {path} cannot be written ({errno_name}: {detail}): the "
+            "archive job waits for the next pass; fix the store's permissions, mount or space"
+        )
+        self.path = path
+        self.errno_name = errno_name
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: Path) -> StoreUnwritable | None:
+        """The store error ``exc`` stands for, if it is one (UNWRITABLE_ERRNOS)."""
+        if exc.errno not in UNWRITABLE_ERRNOS:
+            return None
+        where = f" ({exc.filename})" if exc.filename else ""
+        return cls(str(path), errno.errorcode[exc.errno], f"{exc.strerror}{where}")
 
 
 class LinkRefused(StoreError):

@@ -55,6 +55,7 @@ from sync_worker.stores import (
     Missing,
     Saved,
     StoreOwner,
+    StoreUnwritable,
     TooLarge,
     VerificationError,
     Verified,
@@ -98,14 +99,19 @@ class LocalStore:
         bytes ``fetch`` gives from its end (or rewritten, when the storage host sends them
         from the start); then it is fsynced, read back, ``on_written(size, fetched)`` is
         called, and it is verified against ``target`` and moved into place, or moved to
-        quarantine with VerificationError. ``on_verified`` is given the file in place.
+        quarantine with VerificationError. ``on_verified`` is given the file in place. A
+        folder that refuses writes (permissions, a read-only or full file system) is
+        StoreUnwritable: no archive could be stored there.
         """
-        with self._root() as root, root.folder(target.conference_id) as folder:
-            saved = self._verified_in_place(folder, target)
-            if saved is None:
-                saved = self._fetch_verified(folder, target, fetch, on_written)
-            self._write_record(folder, f"{target.archive_id}.json", record)
-            self._append_sum(root, target)
+        try:
+            with self._root() as root, root.folder(target.conference_id) as folder:
+                saved = self._verified_in_place(folder, target)
+                if saved is None:
+                    saved = self._fetch_verified(folder, target, fetch, on_written)
+                self._write_record(folder, f"{target.archive_id}.json", record)
+                self._append_sum(root, target)
+        except OSError as exc:
+            raise StoreUnwritable.from_os_error(exc, self.root) or exc from None
         on_verified(Path(saved.location))
         return saved
 

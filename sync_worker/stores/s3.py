@@ -60,6 +60,7 @@ from sync_worker.stores import (
     Saved,
     StoreError,
     StoreOwner,
+    StoreUnwritable,
     VerificationError,
     Verified,
     Written,
@@ -70,6 +71,8 @@ SINGLE_PUT_LIMIT = 16 * 1024 * 1024
 PART_SIZE = 8 * 1024 * 1024
 MAX_PARTS = 10_000  # S3's limit
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
+# The bucket refuses this client's writes (a HEAD's refusal has no body: only its status).
+DENIED = ("403", "AccessDenied", "AllAccessDisabled")
 # A conditional write (If-None-Match: *) that lost to another: the marker exists.
 PRECONDITION_FAILED = ("412", "PreconditionFailed", "ConditionalRequestConflict")
 NOT_IMPLEMENTED = ("501", "NotImplemented")
@@ -102,14 +105,14 @@ class S3Store:
         on_verified: Verified = lambda _path: None,
     ) -> Saved:
         key = self._key(target)
-        with _store_errors(self._bucket):
+        with _store_errors(self._bucket, self._prefix):
             held = self._held(key, target, on_verified)
             if held is not None:
                 self._put_record(key, record)
                 self._forget_spooled(target)
                 return Saved(self._location(key), target.sha256, held, recovered=True)
         staged = self._spool.save(target, record, fetch, on_written, on_verified)
-        with _store_errors(self._bucket):
+        with _store_errors(self._bucket, self._prefix):
             self._upload(Path(staged.location), key, staged.sha256, staged.size)
             self._put_record(key, record)
         self._forget_spooled(target)
@@ -474,12 +477,17 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
 
 
 @contextmanager
-def _store_errors(bucket: str) -> Iterator[None]:
-    """boto3's failures as StoreError, saying which bucket and what the store answered."""
+def _store_errors(bucket: str, writing_to: str | None = None) -> Iterator[None]:
+    """boto3's failures as StoreError, saying which bucket and what the store answered;
+    while ``writing_to`` a prefix, an AccessDenied is StoreUnwritable (no archive could be
+    stored there)."""
     try:
         yield
     except ClientError as exc:
         error = exc.response.get("Error", {})
+        if writing_to is not None and error.get("Code") in DENIED:
+            where = f"s3://{bucket}/{writing_to}"
+            raise StoreUnwritable(where, str(error["Code"]), str(error.get("Message"))) from None
         raise StoreError(f"s3 {bucket}: {error.get('Code')}: {error.get('Message')}") from None
     except (SSLError, EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
         raise StoreError(_connection_failure(bucket, exc)) from None

@@ -18,6 +18,7 @@ from sync_worker.totalexpert import (
     FILTER_IGNORED,
     FILTER_REJECTED,
     FILTER_SUPPORTED,
+    CredentialsRejected,
     TokenBudgetExhausted,
     TotalExpertClient,
 )
@@ -135,6 +136,31 @@ def test_a_token_request_is_never_repeated(sandbox, config, client_for):
     with pytest.raises(ApiError, match="token request failed"):
         client_for(sandbox, config).fetch_token()
     assert len(te_requests(sandbox, path="/token")) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (401, '{"error": "invalid_client"}', "credentials rejected (401 invalid_client)"),
+        (401, "<html>no</html>", "credentials rejected (401 unauthorized)"),
+        (400, '{"error": "invalid_client"}', "credentials rejected (400 invalid_client)"),
+    ],
+)
+def test_rejected_credentials_are_told_apart(sandbox, config, client_for, status, body, reason):
+    sandbox.add_fault("te", Fault(path="/token$", status=status, body=body, times=None))
+    with pytest.raises(CredentialsRejected) as rejected:
+        client_for(sandbox, config).fetch_token()
+    assert rejected.value.reason == reason
+    assert len(te_requests(sandbox, path="/token")) == 1
+
+
+def test_other_refusals_of_a_token_are_no_rejected_credentials(sandbox, config, client_for):
+    sandbox.add_fault(
+        "te", Fault(path="/token$", status=400, body='{"error": "invalid_request"}', times=None)
+    )
+    with pytest.raises(ApiError) as refused:
+        client_for(sandbox, config).fetch_token()
+    assert not isinstance(refused.value, CredentialsRejected)
 
 
 def test_a_spent_token_budget_asks_nothing(sandbox, config, client_for):

@@ -3,10 +3,18 @@ database, two runs started at once."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 import resource
+import shutil
 import signal
 import sqlite3
+import subprocess
 from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
 
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
@@ -68,6 +76,85 @@ def test_unwritable_archive_folder_is_a_clear_error(sandbox, tmp_path, clock, lo
     assert "NotADirectoryError" in errors[0]["error"]
     assert not sandbox.s3.requests
     assert not [r for r in sandbox.flexperto.records() if r["status"] == "ABANDONED"]
+
+
+@contextlib.contextmanager
+def refusing_writes(folder: Path) -> Iterator[set[str]]:
+    """Make ``folder`` refuse new entries; yields the errnos the worker may be answered. Not
+    root: chmod 0500 (EACCES). Root ignores permissions: the folder is made immutable with
+    ``chattr +i`` instead (EPERM, even for root), where the file system supports it."""
+    if os.geteuid() != 0:
+        folder.chmod(0o500)
+        try:
+            yield {"EACCES"}
+        finally:
+            folder.chmod(0o700)
+        return
+    chattr = shutil.which("chattr")
+    if chattr is None or subprocess.run([chattr, "+i", str(folder)]).returncode != 0:
+        pytest.skip("running as root, and chattr +i is not available here")
+    try:
+        yield {"EPERM"}
+    finally:
+        subprocess.run([chattr, "-i", str(folder)], check=True)
+
+
+def test_an_archive_folder_refusing_writes_stops_the_job_once_and_charges_no_archive(
+    sandbox, config, run, log_lines
+):
+    assert run().exit_code == 0  # the folder is claimed, the seeded archives stored
+    added = [sandbox.flexperto.add_archive(status="AVAILABLE")["id"] for _ in range(3)]
+    with refusing_writes(config.storage.archive_dir) as errnos:
+        first = log_lines()
+        result = run(jobs=["archives"])
+        events = log_lines()[len(first) :]
+    assert result.exit_code == 1
+    stops = [e for e in events if e["event"] in ("storage.unavailable", "item.failed")]
+    assert [e["event"] for e in stops] == ["storage.unavailable"]
+    assert stops[0]["path"] == str(config.storage.archive_dir)
+    assert stops[0]["errno"] in errnos and stops[0]["errno"] in stops[0]["error"]
+    db = open_database(config.state.database)
+    rows = db.execute(
+        f"select state, attempts, last_error from archives where archive_id in "
+        f"({', '.join('?' for _ in added)})",
+        added,
+    ).fetchall()
+    assert rows == [("pending", 0, None)] * 3  # untouched: no try counted against them
+    assert {sandbox.flexperto.record(a)["status"] for a in added} == {"AVAILABLE"}
+
+    assert run(jobs=["archives"]).exit_code == 0  # writable again: the next pass stores all
+    assert {sandbox.flexperto.record(a)["status"] for a in added} == {"ABANDONED"}
+
+
+@contextlib.contextmanager
+def small_file_system(folder: Path, size: int) -> Iterator[None]:
+    """A tmpfs of ``size`` bytes mounted on ``folder`` (root only, where mount works)."""
+    folder.mkdir(mode=0o700, exist_ok=True)
+    mount = ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(folder)]
+    if os.geteuid() != 0 or shutil.which("mount") is None or subprocess.run(mount).returncode:
+        pytest.skip("a small file system needs root and a working mount")
+    try:
+        yield
+    finally:
+        subprocess.run(["umount", str(folder)], check=True)
+
+
+def test_a_full_file_system_stops_the_job_once_like_an_unwritable_one(
+    sandbox, config, run, log_lines
+):
+    big = sandbox.flexperto.add_archive(status="AVAILABLE", size=4 * FILE_SIZE_LIMIT)
+    with small_file_system(config.storage.archive_dir, FILE_SIZE_LIMIT):
+        result = run(jobs=["archives"])
+        events = log_lines()
+    assert result.exit_code == 1
+    stops = [e for e in events if e["event"] in ("storage.unavailable", "item.failed")]
+    assert [(e["event"], e.get("errno")) for e in stops] == [("storage.unavailable", "ENOSPC")]
+    db = open_database(config.state.database)
+    row = db.execute(
+        "select state, attempts from archives where archive_id = ?", [big["id"]]
+    ).fetchone()
+    assert row == ("pending", 0)  # a full disk is the store's fault: the archive is not charged
+    assert sandbox.flexperto.record(big["id"])["status"] == "AVAILABLE"
 
 
 def test_locked_state_database_is_waited_for_within_a_bound_then_reported(

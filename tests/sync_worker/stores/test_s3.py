@@ -6,15 +6,24 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
 from sync_worker.config import HttpConfig, StorageConfig
 from sync_worker.sandbox.bucket import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SandboxBucket
-from sync_worker.stores import ArchiveFile, Download, Missing, StoreError, VerificationError
+from sync_worker.stores import (
+    ArchiveFile,
+    Download,
+    Missing,
+    StoreError,
+    StoreUnwritable,
+    VerificationError,
+)
 from sync_worker.stores.s3 import S3Store
 
 HTTP = HttpConfig(timeout_seconds=5, retries=1, retry_wait_seconds=1, retry_max_wait_seconds=5)
@@ -169,3 +178,48 @@ def test_a_missing_bucket_is_a_store_error_that_says_so(bucket, tmp_path):
         store.tidy()
     with pytest.raises(StoreError, match="NoSuchBucket"):
         store.save(target_of(SMALL), {}, Host(SMALL).fetch)
+
+
+class DenyingWrites(BaseHTTPRequestHandler):
+    """An S3 endpoint whose policy lets this client read (nothing is there) but not write."""
+
+    def do_HEAD(self):
+        self.send_response(404)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def do_PUT(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DenyingWrites)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = StorageConfig(
+            backend="s3",
+            archive_dir=tmp_path / "spool",
+            bucket="locked-down",
+            prefix="archives/",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+        )
+        with pytest.raises(StoreUnwritable) as refused:
+            S3Store(config, HTTP).save(target_of(SMALL), {}, Host(SMALL).fetch)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.value.path == "s3://locked-down/archives/"
+    assert refused.value.errno_name == "AccessDenied"
+    assert "s3://locked-down/archives/ cannot be written (AccessDenied" in str(refused.value)
