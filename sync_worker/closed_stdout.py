@@ -28,7 +28,10 @@ def ended_by_reader(exc: BaseException) -> bool:
 
 def flush_stdout(code: int) -> int:
     """Flush stdout before exit, where a closed pipe shows for buffered output: ``code``,
-    or 141 if the output of a command that succeeded could not be delivered."""
+    or 141 if the output of a command that succeeded could not be delivered. Without a
+    stdout at all (``>&-``), there is nothing to flush."""
+    if sys.stdout is None:
+        return code
     try:
         sys.stdout.flush()
     except BrokenPipeError:

@@ -158,6 +158,17 @@ def test_a_closed_stdout_ends_the_command_quietly(command, args, closed_exit, wo
     assert code == closed_exit, err[-2000:]
 
 
+@pytest.mark.parametrize(("command", "args", "_closed_exit"), CASES)
+def test_no_stdout_at_all_is_no_traceback(command, args, _closed_exit, worked, tmp_path):
+    """stdout closed before the worker starts (``>&-``): Python has no sys.stdout."""
+    if command == "sandbox":
+        pytest.skip("it serves until stopped, and prints nothing that could tell when")
+    _out, err, _code = run_command(
+        command, invocation(args, tmp_path), worked, stdout=None, preexec_fn=lambda: os.close(1)
+    )
+    assert "Traceback" not in err
+
+
 def journal_run(tmp_path: Path, config: Path, journal_stream: str | None) -> list[str]:
     """The stderr lines of a pass whose listing fails, written to a real file, with
     ``JOURNAL_STREAM`` as given (``{}`` stands for the file's device and inode)."""
