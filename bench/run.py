@@ -83,14 +83,15 @@ runpy.run_module("sync_worker", run_name="__main__", alter_sys=True)
 """
 
 
-def run_measured(config: Path, *args: str, keep_output: bool = True) -> tuple[str, int, float]:
-    """Run ``sync-worker --config CONFIG ARGS``: its stdout (unless not kept), its exit
-    code and its peak RSS in MiB."""
+def run_measured(config: Path, *args: str) -> tuple[str, int, float]:
+    """Run ``sync-worker --config CONFIG ARGS``: its log (stderr; its data, on stdout, is
+    not kept), its exit code and its peak RSS in MiB."""
     command = [sys.executable, "-c", PEAK_REPORTER, "--config", str(config), *args]
-    output = subprocess.PIPE if keep_output else subprocess.DEVNULL
-    done = subprocess.run(command, stdout=output, stderr=subprocess.PIPE, text=True, check=False)
+    done = subprocess.run(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, check=False
+    )
     reported = [line for line in done.stderr.splitlines() if line.startswith("peak-rss-kib ")]
-    return done.stdout or "", done.returncode, int(reported[-1].split()[1]) / 1024
+    return done.stderr, done.returncode, int(reported[-1].split()[1]) / 1024
 
 
 def run_once(config: Path) -> tuple[list[dict], float]:
@@ -456,12 +457,12 @@ def history(sizes: list[int], rounds: int) -> list[Row]:
 
 
 def timed(config: Path, rounds: int, *args: str) -> tuple[float, float]:
-    """Median wall time (s) and median peak RSS (MiB) of ``sync-worker ARGS``; the output
+    """Median wall time (s) and median peak RSS (MiB) of ``sync-worker ARGS``; its data
     goes nowhere (it is not kept in memory here either)."""
     seconds, peaks = [], []
     for _ in range(rounds):
         started = time.perf_counter()
-        _output, code, peak = run_measured(config, *args, keep_output=False)
+        _log, code, peak = run_measured(config, *args)
         seconds.append(time.perf_counter() - started)
         if code != 0:
             raise RuntimeError(f"sync-worker {' '.join(args)} failed with {code}")
@@ -688,7 +689,7 @@ def daemon_latencies(
 
 def wait_for(process: subprocess.Popen, found) -> dict:
     """The first event of ``process`` that ``found`` accepts."""
-    for line in process.stdout:
+    for line in process.stderr:
         if line.startswith("{") and found(event := json.loads(line)):
             return event
     raise RuntimeError("the daemon ended early")

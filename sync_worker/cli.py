@@ -1,8 +1,10 @@
 """The ``sync-worker`` command line.
 
 Exit codes: 0 all done, 1 some item failed and will be retried (or a command failed), 2
-configuration or usage error, 130 interrupted. No exception leaves a command as a
-traceback: an unexpected one is logged as ``command.failed`` and told on stderr in one line.
+configuration or usage error, 130 interrupted, 141 stdout closed by its reader (see
+closed_stdout). Data goes to stdout, every log line to stderr. No exception leaves a command
+as a traceback: an unexpected one is logged as ``command.failed`` and told on stderr in one
+line.
 """
 
 from __future__ import annotations
@@ -13,11 +15,10 @@ import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TextIO
 
 import structlog
 
-from sync_worker import config_show, demo, history, logs, manifest, metrics, status
+from sync_worker import closed_stdout, config_show, demo, history, logs, manifest, metrics, status
 from sync_worker.checks import PROBE_SECONDS, CheckPlan, run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
@@ -37,8 +38,6 @@ from sync_worker.state.db import StateFileError, open_existing, open_existing_re
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 HISTORY_SHOWN = 100  # passes that `history` shows without --limit
-# Commands whose stdout is their output, for tools to read: their log goes to stderr.
-OUTPUT_COMMANDS = frozenset({"status", "export", "config", "history"})
 
 log = structlog.get_logger()
 
@@ -204,7 +203,12 @@ def _add_global_options(parser: argparse.ArgumentParser, defaults: dict[str, obj
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logs.configure(args.log_format, args.log_level, _log_stream(args))
+    logs.configure(args.log_format, args.log_level)
+    return closed_stdout.flush_stdout(_command(args))
+
+
+def _command(args: argparse.Namespace) -> int:
+    """Run the command; its exit code, whatever it raises."""
     try:
         return _dispatch(args)
     except ConfigError as exc:
@@ -217,6 +221,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("sync-worker: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except Exception as exc:  # the last boundary: a message and an exit code, no traceback
+        if closed_stdout.ended_by_reader(exc):
+            return closed_stdout.EXIT_CLOSED_PIPE
         details = logs.exception_fields(exc)
         log.error("command.failed", command=args.command, **details)
         print(
@@ -255,16 +261,9 @@ def _load(args: argparse.Namespace, one: bool) -> list[Config]:
     else:
         configs = load_tenants(path)
     logs.configure(
-        args.log_format,
-        args.log_level,
-        _log_stream(args),
-        secrets=[s for c in configs for s in c.secrets()],
+        args.log_format, args.log_level, secrets=[s for c in configs for s in c.secrets()]
     )
     return configs
-
-
-def _log_stream(args: argparse.Namespace) -> TextIO:
-    return sys.stderr if args.command in OUTPUT_COMMANDS else sys.stdout
 
 
 def _run_once(configs: list[Config], _args: argparse.Namespace) -> int:

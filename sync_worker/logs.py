@@ -6,16 +6,21 @@ in any field, before the event is rendered. A secret is also found in the forms 
 echo or an error message may show it in: in any case, URL-encoded, and base64-encoded (alone,
 at any offset of a longer encoding, and as HTTP Basic credentials, registered as such).
 Fields named like secrets are masked too.
+
+When the log stream is the journal (systemd's ``JOURNAL_STREAM`` names its device and
+inode), each line starts with its syslog priority, ``<3>`` for an error, so that
+``journalctl -p err`` finds it.
 """
 
 from __future__ import annotations
 
 import base64
+import os
 import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, MutableMapping
+from collections.abc import Iterable, Iterator, Mapping, MutableMapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -39,6 +44,17 @@ SECRET_FIELDS = frozenset(
 MIN_SECRET_LENGTH = 4
 URLSAFE = str.maketrans("+/", "-_")  # base64's alphabet for URLs and file names
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
+# The syslog priority of each logging method (sd-daemon(3)); any other is logged at info.
+PRIORITIES = {
+    "debug": 7,
+    "info": 6,
+    "warning": 4,
+    "warn": 4,
+    "error": 3,
+    "exception": 3,
+    "critical": 2,
+    "fatal": 2,
+}
 ERROR_TEXT_LIMIT = 500
 # Where the project's packages sit (the repository, or site-packages), and their names.
 SOURCE_ROOT = Path(__file__).resolve().parent.parent
@@ -155,8 +171,9 @@ def configure(
     stream: TextIO | None = None,
     secrets: Iterable[str] = (),
 ) -> None:
-    """Set up structlog. ``fmt`` is ``json``, ``console``, or ``auto`` (console on a TTY)."""
-    stream = stream or sys.stdout
+    """Set up structlog, to stderr unless ``stream`` is given. ``fmt`` is ``json``,
+    ``console``, or ``auto`` (console on a TTY)."""
+    stream = stream or sys.stderr
     for secret in secrets:
         add_secret(secret)
     if fmt == "auto":
@@ -166,16 +183,36 @@ def configure(
         if fmt == "json"
         else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
+    processors = [
+        structlog.contextvars.merge_contextvars,  # the tenant, in every event of its work
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
+        structlog.processors.format_exc_info,
+        redact,
+        renderer,
+    ]
+    if is_journal(stream, os.environ):
+        processors.append(syslog_priority)
     structlog.configure(
-        processors=[
-            structlog.contextvars.merge_contextvars,  # the tenant, in every event of its work
-            structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True, key="timestamp"),
-            structlog.processors.format_exc_info,
-            redact,
-            renderer,
-        ],
+        processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(stream),
         cache_logger_on_first_use=False,
     )
+
+
+def is_journal(stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """Whether ``stream`` is connected to the journal: systemd sets ``JOURNAL_STREAM`` to
+    the ``DEVICE:INODE`` of the journal stream it gives a service (systemd.exec(5)); it is
+    inherited by children whose output goes elsewhere, so the stream's own must match."""
+    try:
+        stat = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (a StringIO), or closed
+        return False
+    return environ.get("JOURNAL_STREAM") == f"{stat.st_dev}:{stat.st_ino}"
+
+
+def syslog_priority(_logger: Any, method: str, rendered: str) -> str:
+    """structlog processor after the renderer: the line prefixed with its priority, ``<N>``,
+    which journald strips and keeps as the entry's PRIORITY."""
+    return f"<{PRIORITIES.get(method, PRIORITIES['info'])}>{rendered}"

@@ -1,6 +1,6 @@
 """The worker as a process of its own, run the way operators run it: for the tests, the crash
 tool and the benchmark, which drive it against the sandbox. One place builds its command
-line."""
+line. Its data goes to stdout, its log to stderr."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def worker_command(*args: str, config: Path | None = None) -> list[str]:
 def run_worker(
     *args: str, config: Path | None = None, timeout: float = 120, **options: Any
 ) -> subprocess.CompletedProcess[str]:
-    """Run the worker to its end; its output is kept as text."""
+    """Run the worker to its end; its stdout (data) and stderr (the log) are kept as text."""
     return subprocess.run(
         worker_command(*args, config=config),
         capture_output=True,
@@ -31,7 +31,7 @@ def run_worker(
 
 
 def start_worker(*args: str, config: Path | None = None, **options: Any) -> subprocess.Popen[str]:
-    """Start the worker; its stdout (the log) and stderr are pipes of text unless
+    """Start the worker; its stdout (data) and stderr (the log) are pipes of text unless
     ``options`` say otherwise."""
     pipes: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     return subprocess.Popen(worker_command(*args, config=config), text=True, **{**pipes, **options})

@@ -48,7 +48,7 @@ def test_run_once_then_status_json(sandbox, tmp_path, config):
     config_file = str(tmp_path / "config.toml")
     result = sync_worker("--config", config_file, "run-once")
     assert result.returncode == 0, result.stdout + result.stderr
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [json.loads(line) for line in result.stderr.splitlines()]
     assert events[0]["event"] == "run.started" and events[-1]["event"] == "run.finished"
     status = sync_worker("--config", config_file, "status", "--json")
     report = json.loads(status.stdout)
@@ -88,7 +88,7 @@ def test_retry_puts_a_parked_archive_back(sandbox, tmp_path, config, capsys):
     path.write_text(path.read_text().replace("max_attempts = 5", "max_attempts = 1"))
     assert main(["--config", str(path), "run-once"]) == 1
     report_before = capsys.readouterr()
-    assert "item.given_up" in report_before.out
+    assert "item.given_up" in report_before.err
     sandbox.flexperto.set_checksum(bad["id"], sandbox.flexperto.blob_sha256(bad["id"]))
     assert main(["--config", str(path), "run-once"]) == 0  # parked: not tried
     assert sandbox.flexperto.record(bad["id"])["status"] == "AVAILABLE"
@@ -278,7 +278,7 @@ def test_a_state_file_that_is_not_a_database_is_an_error_not_a_traceback(sandbox
     result = sync_worker("--config", config_file, "run-once")
     assert result.returncode == 1
     assert "Traceback" not in result.stdout + result.stderr
-    events = [json.loads(line) for line in result.stdout.splitlines()]
+    events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
     [failed] = [e for e in events if e["event"] == "run.failed"]
     assert failed["error_class"] == "DatabaseError" and failed["level"] == "error"
     assert events[-1]["event"] == "run.finished"
@@ -321,11 +321,11 @@ def test_audit_reads_everything_and_fails_on_a_changed_archive(sandbox, tmp_path
     config_file = str(tmp_path / "config.toml")
     assert main(["--config", config_file, "run-once"]) == 0
     assert main(["--config", config_file, "audit", "--all"]) == 0
-    assert capsys.readouterr().out.count('"audit.ok"') == 3
+    assert capsys.readouterr().err.count('"audit.ok"') == 3
     stored = next((config.storage.archive_dir).glob("*/*.zip"))
     stored.write_bytes(b"changed")
     assert main(["--config", config_file, "audit", "--sample", "3"]) == 1
-    assert '"audit.mismatch"' in capsys.readouterr().out
+    assert '"audit.mismatch"' in capsys.readouterr().err
 
 
 def test_audit_options_are_checked(sandbox, tmp_path, config):

@@ -22,8 +22,8 @@ def test_daemon_runs_both_jobs_at_start_schedules_the_audit_and_stops_on_sigterm
     finished_jobs, sent, scheduled = set(), 0, {}
     watchdog = threading.Timer(60, process.kill)  # never hang the suite
     watchdog.start()
-    assert process.stdout is not None
-    for line in process.stdout:
+    assert process.stderr is not None
+    for line in process.stderr:
         event = json.loads(line)
         sent += event["event"] == "insight.sent"
         if event["event"] == "daemon.scheduled":
@@ -45,7 +45,7 @@ def test_daemon_runs_both_jobs_at_start_schedules_the_audit_and_stops_on_sigterm
     first_audit = datetime.fromisoformat(scheduled["audit"]["next_run"])
     assert timedelta(minutes=9) < first_audit - datetime.now(UTC) <= timedelta(minutes=10)
     process.send_signal(signal.SIGTERM)
-    rest, _ = process.communicate(timeout=30)
+    _, rest = process.communicate(timeout=30)
     assert process.returncode == 0
     events = [json.loads(line)["event"] for line in rest.splitlines()]
     assert events[-1] == "daemon.stopped"
@@ -67,8 +67,8 @@ def test_daemon_runs_every_tenants_jobs_and_serves_their_metrics(tmp_path):
     watchdog.start()
     scheduled, sent = [], {"a": 0, "b": 0}
     try:
-        assert process.stdout is not None
-        for line in process.stdout:
+        assert process.stderr is not None
+        for line in process.stderr:
             event = json.loads(line)
             if event["event"] == "daemon.scheduled":
                 scheduled.append((event["tenant"], event["job"]))

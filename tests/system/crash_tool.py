@@ -265,15 +265,16 @@ def _add_archive(sandbox: Sandbox, rng: random.Random, n: int) -> None:
 
 
 def _kill_one_pass(config: Path, rng: random.Random, report: Report, typical: float) -> bool:
-    """Start a pass and kill it at a random instant; False if it finished first. What the
-    pass writes to stderr is kept in STDERR_LOG beside the config, checked at the end."""
-    with (config.parent / STDERR_LOG).open("a") as errors:
+    """Start a pass and kill it at a random instant; False if it finished first. Its log
+    (stderr) is read as it comes; anything on its stdout is kept in STDERR_LOG beside the
+    config, checked at the end."""
+    with (config.parent / STDERR_LOG).open("a") as other:
         process = subprocess.Popen(
             worker_command(
                 "--log-format", "json", "--log-level", "debug", "run-once", config=config
             ),
-            stdout=subprocess.PIPE,
-            stderr=errors,
+            stdout=other,
+            stderr=subprocess.PIPE,
             text=True,
         )
         if rng.random() < 0.5:
@@ -297,8 +298,8 @@ def _watch(
 ) -> None:
     """Read the pass's log to its end, counting tracebacks; with ``kill_after``, kill the
     process a few random milliseconds after it logs that event."""
-    assert process.stdout is not None
-    for line in process.stdout:
+    assert process.stderr is not None
+    for line in process.stderr:
         report.tracebacks += _tracebacks(line)
         if kill_after is not None and f'"event": "{kill_after}"' in line:
             time.sleep(rng.uniform(0.0, 0.005))
@@ -325,7 +326,7 @@ def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
             text=True,
             timeout=600,
         )
-        output = result.stdout
+        output = result.stderr
         report.tracebacks += _tracebacks(result.stdout + result.stderr)
         if result.returncode == 0 and _nothing_open(config.parent / "state.db"):
             return n

@@ -41,9 +41,9 @@ def test_full_disk_is_reported_nothing_abandoned_and_no_temp_file_left(sandbox, 
     big = sandbox.flexperto.add_archive(status="AVAILABLE", size=3 * FILE_SIZE_LIMIT)
     config_file = tmp_path / "config.toml"
     process = run_cli(config_file, "run-once", limit_file_size=True)
-    out, err = process.communicate(timeout=120)
-    assert process.returncode == 1, err
-    failures = [e for e in log_events(out) if e["event"] == "item.failed"]
+    _out, err = process.communicate(timeout=120)
+    assert process.returncode == 1, err[-2000:]
+    failures = [e for e in log_events(err) if e["event"] == "item.failed"]
     assert [f["archive_id"] for f in failures] == [big["id"]]
     assert "File too large" in failures[0]["error"]
     assert sandbox.flexperto.record(big["id"])["status"] == "AVAILABLE"
@@ -191,7 +191,7 @@ def test_two_runs_at_once_one_proceeds_the_other_steps_aside(sandbox, tmp_path, 
     first, second = run_cli(config_file, "run-once"), run_cli(config_file, "run-once")
     outputs = [process.communicate(timeout=120) for process in (first, second)]
     assert first.returncode == second.returncode == 0
-    events = [log_events(out) for out, _ in outputs]
+    events = [log_events(err) for _, err in outputs]
     skipped = [any(e["event"] == "run.skipped" for e in ev) for ev in events]
     assert sorted(skipped) == [False, True]
     downloads = Counter(r.path for r in sandbox.s3.requests)

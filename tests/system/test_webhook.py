@@ -18,7 +18,7 @@ from sync_worker.sandbox.worker_process import start_worker
 def read_until(process, found: Callable[[dict], bool]) -> list[dict]:
     """The daemon's events up to the first that ``found`` accepts."""
     events = []
-    for line in process.stdout:
+    for line in process.stderr:  # the log
         events.append(json.loads(line))
         if found(events[-1]):
             return events

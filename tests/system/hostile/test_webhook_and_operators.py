@@ -134,7 +134,7 @@ def test_a_length_in_other_digits_is_answered_411(log_lines):
 
 def read_until(process, found: Callable[[dict], bool]) -> list[dict]:
     events = []
-    for line in process.stdout:
+    for line in process.stderr:  # the log
         events.append(json.loads(line))
         if found(events[-1]):
             return events
@@ -306,7 +306,7 @@ def test_servers_echoing_the_secrets_in_other_forms_leak_nothing_to_the_log(
         sandbox.add_fault(service, Fault(path=path, status=401, body=body, times=None))
     assert main(["--config", str(tmp_path / "config.toml"), "--log-format", "json", "run-once"])
     out, err = capsys.readouterr()
-    assert out.count(logs.REDACTED) >= 2 * len(echoes["flexperto"])  # both echoes, masked
+    assert err.count(logs.REDACTED) >= 2 * len(echoes["flexperto"])  # both echoes, masked
     leaked = [
         f"{service} {form}"
         for service, forms in echoes.items()
