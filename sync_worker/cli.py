@@ -17,7 +17,7 @@ from typing import TextIO
 
 import structlog
 
-from sync_worker import demo, logs, manifest, metrics, status
+from sync_worker import command_docs, demo, logs, manifest, metrics, status
 from sync_worker.checks import run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
@@ -37,7 +37,7 @@ from sync_worker.state.db import StateFileError, open_existing
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Commands whose stdout is their output, for tools to read: their log goes to stderr.
-OUTPUT_COMMANDS = frozenset({"status", "export"})
+OUTPUT_COMMANDS = frozenset({"status", "export", "completion", "man"})
 
 log = structlog.get_logger()
 
@@ -46,7 +46,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Claim Flexperto archives and record them as Total Expert insights.",
+        epilog="exit codes: 0 all done, 1 some item failed and will be retried (or a command "
+        "failed), 2 configuration or usage error, 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {command_docs.version()}")
     parser.add_argument("--config", help="config file (default: $SYNC_WORKER_CONFIG)")
     parser.add_argument(
         "--log-format",
@@ -136,6 +139,9 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init-config", help="write a commented example config")
     init.add_argument("path", help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=command_docs.SHELLS)
+    commands.add_parser("man", help="print the man page (roff), e.g. for man -l -")
     return parser
 
 
@@ -175,6 +181,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "completion":
+        print(command_docs.completion(build_parser(), args.shell), end="")
+        return EXIT_OK
+    if args.command == "man":
+        print(command_docs.man_page(build_parser()), end="")
+        return EXIT_OK
     if args.command == "init-config":
         return _init_config(Path(args.path), args.force)
     one = args.command in TENANT_COMMANDS
