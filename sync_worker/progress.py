@@ -28,6 +28,9 @@ from sync_worker import logs
 
 PASS = "pass"  # the field that marks the pass's own line among the downloads
 REDRAWS_PER_SECOND = 10
+# One display on the terminal at a time: with several tenants side by side, the first
+# pass to start draws, and the others draw nothing.
+_terminal = threading.Lock()
 
 
 class Progress:
@@ -50,7 +53,7 @@ class Progress:
 
     def start_pass(self, total: int) -> None:
         """Show the pass's ``total`` archives to store, and take the log's lines above."""
-        if not self.enabled or total == 0:
+        if not self.enabled or total == 0 or not _terminal.acquire(blocking=False):
             return
         bars = Bars(
             TextColumn("{task.description}"),
@@ -131,6 +134,7 @@ class Progress:
             if output is not None:
                 output.print_above(None)
             self._bars = self._pass = None
+            _terminal.release()
 
     def _advance(self, bars: Bars, task: TaskID, size: int) -> None:
         """Count a chunk; redraw at most REDRAWS_PER_SECOND times (rate and ETA with it)."""

@@ -48,11 +48,11 @@ class Terminal:
         self._master = master
         self.output = b""
 
-    def read_until(self, text: str, deadline: float = 60) -> None:
-        """Read until ``text`` has been written (or the worker ends)."""
-        while text.encode() not in ANSI.sub("", self.output.decode(errors="replace")).encode():
+    def read_until(self, text: str, times: int = 1, deadline: float = 60) -> None:
+        """Read until ``text`` has been written ``times`` times (or the worker ends)."""
+        while self.text().count(text) < times:
             if not self._read(deadline):
-                raise AssertionError(f"{text!r} never came:\n{self.text()}")
+                raise AssertionError(f"{text!r} never came {times} times:\n{self.text()}")
 
     def finish(self, timeout: float = 60) -> int:
         while self._read(timeout):
@@ -161,7 +161,7 @@ def test_ctrl_c_says_what_it_waits_for_and_finishes_the_download_in_hand(sandbox
     terminal = Terminal("--config", str(config), "run-once")
     try:
         assert entered.wait(60)
-        terminal.read_until("archive.stored")  # the others are done: one is in hand
+        terminal.read_until("archive.claimed", times=2)  # the others are done: one in hand
         terminal.process.send_signal(signal.SIGINT)
         terminal.read_until("Ctrl-C again to stop now")
     finally:
@@ -178,7 +178,7 @@ def test_a_second_ctrl_c_stops_the_download_in_hand_now(sandbox, tmp_path):
     terminal = Terminal("--config", str(config), "run-once")
     try:
         assert entered.wait(60)
-        terminal.read_until("archive.stored")
+        terminal.read_until("archive.claimed", times=2)
         terminal.process.send_signal(signal.SIGINT)
         terminal.read_until("Ctrl-C again to stop now")
         terminal.process.send_signal(signal.SIGINT)
@@ -216,3 +216,22 @@ def test_log_lines_handed_above_come_whole_without_their_newline():
     output.write("back\n")
     assert above == ["one line", "two", "three parts"]
     assert stream.getvalue() == "back\n"
+
+
+class Tty(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_one_display_at_a_time_on_the_terminal():
+    logs.configure("console", "info", Tty())
+    first, second = Progress(Tty()), Progress(Tty())
+    first.start_pass(1)
+    second.start_pass(1)  # another tenant's pass, side by side: it draws nothing
+    assert list(second.track(iter([b"ab"]), "b1", 2)) == [b"ab"]
+    second.finish()
+    first.finish()
+    assert second._stream.getvalue() == "" and "archives" in first._stream.getvalue()
+    second.start_pass(1)  # the terminal is free again
+    second.finish()
+    assert "archives" in second._stream.getvalue()
