@@ -15,7 +15,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import replace
 from functools import partial
@@ -177,10 +177,32 @@ def _in_parallel(
                 )
                 for _ in range(workers)
             ]
-            for future in futures:
-                future.result()  # re-raise what must stop the pass (a busy state file)
+            try:
+                for future in futures:
+                    future.result()  # re-raise what must stop the pass (a busy state file)
+            except KeyboardInterrupt:
+                _finish_in_hand(ctx, waiting, futures)
+                raise
     finally:
         connections.close()
+
+
+def _finish_in_hand(
+    ctx: JobContext, waiting: SimpleQueue[ArchiveRow], futures: list[Future[None]]
+) -> None:
+    """Ctrl-C: no download starts any more, those in hand finish (stored, abandoned); a
+    second Ctrl-C stops them at their next chunk, their partial files kept for a later pass."""
+    for _ in _taken(waiting):
+        pass
+    in_hand = sum(not future.done() for future in futures)  # a thread ends after its row
+    try:
+        log.warning("run.interrupted", archives_in_hand=in_hand)
+        ctx.progress.stopping(in_hand)
+        wait(futures)
+    except KeyboardInterrupt:
+        log.warning("run.stopping_now", downloads_in_hand=ctx.progress.in_hand)
+        ctx.progress.stop_now()
+        wait(futures)
 
 
 def _taken(waiting: SimpleQueue[ArchiveRow]) -> Iterator[ArchiveRow]:

@@ -18,7 +18,17 @@ from pathlib import Path
 
 import structlog
 
-from sync_worker import closed_stdout, config_show, demo, history, logs, manifest, metrics, status
+from sync_worker import (
+    closed_stdout,
+    command_docs,
+    config_show,
+    demo,
+    history,
+    logs,
+    manifest,
+    metrics,
+    status,
+)
 from sync_worker.checks import PROBE_SECONDS, CheckPlan, run_checks
 from sync_worker.clock import SystemClock
 from sync_worker.config import (
@@ -46,7 +56,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="sync-worker",
         description="Claim Flexperto archives and record them as Total Expert insights.",
+        epilog="exit codes: 0 all done, 1 some item failed and will be retried (or a command "
+        "failed), 2 configuration or usage error, 130 interrupted",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {command_docs.version()}")
     _add_global_options(parser, GLOBAL_DEFAULTS)
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     commands.add_parser("run-once", help="one full pass, then exit")
@@ -155,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     init = commands.add_parser("init-config", help="write a commented example config")
     init.add_argument("path", help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    completion = commands.add_parser("completion", help="print a shell completion script")
+    completion.add_argument("shell", choices=command_docs.SHELLS)
+    commands.add_parser("man", help="print the man page (roff), e.g. for man -l -")
     for command in commands.choices.values():  # accepted after the command too
         _add_global_options(command, dict.fromkeys(GLOBAL_DEFAULTS, argparse.SUPPRESS))
     return parser
@@ -244,6 +260,12 @@ def _dispatch(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
             return EXIT_USAGE
+    if args.command == "completion":
+        print(command_docs.completion(build_parser(), args.shell), end="")
+        return EXIT_OK
+    if args.command == "man":
+        print(command_docs.man_page(build_parser()), end="")
+        return EXIT_OK
     if args.command == "init-config":
         return _init_config(Path(args.path), args.force)
     one = args.command in TENANT_COMMANDS

@@ -39,6 +39,7 @@ MIB = 1024 * 1024
 GIB = 1024 * MIB
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 OTHERS_READ = 0o044  # the group's and everyone's read bits
+REMOTE_METRICS = "metrics.allow_remote"  # the key that lets metrics.listen leave loopback
 
 log = structlog.get_logger()
 
@@ -352,9 +353,14 @@ class MetricsConfig:
     listen: str = setting(
         "",
         help="the daemon serves Prometheus metrics at `http://HOST:PORT/metrics` (loopback "
-        "only); empty: no server",
+        "unless `allow_remote`); empty: no server",
         optional=True,
         example="127.0.0.1:9464",
+    )
+    allow_remote: bool = setting(
+        False,
+        help="let `listen` be any address, e.g. `0.0.0.0:9464`, for a Prometheus on another "
+        "host (plain HTTP, no authentication; the metrics hold counts and times, no secrets)",
     )
     textfile: Path = setting(
         "",
@@ -365,7 +371,7 @@ class MetricsConfig:
 
     def __post_init__(self) -> None:
         if self.listen:
-            parse_listen(self.listen, "metrics.listen")
+            parse_listen(self.listen, "metrics.listen", REMOTE_METRICS, self.allow_remote)
 
     @property
     def textfile_path(self) -> Path | None:
@@ -531,15 +537,17 @@ def _sections() -> list[dataclasses.Field[Any]]:
     return [s for s in dataclasses.fields(Config) if s.name not in ("tenant", "origins")]
 
 
-def parse_listen(value: str, name: str) -> tuple[str, int]:
-    """``HOST:PORT`` on a loopback address, as (host, port)."""
+def parse_listen(value: str, name: str, opt_in: str = "", remote: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` as (host, port): on a loopback address unless ``remote`` (the value of
+    the key ``opt_in``, which the error names) allows any."""
     host, _, port = value.rpartition(":")
     host = host.strip("[]")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise ConfigError(f"config key {name} must be HOST:PORT, got {value!r}")
-    if not is_loopback(host):
+    if not (remote or is_loopback(host)):
+        or_else = f", or set {opt_in} = true" if opt_in else ""
         raise ConfigError(
-            f"config key {name} must be a loopback address (put a TLS proxy in front)"
+            f"config key {name} must be a loopback address (put a TLS proxy in front{or_else})"
         )
     return host, int(port)
 

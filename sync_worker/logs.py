@@ -20,7 +20,7 @@ import re
 import sys
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Mapping, MutableMapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any, TextIO
@@ -62,6 +62,41 @@ OUR_PACKAGES = ("sync_worker", "jobs", "state")
 
 _secrets: set[str] = set()
 _secrets_lock = threading.Lock()
+_output: LogOutput | None = None  # where configure() sends the lines
+
+
+class LogOutput:
+    """The stream log lines are written to, unless a display drawn on the same terminal
+    takes them for a while (:meth:`print_above`), to print them above itself."""
+
+    def __init__(self, stream: TextIO, for_people: bool) -> None:
+        self.stream = stream
+        self.for_people = for_people  # console lines, not JSON
+        self._above: Callable[[str], None] | None = None
+        self._line = ""  # of a line handed over in parts (print writes its end apart)
+
+    def write(self, text: str) -> None:
+        above = self._above
+        if above is None:
+            self.stream.write(text)
+            return
+        *lines, self._line = (self._line + text).split("\n")
+        for line in lines:
+            above(line)
+
+    def flush(self) -> None:
+        if self._above is None:
+            self.stream.flush()
+
+    def print_above(self, printer: Callable[[str], None] | None) -> None:
+        """Hand every line to ``printer`` (without its newline) from now on; None: to the
+        stream again."""
+        self._above = printer
+
+
+def output() -> LogOutput | None:
+    """Where log lines go, once :func:`configure` has run."""
+    return _output
 
 
 def add_secret(value: str | None) -> None:
@@ -173,6 +208,7 @@ def configure(
 ) -> None:
     """Set up structlog, to stderr unless ``stream`` is given. ``fmt`` is ``json``,
     ``console``, or ``auto`` (console on a TTY)."""
+    global _output
     stream = stream or sys.stderr
     for secret in secrets:
         add_secret(secret)
@@ -193,10 +229,11 @@ def configure(
     ]
     if is_journal(stream, os.environ):
         processors.append(syslog_priority)
+    _output = LogOutput(stream, for_people=fmt == "console")
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
-        logger_factory=structlog.PrintLoggerFactory(stream),
+        logger_factory=structlog.PrintLoggerFactory(_output),
         cache_logger_on_first_use=False,
     )
 

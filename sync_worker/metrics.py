@@ -22,7 +22,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from sync_worker.clock import Clock
-from sync_worker.config import Config, parse_listen
+from sync_worker.config import REMOTE_METRICS, Config, parse_listen
 from sync_worker.logs import exception_fields
 from sync_worker.state import archives, held_records, insight_blocks, reports, run_history
 from sync_worker.state.db import open_read_only
@@ -71,12 +71,12 @@ def registry_for(configs: Sequence[Config], clock: Clock) -> CollectorRegistry:
     return registry
 
 
-def serve(listen: str, registry: CollectorRegistry) -> Any:
-    """Serve ``/metrics`` at ``listen`` (loopback HOST:PORT) in a thread; returns the
-    server, whose ``shutdown()`` stops it."""
-    host, port = parse_listen(listen, "metrics.listen")
+def serve(listen: str, registry: CollectorRegistry, allow_remote: bool = False) -> Any:
+    """Serve ``/metrics`` at ``listen`` (HOST:PORT, loopback unless ``allow_remote``) in a
+    thread; returns the server, whose ``shutdown()`` stops it."""
+    host, port = parse_listen(listen, "metrics.listen", REMOTE_METRICS, allow_remote)
     server, _thread = start_http_server(port, host, registry)
-    log.info("metrics.serving", listen=listen)
+    log.info("metrics.serving", listen=listen, remote=allow_remote)
     return server
 
 

@@ -209,8 +209,9 @@ class Daemon:
             )
 
     def _start_servers(self) -> None:
-        if self._process.metrics.listen:
-            self._servers.append(metrics.serve(self._process.metrics.listen, self._metrics))
+        served = self._process.metrics
+        if served.listen:
+            self._servers.append(metrics.serve(served.listen, self._metrics, served.allow_remote))
         if self._receiver is not None:
             for config in self._configs:
                 self.accept_secrets(config)  # those of the last run, until the job has run

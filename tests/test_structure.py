@@ -53,6 +53,7 @@ LAYERS = {
     "sync_worker.manifest": 4,
     "sync_worker.scheduler": 5,
     "sync_worker.demo": 5,
+    "sync_worker.command_docs": 5,
     "sync_worker.cli": 6,
     "sync_worker.__main__": 7,
     "sync_worker": 7,

@@ -259,7 +259,9 @@ def test_tenants_are_kept_apart(tmp_path, change, message):
 @pytest.mark.parametrize(
     ("section", "message"),
     [
-        ('[metrics]\nlisten = "0.0.0.0:9464"', "loopback"),
+        ('[metrics]\nlisten = "0.0.0.0:9464"', r"loopback .*set metrics\.allow_remote = true"),
+        ('[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = "yes"', "allow_remote"),
+        ('[webhook]\nlisten = "0.0.0.0:8787"\npublic_url = "https://h.example.com"', "loopback"),
         ('[metrics]\nlisten = "127.0.0.1"', "HOST:PORT"),
         ('[webhook]\nlisten = "127.0.0.1:8787"', "public_url is required"),
         ('[webhook]\nlisten = "[::1]:8787"\npublic_url = "http://hooks.example.com"', "https://"),
@@ -323,3 +325,10 @@ def test_each_value_keeps_where_it_came_from(tmp_path):
     assert origins["totalexpert.client_id"] == "file"
     assert origins["totalexpert.client_secret"] == "credential totalexpert_client_secret"
     assert origins["schedule.interval_seconds"] == "default"
+
+
+def test_metrics_leave_loopback_only_when_the_operator_says_so(tmp_path):
+    section = '[metrics]\nlisten = "0.0.0.0:9464"\nallow_remote = true\n'
+    config = load_config(write(tmp_path, MINIMAL + section), env={})
+    assert (config.metrics.listen, config.metrics.allow_remote) == ("0.0.0.0:9464", True)
+    assert load_config(write(tmp_path, MINIMAL), env={}).metrics.allow_remote is False

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import socket
 import stat
 
 import pytest
@@ -10,6 +12,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from sync_worker import metrics
+from sync_worker.config import ConfigError
 from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import seed_archive_id
 from sync_worker.state import rate_limit, te_access
@@ -114,6 +117,35 @@ def test_the_endpoint_serves_the_metrics(sandbox, config, run, clock):
     assert answer.status_code == 200
     families = {f.name: f for f in text_string_to_metric_families(answer.text)}
     assert families["sync_worker_archives"].samples[0].value == 3
+
+
+def local_address() -> str:
+    """An address of this machine other than loopback, if it has one, else 0.0.0.0 (every
+    address, loopback among them). A UDP socket's connect sends nothing."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            probe.connect(("192.0.2.254", 9))
+            address = probe.getsockname()[0]
+        except OSError:
+            return "0.0.0.0"
+    return "0.0.0.0" if ipaddress.ip_address(address).is_loopback else address
+
+
+def test_the_endpoint_leaves_loopback_only_when_allowed(sandbox, config, run, clock):
+    run()
+    host = local_address()
+    listen = f"{host}:{free_port()}"
+    registry = metrics.registry_for([config], clock)
+    with pytest.raises(ConfigError, match=r"metrics\.allow_remote = true"):
+        metrics.serve(listen, registry)
+    server = metrics.serve(listen, registry, allow_remote=True)
+    try:
+        reach = "127.0.0.1" if host == "0.0.0.0" else host
+        answer = requests.get(f"http://{reach}:{listen.rpartition(':')[2]}/metrics", timeout=5)
+    finally:
+        server.shutdown()
+    assert answer.status_code == 200
+    assert "sync_worker_archives" in answer.text
 
 
 def test_the_textfile_is_replaced_whole_and_readable_by_node_exporter(
