@@ -111,18 +111,23 @@ def test_probe_http_shortens_waits_and_drops_retries():
     assert probe_http(HttpConfig(timeout_seconds=3), 10).timeout_seconds == 3
 
 
+# Which proxy and CA each service is reached with: told offline too, as it needs no network.
+ROUTES = ("network flexperto", "network storage_host", "network totalexpert")
+
+
 def test_check_offline_reaches_no_service(sandbox, tmp_path, config, capsys):
     before = listing(tmp_path)
     assert check(tmp_path, "--offline") == 0
     found = findings(capsys.readouterr().out)
-    assert set(found) == {"state database", "archive store"}
+    assert set(found) == {"state database", "archive store", *ROUTES}
     assert sandbox.flexperto.requests == [] and sandbox.totalexpert.requests == []
     assert listing(tmp_path) == before
 
 
 def test_config_validate_is_check_offline(sandbox, tmp_path, config, capsys):
     assert main(["config", "validate", "--config", str(tmp_path / "config.toml")]) == 0
-    assert set(findings(capsys.readouterr().out)) == {"state database", "archive store"}
+    found = findings(capsys.readouterr().out)
+    assert set(found) == {"state database", "archive store", *ROUTES}
     assert sandbox.flexperto.requests == [] and sandbox.totalexpert.requests == []
 
 

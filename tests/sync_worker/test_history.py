@@ -89,8 +89,8 @@ def test_a_pass_killed_mid_way_is_kept_unfinished(sandbox, tmp_path, config):
     # Downloads are held up, so that the pass is surely in the middle when it is killed.
     sandbox.add_fault("s3", Fault(action="delay", delay=5.0, times=None))
     worker = start_worker("run-once", config=tmp_path / "config.toml")
-    assert worker.stdout is not None
-    for line in worker.stdout:  # the pass's row is written before the archives are listed
+    assert worker.stderr is not None
+    for line in worker.stderr:  # the pass's row is written before the archives are listed
         if any(e["event"] == "archive.listed" for e in log_events(line)):
             break
     worker.send_signal(signal.SIGKILL)

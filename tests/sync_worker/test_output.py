@@ -45,9 +45,16 @@ INVOCATIONS: dict[str, list[tuple[tuple[str, ...], int]]] = {
     ],
     "retry": [(("retry", "--all-failed"), EXIT_CLOSED_PIPE)],
     "init-config": [(("init-config", "{dir}/new.toml"), EXIT_CLOSED_PIPE)],
+    "history": [(("history",), EXIT_CLOSED_PIPE), (("history", "--json"), EXIT_CLOSED_PIPE)],
+    "config": [(("config", "show"), EXIT_CLOSED_PIPE), (("config", "validate"), EXIT_CLOSED_PIPE)],
+    "completion": [(("completion", "bash"), EXIT_CLOSED_PIPE)],
+    "man": [(("man",), EXIT_CLOSED_PIPE)],
 }
 # Commands that log nothing when all is well.
-SILENT = frozenset({"status", "export", "retry", "init-config", "check", "sandbox"})
+SILENT = frozenset(
+    {"status", "export", "retry", "init-config", "check", "sandbox", "history", "config"}
+    | {"completion", "man"}
+)
 LOG_OPTIONS = ("--log-format", "json", "--log-level", "debug")
 WATCHDOG_SECONDS = 120
 PRIORITIES = {"debug": "<7>", "info": "<6>", "warning": "<4>", "error": "<3>"}
