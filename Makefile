@@ -3,6 +3,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# Test processes side by side: the suite mostly waits on loopback servers and subprocesses,
+# so twice the cores keeps them busy.
+TEST_PROCESSES ?= $(shell echo $$(( $$(nproc) * 2 )))
 
 .PHONY: demo demo-s3 test lint bench docs docs-config clean
 
@@ -17,7 +20,7 @@ demo-s3: $(STAMP)
 ## test: install the test extras and run the linter and the whole test suite, with coverage
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/pytest --cov
+	$(BIN)/pytest --cov -n $(TEST_PROCESSES) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
