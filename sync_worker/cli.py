@@ -228,25 +228,31 @@ def _command(args: argparse.Namespace) -> int:
     try:
         return _dispatch(args)
     except ConfigError as exc:
-        print(f"sync-worker: configuration error: {exc}", file=sys.stderr)
+        _tell(f"sync-worker: configuration error: {exc}")
         return EXIT_USAGE
     except StateFileError as exc:
-        print(f"sync-worker: {exc}", file=sys.stderr)
+        _tell(f"sync-worker: {exc}")
         return EXIT_FAILED
     except KeyboardInterrupt:
-        print("sync-worker: interrupted", file=sys.stderr)
+        _tell("sync-worker: interrupted")
         return EXIT_INTERRUPTED
     except Exception as exc:  # the last boundary: a message and an exit code, no traceback
         if closed_stdout.ended_by_reader(exc):
             return closed_stdout.EXIT_CLOSED_PIPE
         details = logs.exception_fields(exc)
         log.error("command.failed", command=args.command, **details)
-        print(
+        _tell(
             f"sync-worker: {args.command} failed: {details['error_class']}: "
-            f"{logs.mask(details['error'])}",
-            file=sys.stderr,
+            f"{logs.mask(details['error'])}"
         )
         return EXIT_FAILED
+
+
+def _tell(message: str) -> None:
+    """A one-line message for the person or unit that ran the command, on stderr; on the
+    journal marked as an error (``<3>``) like the log's error lines, for ``journalctl -p err``."""
+    priority = f"<{logs.PRIORITIES['error']}>" if logs.is_journal(sys.stderr, os.environ) else ""
+    print(f"{priority}{message}", file=sys.stderr)
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -258,7 +264,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 Path(args.dir), args.fault, STRICT if args.strict else LENIENT, args.storage
             )
         except ValueError as exc:
-            print(f"sync-worker: bad --fault: {exc}", file=sys.stderr)
+            _tell(f"sync-worker: bad --fault: {exc}")
             return EXIT_USAGE
     if args.command == "completion":
         print(command_docs.completion(build_parser(), args.shell), end="")
@@ -396,7 +402,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
     db = open_existing(config.state.database)
     try:
         if archive_id and archives.get(db, archive_id) is None:
-            print(f"sync-worker: no archive {archive_id!r} in the state database", file=sys.stderr)
+            _tell(f"sync-worker: no archive {archive_id!r} in the state database")
             return EXIT_USAGE
         count = archives.retry_failed(db, archive_id) + insights.retry_failed(db, archive_id)
     finally:
@@ -407,7 +413,7 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
 
 def _init_config(path: Path, force: bool) -> int:
     if path.exists() and not force:
-        print(f"sync-worker: {path} exists; use --force to overwrite", file=sys.stderr)
+        _tell(f"sync-worker: {path} exists; use --force to overwrite")
         return EXIT_USAGE
     example = example_toml()
     path.parent.mkdir(parents=True, exist_ok=True)

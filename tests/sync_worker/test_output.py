@@ -176,9 +176,15 @@ def test_no_stdout_at_all_is_no_traceback(command, args, _closed_exit, worked, t
     assert "Traceback" not in err
 
 
-def journal_run(tmp_path: Path, config: Path, journal_stream: str | None) -> list[str]:
-    """The stderr lines of a pass whose listing fails, written to a real file, with
-    ``JOURNAL_STREAM`` as given (``{}`` stands for the file's device and inode)."""
+def journal_run(
+    tmp_path: Path,
+    config: Path,
+    journal_stream: str | None,
+    command: tuple[str, ...] = ("run-once",),
+    exit_code: int = 1,
+) -> list[str]:
+    """The stderr lines of ``command`` (a pass whose listing fails), written to a real file,
+    with ``JOURNAL_STREAM`` as given (``{}`` stands for the file's device and inode)."""
     stderr_file = tmp_path / "stderr.log"
     env = {k: v for k, v in os.environ.items() if k != "JOURNAL_STREAM"}
     with stderr_file.open("w") as stderr:
@@ -186,13 +192,13 @@ def journal_run(tmp_path: Path, config: Path, journal_stream: str | None) -> lis
             stat = os.fstat(stderr.fileno())
             env["JOURNAL_STREAM"] = journal_stream.format(f"{stat.st_dev}:{stat.st_ino}")
         done = subprocess.run(
-            worker_command(*LOG_OPTIONS, "run-once", config=config),
+            worker_command(*LOG_OPTIONS, *command, config=config),
             stdout=subprocess.DEVNULL,
             stderr=stderr,
             env=env,
             timeout=120,
         )
-    assert done.returncode == 1
+    assert done.returncode == exit_code
     return stderr_file.read_text().splitlines()
 
 
@@ -209,6 +215,14 @@ def test_on_the_journal_each_log_line_carries_its_priority(tmp_path, failing_lis
     for line in lines:
         event = json.loads(line[3:])
         assert line[:3] == PRIORITIES[event["level"]]
+
+
+def test_on_the_journal_a_commands_one_line_error_is_an_error_too(tmp_path, failing_listing):
+    missing = ("--tenant", "nobody", "status")  # a configuration error: no such tenant
+    [line] = journal_run(tmp_path, failing_listing, "{}", missing, exit_code=2)
+    assert line.startswith("<3>sync-worker: configuration error:"), line
+    [line] = journal_run(tmp_path, failing_listing, None, missing, exit_code=2)
+    assert line.startswith("sync-worker: configuration error:"), line
 
 
 @pytest.mark.parametrize("journal_stream", [None, "1:2", "{}9"])
