@@ -138,7 +138,10 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
 def _routes(config: Config) -> list[Finding]:
     """Which proxy (without its credentials) and which CAs each service is reached with."""
     services = [s for s in SERVICES if s != "s3" or config.storage.backend == "s3"]
-    return [Finding(f"network {s}", OK, config.network.route(s).describe()) for s in services]
+    routes = [Finding(f"network {s}", OK, config.network.route(s).describe()) for s in services]
+    if config.monitoring.healthcheck_url:
+        routes.append(Finding("network healthcheck", OK, config.network.common_route().describe()))
+    return routes
 
 
 def probe_http(http: HttpConfig, seconds: float) -> HttpConfig:

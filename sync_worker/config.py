@@ -483,6 +483,14 @@ class NetworkConfig:
         """How ``service`` (one of network.SERVICES) is reached."""
         proxy = getattr(self, f"{service}_proxy") or self.proxy
         bundle = getattr(self, f"{service}_ca_bundle") or self.ca_bundle
+        return self._route(proxy, bundle)
+
+    def common_route(self) -> Route:
+        """How what has no keys of its own (the healthcheck ping) is reached: the common
+        ``proxy`` and ``ca_bundle``."""
+        return self._route(self.proxy, self.ca_bundle)
+
+    def _route(self, proxy: str, bundle: Path) -> Route:
         if proxy == DIRECT:
             proxy = ""
         return Route(

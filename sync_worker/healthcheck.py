@@ -10,25 +10,27 @@ from __future__ import annotations
 import structlog
 
 from sync_worker.http import new_session
+from sync_worker.network import Route
 
 TIMEOUT_SECONDS = 10.0
 
 log = structlog.get_logger()
 
 
-def ping_start(url: str) -> None:
+def ping_start(url: str, route: Route | None = None) -> None:
+    """``route``: the proxy and CA bundle to reach the monitor with (none: direct)."""
     if url:
-        _post(f"{url}/start", b"")
+        _post(f"{url}/start", b"", route)
 
 
-def ping(url: str, ok: bool, summary: str) -> None:
+def ping(url: str, ok: bool, summary: str, route: Route | None = None) -> None:
     if url:
-        _post(url if ok else f"{url}/fail", summary.encode())
+        _post(url if ok else f"{url}/fail", summary.encode(), route)
 
 
-def _post(target: str, body: bytes) -> None:
+def _post(target: str, body: bytes, route: Route | None) -> None:
     try:
-        with new_session() as session:
+        with new_session(route=route) as session:
             response = session.post(target, data=body, timeout=TIMEOUT_SECONDS)
         if response.status_code >= 300:  # a redirect is not followed: not a ping either
             log.warning("healthcheck.failed", status=response.status_code)

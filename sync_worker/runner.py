@@ -105,7 +105,8 @@ def _run_pass(
     stats = PassStats()
     started = time.monotonic()
     log.info("run.started", jobs=list(jobs))
-    healthcheck.ping_start(config.monitoring.healthcheck_url)
+    monitor = config.network.common_route()
+    healthcheck.ping_start(config.monitoring.healthcheck_url, monitor)
     try:
         with job_locks(config.state.database, jobs):
             _run_jobs(
@@ -133,7 +134,9 @@ def _run_pass(
     }
     result = PassResult(stats)
     log.info("run.finished", **summary)
-    healthcheck.ping(config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary))
+    healthcheck.ping(
+        config.monitoring.healthcheck_url, result.exit_code == 0, json.dumps(summary), monitor
+    )
     return result
 
 

@@ -4,7 +4,6 @@ from the parser and checked by the program that reads it (bash, zsh, groff), whe
 from __future__ import annotations
 
 import argparse
-
 import re
 import shutil
 import subprocess

@@ -12,8 +12,11 @@ import re
 import ssl
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -338,3 +341,54 @@ def test_s3_through_an_unreachable_proxy_is_named(tmp_path, tls_s3_sandbox, cloc
         f"s3 {bucket.name}: proxy 127.0.0.1:{port} unreachable: connection refused"
     )
     assert finding(findings, "flexperto listing").status == OK  # the others go direct
+
+
+class TlsPings:
+    """A healthcheck monitor speaking HTTPS on loopback; ``paths`` it was pinged at."""
+
+    def __init__(self, tls: ssl.SSLContext) -> None:
+        self.paths: list[str] = []
+        pings = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                pings.paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self._server = HTTPServer(("127.0.0.1", 0), Handler)
+        self._server.socket = tls.wrap_socket(self._server.socket, server_side=True)
+        self.url = f"https://127.0.0.1:{self._server.server_address[1]}/ping/abc"
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
+def test_the_healthcheck_ping_goes_through_the_proxy_too(
+    tmp_path, tls_sandbox, clock, ca, bundle, proxy
+):
+    pings = TlsPings(server_context(ca, "127.0.0.1"))
+    try:
+        network = (
+            f'ca_bundle = "{bundle}"\nproxy = "{proxy.url}"\n'
+            f'proxy_user = "{PROXY_USER}"\nproxy_password = "{PROXY_PASSWORD}"\n'
+        )
+        config = config_for(tmp_path, tls_sandbox, network)
+        config = replace(config, monitoring=replace(config.monitoring, healthcheck_url=pings.url))
+        assert run_pass(config, clock).exit_code == 0
+        assert pings.paths == ["/ping/abc/start", "/ping/abc"]
+        assert hostport(pings.url) in proxy.wait_for_upstreams({hostport(pings.url)})
+        route = finding(run_checks(config, clock), "network healthcheck")
+        assert (
+            route.detail
+            == f"through proxy {proxy.url} as user {PROXY_USER}; trusts CA bundle {bundle}"
+        )
+    finally:
+        pings.stop()
