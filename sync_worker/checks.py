@@ -235,7 +235,7 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
     except TokenBudgetExhausted as exc:
         next_at = iso_time(exc.next_allowed_at)
         detail = f"TE's token requests of the hour are spent: the next at {next_at}"
-        return Finding(name, FAIL, f"{where}: {detail}" if where else detail)
+        return Finding(name, FAIL, _led_by(where, detail))
     except (
         ApiError,
         OSError,
@@ -246,7 +246,14 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
     ) as exc:
         plain = isinstance(exc, ApiError | StoreError | StateFileError)
         detail = str(exc) if plain else f"{type(exc).__name__}: {exc}"
-        return Finding(name, FAIL, f"{where}: {detail}" if where else detail)
+        return Finding(name, FAIL, _led_by(where, detail))
+
+
+def _led_by(where: str, detail: str) -> str:
+    """``detail`` led by ``where`` (``Service at HOST``), unless it names the host already,
+    as a connection error does."""
+    host = where.rpartition(" at ")[2]
+    return f"{where}: {detail}" if where and host not in detail else detail
 
 
 def _state(config: Config) -> str:

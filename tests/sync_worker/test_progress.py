@@ -122,7 +122,7 @@ def test_nothing_is_drawn_when_not_on_a_terminal(sandbox, tmp_path):
     done = run_worker("--config", str(config), "--log-format", "console", "run-once")
     assert done.returncode == 0, done.stderr
     assert BAR not in done.stderr + done.stdout and "\x1b[" not in done.stderr
-    assert "run.finished" in done.stdout
+    assert "run.finished" in done.stderr and done.stdout == ""
 
 
 def held_download(sandbox):

@@ -338,6 +338,7 @@ def test_s3_through_an_unreachable_proxy_is_named(tmp_path, tls_s3_sandbox, cloc
     findings = run_checks(config_for(tmp_path, tls_s3_sandbox, network), clock)
     bucket = tls_s3_sandbox.bucket
     assert finding(findings, "archive store").detail == (
+        f"S3 at {hostport(bucket.server.url)}: "
         f"s3 {bucket.name}: proxy 127.0.0.1:{port} unreachable: connection refused"
     )
     assert finding(findings, "flexperto listing").status == OK  # the others go direct
