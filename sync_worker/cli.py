@@ -57,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sync-worker",
         description="Claim Flexperto archives and record them as Total Expert insights.",
         epilog="exit codes: 0 all done, 1 some item failed and will be retried (or a command "
-        "failed), 2 configuration or usage error, 130 interrupted",
+        "failed), 2 configuration or usage error, 130 interrupted, 141 stdout closed by its "
+        "reader",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {command_docs.version()}")
     _add_global_options(parser, GLOBAL_DEFAULTS)
