@@ -502,7 +502,11 @@ def open_stream(
     ``deadline``, its body left for the caller to read (and close); network failures
     become TransientError."""
     with _headers_by(service, deadline), _mapped_failures(service), network.measure():
-        return call()
+        response = call()
+    if deadline is not None and deadline.was_cut:  # the headers came as the deadline cut
+        response.close()
+        deadline.check(service)
+    return response
 
 
 def _read(

@@ -254,7 +254,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _write_trickle(self, reply: Reply, delay: float) -> None:
         """The reply with its length, its body TRICKLE_BYTES at a time, each piece after
-        ``delay`` seconds of the service's clock."""
+        ``delay`` seconds of the service's clock. The pieces go as fast as the socket takes
+        them, so on a fake clock the trickle may run ahead of its reader by what the
+        socket buffers hold: the reader may see the time its headers came as late."""
         self.send_response(reply.status)
         for key, value in reply.headers.items():
             self.send_header(key, value)

@@ -336,7 +336,11 @@ def test_a_trickled_total_expert_answer_is_cut_at_the_deadline(sandbox, te_clien
 
 @pytest.mark.both_stores
 def test_a_trickled_download_is_cut_recorded_and_resumed(sandbox, tmp_path, clock):
+    # The trickle moves the shared clock as fast as the socket takes its pieces, so it can
+    # run ahead of a reader the machine is slow to schedule: the headers' deadline is put
+    # out of its reach (4 MiB in 64-byte pieces is 65,536 s), leaving the rate floor to cut.
     env = {
+        "SYNC_WORKER_HTTP_DEADLINE_SECONDS": "1000000",
         "SYNC_WORKER_HTTP_MIN_DOWNLOAD_KIB_PER_SECOND": "4",
         "SYNC_WORKER_HTTP_DOWNLOAD_RATE_WINDOW_SECONDS": "10",
         "SYNC_WORKER_FLEXPERTO_MAX_PARALLEL_DOWNLOADS": "1",
