@@ -421,7 +421,7 @@ def fsync_latency_ms(folder: Path, count: int = 200) -> float:
 
 def history(sizes: list[int], rounds: int) -> list[Row]:
     """What years of history cost: state files of ``sizes`` claimed archives (two sent
-    insights each), then the idle pass, status and status --json (to /dev/null)."""
+    insights each), then the idle pass, status, status --json and export (to /dev/null)."""
     rows = []
     for size in sizes:
         folder = fresh(f"history-{size}")
@@ -431,6 +431,7 @@ def history(sizes: list[int], rounds: int) -> list[Row]:
             idle = timed(config, rounds, "run-once")
             table = timed(config, rounds, "status")
             dump = timed(config, rounds, "status", "--json")
+            export = timed(config, rounds, "export")
         big = size >= 10**6
         rows += [
             Row(
@@ -450,6 +451,12 @@ def history(sizes: list[int], rounds: int) -> list[Row]:
                 f"{_seconds_and_rss(dump)}, {dump[0] / size * 1e6:.1f} µs per archive",
                 "< 100 MiB flat; time linear" if big else "",
                 dump[1] < 100 if big else None,
+            ),
+            Row(
+                f"{size:,} claimed archives: export > /dev/null",
+                f"{_seconds_and_rss(export)}, {export[0] / size * 1e6:.1f} µs per archive",
+                "<= 2x status --json per archive, < 100 MiB, at 10^6" if big else "",
+                (export[0] <= 2 * dump[0] and export[1] < 100) if big else None,
             ),
         ]
         shutil.rmtree(folder, ignore_errors=True)

@@ -82,3 +82,35 @@ def test_status_retry_and_history_read_the_history_only_through_indexes(
     capsys.readouterr()
     # Counting by state reads the state index through, not the table: allowed here.
     assert full_scans(config.state.database, statements, allow_index_scans=True) == []
+
+
+def sorted_pages(database, statements: list[str]) -> list[str]:
+    """The statements over the archives that sort what they read (a temporary B-tree for
+    ORDER BY): a page query that sorts reads every matching row again for every page."""
+    explain = sqlite3.connect(database)
+    found = []
+    for sql in statements:
+        if not re.match(r"\s*select\b.*\bfrom archives\b.*\border by\b", sql, re.I | re.S):
+            continue
+        plan = [row[3] for row in explain.execute(f"explain query plan {sql}")]
+        if any("TEMP B-TREE FOR ORDER BY" in step for step in plan):
+            found.append(f"{sql}\n    {plan}")
+    explain.close()
+    return found
+
+
+def test_export_and_status_json_page_along_an_index_without_sorting(
+    sandbox, config, run, statements, tmp_path, capsys
+):
+    run()
+    run()  # history has claimed archives
+    statements.clear()
+    config_file = str(tmp_path / "config.toml")
+    assert main(["--config", config_file, "export"]) == 0
+    assert main(["--config", config_file, "export", "--since", "2026-01-01"]) == 0
+    assert main(["--config", config_file, "status", "--json"]) == 0
+    assert main(["--config", config_file, "status", "--json", "--state", "claimed"]) == 0
+    capsys.readouterr()
+    assert len([sql for sql in statements if "from archives" in sql]) >= 4
+    assert sorted_pages(config.state.database, statements) == []
+    assert full_scans(config.state.database, statements, allow_index_scans=True) == []
