@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 # so twice the cores keeps them busy.
 TEST_PROCESSES ?= $(shell echo $$(( $$(nproc) * 2 )))
 
-.PHONY: demo demo-s3 test lint bench docs docs-config clean
+.PHONY: demo demo-s3 test test-fast lint bench docs docs-config clean
 
 ## demo: create the virtualenv, install the worker, run one pass against the sandbox
 demo: $(STAMP)
@@ -21,6 +21,10 @@ demo-s3: $(STAMP)
 test: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/pytest --cov -n $(TEST_PROCESSES) --dist worksteal
+
+## test-fast: the fast tier only (pure logic and the state layer; no process, no sleep), in seconds
+test-fast: $(STAMP)
+	$(BIN)/pytest -m fast -q
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -6,13 +6,18 @@ one (which knows only the documents, so the worker's fallbacks are what works). 
 marked ``lenient_only`` checks one of the worker's optimisations, which only the lenient
 sandbox allows, and runs once. A test marked ``both_stores`` runs with the local archive
 store and with a bucket on an S3 server on loopback (moto, one for the session); one
-marked ``s3_only`` with the bucket only.
+marked ``s3_only`` with the bucket only. A test marked ``fast`` (a whole file, through
+``pytestmark``) is of the fast tier (``make test-fast``): pure logic and the state layer, which
+may start no process and sleep in no real time.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,6 +66,9 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "both_stores: runs with the local store and with an S3 bucket on loopback"
     )
     config.addinivalue_line("markers", "s3_only: runs with an S3 bucket on loopback only")
+    config.addinivalue_line(
+        "markers", "fast: of the fast tier (make test-fast): no process started, no real sleep"
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -79,6 +87,30 @@ def s3_server() -> Iterator[S3Server]:
     server = S3Server()
     yield server
     server.stop()
+
+
+@pytest.fixture(autouse=True)
+def _fast_tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A ``fast`` test that starts a process or sleeps in its own thread fails, saying so
+    (threads it starts may wait: a lock's contention is state-layer logic)."""
+    if request.node.get_closest_marker("fast") is None:
+        return
+    owner = threading.get_ident()
+
+    def refused(name: str, real: Callable) -> Callable:
+        def guarded(*args, **kwargs):
+            if threading.get_ident() == owner:
+                raise AssertionError(f"a fast-tier test may not call {name}: mark it otherwise")
+            return real(*args, **kwargs)
+
+        return guarded
+
+    monkeypatch.setattr(
+        subprocess.Popen,
+        "_execute_child",
+        refused("subprocess.Popen", subprocess.Popen._execute_child),
+    )
+    monkeypatch.setattr(time, "sleep", refused("time.sleep", time.sleep))
 
 
 @pytest.fixture(autouse=True)

@@ -10,9 +10,12 @@ import shutil
 import subprocess
 from pathlib import Path
 
+import pytest
 import yaml
 
 from sync_worker import metrics
+
+pytestmark = pytest.mark.fast
 
 MONITORING = Path(__file__).parents[1] / "monitoring"
 

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.fast
+
 ROOT = Path(__file__).resolve().parent.parent
 # Where the installed subpackages live in the repository (pyproject's package-dir).
 FOLDERS = {"sync_worker.jobs": ROOT / "jobs", "sync_worker.state": ROOT / "state"}

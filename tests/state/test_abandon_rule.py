@@ -1,7 +1,11 @@
+import pytest
+
 from sync_worker.state import archives, held_records
 from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.db import open_database
 from tests.records import archive_record
+
+pytestmark = pytest.mark.fast
 
 SHA = "a" * 64
 

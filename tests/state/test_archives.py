@@ -1,6 +1,10 @@
+import pytest
+
 from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
 from tests.records import archive_record
+
+pytestmark = pytest.mark.fast
 
 SHA = "a" * 64
 

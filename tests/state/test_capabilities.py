@@ -1,5 +1,9 @@
+import pytest
+
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
+
+pytestmark = pytest.mark.fast
 
 
 def test_a_decision_is_remembered_with_its_time(tmp_path):

@@ -4,6 +4,8 @@ import pytest
 
 from sync_worker.state.db import open_budget_database, open_database, transaction
 
+pytestmark = pytest.mark.fast
+
 
 def test_database_file_is_private(tmp_path):
     path = tmp_path / "sub" / "state.db"

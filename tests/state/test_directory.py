@@ -1,5 +1,9 @@
+import pytest
+
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
+
+pytestmark = pytest.mark.fast
 
 
 def contact(contact_id, email="a@example.org", owner_id=1):

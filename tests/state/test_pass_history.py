@@ -1,8 +1,12 @@
 import sqlite3
 
+import pytest
+
 from sync_worker.state import pass_history
 from sync_worker.state.db import open_database
 from sync_worker.state.pass_history import PassEnd
+
+pytestmark = pytest.mark.fast
 
 DAY = 86_400.0
 

@@ -1,7 +1,11 @@
 import threading
 
+import pytest
+
 from sync_worker.state import rate_limit
 from sync_worker.state.db import open_database
+
+pytestmark = pytest.mark.fast
 
 
 def test_spends_up_to_the_limit_then_says_when_a_token_returns(tmp_path):

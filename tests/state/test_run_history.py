@@ -1,5 +1,9 @@
+import pytest
+
 from sync_worker.state import run_history
 from sync_worker.state.db import open_database
+
+pytestmark = pytest.mark.fast
 
 
 def test_a_run_is_recorded_per_job_and_totals_add_up(tmp_path):

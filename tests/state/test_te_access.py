@@ -6,6 +6,8 @@ from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
 
+pytestmark = pytest.mark.fast
+
 
 def access(db, client_id="client", per_minute=2, tokens_per_hour=1):
     return SharedAccess(db, "https://te.example/v1", client_id, per_minute, tokens_per_hour)

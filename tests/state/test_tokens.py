@@ -1,5 +1,9 @@
+import pytest
+
 from sync_worker.state import tokens
 from sync_worker.state.db import open_database
+
+pytestmark = pytest.mark.fast
 
 
 def test_cached_until_shortly_before_expiry(tmp_path):

@@ -1,9 +1,13 @@
 from dataclasses import dataclass
 
+import pytest
+
 from sync_worker.state import archives
 from sync_worker.state.db import open_database
 from sync_worker.state.work_items import Failure, backoff_delay, is_due, note_failure
 from tests.records import archive_record
+
+pytestmark = pytest.mark.fast
 
 OPEN = {"pending": "failed", "failed": "failed", "stored": "stored"}
 

@@ -12,6 +12,8 @@ from sync_worker.config import (
     validate_base_url,
 )
 
+pytestmark = pytest.mark.fast
+
 MINIMAL = """
 [flexperto]
 base_url = "https://demo.test.flexperto.com"

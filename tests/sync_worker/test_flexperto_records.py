@@ -20,6 +20,8 @@ from sync_worker.flexperto.records import (
 )
 from sync_worker.stores import SUMS_NAME
 
+pytestmark = pytest.mark.fast
+
 GOOD = {
     "id": "9b2f0c1e-1111-2222-3333-444455556666",
     "status": "AVAILABLE",

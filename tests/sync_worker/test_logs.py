@@ -1,9 +1,12 @@
 import io
 import json
 
+import pytest
 import structlog
 
 from sync_worker import logs
+
+pytestmark = pytest.mark.fast
 
 
 def capture(fmt="json"):

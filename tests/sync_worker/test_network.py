@@ -13,6 +13,8 @@ from sync_worker.http import new_session
 from sync_worker.network import Route
 from tests.sync_worker.test_config import MINIMAL, write
 
+pytestmark = pytest.mark.fast
+
 
 def load(tmp_path: Path, network: str, env: dict[str, str] | None = None):
     return load_config(write(tmp_path, MINIMAL + "[network]\n" + network), env=env or {})

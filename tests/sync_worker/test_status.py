@@ -4,6 +4,7 @@ import io
 import json
 from dataclasses import dataclass
 
+import pytest
 from freezegun import freeze_time
 
 from sync_worker import status
@@ -12,6 +13,8 @@ from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
 from sync_worker.state.work_items import note_failure
 from tests.records import archive_record
+
+pytestmark = pytest.mark.fast
 
 
 @dataclass
