@@ -14,18 +14,24 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
 
 import sqlite_utils
 
 from sync_worker.private_files import make_private_dirs
+from sync_worker.state.migrations import (
+    BUDGET_STEPS,
+    STATE_STEPS,
+    NewerSchemaError,
+    Step,
+    apply_all,
+    migrate,
+    pending,
+)
 
 BUSY_TIMEOUT_SECONDS = 30.0
-
-# Columns shared by every work item that can fail and be retried.
-RETRY_COLUMNS = {"attempts": int, "last_error": str, "next_attempt_at": float}
 
 
 class StateBusyError(Exception):
@@ -37,8 +43,9 @@ class StateFileError(Exception):
 
 
 def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
-    """Open (creating if needed) the state database, private to the current user."""
-    return _open(path, busy_timeout, _create_tables)
+    """Open (creating if needed) the state database, private to the current user, migrated
+    to the schema this code knows (state.migrations); StateFileError for a newer one."""
+    return _open(path, busy_timeout, STATE_STEPS)
 
 
 def open_budget_database(
@@ -46,12 +53,10 @@ def open_budget_database(
 ) -> sqlite_utils.Database:
     """Open (creating if needed) a budget file: only Total Expert's buckets and tokens, for
     every worker of the host to share whatever its state file."""
-    return _open(path, busy_timeout, _create_access_tables)
+    return _open(path, busy_timeout, BUDGET_STEPS)
 
 
-def _open(
-    path: Path, busy_timeout: float, create_tables: Callable[[sqlite_utils.Database], None]
-) -> sqlite_utils.Database:
+def _open(path: Path, busy_timeout: float, steps: tuple[Step, ...]) -> sqlite_utils.Database:
     with _CREATING:
         _create_private(path)
         conn = sqlite3.connect(
@@ -63,8 +68,16 @@ def _open(
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    with transaction(db):
-        create_tables(db)
+    try:
+        if pending(db, steps, path):  # a read: a file already migrated takes no write lock
+            with transaction(db):
+                migrate(db, steps, path)
+    except NewerSchemaError as exc:
+        db.close()
+        raise StateFileError(str(exc)) from None
+    except BaseException:
+        db.close()
+        raise
     return db
 
 
@@ -147,7 +160,7 @@ def memory_copy(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlit
         source.close()
     db = sqlite_utils.Database(copy)
     with transaction(db):
-        _create_tables(db)
+        apply_all(db, STATE_STEPS)
     return db
 
 
@@ -164,10 +177,13 @@ def _require_state_file(path: Path, busy_timeout: float) -> None:
         probe = open_untouched(path, busy_timeout)
         try:
             ours = probe["archives"].exists()
+            pending(probe, STATE_STEPS, path)  # refuses a file of a newer schema
         finally:
             probe.close()
     except sqlite3.Error as exc:
         raise StateFileError(f"cannot read the state file {path}: {exc}") from None
+    except NewerSchemaError as exc:
+        raise StateFileError(str(exc)) from None
     if not ours:
         raise StateFileError(f"{path} is not a state file of sync-worker (no archives table)")
 
@@ -177,7 +193,7 @@ def open_memory_database() -> sqlite_utils.Database:
     for a command that must work even when the state file cannot be opened."""
     db = sqlite_utils.Database(sqlite3.connect(":memory:", isolation_level=None))
     with transaction(db):
-        _create_tables(db)
+        migrate(db, STATE_STEPS, ":memory:")
     return db
 
 
@@ -251,223 +267,6 @@ def _begin(db: sqlite_utils.Database) -> None:
         if "locked" in str(exc) or "busy" in str(exc):
             raise StateBusyError(f"state database is locked by another process: {exc}") from exc
         raise
-
-
-def _create_tables(db: sqlite_utils.Database) -> None:
-    archive_columns = {
-        "archive_id": str,
-        "conference_id": str,
-        "state": str,
-        "remote_status": str,
-        "sha256": str,
-        "record": str,
-        "path": str,
-        "size": int,
-        "first_seen_at": float,
-        "stored_at": float,
-        "claimed_at": float,
-        **RETRY_COLUMNS,
-        # the status the archive was first listed with (null: listed by an older version)
-        "first_seen_status": str,
-    }
-    db["archives"].create(
-        archive_columns,
-        pk="archive_id",
-        not_null={"conference_id", "state", "attempts"},
-        defaults={"attempts": 0},
-        if_not_exists=True,
-    )
-    _create_or_extend(db, "archives", archive_columns, pk="archive_id")
-    db["archives"].create_index(["state", "next_attempt_at"], if_not_exists=True)
-    db["archives"].create_index(["conference_id"], if_not_exists=True)
-    # status pages through archives by age without reading the history to sort it
-    db["archives"].create_index(["first_seen_at", "archive_id"], if_not_exists=True)
-    db["participants"].create(
-        {
-            "archive_id": str,
-            "email": str,
-            "name": str,
-            "moderator_email": str,
-            "state": str,
-            **RETRY_COLUMNS,
-        },
-        pk=("archive_id", "email"),
-        not_null={"state", "attempts"},
-        defaults={"attempts": 0},
-        foreign_keys=[("archive_id", "archives", "archive_id")],
-        if_not_exists=True,
-    )
-    db["participants"].create_index(["state", "next_attempt_at"], if_not_exists=True)
-    db["insights"].create(
-        {
-            "archive_id": str,
-            "contact_id": int,
-            "owner_id": int,
-            "email": str,
-            "state": str,
-            "te_insight_id": int,
-            "sent_at": float,
-            **RETRY_COLUMNS,
-        },
-        pk=("archive_id", "contact_id"),
-        not_null={"state", "attempts"},
-        defaults={"attempts": 0},
-        foreign_keys=[("archive_id", "archives", "archive_id")],
-        if_not_exists=True,
-    )
-    db["insights"].create_index(["state", "next_attempt_at"], if_not_exists=True)
-    _create_access_tables(db)
-    db["durable_marks"].create({"id": int, "at": float}, pk="id", if_not_exists=True)
-    db["te_meta"].create({"key": str, "value": str}, pk="key", if_not_exists=True)
-    # seen_at: when TE last showed the row; a complete re-read drops the rows it did not show.
-    _create_or_extend(
-        db,
-        "te_contacts",
-        {"contact_id": int, "email": str, "owner_id": int, "seen_at": float},
-        pk="contact_id",
-    )
-    db["te_contacts"].create_index(["email"], if_not_exists=True)
-    _create_or_extend(
-        db, "te_users", {"user_id": int, "email": str, "seen_at": float}, pk="user_id"
-    )
-    db["te_users"].create_index(["email"], if_not_exists=True)
-    db["te_lookups"].create(
-        {"email": str, "kind": str, "looked_up_at": float},
-        pk=("email", "kind"),
-        if_not_exists=True,
-    )
-    db["te_lookups"].create_index(["kind", "looked_up_at"], if_not_exists=True)
-    db["capabilities"].create(
-        {"name": str, "value": str, "decided_at": float}, pk="name", if_not_exists=True
-    )
-    db["job_runs"].create(
-        {
-            "job": str,
-            "last_finished_at": float,
-            "last_duration": float,
-            "last_ok_at": float,
-            "runs": int,
-            "failed_runs": int,
-        },
-        pk="job",
-        if_not_exists=True,
-    )
-    db["totals"].create({"name": str, "value": int}, pk="name", if_not_exists=True)
-    db["held_records"].create(  # state.held_records
-        {
-            "key": str,
-            "conference_id": str,
-            "kind": str,
-            "reason": str,
-            "listing": str,
-            "first_seen_at": float,
-            "last_seen_at": float,
-        },
-        pk="key",
-        not_null={"kind", "reason", "listing"},
-        if_not_exists=True,
-    )
-    db["held_records"].create_index(["conference_id"], if_not_exists=True)
-    db["webhook_secrets"].create(
-        {
-            "secret": str,
-            "subscription_id": str,
-            "registered_at": float,
-            "pending": int,
-            "retired_at": float,
-        },
-        pk="secret",
-        not_null={"registered_at", "pending"},
-        if_not_exists=True,
-    )
-    db["insight_blocks"].create(  # state.insight_blocks: what keeps insights from TE
-        {"id": int, "kind": str, "reason": str, "since": float, "retry_at": float, "client": str},
-        pk="id",
-        not_null={"kind", "reason", "since"},
-        if_not_exists=True,
-    )
-    # Which state file this is, for the archive store to name its owner (state.store_owner).
-    db["state_identity"].create(
-        {"id": int, "state_id": str}, pk="id", not_null={"state_id"}, if_not_exists=True
-    )
-    _create_audits(db)
-    _create_passes(db)
-
-
-def _create_passes(db: sqlite_utils.Database) -> None:
-    """Every pass (state.pass_history), found by its start time (--since, the newest first,
-    pruning)."""
-    db["passes"].create(
-        {
-            "id": int,
-            "started_at": float,
-            "finished_at": float,
-            "outcome": str,
-            "tenant": str,
-            "jobs": str,
-            "counts": str,
-            "errors": str,
-            "bytes_stored": int,
-            "te_requests": int,
-            "te_tokens_requested": int,
-        },
-        pk="id",
-        not_null={"started_at", "jobs"},
-        if_not_exists=True,
-    )
-    db["passes"].create_index(["started_at"], if_not_exists=True)
-
-
-def _create_access_tables(db: sqlite_utils.Database) -> None:
-    """Total Expert's cached tokens, who is requesting one, and the rate-limit buckets
-    (state.te_access)."""
-    db["tokens"].create(
-        {"key": str, "access_token": str, "expires_at": float, "obtained_at": float},
-        pk="key",
-        if_not_exists=True,
-    )
-    db["token_leases"].create(
-        {"key": str, "holder": str, "until": float}, pk="key", if_not_exists=True
-    )
-    db["rate_events"].create(
-        {"bucket": str, "at": float}, not_null={"bucket", "at"}, if_not_exists=True
-    )
-    db["rate_events"].create_index(["bucket", "at"], if_not_exists=True)
-    db["rate_counts"].create({"bucket": str, "used": int}, pk="bucket", if_not_exists=True)
-
-
-def _create_audits(db: sqlite_utils.Database) -> None:
-    """The last audit of each stored archive (audited_at 0: never), one row per archive
-    from the moment it is stored; filled once from the ledger for a state file of an older
-    version."""
-    if db["audits"].exists():
-        return
-    db["audits"].create(
-        {"archive_id": str, "audited_at": float, "result": str, "detail": str},
-        pk="archive_id",
-        not_null={"audited_at"},
-        foreign_keys=[("archive_id", "archives", "archive_id")],
-    )
-    db["audits"].create_index(["audited_at"])
-    db.execute(
-        "insert into audits (archive_id, audited_at) select archive_id, 0 from archives "
-        "where state in ('stored', 'claimed')"
-    )
-
-
-def _create_or_extend(
-    db: sqlite_utils.Database, name: str, columns: dict[str, type], pk: str
-) -> None:
-    """Create a table, or add the columns that a state file written by an older version
-    lacks (new columns are nullable, so old rows stay valid)."""
-    table = db[name]
-    if not table.exists():
-        table.create(columns, pk=pk)
-        return
-    existing = table.columns_dict
-    for column, kind in columns.items():
-        if column not in existing:
-            table.add_column(column, kind)
 
 
 class ThreadConnections:

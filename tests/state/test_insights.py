@@ -71,6 +71,7 @@ def test_an_archive_listed_by_an_older_version_is_queued_as_before(tmp_path):
     open_database(path).close()
     old = sqlite3.connect(path)
     old.execute("alter table archives drop column first_seen_status")
+    old.execute("pragma user_version = 0")  # as made before schema versions
     old.commit()
     old.close()
     db = open_database(path)

@@ -67,6 +67,7 @@ def test_a_state_file_of_an_older_version_gets_the_table_on_open(tmp_path):
     open_database(path).close()
     old = sqlite3.connect(path)
     old.execute("drop table passes")
+    old.execute("pragma user_version = 0")  # as made before schema versions
     old.commit()
     old.close()
     db = open_database(path)
