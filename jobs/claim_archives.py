@@ -42,6 +42,7 @@ from sync_worker.state import archives, capabilities, held_records, store_owner
 from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.archives import ArchiveRow
 from sync_worker.state.db import ThreadConnections, make_durable
+from sync_worker.state.lifecycles import ARCHIVE_ON_FAILURE, ArchiveState
 from sync_worker.state.work_items import is_due
 from sync_worker.stores import (
     ArchiveFile,
@@ -58,12 +59,6 @@ from sync_worker.stores import (
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED", *sorted(IN_PROGRESS))
 # A form short of the preferred one is tried again after this long: services change.
 RECHECK_SECONDS = 7 * 24 * 3600
-# How a failed archive waits: not yet stored -> failed; stored (abandon failed) -> stored.
-FAILURE_TRANSITIONS = {
-    archives.PENDING: archives.FAILED,
-    archives.FAILED: archives.FAILED,
-    archives.STORED: archives.STORED,
-}
 # What holds every conference back when this pass's listing was not read whole.
 NOT_WHOLE = "the listing, not read whole this pass"
 # The record's status as Flexperto reports it, when the listing did not show the archive.
@@ -89,7 +84,7 @@ def run(ctx: JobContext) -> None:
     due = _due(ctx, open_work)
     if len(due) < len(open_work):
         ctx.stats.add(Outcome.WAITING, len(open_work) - len(due))
-    to_store = [row for row in due if row.state != archives.STORED]
+    to_store = [row for row in due if row.state != ArchiveState.STORED]
     ctx.progress.start_pass(len(to_store))
     abandoning = threading.Lock()  # one abandon at a time: siblings finish together
     unwritable = threading.Event()  # the store refused a write: no thread takes another
@@ -123,7 +118,7 @@ def run(ctx: JobContext) -> None:
         if ctx.stop_requested():
             log.info("run.stopping")
             return
-        if row.state == archives.STORED:
+        if row.state == ArchiveState.STORED:
             abandon(ctx, row, row.archive_id in listed, listed_whole)
     if ctx.stats.counts[Outcome.STORED] > stored_before and not ctx.store.appends_sums:
         sha256sums.rewrite(ctx)  # a bucket's SHA256SUMS: a failure waits for the next pass
@@ -355,7 +350,7 @@ def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool) 
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         current = archives.get(ctx.db, row.archive_id)
-        if current is None or current.state != archives.STORED:
+        if current is None or current.state != ArchiveState.STORED:
             return  # claimed meanwhile, with a sibling of its conference
         _abandon(ctx, current, listed, listed_whole, bound)
     except JOB_STOPPERS:
@@ -448,7 +443,7 @@ def _abandon(
     if remote_status in CLAIMED_REMOTELY:  # abandoned already (by a pass cut short, say)
         archives.mark_claimed(ctx.db, archive_id, ctx.clock.now())
         bound.info("archive.claimed", already_abandoned=True)
-        ctx.stats.add(Outcome.CLAIMED)
+        ctx.stats.add(Outcome.FOUND_ABANDONED)
         return
     waiting_for = conference_blockers(ctx.db, conference_id) if listed_whole else [NOT_WHOLE]
     if waiting_for:
@@ -480,8 +475,8 @@ def _remote_status(ctx: JobContext, archive_id: str, quiet: bool = False) -> str
 
 def _fail(ctx: JobContext, row: ArchiveRow, exc: Exception, bound: Any) -> None:
     key = {"archive_id": row.archive_id}
-    failure = fail_item(ctx, bound, "archive", "archives", key, exc, FAILURE_TRANSITIONS)
-    stored = failure is not None and failure.previous_state == archives.STORED
+    failure = fail_item(ctx, bound, "archive", "archives", key, exc, ARCHIVE_ON_FAILURE)
+    stored = failure is not None and failure.previous_state == ArchiveState.STORED
     if isinstance(exc, OSError) and failure is not None and not stored:
         # A file system error may have left the partial file in any shape: start afresh.
         with suppress(OSError):

@@ -27,7 +27,7 @@ class Outcome(StrEnum):
     STORED = "stored"
     HASH_MISMATCH = "hash_mismatch"
     ABANDONED = "abandoned"
-    CLAIMED = "claimed"  # found abandoned already
+    FOUND_ABANDONED = "found_abandoned"  # claimed by another worker or a run before
     DEFERRED = "deferred"
     MATCHED = "matched"
     NO_MATCH = "no_match"

@@ -30,6 +30,12 @@ from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
 from sync_worker.state import directory, insight_blocks, insights
 from sync_worker.state.insights import InsightRow, ParticipantRow
+from sync_worker.state.lifecycles import (
+    INSIGHT_ON_FAILURE,
+    PARTICIPANT_ON_FAILURE,
+    InsightState,
+    ParticipantState,
+)
 from sync_worker.state.work_items import is_due
 from sync_worker.totalexpert import CredentialsRejected, TokenBudgetExhausted
 
@@ -40,9 +46,7 @@ SENDING_BATCH = 50
 CREDENTIALS_BACKOFF_SECONDS = 3600.0
 # Answers that no retry will change: the item is parked with Total Expert's reason.
 FINAL_STATUSES = frozenset({400, 403, 404, 405, 409, 415, 422})
-PARTICIPANT_FAILURE = {insights.PENDING: insights.FAILED, insights.FAILED: insights.FAILED}
 # A failed insight may have been posted: it is looked for before it is posted again.
-INSIGHT_FAILURE = {insights.PENDING: insights.SENDING, insights.SENDING: insights.SENDING}
 UNVERIFIABLE = (
     "cannot tell whether Total Expert already has this insight: its insight list does not "
     "show data.flexperto_archive_id. Check in TE; if it is not there, `sync-worker retry` "
@@ -137,7 +141,7 @@ def _match_and_push(ctx: JobContext, participants: list[ParticipantRow]) -> None
         batch = due[start : start + SENDING_BATCH]
         insights.mark_sending(
             ctx.db,
-            [(r.archive_id, r.contact_id) for r in batch if r.state != insights.SENDING],
+            [(r.archive_id, r.contact_id) for r in batch if r.state != InsightState.SENDING],
         )
         for row in batch:
             if _stop_requested(ctx) or not push_insight(ctx, contacts, type_id, row):
@@ -208,11 +212,13 @@ def match_participant(ctx: JobContext, contacts: ContactDirectory, row: Particip
         raise
     except AmbiguousAddress as exc:
         insights.park_participant(ctx.db, row.archive_id, row.email, str(exc))
-        bound.error("item.given_up", kind="participant", state=insights.AMBIGUOUS, error=str(exc))
+        bound.error(
+            "item.given_up", kind="participant", state=ParticipantState.AMBIGUOUS, error=str(exc)
+        )
         ctx.stats.add(Outcome.GIVEN_UP)
     except Exception as exc:
         key = {"archive_id": row.archive_id, "email": row.email}
-        fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_FAILURE)
+        fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_ON_FAILURE)
         return not isinstance(exc, TransientError)
     return True
 
@@ -242,13 +248,13 @@ def push_insight(
 
 def _push(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> None:
     archive_id, contact_id = row.archive_id, row.contact_id
-    if row.state == insights.SENDING:
+    if row.state == InsightState.SENDING:
         search = ctx.totalexpert.find_insight(contact_id, type_id, archive_id)
         if search.found:
             _sent(ctx, row, search.insight_id, bound, recovered=True)
             return
         if not search.verifiable:
-            insights.give_up(ctx.db, archive_id, contact_id, UNVERIFIABLE, insights.UNVERIFIED)
+            insights.give_up(ctx.db, archive_id, contact_id, UNVERIFIABLE, InsightState.UNVERIFIED)
             bound.error("item.given_up", kind="insight", error=UNVERIFIABLE)
             ctx.stats.add(Outcome.GIVEN_UP)
             return
@@ -281,7 +287,7 @@ def _learn_id(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> Non
 
 def _failed(ctx: JobContext, row: InsightRow, exc: Exception, bound: Any) -> bool:
     key = {"archive_id": row.archive_id, "contact_id": row.contact_id}
-    fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_FAILURE)
+    fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_ON_FAILURE)
     return not isinstance(exc, TransientError)
 
 

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import sqlite_utils
 
 from sync_worker.state import archives, held_records
+from sync_worker.state.lifecycles import ARCHIVE_SAFE
 
 # Remote statuses in which an archive has no file an abandon could delete.
 HARMLESS_STATUSES = frozenset({"FAILED", "EXPIRED"})
@@ -42,7 +43,7 @@ class Sibling:
 
 def blocks(sibling: Sibling) -> bool:
     """Whether abandoning the conference now could lose this archive."""
-    if sibling.state in archives.SAFE_STATES:
+    if sibling.state in ARCHIVE_SAFE:
         return False
     return sibling.held is not None or sibling.remote_status not in HARMLESS_STATUSES
 

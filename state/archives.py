@@ -1,12 +1,5 @@
-"""Archive checkpoints: what the worker knows about each Flexperto archive.
-
-States (see the README for the diagram)::
-
-    pending ──download+verify+store──▶ stored ──abandon──▶ claimed
-       │  ▲                              │
-       ▼  │ retry after backoff          ▼ (abandon failed: stays stored, retried)
-     failed ──max_attempts──▶ given_up ◀─┘
-"""
+"""Archive checkpoints: what the worker knows about each Flexperto archive (its lifecycle:
+state.lifecycles.ArchiveState)."""
 
 from __future__ import annotations
 
@@ -19,16 +12,16 @@ import sqlite_utils
 
 from sync_worker.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
+from sync_worker.state.lifecycles import (
+    ARCHIVE_FAILING,
+    ARCHIVE_OPEN,
+    ARCHIVE_SAFE,
+    ArchiveState,
+    ParticipantState,
+    sql_list,
+)
 
-PENDING = "pending"
-FAILED = "failed"
-STORED = "stored"
-CLAIMED = "claimed"
-GIVEN_UP = "given_up"
-
-ALL_STATES = (PENDING, FAILED, STORED, CLAIMED, GIVEN_UP)
-# The verified bytes are in the store.
-SAFE_STATES = (STORED, CLAIMED)
+SAFE = sql_list(ARCHIVE_SAFE)
 
 
 @dataclass(frozen=True)
@@ -37,7 +30,7 @@ class ArchiveRow:
     and where the worker is with it."""
 
     record: ArchiveRecord
-    state: str
+    state: ArchiveState
     remote_status: str
     attempts: int
     next_attempt_at: float | None
@@ -63,7 +56,7 @@ def _archive_row(row: dict[str, Any]) -> ArchiveRow:
     """The row with its record read (it passed parse_record when it was listed)."""
     return ArchiveRow(
         record=read_record(json.loads(row["record"])),
-        state=row["state"],
+        state=ArchiveState(row["state"]),
         remote_status=row["remote_status"],
         attempts=row["attempts"],
         next_attempt_at=row["next_attempt_at"],
@@ -87,7 +80,7 @@ def note_listed(
                 db.query("select state from archives where archive_id = ?", [item.archive_id]),
                 None,
             )
-            if known is not None and known["state"] == CLAIMED:
+            if known is not None and known["state"] == ArchiveState.CLAIMED:
                 continue
             if known is None:
                 new.append(item.archive_id)
@@ -96,14 +89,13 @@ def note_listed(
                 "record, first_seen_at, first_seen_status, attempts) "
                 "values (?, ?, ?, ?, ?, ?, ?, ?, 0) "
                 "on conflict (archive_id) do update set remote_status = excluded.remote_status, "
-                "record = iif(state in ('stored', 'claimed'), record, excluded.record), "
-                "sha256 = iif(state in ('stored', 'claimed'), sha256, excluded.sha256), "
-                "conference_id = iif(state in ('stored', 'claimed'), conference_id, "
-                "excluded.conference_id)",
+                f"record = iif(state in {SAFE}, record, excluded.record), "
+                f"sha256 = iif(state in {SAFE}, sha256, excluded.sha256), "
+                f"conference_id = iif(state in {SAFE}, conference_id, excluded.conference_id)",
                 [
                     item.archive_id,
                     item.conference_id,
-                    PENDING,
+                    ArchiveState.PENDING,
                     item.status,
                     item.sha256,
                     json.dumps(item.raw),
@@ -132,7 +124,7 @@ def mark_stored(
         db.execute(
             "update archives set state = ?, path = ?, size = ?, stored_at = ?, attempts = 0, "
             "last_error = null, next_attempt_at = null where archive_id = ?",
-            [STORED, path, size, now, archive_id],
+            [ArchiveState.STORED, path, size, now, archive_id],
         )
         db.execute(
             "insert or ignore into audits (archive_id, audited_at) values (?, 0)", [archive_id]
@@ -140,8 +132,11 @@ def mark_stored(
         # plain SQL on the hot path: sqlite-utils' insert_all inspects the table on each call
         db.conn.executemany(
             "insert or ignore into participants (archive_id, email, name, moderator_email, "
-            "state, attempts) values (?, ?, ?, ?, 'pending', 0)",
-            [(archive_id, email, name, moderator_email) for email, name in participants],
+            "state, attempts) values (?, ?, ?, ?, ?, 0)",
+            [
+                (archive_id, email, name, moderator_email, ParticipantState.PENDING)
+                for email, name in participants
+            ],
         )
 
 
@@ -154,22 +149,24 @@ def mark_claimed(db: sqlite_utils.Database, archive_id: str, now: float) -> None
 def mark_conference_claimed(db: sqlite_utils.Database, conference_id: str, now: float) -> int:
     """Abandon succeeded for a conference: every stored archive of it is claimed."""
     with transaction(db):
-        return _claim(db, "conference_id = ? and state = 'stored'", [conference_id], now)
+        return _claim(
+            db, "conference_id = ? and state = ?", [conference_id, ArchiveState.STORED], now
+        )
 
 
 def _claim(db: sqlite_utils.Database, where: str, params: list[Any], now: float) -> int:
     return db.execute(
         "update archives set state = ?, claimed_at = ?, attempts = 0, last_error = null, "
         f"next_attempt_at = null where {where}",
-        [CLAIMED, now, *params],
+        [ArchiveState.CLAIMED, now, *params],
     ).rowcount
 
 
 def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
     """Archives not yet claimed nor parked, oldest first."""
     rows = db.query(
-        "select * from archives where state in (?, ?, ?) order by first_seen_at, archive_id",
-        [PENDING, FAILED, STORED],
+        f"select * from archives where state in {sql_list(ARCHIVE_OPEN)} "
+        "order by first_seen_at, archive_id",
     )
     return [_archive_row(row) for row in rows]
 
@@ -188,8 +185,8 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
     """Put failing and parked archives (one, or all) back to work at once; returns how many."""
     # "state in" leads with the state index: the claimed ledger is not scanned
     where = (
-        "state in ('pending', 'failed', 'stored', 'given_up') "
-        "and (state = 'given_up' or last_error is not null)"
+        f"state in {sql_list(ARCHIVE_FAILING)} "
+        f"and (state = '{ArchiveState.GIVEN_UP}' or last_error is not null)"
     )
     params = []
     if archive_id:
@@ -197,9 +194,9 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
         params.append(archive_id)
     with transaction(db):
         cursor = db.execute(
-            "update archives set state = case when state != 'given_up' then state "
-            "when stored_at is null then 'pending' else 'stored' end, "
+            "update archives set state = case when state != ? then state "
+            "when stored_at is null then ? else ? end, "
             f"attempts = 0, next_attempt_at = null where {where}",
-            params,
+            [ArchiveState.GIVEN_UP, ArchiveState.PENDING, ArchiveState.STORED, *params],
         )
     return cursor.rowcount

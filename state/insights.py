@@ -22,16 +22,15 @@ import sqlite_utils
 
 from sync_worker.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
-
-PENDING = "pending"
-MATCHED = "matched"
-NO_MATCH = "no_match"
-FAILED = "failed"
-SENDING = "sending"
-SENT = "sent"
-GIVEN_UP = "given_up"
-UNVERIFIED = "unverified"
-AMBIGUOUS = "ambiguous"
+from sync_worker.state.lifecycles import (
+    INSIGHT_OPEN,
+    INSIGHT_RETRIED,
+    PARTICIPANT_OPEN,
+    PARTICIPANT_PARKED,
+    InsightState,
+    ParticipantState,
+    sql_list,
+)
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ class InsightRow:
     record: ArchiveRecord
     contact_id: int
     owner_id: int
-    state: str
+    state: InsightState
     next_attempt_at: float | None
 
     @property
@@ -68,9 +67,9 @@ def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:
     """Participants still to be matched, oldest archive first."""
     rows = db.query(
         "select p.archive_id, a.conference_id, p.email, p.moderator_email, p.next_attempt_at "
-        "from participants p join archives a using (archive_id) where p.state in (?, ?) "
+        "from participants p join archives a using (archive_id) "
+        f"where p.state in {sql_list(PARTICIPANT_OPEN)} "
         "order by a.first_seen_at, p.archive_id, p.email",
-        [PENDING, FAILED],
     )
     return [ParticipantRow(**row) for row in rows]
 
@@ -85,19 +84,26 @@ def queue_insights(
     Those of an archive abandoned elsewhere are queued ``sending``: looked for first."""
     contacts = list(contacts)
     with transaction(db):
-        state = SENDING if _abandoned_elsewhere(db, archive_id) else PENDING
+        state = (
+            InsightState.SENDING if _abandoned_elsewhere(db, archive_id) else InsightState.PENDING
+        )
         db.conn.executemany(
             "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
             "attempts) values (?, ?, ?, ?, ?, 0)",
             [(archive_id, contact_id, owner_id, email, state) for contact_id, owner_id in contacts],
         )
-        _close_participant(db, archive_id, email, MATCHED if contacts else NO_MATCH)
+        _close_participant(
+            db,
+            archive_id,
+            email,
+            ParticipantState.MATCHED if contacts else ParticipantState.NO_MATCH,
+        )
 
 
 def park_participant(db: sqlite_utils.Database, archive_id: str, email: str, error: str) -> None:
     """Park a participant as ``ambiguous`` (too many contacts share its address), with why."""
     with transaction(db):
-        _close_participant(db, archive_id, email, AMBIGUOUS, error[:500])
+        _close_participant(db, archive_id, email, ParticipantState.AMBIGUOUS, error[:500])
 
 
 def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
@@ -111,7 +117,11 @@ def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
 
 
 def _close_participant(
-    db: sqlite_utils.Database, archive_id: str, email: str, state: str, error: str | None = None
+    db: sqlite_utils.Database,
+    archive_id: str,
+    email: str,
+    state: ParticipantState,
+    error: str | None = None,
 ) -> None:
     db.execute(
         "update participants set state = ?, last_error = ?, next_attempt_at = null "
@@ -125,11 +135,20 @@ def open_insights(db: sqlite_utils.Database) -> list[InsightRow]:
     record (parsed once per row)."""
     rows = db.query(
         "select a.record, i.contact_id, i.owner_id, i.state, i.next_attempt_at "
-        "from insights i join archives a using (archive_id) where i.state in (?, ?) "
+        "from insights i join archives a using (archive_id) "
+        f"where i.state in {sql_list(INSIGHT_OPEN)} "
         "order by a.first_seen_at, i.archive_id, i.contact_id",
-        [PENDING, SENDING],
     )
-    return [InsightRow(**{**row, "record": read_record(json.loads(row["record"]))}) for row in rows]
+    return [
+        InsightRow(
+            **{
+                **row,
+                "record": read_record(json.loads(row["record"])),
+                "state": InsightState(row["state"]),
+            }
+        )
+        for row in rows
+    ]
 
 
 def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> None:
@@ -139,7 +158,7 @@ def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> 
         for archive_id, contact_id in keys:
             db.execute(
                 "update insights set state = ? where archive_id = ? and contact_id = ?",
-                [SENDING, archive_id, contact_id],
+                [InsightState.SENDING, archive_id, contact_id],
             )
 
 
@@ -155,7 +174,7 @@ def mark_sent(
         db.execute(
             "update insights set state = ?, te_insight_id = ?, sent_at = ?, last_error = null, "
             "next_attempt_at = null where archive_id = ? and contact_id = ?",
-            [SENT, te_insight_id, now, archive_id, contact_id],
+            [InsightState.SENT, te_insight_id, now, archive_id, contact_id],
         )
 
 
@@ -175,7 +194,7 @@ def give_up(
     archive_id: str,
     contact_id: int,
     error: str,
-    state: str = GIVEN_UP,
+    state: InsightState = InsightState.GIVEN_UP,
 ) -> None:
     """Park an insight: refused for good by Total Expert (a 4xx other than 401/429), or
     ``UNVERIFIED`` (its POST's outcome cannot be found out)."""
@@ -198,15 +217,20 @@ def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> in
     which, params = ("and archive_id = ?", [archive_id]) if archive_id else ("", [])
     with transaction(db):  # each "state in" leads with the state index: no ledger scan
         count = db.execute(
-            "update participants set state = 'pending', attempts = 0, next_attempt_at = null "
-            f"where state in ('failed', 'given_up', 'ambiguous') {which}",
+            f"update participants set state = '{ParticipantState.PENDING}', attempts = 0, "
+            f"next_attempt_at = null where state in {sql_list(PARTICIPANT_PARKED)} {which}",
             params,
         ).rowcount
         count += db.execute(
-            "update insights set state = case when state = 'unverified' then 'pending' "
-            "else 'sending' end, attempts = 0, next_attempt_at = null "
-            "where state in ('failed', 'given_up', 'sending', 'unverified') "
-            f"and (state != 'sending' or last_error is not null) {which}",
-            params,
+            "update insights set state = case when state = ? then ? else ? end, "
+            f"attempts = 0, next_attempt_at = null where state in {sql_list(INSIGHT_RETRIED)} "
+            f"and (state != ? or last_error is not null) {which}",
+            [
+                InsightState.UNVERIFIED,
+                InsightState.PENDING,
+                InsightState.SENDING,
+                InsightState.SENDING,
+                *params,
+            ],
         ).rowcount
     return count

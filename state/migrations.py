@@ -7,7 +7,9 @@ last, all in one write transaction (a kill at any instant leaves the file as it 
 migrated whole); a file of a version newer than this code knows is refused with
 StateFileError, never read or written by code that does not know its tables.
 
-A step is written to be idempotent (tables and indexes created if missing, columns added if
+Steps are history: they name their states as literals (what the code of their time wrote),
+not through state.lifecycles, so that a later change of a lifecycle cannot change them. A step
+is written to be idempotent (tables and indexes created if missing, columns added if
 missing), because a version-0 file may stand anywhere in the history before versions: each
 such file goes through every step. ``tests/state/schemas/`` keeps the tables of files made at
 points of that history; the tests migrate each and compare it with a new file. A new step
@@ -261,11 +263,19 @@ def _passes(db: sqlite_utils.Database) -> None:
     db["passes"].create_index(["started_at"], if_not_exists=True)
 
 
+def _no_failed_insights(db: sqlite_utils.Database) -> None:
+    """5: an insight left ``failed`` by the first commits of 0.1.0 (a state insights have not
+    had since, which nothing would have picked up again) goes to ``sending``: its POST may
+    have been processed, so it is looked for in TE before any new one."""
+    db.execute("update insights set state = 'sending' where state = 'failed'")
+
+
 STATE_STEPS = (
     Step(1, "the ledger, TE's copy and budgets", _ledger),
     Step(2, "held records, webhook secrets, insight blocks, the store's owner", _holds_and_owners),
     Step(3, "the audits of stored archives", _audits),
     Step(4, "the history of passes", _passes),
+    Step(5, "no insight left failed", _no_failed_insights),
 )
 
 

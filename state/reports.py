@@ -20,6 +20,15 @@ from typing import Any
 import sqlite_utils
 
 from sync_worker.flexperto.records import read_record
+from sync_worker.state.lifecycles import (
+    ARCHIVE_FAILING,
+    ARCHIVE_SAFE,
+    INSIGHT_FAILING,
+    PARTICIPANT_FAILING,
+    PARTICIPANT_WITHOUT_INSIGHT,
+    ParticipantState,
+    sql_list,
+)
 
 PAGE = 500
 ARCHIVE_FIELDS = (
@@ -37,10 +46,6 @@ ARCHIVE_FIELDS = (
     "stored_at",
     "claimed_at",
 )
-# The states in which an item can carry an error (the indexes lead with the state).
-FAILING_ARCHIVE_STATES = ("pending", "failed", "stored", "given_up")
-FAILING_INSIGHT_STATES = ("pending", "sending", "given_up", "unverified")
-FAILING_PARTICIPANT_STATES = ("pending", "failed", "given_up", "ambiguous")
 
 
 def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
@@ -53,9 +58,8 @@ def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
     insights.update(
         dict(
             db.execute(
-                "select state, count(*) from participants where state in (?, ?, ?, ?, ?) "
-                "group by state",
-                ["pending", "failed", "no_match", "given_up", "ambiguous"],
+                "select state, count(*) from participants "
+                f"where state in {sql_list(PARTICIPANT_WITHOUT_INSIGHT)} group by state"
             ).fetchall()
         )
     )
@@ -65,9 +69,10 @@ def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
 def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]], int]:
     """Up to ``limit`` items that failed or are parked, with their last error, oldest
     archive first; and how many there are in all."""
-    archives = _in(FAILING_ARCHIVE_STATES)
-    insights = _in(FAILING_INSIGHT_STATES)
-    participants = _in(FAILING_PARTICIPANT_STATES)
+    # the states in which an item can carry an error (the indexes lead with the state)
+    archives = sql_list(ARCHIVE_FAILING)
+    insights = sql_list(INSIGHT_FAILING)
+    participants = sql_list(PARTICIPANT_FAILING)
     union = (
         "select archive_id, 'archive' as item, state, attempts, next_attempt_at, last_error "
         f"from archives where state in {archives} and last_error is not null "
@@ -76,12 +81,11 @@ def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]]
         "union all select archive_id, 'insight ' || email, state, attempts, null, last_error "
         f"from participants where state in {participants} and last_error is not null"
     )
-    params = [*FAILING_ARCHIVE_STATES, *FAILING_INSIGHT_STATES, *FAILING_PARTICIPANT_STATES]
-    total = db.execute(f"select count(*) from ({union})", params).fetchone()[0]
+    total = db.execute(f"select count(*) from ({union})").fetchone()[0]
     rows = db.query(
         f"select f.* from ({union}) f join archives a using (archive_id) "
         "order by a.first_seen_at, f.archive_id, f.item limit ?",
-        [*params, limit],
+        [limit],
     )
     return list(rows), total
 
@@ -131,7 +135,7 @@ def _outcomes_of(archive_ids: list[str], db: sqlite_utils.Database) -> dict[str,
         "select archive_id, email, contact_id, state, te_insight_id, attempts, last_error, "
         f"sent_at from insights where archive_id in {ids} "
         "union all select archive_id, email, null, state, null, attempts, last_error, null "
-        f"from participants where archive_id in {ids} and state != 'matched' "
+        f"from participants where archive_id in {ids} and state != '{ParticipantState.MATCHED}' "
         "order by archive_id, contact_id, email",
         [*archive_ids, *archive_ids],
     )
@@ -171,7 +175,7 @@ def manifest(db: sqlite_utils.Database, since: float | None = None) -> Iterator[
     after: list[Any] = []
     while True:
         keyset = ["(a.first_seen_at, a.archive_id) > (?, ?)"] if after else []
-        where = ["+a.state in ('stored', 'claimed')", *keyset]  # +: not the state index
+        where = [f"+a.state in {sql_list(ARCHIVE_SAFE)}", *keyset]  # +: not the state index
         params: list[Any] = [*after]
         if since is not None:
             where.append("a.stored_at >= ?")

@@ -15,8 +15,8 @@ from typing import Any, Protocol
 import sqlite_utils
 
 from sync_worker.state.db import transaction
+from sync_worker.state.lifecycles import GIVEN_UP
 
-GIVEN_UP = "given_up"
 ERROR_LIMIT = 500
 
 

@@ -8,15 +8,16 @@ from collections.abc import Iterable, Mapping
 from typing import Any, TextIO
 
 from sync_worker.clock import iso_time
+from sync_worker.jobs.context import Outcome
 from sync_worker.state.pass_history import PassRecord
 
 # What the table shows of each job's outcomes: a column each, the outcomes it adds up.
 COLUMNS = (
-    ("STORED", "archives", ("stored",)),
-    ("ABANDONED", "archives", ("abandoned",)),
-    ("A-FAILED", "archives", ("failed", "given_up", "hash_mismatch")),
-    ("SENT", "insights", ("sent",)),
-    ("I-FAILED", "insights", ("failed", "given_up")),
+    ("STORED", "archives", (Outcome.STORED,)),
+    ("ABANDONED", "archives", (Outcome.ABANDONED,)),
+    ("A-FAILED", "archives", (Outcome.FAILED, Outcome.GIVEN_UP, Outcome.HASH_MISMATCH)),
+    ("SENT", "insights", (Outcome.SENT,)),
+    ("I-FAILED", "insights", (Outcome.FAILED, Outcome.GIVEN_UP)),
 )
 HEADER = (
     f"{'STARTED':<25} {'DURATION':>8}  {'OUTCOME':<10} "

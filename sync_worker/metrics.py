@@ -24,12 +24,12 @@ from prometheus_client.registry import Collector
 from sync_worker.clock import Clock
 from sync_worker.config import REMOTE_METRICS, Config, parse_listen
 from sync_worker.logs import exception_fields
-from sync_worker.state import archives, held_records, insight_blocks, reports, run_history
+from sync_worker.state import held_records, insight_blocks, reports, run_history
 from sync_worker.state.db import open_read_only
+from sync_worker.state.lifecycles import ARCHIVE_SAFE, ARCHIVE_UNSTORED, GIVEN_UP, TABLES, sql_list
 from sync_worker.state.te_access import SharedAccess
 
 PREFIX = "sync_worker_"
-UNSTORED_STATES = (archives.PENDING, archives.FAILED, archives.GIVEN_UP)
 # running total in state.run_history -> (metric name, help)
 TOTALS = {
     "te_requests": ("te_requests", "Requests sent to Total Expert"),
@@ -229,21 +229,18 @@ def _add_budget(config: Config, state_db: Any, now: float, families: dict[str, M
 
 def _stored_bytes(db: Any) -> int:
     return db.execute(
-        "select coalesce(sum(size), 0) from archives where state in (?, ?)",
-        list(archives.SAFE_STATES),
+        f"select coalesce(sum(size), 0) from archives where state in {sql_list(ARCHIVE_SAFE)}"
     ).fetchone()[0]
 
 
 def _given_up(db: Any) -> dict[str, int]:
     return {
-        table: db.execute(f"select count(*) from {table} where state = 'given_up'").fetchone()[0]
-        for table in ("archives", "participants", "insights")
+        table: db.execute(f"select count(*) from {table} where state = ?", [GIVEN_UP]).fetchone()[0]
+        for table in TABLES.values()
     }
 
 
 def _oldest_unstored(db: Any) -> float | None:
-    marks = ", ".join("?" for _ in UNSTORED_STATES)
     return db.execute(
-        f"select min(first_seen_at) from archives where state in ({marks})",
-        list(UNSTORED_STATES),
+        f"select min(first_seen_at) from archives where state in {sql_list(ARCHIVE_UNSTORED)}"
     ).fetchone()[0]

@@ -45,11 +45,11 @@ LAYERS = {
     "sync_worker.healthcheck": 2,
     "sync_worker.state": 2,
     "sync_worker.jobs": 3,
-    # the passes' rendering, for status and the history command (reads state, as jobs do)
-    "sync_worker.history": 3,
+    # the passes' rendering (the jobs' outcomes), for status and the history command
+    "sync_worker.history": 4,
     "sync_worker.runner": 4,
     "sync_worker.checks": 4,
-    "sync_worker.status": 4,
+    "sync_worker.status": 5,
     "sync_worker.metrics": 4,
     "sync_worker.webhook_receiver": 2,
     "sync_worker.manifest": 4,

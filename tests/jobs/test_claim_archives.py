@@ -17,6 +17,7 @@ from sync_worker.sandbox import LENIENT, STRICT, Fault
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
+from tests.lifecycle_moves import record_moves, undeclared_moves
 
 
 def abandon_requests(sandbox):
@@ -324,3 +325,11 @@ def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run
     else:
         text = sandbox.bucket.read(config.storage.prefix + "SHA256SUMS").decode()
     assert sorted(text.splitlines()) == expected
+
+
+@pytest.fixture(autouse=True)
+def _declared_moves(config):
+    """Every creation and move of an item in these tests is one its lifecycle declares."""
+    record_moves(config.state.database)
+    yield
+    assert undeclared_moves(config.state.database) == []

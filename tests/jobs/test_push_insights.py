@@ -3,6 +3,8 @@
 import time
 from dataclasses import replace
 
+import pytest
+
 from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.runner import run_pass
@@ -11,6 +13,7 @@ from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state import rate_limit, te_access
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
+from tests.lifecycle_moves import record_moves, undeclared_moves
 
 
 def wait_until(condition, seconds=5.0):
@@ -163,3 +166,11 @@ def test_an_unanswered_post_is_parked_when_te_lists_insights_without_their_data(
     ]
     assert len(sent) == 1
     assert db["insights"].get((meeting["id"], row["contact_id"]))["state"] == "sent"
+
+
+@pytest.fixture(autouse=True)
+def _declared_moves(config):
+    """Every creation and move of an item in these tests is one its lifecycle declares."""
+    record_moves(config.state.database)
+    yield
+    assert undeclared_moves(config.state.database) == []

@@ -2,6 +2,7 @@ import pytest
 
 from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
+from sync_worker.state.lifecycles import InsightState
 from tests.records import archive_record
 
 pytestmark = pytest.mark.fast
@@ -26,7 +27,7 @@ def state_of(db, archive_id):
 
 def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(tmp_path):
     db = ledger_with(tmp_path, "a1", "a2")
-    insights.give_up(db, "a1", 451, "cannot tell", insights.UNVERIFIED)
+    insights.give_up(db, "a1", 451, "cannot tell", InsightState.UNVERIFIED)
     insights.give_up(db, "a2", 451, "HTTP 422")
     assert insights.retry_failed(db) == 2
     assert state_of(db, "a1") == "pending"  # an operator checked TE: post it
@@ -35,8 +36,8 @@ def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(tmp
 
 def test_retry_of_one_archive_leaves_the_others_alone(tmp_path):
     db = ledger_with(tmp_path, "a1", "a2")
-    insights.give_up(db, "a1", 451, "cannot tell", insights.UNVERIFIED)
-    insights.give_up(db, "a2", 451, "cannot tell", insights.UNVERIFIED)
+    insights.give_up(db, "a1", 451, "cannot tell", InsightState.UNVERIFIED)
+    insights.give_up(db, "a2", 451, "cannot tell", InsightState.UNVERIFIED)
     assert insights.retry_failed(db, "a2") == 1
     assert (state_of(db, "a1"), state_of(db, "a2")) == ("unverified", "pending")
 

@@ -73,7 +73,8 @@ def old_file(tmp_path: Path, ddl: str, version: int = 0) -> Path:
         insert into participants (archive_id, email, state, attempts)
         values ('a1', 'p@example.org', 'matched', 0);
         insert into insights (archive_id, contact_id, email, state, te_insight_id, attempts)
-        values ('a1', 11, 'p@example.org', 'sent', 99, 0);
+        values ('a1', 11, 'p@example.org', 'sent', 99, 0),
+               ('a2', 12, 'q@example.org', 'failed', null, 2);
         """
     )
     conn.execute(f"pragma user_version = {version}")
@@ -107,6 +108,8 @@ def test_a_file_made_before_schema_versions_is_migrated_with_its_rows(tmp_path, 
     assert migrations.version_of(db) == LATEST
     assert db["archives"].get("a1")["state"] == "claimed"
     assert db["insights"].get(("a1", 11))["te_insight_id"] == 99
+    # 0.1.0's first commits left failed insights; their POST may have gone through
+    assert db["insights"].get(("a2", 12))["state"] == "sending"
     if '"audits"' not in schema.read_text():  # made before audits: filled from the ledger
         audited = {row["archive_id"]: row["audited_at"] for row in db["audits"].rows}
         assert audited == {"a1": 0, "a2": 0}  # the stored archives, never audited yet

@@ -11,6 +11,7 @@ from sync_worker import status
 from sync_worker.clock import SystemClock
 from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
+from sync_worker.state.lifecycles import ArchiveState
 from sync_worker.state.work_items import note_failure
 from tests.records import archive_record
 
@@ -36,7 +37,7 @@ def test_failing_archive_shows_its_error_and_next_attempt(tmp_path):
         "sha256 mismatch",
         now,
         Policy(),
-        {archives.PENDING: archives.FAILED},
+        {ArchiveState.PENDING: ArchiveState.FAILED},
     )
     out = io.StringIO()
     status.write_json(db, out)
@@ -83,7 +84,7 @@ def history(tmp_path, claimed=1200, failing=3):
                 f"boom {n}",
                 0.0,
                 Policy(),
-                {archives.PENDING: archives.FAILED},
+                {ArchiveState.PENDING: ArchiveState.FAILED},
             )
     return db
 

@@ -18,6 +18,7 @@ from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.state.db import open_database
 from tests.conftest import write_config
+from tests.lifecycle_moves import record_moves, undeclared_moves
 from tests.system.invariants import stored_bytes
 
 pytestmark = pytest.mark.both_stores
@@ -240,6 +241,7 @@ def test_fault(name, sandbox, tmp_path, clock, log_lines):
         text = text.replace("timeout_seconds = 5", FAST_TIMEOUT)
     path.write_text(text)
     config = load_config(path, env=case.env)
+    record_moves(config.state.database)
     expected = {r["id"]: r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"}
 
     case.arm(sandbox)
@@ -261,6 +263,7 @@ def test_fault(name, sandbox, tmp_path, clock, log_lines):
         clock.advance(config.retry.max_backoff_seconds)
         run_pass(config, clock)
     assert_all_done(sandbox, config, expected)
+    assert undeclared_moves(config.state.database) == []
 
 
 def retry_parked(config) -> None:

@@ -11,6 +11,7 @@ from sync_worker.sandbox.http import Incoming, Reply
 from sync_worker.sandbox.seed import ANNA
 from sync_worker.state import archives, held_records
 from sync_worker.state.db import open_database
+from sync_worker.state.lifecycles import ArchiveState
 from tests.system.hostile.test_insight_ledger import HTML, answer_posts_with, in_te, ledger
 from tests.system.hostile.test_poisoned_answers import rewritten, wrap
 
@@ -43,7 +44,7 @@ def test_a_listing_that_fails_half_way_abandons_nothing(sandbox, config, run):
     )
     run()
     db = open_database(config.state.database)
-    assert archives.get(db, stored["id"]).state == archives.STORED  # stored all the same
+    assert archives.get(db, stored["id"]).state == ArchiveState.STORED  # stored all the same
     db.close()
     assert abandons(sandbox, "c-r1") == 0
     assert sandbox.flexperto.record(packing["id"])["status"] == "PACKING"
@@ -105,7 +106,7 @@ def test_a_lone_surrogate_in_a_rejected_record_fails_only_that_record(sandbox, c
     sandbox.flexperto.add_raw_record(record)
     run()
     db = open_database(config.state.database)
-    assert archives.get(db, good["id"]).state == archives.STORED  # the job went on
+    assert archives.get(db, good["id"]).state == ArchiveState.STORED  # the job went on
     assert held_records.counts(db)[held_records.REJECTED] == 1
     db.close()
     assert abandons(sandbox, "c-r3") == 0  # held: its own conference, or every one
@@ -131,7 +132,7 @@ def test_a_participant_holding_a_lone_surrogate_fails_not_its_archive(sandbox, c
     meeting = sandbox.flexperto.add_archive(conference_id="c-r4", participants=[GOOD, poisoned])
     run()
     db = open_database(config.state.database)
-    assert archives.get(db, meeting["id"]).state == archives.CLAIMED
+    assert archives.get(db, meeting["id"]).state == ArchiveState.CLAIMED
     db.close()
 
 
@@ -146,8 +147,8 @@ def test_an_error_answer_holding_a_lone_surrogate_fails_only_its_item(sandbox, c
     )
     run()
     db = open_database(config.state.database)
-    assert archives.get(db, target["id"]).state == archives.FAILED
-    assert archives.get(db, other["id"]).state == archives.CLAIMED
+    assert archives.get(db, target["id"]).state == ArchiveState.FAILED
+    assert archives.get(db, other["id"]).state == ArchiveState.CLAIMED
     db.close()
 
 

@@ -18,6 +18,7 @@ from sync_worker.sandbox import Fault
 from sync_worker.state import archives
 from sync_worker.state.abandon_rule import HARMLESS_STATUSES, Sibling, blockers
 from sync_worker.state.db import open_database
+from sync_worker.state.lifecycles import ARCHIVE_SAFE, ArchiveState
 from sync_worker.status import render_table
 from tests.conftest import write_config
 
@@ -68,7 +69,7 @@ def test_a_rejected_sibling_holds_its_conference_back_until_it_can_be_stored(
     assert abandons(sandbox, "c-1") == 0
     assert sandbox.flexperto.record(bad["id"])["status"] != "ABANDONED"
     db = open_database(config.state.database)
-    assert archives.get(db, good["id"]).state == archives.STORED
+    assert archives.get(db, good["id"]).state == ArchiveState.STORED
     assert "held back" in render_table(db).lower() and bad["id"] in render_table(db)
     db.close()
 
@@ -77,7 +78,7 @@ def test_a_rejected_sibling_holds_its_conference_back_until_it_can_be_stored(
     run()
     assert abandons(sandbox, "c-1") == 1
     db = open_database(config.state.database)
-    assert {archives.get(db, a["id"]).state for a in (good, bad)} == {archives.CLAIMED}
+    assert {archives.get(db, a["id"]).state for a in (good, bad)} == {ArchiveState.CLAIMED}
     assert bad["id"] not in render_table(db)
     db.close()
 
@@ -117,7 +118,7 @@ def test_a_sibling_still_packing_holds_its_conference_back(sandbox, config, run,
     assert abandons(sandbox, "c-4") == 1
     assert sandbox.flexperto.record(packing["id"])["status"] == "ABANDONED"
     db = open_database(config.state.database)
-    assert archives.get(db, packing["id"]).state == archives.CLAIMED
+    assert archives.get(db, packing["id"]).state == ArchiveState.CLAIMED
     db.close()
 
 
@@ -130,7 +131,7 @@ def test_a_failed_sibling_does_not_hold_its_conference_back(sandbox, config, run
 
 # --- the rule itself, over generated conferences -------------------------------------------
 
-OUR_STATES = (None, *archives.ALL_STATES)
+OUR_STATES = (None, *tuple(ArchiveState))
 STATUSES = (
     "AVAILABLE",
     "ABANDONED",
@@ -161,7 +162,7 @@ def lost_by_abandon(conference: list[Sibling]) -> list[Sibling]:
     return [
         s
         for s in conference
-        if s.state not in archives.SAFE_STATES
+        if s.state not in ARCHIVE_SAFE
         and (s.held is not None or s.remote_status not in HARMLESS_STATUSES)
     ]
 
@@ -222,7 +223,7 @@ def test_a_listing_cut_short_releases_no_held_record(sandbox, tmp_path, config, 
     run_pass(load_config(path, env={}), clock)
     assert abandons(sandbox, "c-6") == 0
     db = open_database(config.state.database)
-    assert archives.get(db, good["id"]).state == archives.STORED
+    assert archives.get(db, good["id"]).state == ArchiveState.STORED
     assert bad["id"] in render_table(db)
     db.close()
 
