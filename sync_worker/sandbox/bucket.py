@@ -72,15 +72,15 @@ def _tls_server(tls: ssl.SSLContext) -> type:
 
 
 class SandboxBucket:
-    """A bucket of its own (Object Lock enabled) on ``server``."""
+    """A bucket of its own on ``server``, with Object Lock enabled unless not ``locked``."""
 
-    def __init__(self, server: S3Server) -> None:
+    def __init__(self, server: S3Server, locked: bool = True) -> None:
         self.server = server
         self.name = f"sandbox-{next(_numbers)}-{secrets.token_hex(4)}"
         self.client().create_bucket(
             Bucket=self.name,
             CreateBucketConfiguration={"LocationConstraint": REGION},
-            ObjectLockEnabledForBucket=True,
+            ObjectLockEnabledForBucket=locked,
         )
 
     def client(self) -> Any:

@@ -14,6 +14,7 @@ from sync_worker.flexperto.client import ListingForm
 from sync_worker.jobs.claim_archives import LISTED_STATUSES
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Fault
+from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
@@ -324,3 +325,23 @@ def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run
     else:
         text = sandbox.bucket.read(config.storage.prefix + "SHA256SUMS").decode()
     assert sorted(text.splitlines()) == expected
+
+
+@pytest.mark.s3_only
+def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
+    sandbox, config, tmp_path, log_lines
+):
+    plain = SandboxBucket(sandbox.bucket.server, locked=False)
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace(sandbox.bucket.name, plain.name))
+    for _ in range(2):  # every pass says so once, and tries nothing
+        result = run_pass(load_config(path, env={}), sandbox.clock, jobs=["archives"])
+        assert result.exit_code == 1
+    assert not sandbox.s3.requests and abandon_requests(sandbox) == []
+    assert plain.keys() == []  # not even the owner marker
+    events = [e for e in log_lines() if e["level"] in ("warning", "error")]
+    assert [e["event"] for e in events] == ["storage.misconfigured"] * 2
+    assert events[0]["bucket"] == plain.name
+    assert f"s3 {plain.name}: the bucket has no Object Lock" in events[0]["error"]
+    assert "storage.retention_days = 0" in events[0]["error"]
+    assert open_database(config.state.database)["archives"].count == 0  # none listed or charged
