@@ -6,6 +6,7 @@ import stat
 import threading
 from collections import Counter
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -18,6 +19,7 @@ from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
+from tests.tcp_forwarder import Forwarder
 
 
 def abandon_requests(sandbox):
@@ -345,3 +347,54 @@ def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
     assert f"s3 {plain.name}: the bucket has no Object Lock" in events[0]["error"]
     assert "storage.retention_days = 0" in events[0]["error"]
     assert open_database(config.state.database)["archives"].count == 0  # none listed or charged
+
+
+@pytest.mark.s3_only
+def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
+    sandbox, config, tmp_path, log_lines
+):
+    endpoint = urlsplit(sandbox.bucket.server.url)
+    if endpoint.scheme != "http":
+        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
+    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
+    path = tmp_path / "config.toml"
+    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
+    text = text.replace("page_size = 100\n", "page_size = 100\nmax_parallel_downloads = 1\n")
+    path.write_text(text.replace("retries = 3", "retries = 1"))
+    lost = load_config(path, env={})
+    served = []
+
+    def lose_the_store(_service):  # the store goes as the second archive is downloaded
+        served.append(1)
+        if len(served) == 2:
+            forwarder.stop()
+
+    sandbox.add_fault("s3", Fault(action="call", callback=lose_the_store, times=None))
+    try:
+        result = run_pass(lost, sandbox.clock, jobs=["archives"])
+        events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
+        rows = {r["archive_id"]: r for r in open_database(lost.state.database)["archives"].rows}
+        fetched = [r.path for r in sandbox.s3.requests if r.status in (200, 206)]
+        in_spool = [p.stem for p in lost.storage.archive_dir.glob("*/*.zip")]
+        forwarder.start()
+        again = run_pass(lost, sandbox.clock, jobs=["archives"])
+    finally:
+        forwarder.stop()
+    assert result.exit_code == 1
+    assert [e["event"] for e in events] == ["storage.unavailable"]  # at once, no item.failed
+    assert events[0]["path"] == f"s3://{sandbox.bucket.name}/"
+    assert f"127.0.0.1:{forwarder.port}" in events[0]["error"]
+    assert sorted(r["state"] for r in rows.values()) == ["claimed", "pending", "pending"]
+    assert all(r["attempts"] == 0 for r in rows.values())  # none charged
+    claimed, uploading = ([a for a in rows if a in path] for path in fetched)  # the third: not
+    assert rows[claimed[0]]["state"] == "claimed"
+    assert in_spool == uploading  # verified, kept for the next pass to upload
+    assert again.exit_code == 0
+    assert all(len(downloads(sandbox, archive_id)) == 1 for archive_id in rows)
+    assert {r["id"]: r["status"] for r in sandbox.flexperto.records() if r["id"] in rows} == {
+        archive_id: "ABANDONED" for archive_id in rows
+    }
+    listed = sandbox.bucket.keys()
+    stored = {key.rpartition("/")[2] for key in listed}
+    assert {f"{archive_id}.zip" for archive_id in rows} <= stored
+    assert not list(lost.storage.archive_dir.glob("*/*.zip"))  # the spool emptied
