@@ -26,6 +26,7 @@ class Forwarder:
         self._lock = threading.Lock()
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
+        self.connections = 0  # accepted, since it was made
 
     def start(self) -> Forwarder:
         listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
@@ -60,6 +61,7 @@ class Forwarder:
                 except TimeoutError:
                     continue
                 client.settimeout(None)
+                self.connections += 1
                 server = socket.create_connection(self.upstream, timeout=10)
                 server.settimeout(None)
                 with self._lock:

@@ -12,6 +12,7 @@ import requests
 from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.sandbox import STRICT, Sandbox, tenants_toml
+from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
 from sync_worker.state.db import open_database
@@ -306,10 +307,7 @@ def test_check_reaches_te_even_when_the_state_file_is_broken(sandbox, tmp_path, 
 
 @pytest.mark.s3_only
 def test_check_fails_a_bucket_without_object_lock(sandbox, tmp_path, config, capsys):
-    plain = sandbox.bucket.name + "-plain"
-    sandbox.bucket.client().create_bucket(
-        Bucket=plain, CreateBucketConfiguration={"LocationConstraint": config.storage.region}
-    )
+    plain = SandboxBucket(sandbox.bucket.server, locked=False).name
     path = tmp_path / "config.toml"
     path.write_text(path.read_text().replace(sandbox.bucket.name, plain))
     assert main(["--config", str(path), "check"]) == 1

@@ -33,19 +33,23 @@ LARGE = bytes(range(256)) * (80 * 1024)  # 20 MiB: uploaded in parts
 
 @pytest.fixture
 def bucket(s3_server):
-    return SandboxBucket(s3_server)
+    made = SandboxBucket(s3_server)
+    yield made
+    made.discard()
 
 
 def store_for(sandbox_bucket, tmp_path, **changes) -> S3Store:
+    server = sandbox_bucket.server
     config = StorageConfig(
         backend="s3",
         archive_dir=tmp_path / "spool",
         bucket=sandbox_bucket.name,
         prefix="archives/",
-        endpoint_url=sandbox_bucket.server.url,
-        region=REGION,
-        access_key_id=ACCESS_KEY_ID,
-        secret_access_key=SECRET_ACCESS_KEY,
+        endpoint_url=server.url,
+        region=server.region,
+        access_key_id=server.access_key_id,
+        secret_access_key=server.secret_access_key,
+        retention_mode=server.retention_mode,
     )
     return S3Store(replace(config, **changes), HTTP)
 
@@ -138,13 +142,18 @@ def test_an_upload_of_sha256sums_is_left_to_the_audit_that_tidies_it(bucket, tmp
     assert bucket.incomplete_uploads() == []
 
 
+LOCKED_FOR_GOOD = pytest.mark.moto_only("COMPLIANCE objects could never be removed there")
+
+
+@pytest.mark.parametrize("mode", [pytest.param("COMPLIANCE", marks=LOCKED_FOR_GOOD), "GOVERNANCE"])
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["one put", "in parts"])
-def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data):
-    store_for(bucket, tmp_path, retention_days=30).save(target_of(data), {}, Host(data).fetch)
+def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data, mode):
+    store = store_for(bucket, tmp_path, retention_days=30, retention_mode=mode)
+    store.save(target_of(data), {}, Host(data).fetch)
     client = bucket.client()
     for key in ("archives/c1/a1.zip", "archives/c1/a1.json"):
         head = client.head_object(Bucket=bucket.name, Key=key)
-        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["ObjectLockMode"] == mode
         until = head["ObjectLockRetainUntilDate"]
         assert until > datetime.now(UTC) + timedelta(days=29)
         with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
@@ -173,7 +182,7 @@ def test_sha256sums_is_an_object_at_the_prefix_kept_without_retention(bucket, tm
 
 
 def test_a_missing_bucket_is_a_store_error_that_says_so(bucket, tmp_path):
-    store = store_for(bucket, tmp_path, bucket="no-such-bucket-here")
+    store = store_for(bucket, tmp_path, bucket=f"{bucket.name}-gone")
     with pytest.raises(StoreError, match="NoSuchBucket"):
         store.tidy()
     with pytest.raises(StoreError, match="NoSuchBucket"):
