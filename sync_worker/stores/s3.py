@@ -220,7 +220,7 @@ class S3Store:
         days = self._config.retention_days
         if not days:
             return {}
-        lock = self._object_lock()
+        lock = self._object_lock(days)
         if lock.get("ObjectLockEnabled") != "Enabled":
             raise Misconfigured(
                 self._bucket,
@@ -285,13 +285,21 @@ class S3Store:
             text = body.read().decode("utf-8", "replace")
         return StoreOwner.from_text(text, self._location(key))
 
-    def _object_lock(self) -> dict[str, Any]:
-        """The bucket's Object Lock configuration; {} when it has none."""
+    def _object_lock(self, days: int) -> dict[str, Any]:
+        """The bucket's Object Lock configuration; {} when it has none; Misconfigured when
+        this client may not read it (``days``: the retention that needs it)."""
         try:
             lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
         except ClientError as exc:
             if _code(exc) == "ObjectLockConfigurationNotFoundError":  # S3's answer for "none"
                 return {}
+            if _code(exc) in DENIED:
+                raise Misconfigured(
+                    self._bucket,
+                    f"s3 {self._bucket}: the bucket's Object Lock configuration cannot be read "
+                    f"({_code(exc)}), and storage.retention_days = {days} needs it: grant "
+                    "s3:GetBucketObjectLockConfiguration, or set storage.retention_days = 0",
+                ) from None
             raise
         return lock.get("ObjectLockConfiguration", {})
 

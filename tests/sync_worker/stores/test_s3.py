@@ -19,8 +19,10 @@ from sync_worker.sandbox.bucket import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY,
 from sync_worker.stores import (
     ArchiveFile,
     Download,
+    Misconfigured,
     Missing,
     StoreError,
+    StoreOwner,
     StoreUnwritable,
     VerificationError,
 )
@@ -232,3 +234,52 @@ def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
     assert refused.value.path == "s3://locked-down/archives/"
     assert refused.value.errno_name == "AccessDenied"
     assert "s3://locked-down/archives/ cannot be written (AccessDenied" in str(refused.value)
+
+
+class DenyingLockReads(BaseHTTPRequestHandler):
+    """An S3 endpoint whose policy lacks s3:GetBucketObjectLockConfiguration."""
+
+    def do_GET(self):
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_a_lock_configuration_this_client_may_not_read_is_misconfigured(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DenyingLockReads)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = StorageConfig(
+            backend="s3",
+            archive_dir=tmp_path / "spool",
+            bucket="no-lock-reads",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+            retention_days=1,
+        )
+        with pytest.raises(Misconfigured) as refused:
+            S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.value.bucket == "no-lock-reads"
+    assert "grant s3:GetBucketObjectLockConfiguration" in str(refused.value)
+    assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
+
+
+def test_a_bucket_without_object_lock_is_misconfigured_for_a_retention(s3_server, tmp_path):
+    plain = SandboxBucket(s3_server, locked=False)
+    store = store_for(plain, tmp_path, retention_days=1)
+    for step in (lambda: store.claim(StoreOwner.of("id", tmp_path / "state.db")), store.probe):
+        with pytest.raises(Misconfigured, match=f"s3 {plain.name}: the bucket has no Object Lock"):
+            step()
+    store_for(plain, tmp_path, retention_days=0).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    assert plain.keys() == ["archives/.owner"]  # without retention, the bucket serves
