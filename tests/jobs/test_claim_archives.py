@@ -398,3 +398,38 @@ def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
     stored = {key.rpartition("/")[2] for key in listed}
     assert {f"{archive_id}.zip" for archive_id in rows} <= stored
     assert not list(lost.storage.archive_dir.glob("*/*.zip"))  # the spool emptied
+
+
+@pytest.mark.s3_only
+def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event(
+    sandbox, config, tmp_path, log_lines
+):
+    endpoint = urlsplit(sandbox.bucket.server.url)
+    if endpoint.scheme != "http":
+        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
+    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
+    path = tmp_path / "config.toml"
+    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
+    path.write_text(text.replace("retries = 3", "retries = 1"))  # 4 downloads at a time
+    lost = load_config(path, env={})
+    added = [sandbox.flexperto.add_archive(status="AVAILABLE")["id"] for _ in range(5)]
+    sandbox.add_fault("s3", Fault(action="call", callback=lambda _s: forwarder.stop()))
+    try:
+        result = run_pass(lost, sandbox.clock, jobs=["archives"])
+        events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
+        rows = list(open_database(lost.state.database)["archives"].rows)
+        forwarder.start()
+        listed = sandbox.bucket.keys()
+        again = run_pass(lost, sandbox.clock, jobs=["archives"])
+    finally:
+        forwarder.stop()
+    assert result.exit_code == 1
+    assert [e["event"] for e in events] == ["storage.unavailable"]
+    assert all(row["attempts"] == 0 for row in rows)
+    stored = {key.rpartition("/")[2] for key in listed if key.endswith(".zip")}
+    claimed = [row["archive_id"] for row in rows if row["state"] == "claimed"]
+    assert {f"{archive_id}.zip" for archive_id in claimed} <= stored  # abandoned: stored
+    assert again.exit_code == 0
+    for archive_id in [row["archive_id"] for row in rows] + added:
+        assert len(downloads(sandbox, archive_id)) == 1, archive_id
+        assert sandbox.flexperto.record(archive_id)["status"] == "ABANDONED"
