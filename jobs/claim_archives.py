@@ -6,8 +6,11 @@ Each step is checkpointed or idempotent, so a pass cut short anywhere is complet
 next one without downloading, abandoning or queueing anything twice. Each archive is one
 item: whatever goes wrong with it is recorded as its failure, and the others go on; but a
 store that refuses writes (StoreUnwritable: permissions, a read-only or full file system, a
-bucket's AccessDenied) stops the job at once with one ``storage.unavailable``, charging no
-archive a try.
+bucket's AccessDenied) or cannot be reached (StoreUnreachable: refused, DNS, a timeout)
+stops the job at once with one ``storage.unavailable``, charging no archive a try; the
+archives in hand keep their verified spool copies, which the next pass uploads. A bucket
+that cannot hold the retention configured stops the job before any download
+(``storage.misconfigured``).
 """
 
 from __future__ import annotations
@@ -48,9 +51,10 @@ from sync_worker.stores import (
     ArchiveFile,
     Download,
     ForeignOwner,
+    Misconfigured,
     StoreError,
     StoreOwner,
-    StoreUnwritable,
+    StoreUnavailable,
     TooLarge,
     VerificationError,
 )
@@ -87,16 +91,16 @@ def run(ctx: JobContext) -> None:
     to_store = [row for row in due if row.state != ArchiveState.STORED]
     ctx.progress.start_pass(len(to_store))
     abandoning = threading.Lock()  # one abandon at a time: siblings finish together
-    unwritable = threading.Event()  # the store refused a write: no thread takes another
-    downloads = replace(ctx, stop_requested=lambda: ctx.stop_requested() or unwritable.is_set())
+    unavailable = threading.Event()  # the store refused a write or went: no thread goes on
+    downloads = replace(ctx, stop_requested=lambda: ctx.stop_requested() or unavailable.is_set())
 
     def store_then_abandon(thread_ctx: JobContext, row: ArchiveRow) -> None:
         """Abandon as soon as the archive is stored, not after the other downloads (one of
         which may take hours): its checkpoint made durable first."""
         try:
             stored = store(thread_ctx, row)
-        except StoreUnwritable:
-            unwritable.set()
+        except StoreUnavailable:
+            unavailable.set()
             raise
         if stored:
             with abandoning:
@@ -105,8 +109,8 @@ def run(ctx: JobContext) -> None:
 
     try:
         _in_parallel(downloads, to_store, store_then_abandon)
-    except StoreUnwritable as exc:  # no archive is to blame: the job stops, none is charged
-        log.error("storage.unavailable", path=exc.path, errno=exc.errno_name, error=str(exc))
+    except StoreUnavailable as exc:  # no archive is to blame: the job stops, none is charged
+        log.error("storage.unavailable", **exc.fields, error=str(exc))
         ctx.stats.add(Outcome.FAILED)
         return
     finally:
@@ -127,12 +131,15 @@ def run(ctx: JobContext) -> None:
 def claim_store(ctx: JobContext, logger: Any) -> bool:
     """Make sure the archive store belongs to this state file (recording it the first
     time), before anything is downloaded or written there; False, with one error event,
-    when it is another's (``storage.foreign_owner``) or cannot be reached."""
+    when it is another's (``storage.foreign_owner``), cannot keep archives as configured
+    (``storage.misconfigured``) or cannot be reached."""
     try:
         state_file = ctx.config.state.database
         ctx.store.claim(StoreOwner.of(store_owner.state_id(ctx.db), state_file))
     except ForeignOwner as exc:
         logger.error("storage.foreign_owner", error=str(exc), owner=exc.owner.describe())
+    except Misconfigured as exc:
+        logger.error("storage.misconfigured", bucket=exc.bucket, error=str(exc))
     except (StoreError, OSError) as exc:
         logger.error("storage.unavailable", error=error_text(exc)[0])
     else:
@@ -334,7 +341,7 @@ def store(ctx: JobContext, row: ArchiveRow) -> bool:
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
     try:
         _store(ctx, row.record, bound)
-    except (*JOB_STOPPERS, StoreUnwritable):
+    except (*JOB_STOPPERS, StoreUnavailable):
         raise  # the state file or the store is out of reach: stop, not just this archive
     except Exception as exc:  # one bad archive never stops the others
         _fail(ctx, row, exc, bound)

@@ -2,7 +2,8 @@
 assumptions about the two APIs hold? Answers in plain words.
 
 Each finding is ``ok``, ``fallback`` (an assumption does not hold here: the worker does
-without it, as the detail says), ``skipped`` (not tried: the detail says how), ``missing``
+without it, as the detail says), ``warning`` (it works, but the detail says what an operator
+should change), ``skipped`` (not tried: the detail says how), ``missing``
 (the state file, before the first pass) or ``FAIL`` (a pass cannot work until this is fixed).
 
 Read-only: nothing is made or changed on disk (the state file is opened read-only, the
@@ -39,7 +40,7 @@ from sync_worker.state.db import (
     open_memory_database,
 )
 from sync_worker.state.te_access import SharedAccess
-from sync_worker.stores import StoreError, open_store
+from sync_worker.stores import StoreError, StoreWarning, open_store
 from sync_worker.stores.local import LocalStore
 from sync_worker.totalexpert import (
     FILTER_SUPPORTED,
@@ -48,7 +49,14 @@ from sync_worker.totalexpert import (
     TotalExpertClient,
 )
 
-OK, FALLBACK, SKIPPED, MISSING, FAIL = "ok", "fallback", "skipped", "missing", "FAIL"
+OK, FALLBACK, WARNING, SKIPPED, MISSING, FAIL = (
+    "ok",
+    "fallback",
+    "warning",
+    "skipped",
+    "missing",
+    "FAIL",
+)
 PROBE_SECONDS = 10.0
 DB_ERRORS = (OSError, sqlite3.Error, StateBusyError, StateFileError)
 
@@ -228,6 +236,8 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
         return Finding(name, OK, probe())
     except Fallback as exc:
         return Finding(name, FALLBACK, str(exc))
+    except StoreWarning as exc:
+        return Finding(name, WARNING, str(exc))
     except TokenNotTried as exc:
         return Finding(name, SKIPPED, str(exc))
     except MissingState as exc:

@@ -6,9 +6,11 @@ one (which knows only the documents, so the worker's fallbacks are what works). 
 marked ``lenient_only`` checks one of the worker's optimisations, which only the lenient
 sandbox allows, and runs once. A test marked ``both_stores`` runs with the local archive
 store and with a bucket on an S3 server on loopback (moto, one for the session); one
-marked ``s3_only`` with the bucket only. A test marked ``fast`` (a whole file, through
-``pytestmark``) is of the fast tier (``make test-fast``): pure logic and the state layer, which
-may start no process and sleep in no real time.
+marked ``s3_only`` with the bucket only. ``SYNC_WORKER_TEST_S3_ENDPOINT`` and its fellows
+(tests/s3_endpoint.py) put the buckets on another S3 server instead; a test marked
+``moto_only`` needs moto itself and is skipped then. A test marked ``fast``
+(a whole file, through ``pytestmark``) is of the fast tier (``make test-fast``): pure logic and
+the state layer, which may start no process and sleep in no real time.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from sync_worker.clock import FakeClock
 from sync_worker.config import Config, load_config
 from sync_worker.runner import PassResult, run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
-from sync_worker.sandbox.bucket import S3Server
+from sync_worker.sandbox.bucket import S3Endpoint, S3Server
+from tests.s3_endpoint import ENDPOINT, ExternalS3, external
 
 # Fast retries for tests; the clock is fake, so backoff waits cost no real time.
 TEST_SETTINGS = """
@@ -69,6 +72,17 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "fast: of the fast tier (make test-fast): no process started, no real sleep"
     )
+    config.addinivalue_line(
+        "markers",
+        "moto_only(reason): needs moto itself (the reason says why): skipped when "
+        f"{ENDPOINT} names another S3 server",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    marker = item.get_closest_marker("moto_only")
+    if marker is not None and external():
+        pytest.skip(f"moto only, {marker.args[0]}: {ENDPOINT} names another S3 server")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -82,9 +96,10 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def s3_server() -> Iterator[S3Server]:
-    """An S3 server on loopback for the whole session (each sandbox makes a bucket)."""
-    server = S3Server()
+def s3_server() -> Iterator[S3Endpoint]:
+    """An S3 server for the whole session (each sandbox makes a bucket): moto on loopback,
+    or the one the environment names."""
+    server: S3Endpoint = ExternalS3.from_environment() or S3Server()
     yield server
     server.stop()
 

@@ -26,7 +26,7 @@ from types import TracebackType
 from urllib.parse import urlsplit
 
 from sync_worker.clock import Clock, SystemClock
-from sync_worker.sandbox.bucket import S3Server, SandboxBucket
+from sync_worker.sandbox.bucket import S3Endpoint, S3Server, SandboxBucket
 from sync_worker.sandbox.dialect import LENIENT, STRICT, Dialect
 from sync_worker.sandbox.faults import Fault
 from sync_worker.sandbox.flexperto import FakeFlexperto, FakeStorageHost
@@ -67,7 +67,7 @@ class Sandbox:
         ports: tuple[int, int, int] = (0, 0, 0),
         dialect: Dialect = LENIENT,
         storage: str = "local",
-        s3_server: S3Server | None = None,
+        s3_server: S3Endpoint | None = None,
         tls: ssl.SSLContext | None = None,
     ) -> None:
         self.clock = clock or SystemClock()
@@ -75,7 +75,7 @@ class Sandbox:
         # With storage "s3", archives go to a bucket of an S3 server on loopback: the one
         # given (shared), else one of this sandbox's own.
         self._own_s3_server = s3_server is None and storage == "s3"
-        server = S3Server() if self._own_s3_server else s3_server
+        server: S3Endpoint | None = S3Server() if self._own_s3_server else s3_server
         self.bucket = SandboxBucket(server) if storage == "s3" and server else None
         self.api_key = secrets.token_urlsafe(24)
         self.client_id = secrets.token_urlsafe(12)
@@ -127,6 +127,8 @@ class Sandbox:
             thread.start()
         for thread in stopping:
             thread.join()
+        if self.bucket is not None:
+            self.bucket.discard()
         if self._own_s3_server and self.bucket is not None:
             self.bucket.server.stop()
 

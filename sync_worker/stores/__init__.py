@@ -43,15 +43,25 @@ class StoreError(Exception):
 UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
-class StoreUnwritable(StoreError):
+class StoreUnavailable(StoreError):
+    """No archive can be stored now, whichever it is: the archive job stops at once for the
+    pass, and charges no archive a try. ``fields``: what the event says of it."""
+
+    def __init__(self, message: str, **fields: str) -> None:
+        super().__init__(message)
+        self.fields = fields
+
+
+class StoreUnwritable(StoreUnavailable):
     """Nothing can be written to the store (``path``): ``errno`` names why (EACCES, EROFS,
-    ENOSPC..., or the bucket's AccessDenied). The archive job stops at once for the pass,
-    and charges no archive a try."""
+    ENOSPC..., or the bucket's AccessDenied)."""
 
     def __init__(self, path: str, errno_name: str, detail: str) -> None:
         super().__init__(
             f"the archive store {path} cannot be written ({errno_name}: {detail}): the "
-            "archive job waits for the next pass; fix the store's permissions, mount or space"
+            "archive job waits for the next pass; fix the store's permissions, mount or space",
+            path=path,
+            errno=errno_name,
         )
         self.path = path
         self.errno_name = errno_name
@@ -63,6 +73,29 @@ class StoreUnwritable(StoreError):
             return None
         where = f" ({exc.filename})" if exc.filename else ""
         return cls(str(path), errno.errorcode[exc.errno], f"{exc.strerror}{where}")
+
+
+class StoreUnreachable(StoreUnavailable):
+    """The store cannot be reached (``path``): refused, unresolved, timed out, or a TLS
+    failure; ``detail`` names the host and the cause."""
+
+    def __init__(self, path: str, detail: str) -> None:
+        super().__init__(detail, path=path)
+
+
+class Misconfigured(StoreError):
+    """The store cannot keep archives as the configuration asks (a bucket without Object
+    Lock while ``storage.retention_days`` is set): nothing is downloaded until an operator
+    fixes one or the other. ``bucket``: which store."""
+
+    def __init__(self, bucket: str, message: str) -> None:
+        super().__init__(message)
+        self.bucket = bucket
+
+
+class StoreWarning(Exception):
+    """The store works as configured, but an operator should know this (the message says
+    what and what to do): for ``check``, never a pass's failure."""
 
 
 class LinkRefused(StoreError):

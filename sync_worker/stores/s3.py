@@ -56,11 +56,14 @@ from sync_worker.stores import (
     SUMS_NAME,
     ArchiveFile,
     Fetch,
+    Misconfigured,
     Missing,
     Saved,
     StoreError,
     StoreOwner,
+    StoreUnreachable,
     StoreUnwritable,
+    StoreWarning,
     VerificationError,
     Verified,
     Written,
@@ -197,23 +200,43 @@ class S3Store:
         return self._prefix + SUMS_NAME
 
     def probe(self) -> str:
+        """Also StoreWarning when the bucket locks objects only as each upload asks: see
+        :func:`_without_default_retention`."""
         spooled = self._spool.probe()
         with _store_errors(self._bucket):
             self._client.head_bucket(Bucket=self._bucket)
-            if self._config.retention_days and not self._object_lock_enabled():
-                raise StoreError(
-                    f"s3 {self._bucket}: the bucket has no Object Lock enabled, and "
-                    "storage.retention_days asks for it"
-                )
+            lock = self._check_retention()
         locked = f", Object Lock for {self._config.retention_days} days" * bool(
             self._config.retention_days
         )
-        return f"bucket {self._bucket} reachable{locked}; spool {spooled}"
+        found = f"bucket {self._bucket} reachable{locked}; spool {spooled}"
+        if self._config.retention_days and "DefaultRetention" not in lock.get("Rule", {}):
+            raise StoreWarning(f"{found}; but {_without_default_retention(self._bucket)}")
+        return found
+
+    def _check_retention(self) -> dict[str, Any]:
+        """Misconfigured unless the bucket can hold objects for ``retention_days`` (its
+        Object Lock is enabled); its Object Lock configuration ({} without retention)."""
+        days = self._config.retention_days
+        if not days:
+            return {}
+        lock = self._object_lock(days)
+        if lock.get("ObjectLockEnabled") != "Enabled":
+            raise Misconfigured(
+                self._bucket,
+                f"s3 {self._bucket}: the bucket has no Object Lock, and storage.retention_days "
+                f"= {days} asks for it: no archive can be locked there, so none is downloaded. "
+                "Create a bucket with Object Lock enabled and set storage.bucket to it, or set "
+                "storage.retention_days = 0 to keep archives without retention",
+            )
+        return lock
 
     def claim(self, owner: StoreOwner) -> None:
         """The spool, then the bucket's prefix: the first claim writes ``{prefix}.owner``
         only if it is not there (If-None-Match, where the store honours it), then reads back
         which state file it names; another's is ForeignOwner."""
+        with _store_errors(self._bucket):
+            self._check_retention()  # before anything is written, here or in the spool
         self._spool.claim(owner)
         key = self._prefix + OWNER
         with _store_errors(self._bucket):
@@ -262,14 +285,23 @@ class S3Store:
             text = body.read().decode("utf-8", "replace")
         return StoreOwner.from_text(text, self._location(key))
 
-    def _object_lock_enabled(self) -> bool:
+    def _object_lock(self, days: int) -> dict[str, Any]:
+        """The bucket's Object Lock configuration; {} when it has none; Misconfigured when
+        this client may not read it (``days``: the retention that needs it)."""
         try:
             lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
         except ClientError as exc:
             if _code(exc) == "ObjectLockConfigurationNotFoundError":  # S3's answer for "none"
-                return False
+                return {}
+            if _code(exc) in DENIED:
+                raise Misconfigured(
+                    self._bucket,
+                    f"s3 {self._bucket}: the bucket's Object Lock configuration cannot be read "
+                    f"({_code(exc)}), and storage.retention_days = {days} needs it: grant "
+                    "s3:GetBucketObjectLockConfiguration, or set storage.retention_days = 0",
+                ) from None
             raise
-        return lock.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled") == "Enabled"
+        return lock.get("ObjectLockConfiguration", {})
 
     def relative(self, conference_id: str, archive_id: str) -> str:
         """An archive's key under the prefix, as SHA256SUMS names it."""
@@ -480,7 +512,7 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
 def _store_errors(bucket: str, writing_to: str | None = None) -> Iterator[None]:
     """boto3's failures as StoreError, saying which bucket and what the store answered;
     while ``writing_to`` a prefix, an AccessDenied is StoreUnwritable (no archive could be
-    stored there)."""
+    stored there); a store that cannot be reached at all is StoreUnreachable."""
     try:
         yield
     except ClientError as exc:
@@ -490,9 +522,20 @@ def _store_errors(bucket: str, writing_to: str | None = None) -> Iterator[None]:
             raise StoreUnwritable(where, str(error["Code"]), str(error.get("Message"))) from None
         raise StoreError(f"s3 {bucket}: {error.get('Code')}: {error.get('Message')}") from None
     except (SSLError, EndpointConnectionError, ConnectTimeoutError, ProxyConnectionError) as exc:
-        raise StoreError(_connection_failure(bucket, exc)) from None
+        raise StoreUnreachable(f"s3://{bucket}/", _connection_failure(bucket, exc)) from None
     except BotoCoreError as exc:
         raise StoreError(f"s3 {bucket}: {type(exc).__name__}: {exc}") from None
+
+
+def _without_default_retention(bucket: str) -> str:
+    """Why a bucket with Object Lock but no default retention leaves a window open."""
+    return (
+        f"the bucket {bucket} has no default retention (Object Lock Rule.DefaultRetention): "
+        "a store that ignores the lock headers of an upload in parts (Ceph RGW does) leaves "
+        "a large archive unlocked between CompleteMultipartUpload and the "
+        "PutObjectRetention that follows; a default retention of the bucket (a day is "
+        "enough: each archive is locked for storage.retention_days itself) closes that window"
+    )
 
 
 def _connection_failure(bucket: str, exc: BotoCoreError) -> str:

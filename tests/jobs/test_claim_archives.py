@@ -6,6 +6,7 @@ import stat
 import threading
 from collections import Counter
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -14,10 +15,12 @@ from sync_worker.flexperto.client import ListingForm
 from sync_worker.jobs.claim_archives import LISTED_STATUSES
 from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Fault
+from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
 from tests.lifecycle_moves import record_moves, undeclared_moves
+from tests.tcp_forwarder import Forwarder
 
 
 def abandon_requests(sandbox):
@@ -325,6 +328,112 @@ def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run
     else:
         text = sandbox.bucket.read(config.storage.prefix + "SHA256SUMS").decode()
     assert sorted(text.splitlines()) == expected
+
+
+@pytest.mark.s3_only
+def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
+    sandbox, config, tmp_path, log_lines
+):
+    plain = SandboxBucket(sandbox.bucket.server, locked=False)
+    path = tmp_path / "config.toml"
+    path.write_text(path.read_text().replace(sandbox.bucket.name, plain.name))
+    for _ in range(2):  # every pass says so once, and tries nothing
+        result = run_pass(load_config(path, env={}), sandbox.clock, jobs=["archives"])
+        assert result.exit_code == 1
+    assert not sandbox.s3.requests and abandon_requests(sandbox) == []
+    assert plain.keys() == []  # not even the owner marker
+    events = [e for e in log_lines() if e["level"] in ("warning", "error")]
+    assert [e["event"] for e in events] == ["storage.misconfigured"] * 2
+    assert events[0]["bucket"] == plain.name
+    assert f"s3 {plain.name}: the bucket has no Object Lock" in events[0]["error"]
+    assert "storage.retention_days = 0" in events[0]["error"]
+    assert open_database(config.state.database)["archives"].count == 0  # none listed or charged
+
+
+@pytest.mark.s3_only
+def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
+    sandbox, config, tmp_path, log_lines
+):
+    endpoint = urlsplit(sandbox.bucket.server.url)
+    if endpoint.scheme != "http":
+        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
+    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
+    path = tmp_path / "config.toml"
+    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
+    text = text.replace("page_size = 100\n", "page_size = 100\nmax_parallel_downloads = 1\n")
+    path.write_text(text.replace("retries = 3", "retries = 1"))
+    lost = load_config(path, env={})
+    served = []
+
+    def lose_the_store(_service):  # the store goes as the second archive is downloaded
+        served.append(1)
+        if len(served) == 2:
+            forwarder.stop()
+
+    sandbox.add_fault("s3", Fault(action="call", callback=lose_the_store, times=None))
+    try:
+        result = run_pass(lost, sandbox.clock, jobs=["archives"])
+        events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
+        rows = {r["archive_id"]: r for r in open_database(lost.state.database)["archives"].rows}
+        fetched = [r.path for r in sandbox.s3.requests if r.status in (200, 206)]
+        in_spool = [p.stem for p in lost.storage.archive_dir.glob("*/*.zip")]
+        forwarder.start()
+        again = run_pass(lost, sandbox.clock, jobs=["archives"])
+    finally:
+        forwarder.stop()
+    assert result.exit_code == 1
+    assert [e["event"] for e in events] == ["storage.unavailable"]  # at once, no item.failed
+    assert events[0]["path"] == f"s3://{sandbox.bucket.name}/"
+    assert f"127.0.0.1:{forwarder.port}" in events[0]["error"]
+    assert sorted(r["state"] for r in rows.values()) == ["claimed", "pending", "pending"]
+    assert all(r["attempts"] == 0 for r in rows.values())  # none charged
+    claimed, uploading = ([a for a in rows if a in path] for path in fetched)  # the third: not
+    assert rows[claimed[0]]["state"] == "claimed"
+    assert in_spool == uploading  # verified, kept for the next pass to upload
+    assert again.exit_code == 0
+    assert all(len(downloads(sandbox, archive_id)) == 1 for archive_id in rows)
+    assert {r["id"]: r["status"] for r in sandbox.flexperto.records() if r["id"] in rows} == {
+        archive_id: "ABANDONED" for archive_id in rows
+    }
+    listed = sandbox.bucket.keys()
+    stored = {key.rpartition("/")[2] for key in listed}
+    assert {f"{archive_id}.zip" for archive_id in rows} <= stored
+    assert not list(lost.storage.archive_dir.glob("*/*.zip"))  # the spool emptied
+
+
+@pytest.mark.s3_only
+def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event(
+    sandbox, config, tmp_path, log_lines
+):
+    endpoint = urlsplit(sandbox.bucket.server.url)
+    if endpoint.scheme != "http":
+        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
+    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
+    path = tmp_path / "config.toml"
+    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
+    path.write_text(text.replace("retries = 3", "retries = 1"))  # 4 downloads at a time
+    lost = load_config(path, env={})
+    added = [sandbox.flexperto.add_archive(status="AVAILABLE")["id"] for _ in range(5)]
+    sandbox.add_fault("s3", Fault(action="call", callback=lambda _s: forwarder.stop()))
+    try:
+        result = run_pass(lost, sandbox.clock, jobs=["archives"])
+        events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
+        rows = list(open_database(lost.state.database)["archives"].rows)
+        forwarder.start()
+        listed = sandbox.bucket.keys()
+        again = run_pass(lost, sandbox.clock, jobs=["archives"])
+    finally:
+        forwarder.stop()
+    assert result.exit_code == 1
+    assert [e["event"] for e in events] == ["storage.unavailable"]
+    assert all(row["attempts"] == 0 for row in rows)
+    stored = {key.rpartition("/")[2] for key in listed if key.endswith(".zip")}
+    claimed = [row["archive_id"] for row in rows if row["state"] == "claimed"]
+    assert {f"{archive_id}.zip" for archive_id in claimed} <= stored  # abandoned: stored
+    assert again.exit_code == 0
+    for archive_id in [row["archive_id"] for row in rows] + added:
+        assert len(downloads(sandbox, archive_id)) == 1, archive_id
+        assert sandbox.flexperto.record(archive_id)["status"] == "ABANDONED"
 
 
 @pytest.fixture(autouse=True)

@@ -12,6 +12,7 @@ import requests
 from sync_worker.cli import main
 from sync_worker.config import load_config
 from sync_worker.sandbox import STRICT, Sandbox, tenants_toml
+from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
 from sync_worker.state.db import open_database
@@ -137,8 +138,8 @@ def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, con
         "insight search",
     }
     assert "new access token obtained" in found["totalexpert token"][1]
-    if sandbox.bucket is not None:
-        assert "Object Lock for 1 days" in found["archive store"][1]
+    if sandbox.bucket is not None:  # locked, but without a default retention: a warning
+        assert found.pop("archive store")[0] == "warning"
     assert all(status in ("ok", "fallback") for status, _ in found.values())
     assert main(["--config", str(tmp_path / "config.toml"), "check"]) == 0
     assert "cached access token reused" in findings(capsys.readouterr().out)["totalexpert token"][1]
@@ -306,15 +307,35 @@ def test_check_reaches_te_even_when_the_state_file_is_broken(sandbox, tmp_path, 
 
 @pytest.mark.s3_only
 def test_check_fails_a_bucket_without_object_lock(sandbox, tmp_path, config, capsys):
-    plain = sandbox.bucket.name + "-plain"
-    sandbox.bucket.client().create_bucket(
-        Bucket=plain, CreateBucketConfiguration={"LocationConstraint": config.storage.region}
-    )
+    plain = SandboxBucket(sandbox.bucket.server, locked=False).name
     path = tmp_path / "config.toml"
     path.write_text(path.read_text().replace(sandbox.bucket.name, plain))
     assert main(["--config", str(path), "check"]) == 1
     status, detail = findings(capsys.readouterr().out)["archive store"]
     assert status == "FAIL" and "no Object Lock" in detail
+
+
+@pytest.mark.s3_only
+def test_check_warns_of_a_locked_bucket_without_default_retention(
+    sandbox, tmp_path, config, capsys
+):
+    config_file = str(tmp_path / "config.toml")
+    assert main(["--config", config_file, "check"]) == 0  # a warning is no failure
+    status, detail = findings(capsys.readouterr().out)["archive store"]
+    assert status == "warning"
+    assert detail.startswith(f"bucket {sandbox.bucket.name} reachable, Object Lock for 1 days")
+    assert "no default retention" in detail and "Ceph RGW" in detail
+    assert "CompleteMultipartUpload" in detail and "PutObjectRetention" in detail
+    sandbox.bucket.client().put_object_lock_configuration(
+        Bucket=sandbox.bucket.name,
+        ObjectLockConfiguration={
+            "ObjectLockEnabled": "Enabled",
+            "Rule": {"DefaultRetention": {"Mode": "GOVERNANCE", "Days": 1}},
+        },
+    )
+    assert main(["--config", config_file, "check"]) == 0
+    status, detail = findings(capsys.readouterr().out)["archive store"]
+    assert status == "ok" and "Object Lock for 1 days" in detail
 
 
 def test_audit_reads_everything_and_fails_on_a_changed_archive(sandbox, tmp_path, config, capsys):

@@ -9,7 +9,6 @@ import pytest
 from sync_worker.flexperto.client import FlexpertoClient
 from sync_worker.http import ApiError, new_session
 from sync_worker.sandbox import Fault
-from sync_worker.sandbox.bucket import ACCESS_KEY_ID, SECRET_ACCESS_KEY
 from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state.db import open_database
 
@@ -45,7 +44,7 @@ def test_no_secret_in_any_log_line_of_good_and_failing_passes(sandbox, tmp_path,
     assert len(tokens) >= 2, "the passes should have obtained access tokens"
     secrets = [sandbox.api_key, sandbox.client_id, sandbox.client_secret, "not-the-secret", *tokens]
     if sandbox.bucket is not None:
-        secrets += [ACCESS_KEY_ID, SECRET_ACCESS_KEY]
+        secrets += [sandbox.bucket.server.access_key_id, sandbox.bucket.server.secret_access_key]
     text = "\n".join(result.stdout + result.stderr for result in output)
     assert "item.failed" in text and "te.token_rejected" in text
     for secret in secrets:

@@ -19,8 +19,10 @@ from sync_worker.sandbox.bucket import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY,
 from sync_worker.stores import (
     ArchiveFile,
     Download,
+    Misconfigured,
     Missing,
     StoreError,
+    StoreOwner,
     StoreUnwritable,
     VerificationError,
 )
@@ -33,19 +35,23 @@ LARGE = bytes(range(256)) * (80 * 1024)  # 20 MiB: uploaded in parts
 
 @pytest.fixture
 def bucket(s3_server):
-    return SandboxBucket(s3_server)
+    made = SandboxBucket(s3_server)
+    yield made
+    made.discard()
 
 
 def store_for(sandbox_bucket, tmp_path, **changes) -> S3Store:
+    server = sandbox_bucket.server
     config = StorageConfig(
         backend="s3",
         archive_dir=tmp_path / "spool",
         bucket=sandbox_bucket.name,
         prefix="archives/",
-        endpoint_url=sandbox_bucket.server.url,
-        region=REGION,
-        access_key_id=ACCESS_KEY_ID,
-        secret_access_key=SECRET_ACCESS_KEY,
+        endpoint_url=server.url,
+        region=server.region,
+        access_key_id=server.access_key_id,
+        secret_access_key=server.secret_access_key,
+        retention_mode=server.retention_mode,
     )
     return S3Store(replace(config, **changes), HTTP)
 
@@ -138,13 +144,18 @@ def test_an_upload_of_sha256sums_is_left_to_the_audit_that_tidies_it(bucket, tmp
     assert bucket.incomplete_uploads() == []
 
 
+LOCKED_FOR_GOOD = pytest.mark.moto_only("COMPLIANCE objects could never be removed there")
+
+
+@pytest.mark.parametrize("mode", [pytest.param("COMPLIANCE", marks=LOCKED_FOR_GOOD), "GOVERNANCE"])
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["one put", "in parts"])
-def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data):
-    store_for(bucket, tmp_path, retention_days=30).save(target_of(data), {}, Host(data).fetch)
+def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data, mode):
+    store = store_for(bucket, tmp_path, retention_days=30, retention_mode=mode)
+    store.save(target_of(data), {}, Host(data).fetch)
     client = bucket.client()
     for key in ("archives/c1/a1.zip", "archives/c1/a1.json"):
         head = client.head_object(Bucket=bucket.name, Key=key)
-        assert head["ObjectLockMode"] == "COMPLIANCE"
+        assert head["ObjectLockMode"] == mode
         until = head["ObjectLockRetainUntilDate"]
         assert until > datetime.now(UTC) + timedelta(days=29)
         with pytest.raises(client.exceptions.ClientError, match="AccessDenied"):
@@ -173,7 +184,7 @@ def test_sha256sums_is_an_object_at_the_prefix_kept_without_retention(bucket, tm
 
 
 def test_a_missing_bucket_is_a_store_error_that_says_so(bucket, tmp_path):
-    store = store_for(bucket, tmp_path, bucket="no-such-bucket-here")
+    store = store_for(bucket, tmp_path, bucket=f"{bucket.name}-gone")
     with pytest.raises(StoreError, match="NoSuchBucket"):
         store.tidy()
     with pytest.raises(StoreError, match="NoSuchBucket"):
@@ -223,3 +234,52 @@ def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
     assert refused.value.path == "s3://locked-down/archives/"
     assert refused.value.errno_name == "AccessDenied"
     assert "s3://locked-down/archives/ cannot be written (AccessDenied" in str(refused.value)
+
+
+class DenyingLockReads(BaseHTTPRequestHandler):
+    """An S3 endpoint whose policy lacks s3:GetBucketObjectLockConfiguration."""
+
+    def do_GET(self):
+        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+        self.send_response(403)
+        self.send_header("Content-Type", "application/xml")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_a_lock_configuration_this_client_may_not_read_is_misconfigured(tmp_path):
+    server = ThreadingHTTPServer(("127.0.0.1", 0), DenyingLockReads)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = StorageConfig(
+            backend="s3",
+            archive_dir=tmp_path / "spool",
+            bucket="no-lock-reads",
+            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
+            region=REGION,
+            access_key_id=ACCESS_KEY_ID,
+            secret_access_key=SECRET_ACCESS_KEY,
+            retention_days=1,
+        )
+        with pytest.raises(Misconfigured) as refused:
+            S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert refused.value.bucket == "no-lock-reads"
+    assert "grant s3:GetBucketObjectLockConfiguration" in str(refused.value)
+    assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
+
+
+def test_a_bucket_without_object_lock_is_misconfigured_for_a_retention(s3_server, tmp_path):
+    plain = SandboxBucket(s3_server, locked=False)
+    store = store_for(plain, tmp_path, retention_days=1)
+    for step in (lambda: store.claim(StoreOwner.of("id", tmp_path / "state.db")), store.probe):
+        with pytest.raises(Misconfigured, match=f"s3 {plain.name}: the bucket has no Object Lock"):
+            step()
+    store_for(plain, tmp_path, retention_days=0).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    assert plain.keys() == ["archives/.owner"]  # without retention, the bucket serves

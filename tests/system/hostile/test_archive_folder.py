@@ -14,7 +14,7 @@ import pytest
 from sync_worker.config import HttpConfig, StorageConfig, load_config
 from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_pass
-from sync_worker.sandbox.bucket import ACCESS_KEY_ID, REGION, SECRET_ACCESS_KEY, SandboxBucket
+from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.worker_process import log_events, run_worker
 from sync_worker.stores import ArchiveFile, Download, VerificationError
 from sync_worker.stores.s3 import S3Store
@@ -341,17 +341,17 @@ def test_a_spool_file_changed_after_its_verification_never_counts_as_uploaded(
 ):
     # Another process writes into the verified spool file before it is uploaded (the same
     # size, one byte changed): the bucket must not be taken to hold the verified archive.
-    bucket = SandboxBucket(s3_server)
+    bucket = SandboxBucket(s3_server)  # removed with the server, if it outlives the tests
     store = S3Store(
         StorageConfig(
             backend="s3",
             archive_dir=tmp_path / "spool",
             bucket=bucket.name,
             prefix="archives/",
-            endpoint_url=bucket.server.url,
-            region=REGION,
-            access_key_id=ACCESS_KEY_ID,
-            secret_access_key=SECRET_ACCESS_KEY,
+            endpoint_url=s3_server.url,
+            region=s3_server.region,
+            access_key_id=s3_server.access_key_id,
+            secret_access_key=s3_server.secret_access_key,
         ),
         HttpConfig(timeout_seconds=5, retries=1, retry_wait_seconds=1, retry_max_wait_seconds=5),
     )
