@@ -5,7 +5,8 @@ ago, enough of them that every archive is read at least once every ``audit.perio
 no faster than ``audit.max_mib_per_second`` so that the sync is not slowed. ``sync-worker
 audit`` runs it by hand: a sample, or everything (which also reports the store's files the
 ledger does not know). Each result is recorded (state.audits), and SHA256SUMS is rewritten
-from the ledger at the end.
+from the ledger at the end. A store that cannot be reached or read at all stops the audit at
+once (``storage.unavailable``), not one ``audit.failed`` per archive.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from collections.abc import Iterator
 import structlog
 
 from sync_worker.clock import Clock
+from sync_worker.errors import JobStop
 from sync_worker.jobs import claim_archives, sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import archives, audits
 from sync_worker.state.audits import Stored
-from sync_worker.stores import Missing, StoreError
+from sync_worker.stores import Missing, StoreError, StoreUnavailable
 
 MIB = 1024 * 1024
 
@@ -34,11 +36,16 @@ def run(ctx: JobContext) -> None:
     plan = ctx.audit_plan
     rate = plan.max_bytes_per_second or ctx.config.audit.max_mib_per_second * MIB
     throttle = Throttle(rate, ctx.clock)
-    for item in _chosen(ctx):
-        if ctx.stop_requested():
-            log.info("run.stopping")
-            return
-        audit_one(ctx, item, throttle)
+    try:
+        for item in _chosen(ctx):
+            if ctx.stop_requested():
+                log.info("run.stopping")
+                return
+            audit_one(ctx, item, throttle)
+    except StoreUnavailable as exc:  # no archive is to blame: the audit stops, tried next run
+        log.error("storage.unavailable", **exc.fields, error=str(exc))
+        ctx.stats.add(Outcome.FAILED)
+        return
     if plan.everything:
         _report_unexpected(ctx)
     if not sha256sums.rewrite(ctx):
@@ -71,6 +78,8 @@ def audit_one(ctx: JobContext, item: Stored, throttle: Throttle) -> None:
         bound.error("audit.missing", location=item.location)
         ctx.stats.add(Outcome.AUDIT_MISSING)
         return
+    except JobStop:
+        raise
     except (StoreError, OSError) as exc:  # says nothing about the archive: tried next run
         bound.warning("audit.failed", location=item.location, error=str(exc))
         ctx.stats.add(Outcome.FAILED)

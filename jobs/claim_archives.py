@@ -40,7 +40,7 @@ from sync_worker.flexperto.records import (
 from sync_worker.http import ApiError
 from sync_worker.jobs import sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.jobs.item_failures import JOB_STOPPERS, error_text, fail_item
+from sync_worker.jobs.item_failures import ItemBoundary, error_text, fail_item
 from sync_worker.state import archives, capabilities, held_records, store_owner
 from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.archives import ArchiveRow
@@ -339,14 +339,11 @@ def store(ctx: JobContext, row: ArchiveRow) -> bool:
     """Download, verify and store one archive, and checkpoint it (not yet durably);
     whether it is stored now."""
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
-    try:
+    # one bad archive never stops the others; a JobStop (the state file or the store out
+    # of reach) stops the job, not just this archive
+    with ItemBoundary(lambda exc: _fail(ctx, row, exc, bound)) as item:
         _store(ctx, row.record, bound)
-    except (*JOB_STOPPERS, StoreUnavailable):
-        raise  # the state file or the store is out of reach: stop, not just this archive
-    except Exception as exc:  # one bad archive never stops the others
-        _fail(ctx, row, exc, bound)
-        return False
-    return True
+    return item.failed is None
 
 
 def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool) -> None:
@@ -355,15 +352,11 @@ def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool) 
     ``listed_whole``: the listing was read whole (else no conference is abandoned: what it
     did not read may hold a sibling that neither the ledger nor a held record knows of)."""
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
-    try:
+    with ItemBoundary(lambda exc: _fail(ctx, row, exc, bound)):
         current = archives.get(ctx.db, row.archive_id)
         if current is None or current.state != ArchiveState.STORED:
             return  # claimed meanwhile, with a sibling of its conference
         _abandon(ctx, current, listed, listed_whole, bound)
-    except JOB_STOPPERS:
-        raise
-    except Exception as exc:
-        _fail(ctx, row, exc, bound)
 
 
 def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:

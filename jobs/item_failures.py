@@ -2,27 +2,47 @@
 failure is recorded (retry after a backoff, or parked after ``max_attempts``), logged as
 ``item.failed`` or ``item.given_up``, and counted, and the job goes on with the next item.
 
-Expected failures (an API's error, a bad checksum, a file system error) are logged with
-their message; anything else also with where in the code it was raised, since it is a bug.
+Every job runs each item inside an :class:`ItemBoundary`: a JobStop goes through it (the job
+stops, no item is charged), any other exception is the item's. Expected failures (a
+SyncError: an API's error, a bad checksum; a file system error) are logged with their
+message; anything else also with where in the code it was raised, since it is a bug.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from types import TracebackType
 from typing import Any
 
-from sync_worker.flexperto.records import RecordError
-from sync_worker.http import ApiError
+from sync_worker.errors import JobStop, SyncError
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.logs import exception_fields
-from sync_worker.state.db import StateBusyError
 from sync_worker.state.work_items import Failure, note_failure
-from sync_worker.stores import Missing, StoreError, VerificationError
-from sync_worker.totalexpert import CredentialsRejected, TokenBudgetExhausted
 
-# Raised through the item boundaries: they concern the whole job, not one item.
-JOB_STOPPERS = (StateBusyError, TokenBudgetExhausted, CredentialsRejected)
-EXPECTED = (ApiError, VerificationError, RecordError, StoreError, Missing)
+
+class ItemBoundary:
+    """Where one item's work ends: an exception inside is handed to ``on_failure`` and
+    kept as :attr:`failed` (the job goes on with the next item), unless it is a JobStop or
+    no Exception at all (an interrupt), which go through."""
+
+    def __init__(self, on_failure: Callable[[Exception], None]) -> None:
+        self._on_failure = on_failure
+        self.failed: Exception | None = None
+
+    def __enter__(self) -> ItemBoundary:
+        return self
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> bool:
+        if not isinstance(exc, Exception) or isinstance(exc, JobStop):
+            return False
+        self.failed = exc
+        self._on_failure(exc)
+        return True
 
 
 def fail_item(
@@ -52,7 +72,7 @@ def fail_item(
 
 def error_text(exc: Exception) -> tuple[str, dict[str, str]]:
     """The error text to record for ``exc``, and extra log fields for an unexpected one."""
-    if isinstance(exc, EXPECTED):
+    if isinstance(exc, SyncError):
         return str(exc), {}
     if isinstance(exc, OSError):
         return f"{type(exc).__name__}: {exc.strerror or exc} ({exc.filename or 'no file'})", {}

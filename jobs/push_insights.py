@@ -27,7 +27,7 @@ from sync_worker.flexperto.records import ArchiveRecord
 from sync_worker.http import ApiError, TransientError
 from sync_worker.jobs.contact_directory import AmbiguousAddress, ContactDirectory
 from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.jobs.item_failures import JOB_STOPPERS, fail_item
+from sync_worker.jobs.item_failures import ItemBoundary, fail_item
 from sync_worker.state import directory, insight_blocks, insights
 from sync_worker.state.insights import InsightRow, ParticipantRow
 from sync_worker.state.lifecycles import (
@@ -197,30 +197,35 @@ def match_participant(ctx: JobContext, contacts: ContactDirectory, row: Particip
     """Queue the participant's insights, or record why not. False when TE could not be
     reached: the caller stops."""
     bound = log.bind(archive_id=row.archive_id, conference_id=row.conference_id)
+    key = {"archive_id": row.archive_id, "email": row.email}
+
+    def failed(exc: Exception) -> None:
+        fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_ON_FAILURE)
+
+    with ItemBoundary(failed) as item:
+        _match(ctx, contacts, row, bound)
+    return not isinstance(item.failed, TransientError)
+
+
+def _match(ctx: JobContext, contacts: ContactDirectory, row: ParticipantRow, bound: Any) -> None:
     try:
         matched = contacts.contacts_for(row.email, row.moderator_email)
-        insights.queue_insights(
-            ctx.db, row.archive_id, row.email, [(c.id, c.owner_id) for c in matched]
-        )
-        if matched:
-            bound.info("insight.matched", contacts=[c.id for c in matched])
-            ctx.stats.add(Outcome.MATCHED)
-        else:
-            bound.info("insight.no_match", participant=row.email)
-            ctx.stats.add(Outcome.NO_MATCH)
-    except JOB_STOPPERS:
-        raise
     except AmbiguousAddress as exc:
         insights.park_participant(ctx.db, row.archive_id, row.email, str(exc))
         bound.error(
             "item.given_up", kind="participant", state=ParticipantState.AMBIGUOUS, error=str(exc)
         )
         ctx.stats.add(Outcome.GIVEN_UP)
-    except Exception as exc:
-        key = {"archive_id": row.archive_id, "email": row.email}
-        fail_item(ctx, bound, "participant", "participants", key, exc, PARTICIPANT_ON_FAILURE)
-        return not isinstance(exc, TransientError)
-    return True
+        return
+    insights.queue_insights(
+        ctx.db, row.archive_id, row.email, [(c.id, c.owner_id) for c in matched]
+    )
+    if matched:
+        bound.info("insight.matched", contacts=[c.id for c in matched])
+        ctx.stats.add(Outcome.MATCHED)
+    else:
+        bound.info("insight.no_match", participant=row.email)
+        ctx.stats.add(Outcome.NO_MATCH)
 
 
 def push_insight(
@@ -228,22 +233,26 @@ def push_insight(
 ) -> bool:
     """Post one insight unless TE has it already. False when TE could not be reached: the
     caller stops."""
-    archive_id, contact_id = row.archive_id, row.contact_id
-    bound = log.bind(archive_id=archive_id, conference_id=row.conference_id, contact_id=contact_id)
-    try:
+    bound = log.bind(
+        archive_id=row.archive_id, conference_id=row.conference_id, contact_id=row.contact_id
+    )
+    with ItemBoundary(lambda exc: _insight_failed(ctx, contacts, row, exc, bound)) as item:
         _push(ctx, type_id, row, bound)
-    except JOB_STOPPERS:
-        raise
-    except ApiError as exc:
-        if exc.status not in FINAL_STATUSES:  # transient failures never carry one
-            return _failed(ctx, row, exc, bound)
-        _forget_missing_targets(ctx, contacts, str(exc), contact_id)
-        insights.give_up(ctx.db, archive_id, contact_id, str(exc))
+    return not isinstance(item.failed, TransientError)
+
+
+def _insight_failed(
+    ctx: JobContext, contacts: ContactDirectory, row: InsightRow, exc: Exception, bound: Any
+) -> None:
+    """Park an insight TE refused for good (a final status); count any other failure."""
+    if isinstance(exc, ApiError) and exc.status in FINAL_STATUSES:  # never a transient one
+        _forget_missing_targets(ctx, contacts, str(exc), row.contact_id)
+        insights.give_up(ctx.db, row.archive_id, row.contact_id, str(exc))
         bound.error("item.given_up", kind="insight", error=str(exc))
         ctx.stats.add(Outcome.GIVEN_UP)
-    except Exception as exc:
-        return _failed(ctx, row, exc, bound)
-    return True
+        return
+    key = {"archive_id": row.archive_id, "contact_id": row.contact_id}
+    fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_ON_FAILURE)
 
 
 def _push(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> None:
@@ -283,12 +292,6 @@ def _learn_id(ctx: JobContext, type_id: int, row: InsightRow, bound: Any) -> Non
         return
     if search.insight_id is not None:
         insights.set_te_insight_id(ctx.db, row.archive_id, row.contact_id, search.insight_id)
-
-
-def _failed(ctx: JobContext, row: InsightRow, exc: Exception, bound: Any) -> bool:
-    key = {"archive_id": row.archive_id, "contact_id": row.contact_id}
-    fail_item(ctx, bound, "insight", "insights", key, exc, INSIGHT_ON_FAILURE)
-    return not isinstance(exc, TransientError)
 
 
 def _forget_missing_targets(

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import sqlite_utils
 
+from sync_worker.errors import JobStop
 from sync_worker.private_files import make_private_dirs
 from sync_worker.state.migrations import (
     BUDGET_STEPS,
@@ -34,7 +35,7 @@ from sync_worker.state.migrations import (
 BUSY_TIMEOUT_SECONDS = 30.0
 
 
-class StateBusyError(Exception):
+class StateBusyError(JobStop):
     """Another process held the state database locked for longer than the busy timeout."""
 
 

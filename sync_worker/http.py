@@ -40,6 +40,7 @@ import urllib3
 
 from sync_worker import logs
 from sync_worker.config import HttpConfig
+from sync_worker.errors import ItemError
 from sync_worker.network import Route
 from sync_worker.untrusted import MAX_INT_DIGITS
 
@@ -59,7 +60,7 @@ MARKS_PER_WINDOW = 16
 Guard = Callable[[str, str, int, str], None]
 
 
-class ApiError(Exception):
+class ApiError(ItemError):
     """A request failed for good: the service refused it or answered nonsense. With
     ``host``, the message names it: ``flexperto api.example.com: connection refused``."""
 

@@ -41,6 +41,7 @@ import structlog
 from sync_worker import logs
 from sync_worker.clock import Clock, iso_time
 from sync_worker.config import HttpConfig, NetworkConfig, TotalExpertConfig
+from sync_worker.errors import JobStop
 from sync_worker.http import (
     Answer,
     ApiError,
@@ -75,7 +76,7 @@ OAUTH_CODE = re.compile(r"[a-z_]{1,40}")  # an OAuth error code, as RFC 6749 spe
 TOKEN_WAIT_SECONDS = 0.2  # looking again for the token another process is requesting
 
 
-class TokenBudgetExhausted(Exception):
+class TokenBudgetExhausted(JobStop):
     """No token request is allowed before ``next_allowed_at`` (epoch seconds)."""
 
     def __init__(self, next_allowed_at: float) -> None:
@@ -83,7 +84,7 @@ class TokenBudgetExhausted(Exception):
         self.next_allowed_at = next_allowed_at
 
 
-class CredentialsRejected(ApiError):
+class CredentialsRejected(ApiError, JobStop):
     """TE refused the client id and secret at ``/token`` (HTTP 401, or an OAuth
     ``invalid_client``): no request will succeed until they are corrected."""
 

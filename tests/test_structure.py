@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parent.parent
 FOLDERS = {"sync_worker.jobs": ROOT / "jobs", "sync_worker.state": ROOT / "state"}
 LAYERS = {
     "sync_worker.clock": 0,
+    "sync_worker.errors": -1,
     "sync_worker.closed_stdout": 0,
     "sync_worker.config": 0,
     "sync_worker.config_show": 1,

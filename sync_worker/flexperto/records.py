@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
+from sync_worker.errors import ItemError
 from sync_worker.untrusted import MAX_INT_DIGITS, storable
 
 # The archive's own metadata is read only up to this size (a zip member can claim anything).
@@ -61,7 +62,7 @@ SHA256_BASE64 = re.compile(r"[A-Za-z0-9+/]{43}=")
 EMAIL = re.compile(r"[^@\s,]{1,128}@[^@\s,]{1,255}")
 
 
-class RecordError(ValueError):
+class RecordError(ItemError, ValueError):
     """An archive record that cannot be used; the message says why."""
 
 

@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Protocol
 
 from sync_worker.config import HttpConfig, NetworkConfig, StorageConfig
+from sync_worker.errors import ItemError, JobStop
 
 SUMS_NAME = "SHA256SUMS"
 
 
-class VerificationError(Exception):
+class VerificationError(ItemError):
     """The downloaded bytes are not the archive Flexperto described."""
 
 
@@ -30,11 +31,11 @@ class TooLarge(VerificationError):
     """The download went on past the most bytes the archive can have: stopped there."""
 
 
-class Missing(Exception):
+class Missing(ItemError):
     """A stored archive is not where the ledger says."""
 
 
-class StoreError(Exception):
+class StoreError(ItemError):
     """The store refused or could not be reached; the message says what it answered."""
 
 
@@ -43,7 +44,7 @@ class StoreError(Exception):
 UNWRITABLE_ERRNOS = frozenset({errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT})
 
 
-class StoreUnavailable(StoreError):
+class StoreUnavailable(StoreError, JobStop):
     """No archive can be stored now, whichever it is: the archive job stops at once for the
     pass, and charges no archive a try. ``fields``: what the event says of it."""
 
@@ -83,7 +84,7 @@ class StoreUnreachable(StoreUnavailable):
         super().__init__(detail, path=path)
 
 
-class Misconfigured(StoreError):
+class Misconfigured(StoreError, JobStop):
     """The store cannot keep archives as the configuration asks (a bucket without Object
     Lock while ``storage.retention_days`` is set): nothing is downloaded until an operator
     fixes one or the other. ``bucket``: which store."""
