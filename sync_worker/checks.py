@@ -322,12 +322,12 @@ def _heartbeat(client: TotalExpertClient) -> str:
 
 
 def _token(client: TotalExpertClient) -> str:
-    if client.token_usable_until() is None:
-        client.fetch_token()
+    if client.session.token_usable_until() is None:
+        client.session.fetch_token()
         detail = "new access token obtained"
     else:
         detail = "cached access token reused"
-    until = client.token_usable_until()
+    until = client.session.token_usable_until()
     when = iso_time(until) if until else "?"
     return f"{detail}, used until {when}"
 

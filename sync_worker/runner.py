@@ -201,10 +201,11 @@ def _run_with_clients(
             for name in jobs:
                 _run_job(name, context)
         finally:
-            stats.te_requests = totalexpert.requests_sent
-            stats.te_tokens_requested = totalexpert.tokens_requested
-            stats.te_rate_limited = totalexpert.rate_limited
-            stats.network_seconds = flexperto.network.seconds + totalexpert.network.seconds
+            spent = totalexpert.session
+            stats.te_requests = spent.requests_sent
+            stats.te_tokens_requested = spent.tokens_requested
+            stats.te_rate_limited = spent.rate_limited
+            stats.network_seconds = flexperto.network.seconds + spent.network.seconds
 
 
 def _begin_record(

@@ -67,6 +67,7 @@ SUBPACKAGES = (
     "sync_worker.sandbox",
     "sync_worker.flexperto",
     "sync_worker.stores",
+    "sync_worker.totalexpert",
 )
 
 

@@ -118,7 +118,7 @@ def test_a_token_requester_that_died_holds_the_others_up_only_until_its_lease_en
     dead = SharedAccess.for_config(open_database(tmp_path / "te.db"), config.totalexpert, 5.0)
     dead.take_token_lease(clock.now(), 30.0)
     started = clock.now()
-    client_for(sandbox, config).fetch_token()
+    client_for(sandbox, config).session.fetch_token()
     assert sandbox.totalexpert.tokens_issued == 1
     assert 30.0 <= clock.now() - started < 31.0
 
@@ -134,7 +134,7 @@ def test_a_rejected_token_is_replaced_once(sandbox, config, client_for):
 def test_a_token_request_is_never_repeated(sandbox, config, client_for):
     sandbox.add_fault("te", Fault(path="/token$", status=503, times=None))
     with pytest.raises(ApiError, match="token request failed"):
-        client_for(sandbox, config).fetch_token()
+        client_for(sandbox, config).session.fetch_token()
     assert len(te_requests(sandbox, path="/token")) == 1
 
 
@@ -149,7 +149,7 @@ def test_a_token_request_is_never_repeated(sandbox, config, client_for):
 def test_rejected_credentials_are_told_apart(sandbox, config, client_for, status, body, reason):
     sandbox.add_fault("te", Fault(path="/token$", status=status, body=body, times=None))
     with pytest.raises(CredentialsRejected) as rejected:
-        client_for(sandbox, config).fetch_token()
+        client_for(sandbox, config).session.fetch_token()
     assert rejected.value.reason == reason
     assert len(te_requests(sandbox, path="/token")) == 1
 
@@ -159,13 +159,13 @@ def test_other_refusals_of_a_token_are_no_rejected_credentials(sandbox, config, 
         "te", Fault(path="/token$", status=400, body='{"error": "invalid_request"}', times=None)
     )
     with pytest.raises(ApiError) as refused:
-        client_for(sandbox, config).fetch_token()
+        client_for(sandbox, config).session.fetch_token()
     assert not isinstance(refused.value, CredentialsRejected)
 
 
 def test_a_spent_token_budget_asks_nothing(sandbox, config, client_for):
     client = client_for(sandbox, config, token_requests_per_hour=1)
-    client.fetch_token()
+    client.session.fetch_token()
     sandbox.totalexpert.revoke_tokens()
     # the next allowed time as people read it (ISO 8601 with zone), not as epoch seconds
     spent = r"token request budget spent until 2026-11-18T\d\d:\d\d:\d\d\+00:00$"
@@ -180,8 +180,8 @@ def test_without_expires_in_the_token_is_good_for_the_documented_hour(
     answer = json.dumps({"access_token": "tok-without-expiry", "token_type": "bearer"})
     sandbox.add_fault("te", Fault(path="/token$", status=200, body=answer))
     client = client_for(sandbox, config)
-    client.fetch_token()
-    assert 3000 < client.token_usable_until() - clock.now() < 3600
+    client.session.fetch_token()
+    assert 3000 < client.session.token_usable_until() - clock.now() < 3600
 
 
 def test_the_per_minute_budget_makes_the_client_wait(sandbox, config, client_for, clock):

@@ -169,7 +169,7 @@ def test_a_flexperto_api_redirect_is_an_error_and_the_api_key_stays_home(
 
 
 TE_CALLS: dict[str, tuple[str, Callable[[TotalExpertClient], object]]] = {
-    "token": ("/token$", lambda c: c.fetch_token()),
+    "token": ("/token$", lambda c: c.session.fetch_token()),
     "bearer": ("/contacts$", lambda c: c.find_contacts("someone@example.org", 20)),
 }
 
