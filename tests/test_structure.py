@@ -62,6 +62,7 @@ LAYERS = {
     "sync_worker": 7,
 }
 SUBPACKAGES = (
+    "sync_worker.config",
     "sync_worker.state",
     "sync_worker.jobs",
     "sync_worker.sandbox",
