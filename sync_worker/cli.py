@@ -22,7 +22,6 @@ from sync_worker import (
     closed_stdout,
     command_docs,
     config_show,
-    demo,
     history,
     logs,
     manifest,
@@ -41,7 +40,6 @@ from sync_worker.config import (
 )
 from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_passes
-from sync_worker.sandbox import LENIENT, STRICT
 from sync_worker.scheduler import Daemon
 from sync_worker.state import archives, insights, pass_history, reports
 from sync_worker.state.db import StateFileError, open_existing, open_existing_read_only
@@ -256,17 +254,25 @@ def _tell(message: str) -> None:
     print(f"{priority}{message}", file=sys.stderr)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
+def _with_sandbox(args: argparse.Namespace) -> int:
+    """``demo`` and ``sandbox``: the only commands that load the sandbox (and its servers'
+    dependencies), so that no other command imports it."""
+    from sync_worker import demo
+    from sync_worker.sandbox import LENIENT, STRICT
+
+    dialect = STRICT if args.strict else LENIENT
     if args.command == "demo":
-        return demo.run(Path(args.dir), STRICT if args.strict else LENIENT, args.storage)
-    if args.command == "sandbox":
-        try:
-            return demo.serve_sandbox(
-                Path(args.dir), args.fault, STRICT if args.strict else LENIENT, args.storage
-            )
-        except ValueError as exc:
-            _tell(f"sync-worker: bad --fault: {exc}")
-            return EXIT_USAGE
+        return demo.run(Path(args.dir), dialect, args.storage)
+    try:
+        return demo.serve_sandbox(Path(args.dir), args.fault, dialect, args.storage)
+    except ValueError as exc:
+        _tell(f"sync-worker: bad --fault: {exc}")
+        return EXIT_USAGE
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command in ("demo", "sandbox"):
+        return _with_sandbox(args)
     if args.command == "completion":
         print(command_docs.completion(build_parser(), args.shell), end="")
         return EXIT_OK

@@ -4,6 +4,8 @@ import csv
 import io
 import json
 import re
+import subprocess
+import sys
 from dataclasses import replace
 
 import pytest
@@ -413,3 +415,16 @@ def test_commands_with_several_tenants(sandbox, tmp_path, capsys):
         assert "tenant a" in out and "tenant b" in out
     finally:
         other.stop()
+
+
+def test_only_demo_and_sandbox_load_the_sandbox():
+    """A production start (run, run-once, check...) imports no sandbox server code."""
+    probe = (
+        "import sys; from sync_worker import cli; "
+        "print(sorted(m for m in sys.modules if m.startswith(('sync_worker.sandbox', "
+        "'sync_worker.demo', 'moto'))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.strip() == "[]"
