@@ -8,8 +8,13 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from pathlib import Path
+from urllib.parse import urlsplit
 
-from sync_worker.sandbox import free_port
+import pytest
+
+from sync_worker.config import Config, load_config
+from sync_worker.sandbox import Sandbox, free_port
 
 CHUNK = 64 * 1024
 ACCEPT_POLL_SECONDS = 0.05
@@ -89,3 +94,19 @@ def _close(sock: socket.socket) -> None:
     with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
     sock.close()
+
+
+def behind_a_forwarder(
+    sandbox: Sandbox, tmp_path: Path, flexperto_extra: str = ""
+) -> tuple[Forwarder, Config]:
+    """The config in ``tmp_path`` (tests.conftest's) with its bucket reached through a
+    forwarder, started, which a test stops to make the store vanish; one try per S3 call."""
+    endpoint = urlsplit(sandbox.bucket.server.url)
+    if endpoint.scheme != "http":
+        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
+    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
+    path = tmp_path / "config.toml"
+    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
+    text = text.replace("page_size = 100\n", f"page_size = 100\n{flexperto_extra}")
+    path.write_text(text.replace("retries = 3", "retries = 1"))
+    return forwarder, load_config(path, env={})

@@ -3,20 +3,18 @@ reads, what it finds, what it records."""
 
 import subprocess
 from pathlib import Path
-from urllib.parse import urlsplit
 
 import pytest
 import structlog
 
 from sync_worker.clock import FakeClock
-from sync_worker.config import load_config
 from sync_worker.jobs.audit_archives import Throttle
 from sync_worker.jobs.context import AuditPlan, Outcome
 from sync_worker.runner import run_pass
 from sync_worker.state.db import open_database
 from sync_worker.stores import SUMS_NAME
 from tests.conftest import write_config
-from tests.tcp_forwarder import Forwarder
+from tests.tcp_forwarder import behind_a_forwarder
 
 pytestmark = pytest.mark.both_stores
 EVERYTHING = AuditPlan(everything=True)
@@ -193,17 +191,8 @@ def test_an_audit_reads_no_faster_than_asked(sandbox, config, run, clock):
 
 @pytest.mark.s3_only
 def test_a_store_lost_mid_audit_stops_it_at_once(sandbox, tmp_path, log_lines):
-    endpoint = urlsplit(sandbox.bucket.server.url)
-    if endpoint.scheme != "http":
-        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
-    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
-    path = write_config(tmp_path, sandbox)
-    path.write_text(
-        path.read_text()
-        .replace(sandbox.bucket.server.url, forwarder.url)
-        .replace("retries = 3", "retries = 1")
-    )
-    config = load_config(path, env={})
+    write_config(tmp_path, sandbox)
+    forwarder, config = behind_a_forwarder(sandbox, tmp_path)
     try:
         assert run_pass(config, sandbox.clock).exit_code == 0  # three archives stored
         processors = structlog.get_config()["processors"]

@@ -6,7 +6,6 @@ import stat
 import threading
 from collections import Counter
 from dataclasses import replace
-from urllib.parse import urlsplit
 
 import pytest
 
@@ -20,7 +19,7 @@ from sync_worker.state import capabilities
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash, write_config
 from tests.lifecycle_moves import record_moves, undeclared_moves
-from tests.tcp_forwarder import Forwarder
+from tests.tcp_forwarder import behind_a_forwarder
 
 
 def abandon_requests(sandbox):
@@ -354,15 +353,7 @@ def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
 def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
     sandbox, config, tmp_path, log_lines
 ):
-    endpoint = urlsplit(sandbox.bucket.server.url)
-    if endpoint.scheme != "http":
-        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
-    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
-    path = tmp_path / "config.toml"
-    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
-    text = text.replace("page_size = 100\n", "page_size = 100\nmax_parallel_downloads = 1\n")
-    path.write_text(text.replace("retries = 3", "retries = 1"))
-    lost = load_config(path, env={})
+    forwarder, lost = behind_a_forwarder(sandbox, tmp_path, "max_parallel_downloads = 1\n")
     served = []
 
     def lose_the_store(_service):  # the store goes as the second archive is downloaded
@@ -405,14 +396,7 @@ def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
 def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event(
     sandbox, config, tmp_path, log_lines
 ):
-    endpoint = urlsplit(sandbox.bucket.server.url)
-    if endpoint.scheme != "http":
-        pytest.skip("the forwarder stands in front of a plain-http endpoint only")
-    forwarder = Forwarder((endpoint.hostname, endpoint.port)).start()
-    path = tmp_path / "config.toml"
-    text = path.read_text().replace(sandbox.bucket.server.url, forwarder.url)
-    path.write_text(text.replace("retries = 3", "retries = 1"))  # 4 downloads at a time
-    lost = load_config(path, env={})
+    forwarder, lost = behind_a_forwarder(sandbox, tmp_path)  # 4 downloads at a time
     added = [sandbox.flexperto.add_archive(status="AVAILABLE")["id"] for _ in range(5)]
     sandbox.add_fault("s3", Fault(action="call", callback=lambda _s: forwarder.stop()))
     try:

@@ -201,36 +201,49 @@ class DenyingWrites(BaseHTTPRequestHandler):
 
     def do_PUT(self):
         self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        deny(self)
 
     def log_message(self, *_args):
         pass
 
 
-def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DenyingWrites)
+def deny(handler: BaseHTTPRequestHandler) -> None:
+    """Answer as S3 does a request its policy refuses."""
+    body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
+    handler.send_response(403)
+    handler.send_header("Content-Type", "application/xml")
+    handler.send_header("Content-Length", str(len(body)))
+    handler.end_headers()
+    handler.wfile.write(body)
+
+
+@contextmanager
+def refusing_endpoint(handler: type[BaseHTTPRequestHandler], tmp_path, **storage):
+    """A StorageConfig for an S3 endpoint on loopback that answers as ``handler`` does."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        config = StorageConfig(
+        yield StorageConfig(
             backend="s3",
             archive_dir=tmp_path / "spool",
-            bucket="locked-down",
-            prefix="archives/",
             endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
             region=REGION,
             access_key_id=ACCESS_KEY_ID,
             secret_access_key=SECRET_ACCESS_KEY,
+            **storage,
         )
-        with pytest.raises(StoreUnwritable) as refused:
-            S3Store(config, HTTP).save(target_of(SMALL), {}, Host(SMALL).fetch)
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
+    storage = {"bucket": "locked-down", "prefix": "archives/"}
+    with (
+        refusing_endpoint(DenyingWrites, tmp_path, **storage) as config,
+        pytest.raises(StoreUnwritable) as refused,
+    ):
+        S3Store(config, HTTP).save(target_of(SMALL), {}, Host(SMALL).fetch)
     assert refused.value.path == "s3://locked-down/archives/"
     assert refused.value.errno_name == "AccessDenied"
     assert "s3://locked-down/archives/ cannot be written (AccessDenied" in str(refused.value)
@@ -240,36 +253,19 @@ class DenyingLockReads(BaseHTTPRequestHandler):
     """An S3 endpoint whose policy lacks s3:GetBucketObjectLockConfiguration."""
 
     def do_GET(self):
-        body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-        self.send_response(403)
-        self.send_header("Content-Type", "application/xml")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
+        deny(self)
 
     def log_message(self, *_args):
         pass
 
 
 def test_a_lock_configuration_this_client_may_not_read_is_misconfigured(tmp_path):
-    server = ThreadingHTTPServer(("127.0.0.1", 0), DenyingLockReads)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        config = StorageConfig(
-            backend="s3",
-            archive_dir=tmp_path / "spool",
-            bucket="no-lock-reads",
-            endpoint_url=f"http://127.0.0.1:{server.server_address[1]}",
-            region=REGION,
-            access_key_id=ACCESS_KEY_ID,
-            secret_access_key=SECRET_ACCESS_KEY,
-            retention_days=1,
-        )
-        with pytest.raises(Misconfigured) as refused:
-            S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
-    finally:
-        server.shutdown()
-        server.server_close()
+    storage = {"bucket": "no-lock-reads", "retention_days": 1}
+    with (
+        refusing_endpoint(DenyingLockReads, tmp_path, **storage) as config,
+        pytest.raises(Misconfigured) as refused,
+    ):
+        S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
     assert refused.value.bucket == "no-lock-reads"
     assert "grant s3:GetBucketObjectLockConfiguration" in str(refused.value)
     assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
