@@ -7,10 +7,11 @@ passes through a local spool (a LocalStore in ``archive_dir``, claimed too), whe
 resumed, fsynced, read back and verified as for the local store; only then is it uploaded,
 with the SHA-256s of what was read from disk, so that the bucket holds what was verified:
 
-- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (read from the
-  spool file as they are sent, never held in memory), each with its SHA-256, which a store
-  that checks checksums (AWS, MinIO) verifies on arrival; with Object Lock headers when
-  ``retention_days`` is set;
+- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more,
+  ``upload_concurrency`` at a time (each read from the spool file as it is sent, never held
+  in memory), each with its SHA-256, which a store that checks checksums (AWS, MinIO)
+  verifies on arrival; what was sent must hash as what was read for those SHA-256s, and
+  that read as the verified file; with Object Lock headers when ``retention_days`` is set;
 - then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
   for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
   ``read_back``, has the object read back and hashed; a retention the store did not apply
