@@ -512,10 +512,18 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route, connections: 
         response_checksum_validation="when_required",
         proxies={"https": proxy} if (proxy := route.proxy_url()) else None,
         max_pool_connections=connections,
+        # Archives and records go with their SHA-256 in a header the signature covers: on
+        # https boto3 then signs no payload; on plain http (loopback only) it would hash
+        # each body once more, in a pass of its own (as boto3's upload_file does not).
+        s3={"payload_signing_enabled": False} if _plain_http(config.endpoint_url) else None,
     )
     return session.client(
         "s3", endpoint_url=config.endpoint_url or None, config=settings, verify=route.verify
     )
+
+
+def _plain_http(endpoint_url: str) -> bool:
+    return urlsplit(endpoint_url).scheme == "http"
 
 
 @contextmanager
