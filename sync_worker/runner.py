@@ -192,7 +192,12 @@ def _run_with_clients(
             clock=clock,
             flexperto=flexperto,
             totalexpert=totalexpert,
-            store=open_store(config.storage, config.http, config.network),
+            store=open_store(
+                config.storage,
+                config.http,
+                config.network,
+                saves_at_once=config.flexperto.max_parallel_downloads,
+            ),
             stats=stats,
             stop_requested=stop_requested,
             audit_plan=audit_plan,

@@ -36,12 +36,12 @@ from sync_worker.config.schema import (
 )
 
 CONFIG_ENV = "SYNC_WORKER_CONFIG"
-
-
 BOOLEANS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
-
-
 OTHERS_READ = 0o044  # the group's and everyone's read bits
+TENANT_TABLE = "tenant"
+TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
+# One of each per process: a [[tenant]] table cannot have its own.
+PROCESS_SECTIONS = ("schedule", "metrics", "webhook")
 
 
 log = structlog.get_logger()
@@ -168,16 +168,6 @@ def _bucket_place(storage: StorageConfig) -> tuple[str, str, str] | None:
     if storage.backend != "s3":
         return None
     return storage.endpoint_url, storage.bucket, storage.prefix
-
-
-TENANT_TABLE = "tenant"
-
-
-TENANT_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,31}")
-
-
-# One of each per process: a [[tenant]] table cannot have its own.
-PROCESS_SECTIONS = ("schedule", "metrics", "webhook")
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

@@ -11,8 +11,6 @@ from typing import Any
 from sync_worker.config.schema import keys, rules_of
 
 QUOTE = '"'
-
-
 COMMENT_WIDTH = 90
 
 

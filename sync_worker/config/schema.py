@@ -19,15 +19,10 @@ from sync_worker.flexperto.download_targets import DownloadTargets
 from sync_worker.network import DIRECT, SERVICES, Route, check_ca_bundle, check_proxy
 
 ENV_PREFIX = "SYNC_WORKER_"
-
-
 MIB = 1024 * 1024
-
-
 GIB = 1024 * MIB
-
-
 REMOTE_METRICS = "metrics.allow_remote"  # the key that lets metrics.listen leave loopback
+MAX_UPLOAD_CONCURRENCY = 32  # parts in flight per upload: threads and connections each
 
 
 class ConfigError(Exception):
@@ -217,12 +212,22 @@ class StorageConfig:
         help="s3: read every uploaded archive back and hash it before it is abandoned, even "
         "when the store reports its checksum (doubles the traffic)",
     )
+    upload_concurrency: int = setting(
+        4,
+        help="s3: parts of one archive's upload sent at the same time (at most "
+        f"{MAX_UPLOAD_CONCURRENCY}), each read from the spool file and hashed as it goes",
+        positive=True,
+    )
 
     def __post_init__(self) -> None:
         if self.backend == "s3" and not self.bucket:
             raise ConfigError("config key storage.bucket is required with backend s3")
         if self.retention_days < 0:
             raise ConfigError("config key storage.retention_days must not be negative")
+        if self.upload_concurrency > MAX_UPLOAD_CONCURRENCY:
+            raise ConfigError(
+                f"config key storage.upload_concurrency must be at most {MAX_UPLOAD_CONCURRENCY}"
+            )
 
 
 @dataclass(frozen=True, kw_only=True)

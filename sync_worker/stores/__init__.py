@@ -248,14 +248,18 @@ class Store(Protocol):
 
 
 def open_store(
-    config: StorageConfig, http: HttpConfig, network: NetworkConfig | None = None
+    config: StorageConfig,
+    http: HttpConfig,
+    network: NetworkConfig | None = None,
+    saves_at_once: int = 1,
 ) -> Store:
     """The store the configuration names (boto3 is loaded only for a bucket), reached as
-    ``network`` says."""
+    ``network`` says, for up to ``saves_at_once`` archives saved at the same time."""
     if config.backend == "s3":
         from sync_worker.stores.s3 import S3Store
 
-        return S3Store(config, http, route=(network or NetworkConfig()).route("s3"))
+        route = (network or NetworkConfig()).route("s3")
+        return S3Store(config, http, route=route, saves_at_once=saves_at_once)
     from sync_worker.stores.local import LocalStore
 
     return LocalStore(config.archive_dir)

@@ -7,10 +7,11 @@ passes through a local spool (a LocalStore in ``archive_dir``, claimed too), whe
 resumed, fsynced, read back and verified as for the local store; only then is it uploaded,
 with the SHA-256s of what was read from disk, so that the bucket holds what was verified:
 
-- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more (read from the
-  spool file as they are sent, never held in memory), each with its SHA-256, which a store
-  that checks checksums (AWS, MinIO) verifies on arrival; with Object Lock headers when
-  ``retention_days`` is set;
+- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more,
+  ``upload_concurrency`` at a time (each read from the spool file as it is sent, never held
+  in memory), each with its SHA-256, which a store that checks checksums (AWS, MinIO)
+  verifies on arrival; what was sent must hash as what was read for those SHA-256s, and
+  that read as the verified file; with Object Lock headers when ``retention_days`` is set;
 - then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
   for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
   ``read_back``, has the object read back and hashed; a retention the store did not apply
@@ -27,13 +28,16 @@ is trusted.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import hashlib
 import io
 import json
 import tempfile
 from collections.abc import Iterable, Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -79,6 +83,7 @@ DENIED = ("403", "AccessDenied", "AllAccessDisabled")
 # A conditional write (If-None-Match: *) that lost to another: the marker exists.
 PRECONDITION_FAILED = ("412", "PreconditionFailed", "ConditionalRequestConflict")
 NOT_IMPLEMENTED = ("501", "NotImplemented")
+POOL_CONNECTIONS = 10  # botocore's default: enough for a HEAD or a GET beside the uploads
 
 
 class S3Store:
@@ -90,12 +95,16 @@ class S3Store:
         http: HttpConfig,
         client: Any = None,
         route: Route | None = None,
+        saves_at_once: int = 1,
     ) -> None:
+        """``saves_at_once``: how many archives may be saved at the same time, each with
+        ``upload_concurrency`` parts in flight (the client keeps a connection for each)."""
         self._config = config
         self._bucket = config.bucket
         self._prefix = config.prefix
         self._spool = LocalStore(config.archive_dir, keep_sums=False)
-        self._client = client or _client(config, http, route or Route())
+        connections = max(POOL_CONNECTIONS, saves_at_once * config.upload_concurrency + 1)
+        self._client = client or _client(config, http, route or Route(), connections)
 
     # --- Store ----------------------------------------------------------------------------
 
@@ -336,8 +345,8 @@ class S3Store:
     def _upload_parts(
         self, path: Path, key: str, sha256: str, size: int, lock: dict[str, Any]
     ) -> str:
-        """A multipart upload, part by part; returns the checksum of its checksums."""
-        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
+        """A multipart upload, ``upload_concurrency`` parts at a time; returns the checksum of
+        its checksums. Any failure (of any part) aborts it."""
         upload = self._client.create_multipart_upload(
             Bucket=self._bucket,
             Key=key,
@@ -345,44 +354,75 @@ class S3Store:
             Metadata={"sha256": sha256},
             **lock,
         )
-        parts, digests = [], []
-        whole = hashlib.sha256()
+        target = _Target(path, key, upload["UploadId"])
         try:
-            with path.open("rb") as handle:
-                for number, offset in enumerate(range(0, size, part_size), start=1):
-                    part = _Part(handle, offset, min(part_size, size - offset))
-                    digest = part.sha256(whole)
-                    answer = self._client.upload_part(
-                        Bucket=self._bucket,
-                        Key=key,
-                        UploadId=upload["UploadId"],
-                        PartNumber=number,
-                        Body=part,
-                        ChecksumAlgorithm="SHA256",
-                        ChecksumSHA256=_b64(digest),
-                    )
-                    _sent_as_verified(part.sent_sha256(), digest, path, key)
-                    parts.append(
-                        {
-                            "PartNumber": number,
-                            "ETag": answer["ETag"],
-                            "ChecksumSHA256": _b64(digest),
-                        }
-                    )
-                    digests.append(digest)
-            _sent_as_verified(whole.digest(), bytes.fromhex(sha256), path, key)
+            parts, whole = self._send_parts(target, size)
+            _sent_as_verified(whole, bytes.fromhex(sha256), path, key)
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=key,
-                UploadId=upload["UploadId"],
-                MultipartUpload={"Parts": parts},
+                UploadId=target.upload_id,
+                MultipartUpload={"Parts": [part.entry() for part in parts]},
             )
         except BaseException:
             self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=key, UploadId=upload["UploadId"]
+                Bucket=self._bucket, Key=key, UploadId=target.upload_id
             )
             raise
-        return _b64(hashlib.sha256(b"".join(digests)).digest())
+        return _b64(hashlib.sha256(b"".join(part.digest for part in parts)).digest())
+
+    def _send_parts(self, target: _Target, size: int) -> tuple[list[_Sent], bytes]:
+        """Send the file's parts; returns them in order, and the SHA-256 of the whole file.
+
+        This thread reads each part once, in order, for its SHA-256 and the file's (so that
+        both come from the same bytes), then hands it to one of ``upload_concurrency``
+        threads, which sends it from a handle of its own (never holding it in memory) and
+        checks that what it sent hashes as that read did. At most ``upload_concurrency``
+        parts are in flight. Once a part has failed no further part is sent; those in
+        flight are waited for, then the failure is raised."""
+        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
+        concurrency = self._config.upload_concurrency
+        whole = hashlib.sha256()
+        sending: set[Future[_Sent]] = set()
+        sent: list[_Sent] = []
+        with (
+            ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part") as pool,
+            target.path.open("rb") as handle,
+        ):
+            try:
+                for number, offset in enumerate(range(0, size, part_size), start=1):
+                    length = min(part_size, size - offset)
+                    span = _Sent(
+                        number, offset, length, _Part(handle, offset, length).sha256(whole)
+                    )
+                    full = len(sending) >= concurrency  # then wait for a free place
+                    done, sending = wait(sending, 0 if not full else None, FIRST_COMPLETED)
+                    sent += [future.result() for future in done]
+                    sending.add(pool.submit(self._send_part, target, span))
+                sent += [future.result() for future in wait(sending).done]
+            except BaseException:
+                for future in sending:
+                    future.cancel()
+                wait(sending)
+                raise
+        return sorted(sent, key=lambda part: part.number), whole.digest()
+
+    def _send_part(self, target: _Target, span: _Sent) -> _Sent:
+        """Send one part, read from a handle of its own; it comes back with its ETag once
+        what went out is known to hash as ``span.digest``."""
+        with target.path.open("rb") as handle:
+            part = _Part(handle, span.offset, span.length)
+            answer = self._client.upload_part(
+                Bucket=self._bucket,
+                Key=target.key,
+                UploadId=target.upload_id,
+                PartNumber=span.number,
+                Body=part,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=_b64(span.digest),
+            )
+        _sent_as_verified(part.sent_sha256(), span.digest, target.path, target.key)
+        return dataclasses.replace(span, etag=answer["ETag"])
 
     def _confirm(self, key: str, sha256: str, size: int, expected_checksum: str) -> dict[str, Any]:
         """Make sure the bucket holds the object whole and with the right bytes; returns
@@ -481,11 +521,12 @@ class S3Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
+def _client(config: StorageConfig, http: HttpConfig, route: Route, connections: int) -> Any:
     """A boto3 S3 client: the configured keys, else the standard AWS chain; through the
-    ``route``'s proxy (https only, tunnelled), verifying with its CA bundle. One per
-    configuration and process (clients are thread-safe; making one loads boto3's models,
-    a fifth of a second)."""
+    ``route``'s proxy (https only, tunnelled), verifying with its CA bundle; keeping up to
+    ``connections`` open (one per part in flight: past it, urllib3 would open and drop
+    one per request). One per configuration and process (clients are thread-safe; making
+    one loads boto3's models, a fifth of a second)."""
     import boto3  # only when the bucket is used: it costs 20 MiB and a fraction of a second
     from botocore.config import Config
 
@@ -502,10 +543,19 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route) -> Any:
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
         proxies={"https": proxy} if (proxy := route.proxy_url()) else None,
+        max_pool_connections=connections,
+        # Archives and records go with their SHA-256 in a header the signature covers: on
+        # https boto3 then signs no payload; on plain http (loopback only) it would hash
+        # each body once more, in a pass of its own (as boto3's upload_file does not).
+        s3={"payload_signing_enabled": False} if _plain_http(config.endpoint_url) else None,
     )
     return session.client(
         "s3", endpoint_url=config.endpoint_url or None, config=settings, verify=route.verify
     )
+
+
+def _plain_http(endpoint_url: str) -> bool:
+    return urlsplit(endpoint_url).scheme == "http"
 
 
 @contextmanager
@@ -548,6 +598,31 @@ def _connection_failure(bucket: str, exc: BotoCoreError) -> str:
     error = details.get("error")
     cause = cause_of(error, where) if isinstance(error, BaseException) else str(exc)
     return f"s3 {host} (bucket {bucket}): {cause}" if host else f"s3 {bucket}: {cause}"
+
+
+@dataclass(frozen=True)
+class _Target:
+    """Where a multipart upload goes: the spool file it is read from, its key, its id."""
+
+    path: Path
+    key: str
+    upload_id: str
+
+
+@dataclass(frozen=True)
+class _Sent:
+    """One part of a multipart upload: where it lies in the file, the SHA-256 of what was
+    read there, and once the store has it, its ETag."""
+
+    number: int
+    offset: int
+    length: int
+    digest: bytes
+    etag: str = ""
+
+    def entry(self) -> dict[str, Any]:
+        """The part as CompleteMultipartUpload lists it."""
+        return {"PartNumber": self.number, "ETag": self.etag, "ChecksumSHA256": _b64(self.digest)}
 
 
 class _Part:

@@ -110,6 +110,15 @@ def test_non_positive_limits_are_refused(tmp_path):
         load_config(write(tmp_path, text), env={})
 
 
+@pytest.mark.parametrize(
+    ("value", "error"), [("0", "must be positive"), ("33", "must be at most 32")]
+)
+def test_parts_in_flight_per_upload_are_bounded(tmp_path, value, error):
+    env = {"SYNC_WORKER_STORAGE_UPLOAD_CONCURRENCY": value}
+    with pytest.raises(ConfigError, match=rf"storage\.upload_concurrency {error}"):
+        load_config(write(tmp_path, MINIMAL), env=env)
+
+
 def test_missing_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="config file not found"):
         load_config(tmp_path / "nope.toml", env={})
