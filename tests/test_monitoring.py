@@ -15,8 +15,6 @@ import yaml
 
 from sync_worker import metrics
 
-pytestmark = pytest.mark.fast
-
 MONITORING = Path(__file__).parents[1] / "monitoring"
 
 
@@ -33,6 +31,7 @@ def exported_names() -> set[str]:
     return names
 
 
+@pytest.mark.fast
 def test_every_rule_is_complete_and_names_only_exported_metrics():
     exported = exported_names()
     for rule in rules():
@@ -75,6 +74,7 @@ def queries() -> list[tuple[str, str]]:
     return found
 
 
+@pytest.mark.fast
 def test_every_dashboard_query_names_only_exported_metrics():
     exported = exported_names()
     for title, expr in queries():
@@ -82,6 +82,7 @@ def test_every_dashboard_query_names_only_exported_metrics():
         assert used and used <= exported, f"{title!r} uses {used - exported}"
 
 
+@pytest.mark.fast
 def test_the_dashboard_covers_each_topic_from_a_chosen_datasource():
     document = dashboard()
     assert document["schemaVersion"] >= 39  # Grafana 10 and later
