@@ -213,9 +213,9 @@ class StorageConfig:
         "when the store reports its checksum (doubles the traffic)",
     )
     upload_concurrency: int = setting(
-        4,
+        8,
         help="s3: parts of one archive's upload sent at the same time (at most "
-        f"{MAX_UPLOAD_CONCURRENCY}), each read from the spool file and hashed as it goes",
+        f"{MAX_UPLOAD_CONCURRENCY}), each sent from the spool file and hashed as it goes",
         positive=True,
     )
 

@@ -199,6 +199,8 @@ class Saved:
     size: int
     fetched: int = 0
     recovered: bool = False
+    # The SHA-256 of each part, from the read that gave ``sha256`` (a spool cut in parts).
+    parts: tuple[bytes, ...] = ()
 
 
 class Store(Protocol):

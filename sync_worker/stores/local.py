@@ -41,9 +41,9 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from sync_worker.private_files import describe_writable_dir, make_private_dirs
 from sync_worker.stores import (
@@ -63,6 +63,8 @@ from sync_worker.stores import (
 )
 
 CHUNK_SIZE = 1024 * 1024
+# How a file of the given size is cut into parts (each that long, the last one shorter).
+PartSize = Callable[[int], int]
 QUARANTINE = ".quarantine"
 OWNER = ".owner"
 OWNER_LOCK = ".owner.lock"
@@ -72,11 +74,16 @@ NOTHING = hashlib.sha256().hexdigest()
 
 class LocalStore:
     """Archives in a folder of this machine (``keep_sums``: with SHA256SUMS at its root;
-    not for the S3 store's spool)."""
+    not for the S3 store's spool). With ``part_size`` (the S3 store's spool: how a file of
+    a given size is cut into the parts of an upload), the read that verifies an archive also
+    gives the SHA-256 of each of its parts (``Saved.parts``)."""
 
-    def __init__(self, root: Path, keep_sums: bool = True) -> None:
+    def __init__(
+        self, root: Path, keep_sums: bool = True, part_size: PartSize | None = None
+    ) -> None:
         self.root = root
         self.appends_sums = keep_sums
+        self._part_size = part_size
 
     def final_path(self, conference_id: str, archive_id: str) -> Path:
         return self.root / conference_id / f"{archive_id}.zip"
@@ -130,7 +137,7 @@ class LocalStore:
         chunks in flight; the cost is one read of the file, usually from the page cache.
         """
         part = _part_name(target.archive_id)
-        digest, size = _hash_file(folder, part) or (NOTHING, 0)
+        digest, size, parts = _hash_file(folder, part, self._part_size) or (NOTHING, 0, ())
         fetched = 0
         if _mismatch(digest, size, target) is None:
             _fsync_file(folder, part)  # complete already; make sure of it before the rename
@@ -146,7 +153,7 @@ class LocalStore:
                         f"the download went on past the {target.most_bytes} bytes the archive "
                         f"may have: stopped; what came is kept at {kept}"
                     ) from None
-            digest, size = _hash_file(folder, part) or (NOTHING, 0)
+            digest, size, parts = _hash_file(folder, part, self._part_size) or (NOTHING, 0, ())
         on_written(size, fetched)
         problem = _mismatch(digest, size, target)
         if problem is not None:
@@ -154,7 +161,7 @@ class LocalStore:
             raise VerificationError(f"{problem}; bad copy kept at {kept}")
         final = f"{target.archive_id}.zip"
         folder.rename(part, folder, final)
-        return Saved(str(folder.path / final), digest, size, fetched)
+        return Saved(str(folder.path / final), digest, size, fetched, parts=parts)
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
         with (
@@ -268,11 +275,12 @@ class LocalStore:
     def _verified_in_place(self, folder: _Folder, target: ArchiveFile) -> Saved | None:
         """The final file if it exists with the expected hash; a bad one is quarantined."""
         name = f"{target.archive_id}.zip"
-        found = _hash_file(folder, name)
+        found = _hash_file(folder, name, self._part_size)
         if found is None:
             return None
-        if found[0] == target.sha256:
-            return Saved(str(folder.path / name), target.sha256, found[1], recovered=True)
+        digest, size, parts = found
+        if digest == target.sha256:
+            return Saved(str(folder.path / name), digest, size, recovered=True, parts=parts)
         self._quarantine(folder, name, target.archive_id)
         return None
 
@@ -428,16 +436,41 @@ def _entries(folder: Path, folders: bool) -> list[str]:
     return sorted(found)
 
 
-def _hash_file(folder: _Folder, name: str) -> tuple[str, int] | None:
+def _hash_file(
+    folder: _Folder, name: str, part_size: PartSize | None = None
+) -> tuple[str, int, tuple[bytes, ...]] | None:
     """The sha256 and size of the file ``name`` as the file system gives its bytes back
-    (through a descriptor of its own); None when there is no such file."""
+    (through a descriptor of its own), and with ``part_size`` the SHA-256 of each part of
+    that size, from the same read; None when there is no such file."""
     try:
         fd = folder.open(name, os.O_RDONLY)
     except FileNotFoundError:
         return None
     with os.fdopen(fd, "rb", buffering=0) as handle:
-        digest = hashlib.file_digest(handle, "sha256")
-        return digest.hexdigest(), handle.tell()
+        if part_size is None:
+            digest = hashlib.file_digest(handle, "sha256")
+            return digest.hexdigest(), handle.tell(), ()
+        declared = os.fstat(fd).st_size
+        digest, size, parts = _hash_in_parts(handle, part_size(declared))
+        # cut as a file of the size read would be, or not at all: the upload then reads it
+        return digest, size, parts if size == declared else ()
+
+
+def _hash_in_parts(handle: BinaryIO, part_size: int) -> tuple[str, int, tuple[bytes, ...]]:
+    """The file's sha256 and size, and each ``part_size`` part's SHA-256, in one read."""
+    whole, part, parts = hashlib.sha256(), hashlib.sha256(), []
+    size = in_part = 0
+    while chunk := handle.read(min(CHUNK_SIZE, part_size - in_part)):
+        whole.update(chunk)
+        part.update(chunk)
+        size += len(chunk)
+        in_part += len(chunk)
+        if in_part == part_size:
+            parts.append(part.digest())
+            part, in_part = hashlib.sha256(), 0
+    if in_part:
+        parts.append(part.digest())
+    return whole.hexdigest(), size, tuple(parts)
 
 
 def _write(

@@ -9,9 +9,10 @@ with the SHA-256s of what was read from disk, so that the bucket holds what was 
 
 - in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more,
   ``upload_concurrency`` at a time (each read from the spool file as it is sent, never held
-  in memory), each with its SHA-256, which a store that checks checksums (AWS, MinIO)
-  verifies on arrival; what was sent must hash as what was read for those SHA-256s, and
-  that read as the verified file; with Object Lock headers when ``retention_days`` is set;
+  in memory), each with its SHA-256 (from the spool's verifying read, which cut the file as
+  the upload does), which a store that checks checksums (AWS, MinIO) verifies on arrival;
+  what was sent must hash as that read did; with Object Lock headers when
+  ``retention_days`` is set;
 - then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
   for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
   ``read_back``, has the object read back and hashed; a retention the store did not apply
@@ -102,7 +103,7 @@ class S3Store:
         self._config = config
         self._bucket = config.bucket
         self._prefix = config.prefix
-        self._spool = LocalStore(config.archive_dir, keep_sums=False)
+        self._spool = LocalStore(config.archive_dir, keep_sums=False, part_size=_part_size)
         connections = max(POOL_CONNECTIONS, saves_at_once * config.upload_concurrency + 1)
         self._client = client or _client(config, http, route or Route(), connections)
 
@@ -125,7 +126,7 @@ class S3Store:
                 return Saved(self._location(key), target.sha256, held, recovered=True)
         staged = self._spool.save(target, record, fetch, on_written, on_verified)
         with _store_errors(self._bucket, self._prefix):
-            self._upload(Path(staged.location), key, staged.sha256, staged.size)
+            self._upload(Path(staged.location), key, staged.sha256, staged.size, staged.parts)
             self._put_record(key, record)
         self._forget_spooled(target)
         return Saved(self._location(key), staged.sha256, staged.size, staged.fetched)
@@ -318,9 +319,18 @@ class S3Store:
 
     # --- uploads --------------------------------------------------------------------------
 
-    def _upload(self, path: Path, key: str, sha256: str, size: int, retain: bool = True) -> None:
+    def _upload(
+        self,
+        path: Path,
+        key: str,
+        sha256: str,
+        size: int,
+        parts: tuple[bytes, ...] = (),
+        retain: bool = True,
+    ) -> None:
         """Upload the file at ``path`` and make sure the bucket holds exactly it (locked for
-        ``retention_days`` when ``retain``)."""
+        ``retention_days`` when ``retain``); ``parts``: the SHA-256 of each of its parts,
+        from the read that verified it, if the spool gave them."""
         lock = self._lock() if retain else {}
         if size <= SINGLE_PUT_LIMIT:
             with path.open("rb") as handle:
@@ -337,16 +347,22 @@ class S3Store:
             _sent_as_verified(body.sent_sha256(), bytes.fromhex(sha256), path, key)
             expected = _b64(bytes.fromhex(sha256))
         else:
-            expected = self._upload_parts(path, key, sha256, size, lock)
+            expected = self._upload_parts(path, key, sha256, size, lock, parts)
         head = self._confirm(key, sha256, size, expected)
         if retain:
             self._keep_locked(key, head)
 
     def _upload_parts(
-        self, path: Path, key: str, sha256: str, size: int, lock: dict[str, Any]
+        self,
+        path: Path,
+        key: str,
+        sha256: str,
+        size: int,
+        lock: dict[str, Any],
+        parts: tuple[bytes, ...] = (),
     ) -> str:
         """A multipart upload, ``upload_concurrency`` parts at a time; returns the checksum of
-        its checksums. Any failure (of any part) aborts it."""
+        its checksums. Any failure (of any part) aborts it. ``parts``: see :meth:`_upload`."""
         upload = self._client.create_multipart_upload(
             Bucket=self._bucket,
             Key=key,
@@ -356,33 +372,39 @@ class S3Store:
         )
         target = _Target(path, key, upload["UploadId"])
         try:
-            parts, whole = self._send_parts(target, size)
-            _sent_as_verified(whole, bytes.fromhex(sha256), path, key)
+            sent, whole = self._send_parts(target, size, parts)
+            if whole is not None:  # the parts' SHA-256s were read here: of the verified file?
+                _sent_as_verified(whole, bytes.fromhex(sha256), path, key)
             self._client.complete_multipart_upload(
                 Bucket=self._bucket,
                 Key=key,
                 UploadId=target.upload_id,
-                MultipartUpload={"Parts": [part.entry() for part in parts]},
+                MultipartUpload={"Parts": [part.entry() for part in sent]},
             )
         except BaseException:
             self._client.abort_multipart_upload(
                 Bucket=self._bucket, Key=key, UploadId=target.upload_id
             )
             raise
-        return _b64(hashlib.sha256(b"".join(part.digest for part in parts)).digest())
+        return _b64(hashlib.sha256(b"".join(part.digest for part in sent)).digest())
 
-    def _send_parts(self, target: _Target, size: int) -> tuple[list[_Sent], bytes]:
-        """Send the file's parts; returns them in order, and the SHA-256 of the whole file.
+    def _send_parts(
+        self, target: _Target, size: int, known: tuple[bytes, ...]
+    ) -> tuple[list[_Sent], bytes | None]:
+        """Send the file's parts; returns them in order, and the SHA-256 of the whole file
+        if it was read here (None: the parts' SHA-256s are ``known``).
 
-        This thread reads each part once, in order, for its SHA-256 and the file's (so that
-        both come from the same bytes), then hands it to one of ``upload_concurrency``
-        threads, which sends it from a handle of its own (never holding it in memory) and
-        checks that what it sent hashes as that read did. At most ``upload_concurrency``
-        parts are in flight. Once a part has failed no further part is sent; those in
-        flight are waited for, then the failure is raised."""
-        part_size = max(PART_SIZE, -(-size // MAX_PARTS))
+        Each part's SHA-256 is the one the spool's verifying read gave (``known``, when it
+        cut the file as this upload does); else this thread reads each part once, in order,
+        for its SHA-256 and the file's (so that both come from the same bytes). Each part is
+        handed to one of ``upload_concurrency`` threads, which sends it from a handle of its
+        own (never holding it in memory) and checks that what it sent hashes as that SHA-256.
+        At most ``upload_concurrency`` parts are in flight. Once a part has failed no
+        further part is sent; those in flight are waited for, then the failure is raised."""
+        part_size = _part_size(size)
         concurrency = self._config.upload_concurrency
-        whole = hashlib.sha256()
+        offsets = range(0, size, part_size)
+        whole = None if len(known) == len(offsets) else hashlib.sha256()
         sending: set[Future[_Sent]] = set()
         sent: list[_Sent] = []
         with (
@@ -390,11 +412,14 @@ class S3Store:
             target.path.open("rb") as handle,
         ):
             try:
-                for number, offset in enumerate(range(0, size, part_size), start=1):
+                for number, offset in enumerate(offsets, start=1):
                     length = min(part_size, size - offset)
-                    span = _Sent(
-                        number, offset, length, _Part(handle, offset, length).sha256(whole)
+                    digest = (
+                        known[number - 1]
+                        if whole is None
+                        else _Part(handle, offset, length).sha256(whole)
                     )
+                    span = _Sent(number, offset, length, digest)
                     full = len(sending) >= concurrency  # then wait for a free place
                     done, sending = wait(sending, 0 if not full else None, FIRST_COMPLETED)
                     sent += [future.result() for future in done]
@@ -405,7 +430,7 @@ class S3Store:
                     future.cancel()
                 wait(sending)
                 raise
-        return sorted(sent, key=lambda part: part.number), whole.digest()
+        return sorted(sent, key=lambda part: part.number), whole and whole.digest()
 
     def _send_part(self, target: _Target, span: _Sent) -> _Sent:
         """Send one part, read from a handle of its own; it comes back with its ETag once
@@ -552,6 +577,11 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route, connections: 
     return session.client(
         "s3", endpoint_url=config.endpoint_url or None, config=settings, verify=route.verify
     )
+
+
+def _part_size(size: int) -> int:
+    """How long each part of an upload of ``size`` bytes is (the last one may be shorter)."""
+    return max(PART_SIZE, -(-size // MAX_PARTS))
 
 
 def _plain_http(endpoint_url: str) -> bool:

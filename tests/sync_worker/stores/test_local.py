@@ -118,3 +118,29 @@ def test_without_a_known_size_the_hash_decides(tmp_path):
 
 def test_discarding_a_partial_file_that_is_not_there_is_fine(tmp_path):
     LocalStore(tmp_path).discard_partial("c1", "a1")
+
+
+def parts_of(data: bytes, size: int) -> tuple[bytes, ...]:
+    return tuple(hashlib.sha256(data[i : i + size]).digest() for i in range(0, len(data), size))
+
+
+@pytest.mark.parametrize("part_size", [3000, 1000, len(DATA), 7])
+def test_a_spool_cut_in_parts_gives_each_parts_sha256_from_the_verifying_read(tmp_path, part_size):
+    store = LocalStore(tmp_path / "spool", keep_sums=False, part_size=lambda _size: part_size)
+    saved = store.save(TARGET, {}, Host().fetch)
+    assert saved.sha256 == SHA and saved.parts == parts_of(DATA, part_size)
+    again = store.save(TARGET, {}, Host().fetch)  # found in place: the same read, the same cut
+    assert again.recovered and again.parts == saved.parts
+
+
+def test_a_resumed_download_is_cut_in_parts_whole(tmp_path):
+    store = LocalStore(tmp_path / "spool", keep_sums=False, part_size=lambda _size: 4096)
+    part = store.part_path("c1", "a1")
+    part.parent.mkdir(parents=True, mode=0o700)
+    part.write_bytes(DATA[:5000])  # left by a try cut short
+    saved = store.save(TARGET, {}, Host().fetch)
+    assert saved.parts == parts_of(DATA, 4096)
+
+
+def test_a_folder_store_gives_no_parts(tmp_path):
+    assert LocalStore(tmp_path / "archives").save(TARGET, {}, Host().fetch).parts == ()

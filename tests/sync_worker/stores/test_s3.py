@@ -470,3 +470,28 @@ def test_a_spool_file_changed_while_its_parts_go_is_not_taken_as_stored(bucket, 
         with pytest.raises(VerificationError, match="changed after it was verified"):
             store.save(target_of(data), {}, Host(data).fetch)
     assert tries and bucket.incomplete_uploads() == [] and bucket.keys() == []
+
+
+def test_parts_the_spool_did_not_cut_as_the_upload_does_are_read_again(bucket, tmp_path):
+    data = spread(2 * 8 * MIB + 3)
+    spooled = tmp_path / "a1.zip"
+    spooled.write_bytes(data)
+    store = store_for(bucket, tmp_path, read_back=True)
+    cut_otherwise = (hashlib.sha256(data).digest(),)  # one part: not this upload's three
+    store._upload(
+        spooled, "archives/c1/a1.zip", hashlib.sha256(data).hexdigest(), len(data), cut_otherwise
+    )
+    assert bucket.read("archives/c1/a1.zip") == data
+
+
+def test_a_parts_sha256_the_file_does_not_match_is_not_taken_as_stored(bucket, tmp_path):
+    data = spread(2 * 8 * MIB + 3)
+    spooled = tmp_path / "a1.zip"
+    spooled.write_bytes(data)
+    store = store_for(bucket, tmp_path)
+    wrong = tuple(hashlib.sha256(bytes([n])).digest() for n in range(3))  # the right count
+    with pytest.raises(VerificationError, match="changed after it was verified"):
+        store._upload(
+            spooled, "archives/c1/a1.zip", hashlib.sha256(data).hexdigest(), len(data), wrong
+        )
+    assert bucket.incomplete_uploads() == [] and bucket.keys() == []
