@@ -4,7 +4,7 @@ ApiError, the gate returns a record or raises RecordError, and nothing else esca
 accepted record's ids are safe file names that name none of the worker's own files, and it
 survives being stored as JSON and read back from the ledger.
 
-``FUZZ_EXAMPLES`` sets the examples per property (CI runs a few minutes' worth).
+``FUZZ_EXAMPLES`` sets the examples per property (300 by default; CI runs 1000).
 """
 
 from __future__ import annotations
