@@ -69,7 +69,9 @@ def fresh(name: str) -> Path:
 
 
 def config_file(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
+    """The worker's config for ``sandbox``, private as the worker wants one holding secrets."""
     path = folder / "config.toml"
+    path.touch(mode=0o600)
     path.write_text(sandbox.config_toml("archives", "state.db") + extra)
     return path
 
