@@ -36,11 +36,13 @@ from pathlib import Path
 from sync_worker.clock import SystemClock
 from sync_worker.config import HttpConfig, StorageConfig, load_config
 from sync_worker.flexperto.client import FlexpertoClient
+from sync_worker.network import Route
 from sync_worker.sandbox import Sandbox, free_port, tenants_toml
 from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
-from sync_worker.stores.s3 import S3Store, _part_size
+from sync_worker.stores.s3 import S3Store, client_for
+from sync_worker.stores.s3_upload import Uploader, part_size_for
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"
@@ -680,7 +682,7 @@ def spooled_file(folder: Path, size: int) -> tuple[Path, str, tuple[bytes, ...]]
     """A file of ``size`` random bytes, fsynced, its sha256 and the SHA-256 of each of its
     upload's parts, as the spool holds it (its verifying read gives both)."""
     path, digest, parts = folder / "spooled.zip", hashlib.sha256(), []
-    part_size = _part_size(size)
+    part_size = part_size_for(size)
     with path.open("wb") as handle:
         for offset in range(0, size, part_size):
             data = os.urandom(min(part_size, size - offset))
@@ -708,14 +710,18 @@ def s3_upload(bucket: Bucket, size: int, repeats: int, concurrencies: list[int])
     for attempt in range(repeats):
         prefix = f"bench-upload-{os.getpid()}-{attempt}/"
         for concurrency in concurrencies:
-            store = S3Store(bucket.storage(folder / "spool", prefix, concurrency), HttpConfig())
+            storage = bucket.storage(folder / "spool", prefix, concurrency)
+            store = S3Store(storage, HttpConfig())
+            # the store's own client (the same arguments: one per configuration)
+            client = client_for(storage, HttpConfig(), Route(), max(10, concurrency + 1))
+            uploader = Uploader(client, bucket.name, concurrency)
             key = f"{prefix}worker-{concurrency}.zip"
             started = time.perf_counter()
-            store._upload_parts(path, key, sha256, size, {}, parts)
+            uploader.upload(path, key, sha256, size, parts)
             seconds.setdefault(f"worker {concurrency}", []).append(time.perf_counter() - started)
             if concurrency == default:
                 started = time.perf_counter()
-                store._read_back(key, sha256)
+                read_back(store, f"s3://{bucket.name}/{key}", sha256)
                 seconds["read back"].append(time.perf_counter() - started)
             bucket.empty(prefix)  # one object at a time: moto holds them in memory
         for name, extra in (("boto3", None), ("boto3 sha256", same_checksum)):
@@ -763,6 +769,16 @@ def s3_upload(bucket: Bucket, size: int, repeats: int, concurrencies: list[int])
             None,
         ),
     ]
+
+
+def read_back(store: S3Store, location: str, sha256: str) -> None:
+    """Read a stored archive back through the store, hashed as it comes, as the worker's
+    confirmation does where the store shows no checksum."""
+    digest = hashlib.sha256()
+    for chunk in store.read(location):
+        digest.update(chunk)
+    if digest.hexdigest() != sha256:
+        raise SystemExit(f"{location} does not hash to {sha256}")
 
 
 def s3_store(bucket: Bucket, size: int, repeats: int) -> list[Row]:

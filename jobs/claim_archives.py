@@ -16,13 +16,12 @@ that cannot hold the retention configured stops the job before any download
 from __future__ import annotations
 
 import contextvars
+import json
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager, suppress
 from dataclasses import replace
-from functools import partial
-from pathlib import Path
 from queue import Empty, SimpleQueue
 from typing import Any
 
@@ -32,7 +31,6 @@ from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
 from sync_worker.flexperto.records import (
     IN_PROGRESS,
     ArchiveRecord,
-    Person,
     RecordError,
     parse_record,
     people_from_archive,
@@ -52,6 +50,7 @@ from sync_worker.stores import (
     Download,
     ForeignOwner,
     Misconfigured,
+    Saved,
     StoreError,
     StoreOwner,
     StoreUnavailable,
@@ -361,42 +360,14 @@ def abandon(ctx: JobContext, row: ArchiveRow, listed: bool, listed_whole: bool) 
 
 def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     assert record.sha256 is not None  # parse_record guarantees it for downloadable records
-    target = ArchiveFile(
-        record.conference_id,
-        record.archive_id,
-        record.sha256,
-        record.size,
-        ctx.config.flexperto.max_archive_bytes,
-    )
-    from_metadata: list[tuple[Person | None, tuple[Person, ...]]] = []
-
-    def written(size: int, fetched: int) -> None:
-        ctx.stats.add_bytes(fetched)
-        bound.info("archive.downloaded", size=size)
-
-    def verified(path: Path) -> None:
-        if not record.people_listed:  # the record names nobody: the archive's metadata may
-            from_metadata.append(people_from_archive(path))
-
-    try:
-        saved = ctx.store.save(
-            target, record.raw, partial(_download, ctx, record), written, verified
-        )
-    except TooLarge as exc:
-        bound.error("archive.too_large", error=str(exc))
-        raise
-    except VerificationError as exc:
-        bound.error("archive.hash_mismatch", error=str(exc))
-        ctx.stats.add(Outcome.HASH_MISMATCH)
-        raise
-    if saved.recovered:
-        bound.info("archive.recovered", path=saved.location)
-    else:
-        bound.info("archive.verified", sha256=saved.sha256)
+    target = _target(ctx, record)
+    saved = _keep(ctx, record, target, bound)
     moderator, people = record.moderator, record.participants
-    if from_metadata:
-        moderator, people = from_metadata[0]
+    if not record.people_listed and saved.local_copy is not None:
+        # the record names nobody: the archive's own metadata may
+        moderator, people = people_from_archive(saved.local_copy)
         bound.info("archive.people_from_metadata", participants=len(people))
+    ctx.store.attach(target, json.dumps(record.raw, sort_keys=True).encode())
     participants = [
         (person.email, person.name)
         for person in people
@@ -413,6 +384,45 @@ def _store(ctx: JobContext, record: ArchiveRecord, bound: Any) -> None:
     )
     bound.info("archive.stored", path=saved.location, size=saved.size, sha256=saved.sha256)
     ctx.stats.add_stored(saved.size)
+
+
+def _target(ctx: JobContext, record: ArchiveRecord) -> ArchiveFile:
+    """The archive file ``record`` describes, as the store is to keep it."""
+    return ArchiveFile(
+        record.conference_id,
+        record.archive_id,
+        record.sha256 or "",
+        record.size,
+        ctx.config.flexperto.max_archive_bytes,
+    )
+
+
+def _keep(ctx: JobContext, record: ArchiveRecord, target: ArchiveFile, bound: Any) -> Saved:
+    """The archive verified in the store: found there, or downloaded (from where an earlier
+    try stopped) and confirmed. Not yet durable: :meth:`Store.attach` makes it so."""
+    found = ctx.store.find(target)
+    if found is not None:
+        bound.info("archive.recovered", path=found.location)
+        return found
+    offset = ctx.store.resume_from(target)
+    size = target.size  # unless the copy an earlier try left is complete already:
+    if offset is not None:
+        try:
+            with _download(ctx, record, offset) as download:
+                size = ctx.store.put(target, download)
+        except TooLarge as exc:
+            bound.error("archive.too_large", error=str(exc))
+            raise
+        ctx.stats.add_bytes(size - offset if download.resumed else size)
+    bound.info("archive.downloaded", size=size)
+    try:
+        saved = ctx.store.confirm(target)
+    except VerificationError as exc:
+        bound.error("archive.hash_mismatch", error=str(exc))
+        ctx.stats.add(Outcome.HASH_MISMATCH)
+        raise
+    bound.info("archive.verified", sha256=saved.sha256)
+    return saved
 
 
 @contextmanager
@@ -480,4 +490,4 @@ def _fail(ctx: JobContext, row: ArchiveRow, exc: Exception, bound: Any) -> None:
     if isinstance(exc, OSError) and failure is not None and not stored:
         # A file system error may have left the partial file in any shape: start afresh.
         with suppress(OSError):
-            ctx.store.discard_partial(row.conference_id, row.archive_id)
+            ctx.store.forget(_target(ctx, row.record))

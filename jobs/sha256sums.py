@@ -14,7 +14,7 @@ import structlog
 
 from sync_worker.jobs.context import JobContext
 from sync_worker.state import audits
-from sync_worker.stores import StoreError
+from sync_worker.stores import StoreError, sums_name
 
 log = structlog.get_logger()
 
@@ -31,4 +31,4 @@ def rewrite(ctx: JobContext) -> bool:
 
 def lines(ctx: JobContext) -> Iterator[str]:
     for item in audits.every_stored(ctx.db):
-        yield f"{item.sha256}  {ctx.store.relative(item.conference_id, item.archive_id)}\n"
+        yield f"{item.sha256}  {sums_name(item.conference_id, item.archive_id)}\n"

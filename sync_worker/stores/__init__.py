@@ -2,8 +2,8 @@
 (``s3``), behind one :class:`Store` interface.
 
 Whatever the store, an archive reaches it only complete and verified against the
-sha256 Flexperto recorded, and :meth:`Store.save` returns only once it is safely there (on
-disk and fsynced, or confirmed in the bucket): the archive job abandons nothing before.
+sha256 Flexperto recorded (see :class:`Store` for the verbs, and the order the archive job
+uses them in).
 """
 
 from __future__ import annotations
@@ -11,8 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import socket
-from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
@@ -170,6 +169,16 @@ class ArchiveFile:
     def most_bytes(self) -> int | None:
         return self.size if self.size is not None else self.limit
 
+    @property
+    def relative(self) -> str:
+        """The archive's path under the store's root, as SHA256SUMS names it."""
+        return sums_name(self.conference_id, self.archive_id)
+
+
+def sums_name(conference_id: str, archive_id: str) -> str:
+    """An archive's path under the store's root (a folder, or a bucket's prefix)."""
+    return f"{conference_id}/{archive_id}.zip"
+
 
 @dataclass(frozen=True)
 class Download:
@@ -180,65 +189,73 @@ class Download:
     resumed: bool
 
 
-# Opens the archive's bytes from an offset (the partial file's size; 0 for all of them).
-Fetch = Callable[[int], AbstractContextManager[Download]]
-# Told (size, bytes fetched now) once the bytes are written, before they are verified.
-Written = Callable[[int, int], None]
-# Given the verified archive as a local file, which exists only until it returns.
-Verified = Callable[[Path], None]
-
-
 @dataclass(frozen=True)
 class Saved:
     """An archive in its final place, verified. ``location``: where (a path, or an s3://
-    URL); ``fetched``: bytes that came over the network for it now; ``recovered``: it was
-    there already, left by a pass cut short."""
+    URL); ``recovered``: it was there already, left by a pass cut short; ``local_copy``: a
+    file of this machine holding the verified bytes, there until :meth:`Store.attach`."""
 
     location: str
     sha256: str
     size: int
-    fetched: int = 0
     recovered: bool = False
+    local_copy: Path | None = None
     # The SHA-256 of each part, from the read that gave ``sha256`` (a spool cut in parts).
     parts: tuple[bytes, ...] = ()
 
 
 class Store(Protocol):
-    # True when save() adds the archive's line to SHA256SUMS itself (a file can be
-    # appended to, an object cannot: the archive job rewrites a bucket's after a pass).
+    """A few verbs over an archive (find, resume_from, put, confirm, attach; forget) and over
+    the store (archives, read, write_sums; claim, probe, tidy). Keeping an archive is::
+
+        saved = store.find(target)
+        if saved is None:
+            offset = store.resume_from(target)
+            if offset is not None:
+                with <the archive's bytes from offset> as download:
+                    store.put(target, download)
+            saved = store.confirm(target)
+        store.attach(target, record)
+
+    and only once attach returns is the archive safely there (on disk and fsynced, or
+    confirmed in the bucket): the archive job abandons nothing before.
+    """
+
+    # True when attach() adds the archive's line to SHA256SUMS (a file can be appended to,
+    # an object cannot: the archive job rewrites a bucket's after a pass).
     appends_sums: bool
 
-    def save(
-        self,
-        target: ArchiveFile,
-        record: dict,
-        fetch: Fetch,
-        on_written: Written = ...,
-        on_verified: Verified = ...,
-    ) -> Saved:
-        """Store the archive with its record beside it, verified; return where. Raises
-        VerificationError (the bad bytes kept in quarantine) or what ``fetch`` raises."""
+    def find(self, target: ArchiveFile) -> Saved | None:
+        """The archive, if the store holds it already with the right bytes (read back and
+        hashed); None otherwise (a wrong copy is set aside, never taken)."""
 
-    def discard_partial(self, conference_id: str, archive_id: str) -> None:
-        """Forget a partial download (after a file system error)."""
+    def resume_from(self, target: ArchiveFile) -> int | None:
+        """Where a download of the archive goes on from: the bytes of the copy an earlier try
+        left (0 for none); None when that copy is complete already and needs no download."""
 
-    def tidy(self) -> list[str]:
-        """Clear what passes cut short left behind; returns what was cleared."""
+    def put(self, target: ArchiveFile, download: Download) -> int:
+        """Write the download's bytes to the copy in progress (after what it holds when the
+        download is ``resumed``, else instead of it) and make them durable; returns the
+        copy's size. TooLarge past ``target.most_bytes`` (what came is kept in quarantine)."""
 
-    def read(self, location: str) -> Iterator[bytes]:
-        """The bytes of a stored archive, in chunks. Raises Missing."""
+    def confirm(self, target: ArchiveFile) -> Saved:
+        """Verify the copy as the store gives it back, and make it the archive. Raises
+        VerificationError (the bad bytes kept in quarantine)."""
+
+    def attach(self, target: ArchiveFile, record: bytes) -> None:
+        """Keep the archive's record (JSON) beside the confirmed archive, durably."""
+
+    def forget(self, target: ArchiveFile) -> None:
+        """Drop the copy in progress (after a file system error left it in any shape)."""
 
     def archives(self) -> Iterator[str]:
         """The location of every archive the store holds."""
 
+    def read(self, location: str) -> Iterator[bytes]:
+        """The bytes of a stored archive, in chunks. Raises Missing."""
+
     def write_sums(self, lines: Iterable[str]) -> None:
         """Replace SHA256SUMS (``sha256  relative/path`` lines) at the store's root."""
-
-    def spool(self) -> Path:
-        """The local folder downloads pass through (the store itself when local)."""
-
-    def relative(self, conference_id: str, archive_id: str) -> str:
-        """An archive's path under the store's root, as SHA256SUMS names it."""
 
     def claim(self, owner: StoreOwner) -> None:
         """Make sure the store belongs to ``owner``'s state file, recording it there the first
@@ -247,6 +264,9 @@ class Store(Protocol):
     def probe(self) -> str:
         """Check, without writing anything, that archives can be stored; say so in words.
         Raises StoreError or OSError."""
+
+    def tidy(self) -> list[str]:
+        """Clear what passes cut short left behind; returns what was cleared."""
 
 
 def open_store(

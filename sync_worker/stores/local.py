@@ -18,7 +18,8 @@ two workers with state files of their own would write into each other's partial 
 A file only ever appears under its final name complete, fsynced and verified: bytes go to
 the ``.part`` file, every write checked to have taken all it was given, then it is fsynced,
 read back through a descriptor of its own and hashed as the file system returns it,
-checked, and renamed atomically; the folder is fsynced after the rename. Folders are 0700
+checked, and renamed atomically; the folder is fsynced after the rename (with the record's,
+by :meth:`LocalStore.attach`). Folders are 0700
 and files 0600. SHA256SUMS gets a line as each archive is stored (a pass cut short may
 repeat one, which sha256sum does not mind); the audit rewrites it whole from the ledger.
 
@@ -38,18 +39,17 @@ import contextlib
 import errno
 import fcntl
 import hashlib
-import json
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import BinaryIO
 
 from sync_worker.private_files import describe_writable_dir, make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
     ArchiveFile,
-    Fetch,
+    Download,
     ForeignOwner,
     LinkRefused,
     Missing,
@@ -58,8 +58,6 @@ from sync_worker.stores import (
     StoreUnwritable,
     TooLarge,
     VerificationError,
-    Verified,
-    Written,
 )
 
 CHUNK_SIZE = 1024 * 1024
@@ -91,77 +89,96 @@ class LocalStore:
     def part_path(self, conference_id: str, archive_id: str) -> Path:
         return self.root / conference_id / _part_name(archive_id)
 
-    def save(
-        self,
-        target: ArchiveFile,
-        record: dict[str, Any],
-        fetch: Fetch,
-        on_written: Written = lambda _size, _fetched: None,
-        on_verified: Verified = lambda _path: None,
-    ) -> Saved:
-        """Store the archive ``target`` with its record beside it, and return where.
-
-        A verified file already in place is taken as is. Otherwise the partial file left
-        by an earlier try is hashed and, unless it is complete already, continued with the
-        bytes ``fetch`` gives from its end (or rewritten, when the storage host sends them
-        from the start); then it is fsynced, read back, ``on_written(size, fetched)`` is
-        called, and it is verified against ``target`` and moved into place, or moved to
-        quarantine with VerificationError. ``on_verified`` is given the file in place. A
-        folder that refuses writes (permissions, a read-only or full file system) is
-        StoreUnwritable: no archive could be stored there.
-        """
+    def find(self, target: ArchiveFile) -> Saved | None:
+        """The archive in place, if its bytes hash as ``target`` says; a file in place that
+        does not is moved to quarantine."""
         try:
-            with self._root() as root, root.folder(target.conference_id) as folder:
-                saved = self._verified_in_place(folder, target)
-                if saved is None:
-                    saved = self._fetch_verified(folder, target, fetch, on_written)
-                self._write_record(folder, f"{target.archive_id}.json", record)
-                self._append_sum(root, target)
-        except OSError as exc:
-            raise StoreUnwritable.from_os_error(exc, self.root) or exc from None
-        on_verified(Path(saved.location))
-        return saved
+            with self._folder_of(target, create=False) as (_root, folder):
+                return self._verified_in_place(folder, target)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
 
-    def _fetch_verified(
-        self, folder: _Folder, target: ArchiveFile, fetch: Fetch, on_written: Written
-    ) -> Saved:
-        """Complete the partial file, verify it as read back from disk, and rename it into
-        place.
+    def resume_from(self, target: ArchiveFile) -> int | None:
+        """The size of the partial file an earlier try left (0 for none), or None when it
+        holds the archive whole already (then fsynced, to be sure of it before the rename).
+        It is hashed only when its size could be the archive's."""
+        part = _part_name(target.archive_id)
+        try:
+            with self._folder_of(target, create=False) as (_root, folder):
+                size = folder.size(part)
+                if size is None or (target.size is not None and size != target.size):
+                    return size or 0
+                digest, size, _ = _hash_file(folder, part) or (NOTHING, 0, ())
+                if _mismatch(digest, size, target) is not None:
+                    return size
+                _fsync_file(folder, part)
+                return None
+        except (FileNotFoundError, NotADirectoryError):
+            return 0
+
+    def put(self, target: ArchiveFile, download: Download) -> int:
+        """Write the bytes to the partial file, each write checked to have taken all it was
+        given, then fsync it; its size. Past ``target.most_bytes`` the download is stopped
+        and what came moved to quarantine (TooLarge)."""
+        part = _part_name(target.archive_id)
+        with self._folder_of(target) as (_root, folder):
+            try:
+                return _write(folder, part, download.chunks, download.resumed, target.most_bytes)
+            except TooLarge:
+                kept = self._quarantine(folder, part, target.archive_id)
+                raise TooLarge(
+                    f"the download went on past the {target.most_bytes} bytes the archive "
+                    f"may have: stopped; what came is kept at {kept}"
+                ) from None
+
+    def confirm(self, target: ArchiveFile) -> Saved:
+        """Verify the partial file as read back from disk, and rename it into place (made
+        durable by :meth:`attach`, which fsyncs the folder); a bad one goes to quarantine.
 
         Read back rather than counted: the sizes ``write`` returns and ``fstat`` shows are
         what the file system says it took, not the bytes it will give back (a FUSE, NFS or
         SMB mount, a quota or a signal mid-write can differ from both). The file is hashed
         from a descriptor of its own, opened after the fsync (which on NFS revalidates what
         the client caches), and that hash and size alone gate the rename, and so the
-        abandon. The hash is computed once either way, now from the file instead of the
-        chunks in flight; the cost is one read of the file, usually from the page cache.
+        abandon. The cost is one read of the file, usually from the page cache.
         """
         part = _part_name(target.archive_id)
-        digest, size, parts = _hash_file(folder, part, self._part_size) or (NOTHING, 0, ())
-        fetched = 0
-        if _mismatch(digest, size, target) is None:
-            _fsync_file(folder, part)  # complete already; make sure of it before the rename
-        else:
-            with fetch(size) as download:
-                start = size if download.resumed else 0
-                room = None if target.most_bytes is None else target.most_bytes - start
-                try:
-                    fetched = _write(folder, part, download.chunks, download.resumed, room)
-                except TooLarge:
-                    kept = self._quarantine(folder, part, target.archive_id)
-                    raise TooLarge(
-                        f"the download went on past the {target.most_bytes} bytes the archive "
-                        f"may have: stopped; what came is kept at {kept}"
-                    ) from None
+        with self._folder_of(target) as (_root, folder):
             digest, size, parts = _hash_file(folder, part, self._part_size) or (NOTHING, 0, ())
-        on_written(size, fetched)
-        problem = _mismatch(digest, size, target)
-        if problem is not None:
-            kept = self._quarantine(folder, part, target.archive_id)
-            raise VerificationError(f"{problem}; bad copy kept at {kept}")
-        final = f"{target.archive_id}.zip"
-        folder.rename(part, folder, final)
-        return Saved(str(folder.path / final), digest, size, fetched, parts=parts)
+            problem = _mismatch(digest, size, target)
+            if problem is not None:
+                kept = self._quarantine(folder, part, target.archive_id)
+                raise VerificationError(f"{problem}; bad copy kept at {kept}")
+            final = f"{target.archive_id}.zip"
+            folder.rename(part, folder, final)
+            path = folder.path / final
+            return Saved(str(path), digest, size, local_copy=path, parts=parts)
+
+    def attach(self, target: ArchiveFile, record: bytes) -> None:
+        """Write the record beside the archive (atomically), fsync the folder, which makes
+        both renames durable, and add the archive's line to SHA256SUMS (``keep_sums``)."""
+        with self._folder_of(target) as (root, folder):
+            self._write_record(folder, f"{target.archive_id}.json", record)
+            self._append_sum(root, target)
+
+    def forget(self, target: ArchiveFile) -> None:
+        self.discard_partial(target.conference_id, target.archive_id)
+
+    @contextlib.contextmanager
+    def _folder_of(
+        self, target: ArchiveFile, create: bool = True
+    ) -> Iterator[tuple[_Folder, _Folder]]:
+        """The root and the archive's conference folder (``create``: made if missing). A
+        folder that refuses writes (permissions, a read-only or full file system) is
+        StoreUnwritable: no archive could be stored there."""
+        try:
+            with (
+                self._root(create) as root,
+                root.folder(target.conference_id, create) as folder,
+            ):
+                yield root, folder
+        except OSError as exc:
+            raise StoreUnwritable.from_os_error(exc, self.root) or exc from None
 
     def discard_partial(self, conference_id: str, archive_id: str) -> None:
         with (
@@ -223,9 +240,6 @@ class LocalStore:
             root.rename(temp, root, SUMS_NAME)
             root.fsync()
 
-    def spool(self) -> Path:
-        return self.root
-
     def probe(self) -> str:
         return describe_writable_dir(self.root)
 
@@ -245,10 +259,6 @@ class LocalStore:
                 os.close(fd)
         check_owner(recorded, owner, str(self.root), f"{self.root / OWNER}")
 
-    def relative(self, conference_id: str, archive_id: str) -> str:
-        """An archive's path under the root, as SHA256SUMS names it."""
-        return f"{conference_id}/{archive_id}.zip"
-
     @contextlib.contextmanager
     def _root(self, create: bool = True) -> Iterator[_Folder]:
         """The folder itself (``create``: made first if missing), through a descriptor."""
@@ -265,7 +275,7 @@ class LocalStore:
         back at the next audit, which rewrites the file from the ledger."""
         if not self.appends_sums:
             return
-        line = f"{target.sha256}  {self.relative(target.conference_id, target.archive_id)}\n"
+        line = f"{target.sha256}  {target.relative}\n"
         fd = root.open(SUMS_NAME, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
         try:
             _write_all(fd, line.encode(), root.path / SUMS_NAME)
@@ -280,7 +290,8 @@ class LocalStore:
             return None
         digest, size, parts = found
         if digest == target.sha256:
-            return Saved(str(folder.path / name), digest, size, recovered=True, parts=parts)
+            path = folder.path / name
+            return Saved(str(path), digest, size, True, local_copy=path, parts=parts)
         self._quarantine(folder, name, target.archive_id)
         return None
 
@@ -292,15 +303,16 @@ class LocalStore:
             folder.fsync()
             return quarantine.path / kept
 
-    def _write_record(self, folder: _Folder, name: str, record: dict[str, Any]) -> None:
-        """Write the record ``name`` in ``folder`` (atomically, fsynced) and make both
-        entries durable there."""
+    def _write_record(self, folder: _Folder, name: str, record: bytes) -> None:
+        """Write the record ``name`` in ``folder`` (atomically, fsynced) and make the
+        folder's entries durable."""
         temp = f".{name}.tmp"
         fd = folder.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, sort_keys=True))  # C encoder: no indent
-            handle.flush()
-            os.fsync(handle.fileno())
+        try:
+            _write_all(fd, record, folder.path / temp)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         folder.rename(temp, folder, name)
         folder.fsync()
 
@@ -365,6 +377,17 @@ class _Folder:
 
     def unlink(self, name: str) -> None:
         os.unlink(name, dir_fd=self.fd)
+
+    def size(self, name: str) -> int | None:
+        """The size of the regular file ``name`` (never through a link); None if none."""
+        try:
+            fd = self.open(name, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            return os.fstat(fd).st_size
+        finally:
+            os.close(fd)
 
     def fsync(self) -> None:
         os.fsync(self.fd)
@@ -474,24 +497,24 @@ def _hash_in_parts(handle: BinaryIO, part_size: int) -> tuple[str, int, tuple[by
 
 
 def _write(
-    folder: _Folder, name: str, chunks: Iterable[bytes], append: bool, room: int | None
+    folder: _Folder, name: str, chunks: Iterable[bytes], append: bool, most: int | None
 ) -> int:
     """Write ``chunks`` to the file ``name`` (after what is there, or instead of it), every
-    byte of each, and fsync; returns how many bytes were written. More than ``room`` bytes
-    is TooLarge, raised before the chunk that would pass it is written."""
+    byte of each, and fsync; returns the file's size. A file growing past ``most`` bytes is
+    TooLarge, raised before the chunk that would pass it is written."""
     flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if append else os.O_TRUNC)
     fd = folder.open(name, flags)
-    written = 0
     try:
+        size = os.fstat(fd).st_size
         for chunk in chunks:
-            if room is not None and written + len(chunk) > room:
+            if most is not None and size + len(chunk) > most:
                 raise TooLarge
             _write_all(fd, chunk, folder.path / name)
-            written += len(chunk)
+            size += len(chunk)
         os.fsync(fd)
     finally:
         os.close(fd)
-    return written
+    return size
 
 
 def _write_all(fd: int, data: bytes, path: Path) -> None:

@@ -7,17 +7,14 @@ passes through a local spool (a LocalStore in ``archive_dir``, claimed too), whe
 resumed, fsynced, read back and verified as for the local store; only then is it uploaded,
 with the SHA-256s of what was read from disk, so that the bucket holds what was verified:
 
-- in one PUT up to SINGLE_PUT_LIMIT, else in parts of PART_SIZE or more,
-  ``upload_concurrency`` at a time (each read from the spool file as it is sent, never held
-  in memory), each with its SHA-256 (from the spool's verifying read, which cut the file as
-  the upload does), which a store that checks checksums (AWS, MinIO) verifies on arrival;
-  what was sent must hash as that read did; with Object Lock headers when
-  ``retention_days`` is set;
-- then confirmed: HEAD must show the size and the checksum (the SHA-256 of the file, or
-  for parts the SHA-256 of their SHA-256s); a store that shows no checksum, or
-  ``read_back``, has the object read back and hashed; a retention the store did not apply
-  is applied; the record goes beside it; only then is the spool copy removed and the
-  archive reported saved (and so, later, abandoned).
+- sent by :mod:`sync_worker.stores.s3_upload` (in one PUT or in parts,
+  ``upload_concurrency`` at a time, each with its SHA-256; what was sent must hash as the
+  verifying read did), with Object Lock headers when ``retention_days`` is set;
+- then confirmed (:meth:`S3Store.confirm`): HEAD must show the size and the checksum (the
+  SHA-256 of the file, or for parts the SHA-256 of their SHA-256s); a store that shows no
+  checksum, or ``read_back``, has the object read back and hashed; a retention the store
+  did not apply is applied. :meth:`S3Store.attach` puts the record beside it; only then is
+  the spool copy removed (and the archive, later, abandoned).
 
 A pass cut short mid-upload leaves an incomplete multipart upload: :meth:`S3Store.tidy`,
 run at the start of every archive pass (which holds the job's lock, so no upload of ours
@@ -28,20 +25,14 @@ is trusted.
 
 from __future__ import annotations
 
-import base64
-import dataclasses
 import functools
 import hashlib
-import io
-import json
 import tempfile
 from collections.abc import Iterable, Iterator
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 from urllib.parse import urlsplit
 
 from botocore.exceptions import (
@@ -60,7 +51,7 @@ from sync_worker.private_files import make_private_dirs
 from sync_worker.stores import (
     SUMS_NAME,
     ArchiveFile,
-    Fetch,
+    Download,
     Misconfigured,
     Missing,
     Saved,
@@ -70,14 +61,10 @@ from sync_worker.stores import (
     StoreUnwritable,
     StoreWarning,
     VerificationError,
-    Verified,
-    Written,
 )
 from sync_worker.stores.local import CHUNK_SIZE, OWNER, LocalStore, check_owner
+from sync_worker.stores.s3_upload import Uploader, b64, part_size_for
 
-SINGLE_PUT_LIMIT = 16 * 1024 * 1024
-PART_SIZE = 8 * 1024 * 1024
-MAX_PARTS = 10_000  # S3's limit
 NOT_FOUND = ("404", "NoSuchKey", "NotFound")
 # The bucket refuses this client's writes (a HEAD's refusal has no body: only its status).
 DENIED = ("403", "AccessDenied", "AllAccessDisabled")
@@ -103,41 +90,63 @@ class S3Store:
         self._config = config
         self._bucket = config.bucket
         self._prefix = config.prefix
-        self._spool = LocalStore(config.archive_dir, keep_sums=False, part_size=_part_size)
+        self._spool = LocalStore(config.archive_dir, keep_sums=False, part_size=part_size_for)
         connections = max(POOL_CONNECTIONS, saves_at_once * config.upload_concurrency + 1)
-        self._client = client or _client(config, http, route or Route(), connections)
+        self._client = client or client_for(config, http, route or Route(), connections)
+        self._uploader = Uploader(self._client, self._bucket, config.upload_concurrency)
 
     # --- Store ----------------------------------------------------------------------------
 
-    def save(
-        self,
-        target: ArchiveFile,
-        record: dict[str, Any],
-        fetch: Fetch,
-        on_written: Written = lambda _size, _fetched: None,
-        on_verified: Verified = lambda _path: None,
-    ) -> Saved:
+    def find(self, target: ArchiveFile) -> Saved | None:
+        """The archive if the bucket holds it already: to be sure, read back (into the
+        spool, where it is verified as a download is, and kept for ``local_copy``)."""
         key = self._key(target)
         with _store_errors(self._bucket, self._prefix):
-            held = self._held(key, target, on_verified)
-            if held is not None:
-                self._put_record(key, record)
-                self._forget_spooled(target)
-                return Saved(self._location(key), target.sha256, held, recovered=True)
-        staged = self._spool.save(target, record, fetch, on_written, on_verified)
+            try:
+                head = self._client.head_object(Bucket=self._bucket, Key=key)
+            except ClientError as exc:
+                if _code(exc) in NOT_FOUND:
+                    return None
+                raise
+            size = head["ContentLength"]
+            if not _could_be(size, target):
+                return None
+            self._spool.put(target, Download(self.read(self._location(key)), resumed=False))
+            try:
+                copy = self._spool.confirm(target)
+            except VerificationError:
+                return None  # uploaded again over it (a versioned bucket keeps both)
+            self._keep_locked(key, head)
+        return Saved(self._location(key), copy.sha256, size, True, local_copy=copy.local_copy)
+
+    def resume_from(self, target: ArchiveFile) -> int | None:
+        """As the spool's; None also when the spool holds the archive verified already (a
+        pass cut short before it was uploaded)."""
+        if self._spool.find(target) is not None:
+            return None
+        return self._spool.resume_from(target)
+
+    def put(self, target: ArchiveFile, download: Download) -> int:
+        return self._spool.put(target, download)
+
+    def confirm(self, target: ArchiveFile) -> Saved:
+        """Verify the spool's copy, upload it and make sure the bucket holds exactly it."""
+        staged = self._spool.find(target) or self._spool.confirm(target)
+        key = self._key(target)
         with _store_errors(self._bucket, self._prefix):
-            self._upload(Path(staged.location), key, staged.sha256, staged.size, staged.parts)
-            self._put_record(key, record)
-        self._forget_spooled(target)
-        return Saved(self._location(key), staged.sha256, staged.size, staged.fetched)
+            self._upload(staged, key)
+        return Saved(self._location(key), staged.sha256, staged.size, local_copy=staged.local_copy)
 
-    def _forget_spooled(self, target: ArchiveFile) -> None:
-        """The bucket holds the archive: the spool's copies (whole or partial) can go."""
+    def attach(self, target: ArchiveFile, record: bytes) -> None:
+        """The record beside the archive (locked as it is); then the spool's copies, whole
+        or partial, can go."""
+        with _store_errors(self._bucket, self._prefix):
+            self._put_record(self._key(target), record)
         self._spool.remove(target.conference_id, target.archive_id)
-        self._spool.discard_partial(target.conference_id, target.archive_id)
+        self._spool.forget(target)
 
-    def discard_partial(self, conference_id: str, archive_id: str) -> None:
-        self._spool.discard_partial(conference_id, archive_id)
+    def forget(self, target: ArchiveFile) -> None:
+        self._spool.forget(target)
 
     def tidy(self) -> list[str]:
         """Abort every incomplete multipart upload of an archive under the prefix (not that
@@ -186,9 +195,9 @@ class S3Store:
         """Written to a temporary file first (it may be long), then uploaded without
         retention: it is rewritten often, and every version kept under a lock would be kept
         for years."""
-        make_private_dirs(self._spool.spool())
+        make_private_dirs(self._spool.root)
         # Hidden, as every name the worker keeps at the spool's root but SHA256SUMS.
-        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.spool(), prefix=".") as temp:
+        with tempfile.NamedTemporaryFile("w+b", dir=self._spool.root, prefix=".") as temp:
             digest = hashlib.sha256()
             for line in lines:
                 data = line.encode()
@@ -198,12 +207,8 @@ class S3Store:
             size = temp.tell()
             with _store_errors(self._bucket):
                 self._abort_incomplete_uploads(self._sums_key)  # an audit's cut short
-                self._upload(
-                    Path(temp.name), self._sums_key, digest.hexdigest(), size, retain=False
-                )
-
-    def spool(self) -> Path:
-        return self._spool.spool()
+                sums = Saved(temp.name, digest.hexdigest(), size)
+                self._upload(sums, self._sums_key, retain=False)
 
     @property
     def _sums_key(self) -> str:
@@ -270,7 +275,7 @@ class S3Store:
             Key=key,
             Body=body,
             ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            ChecksumSHA256=b64(hashlib.sha256(body).digest()),
             ContentType="application/json",
         )
         if replace:
@@ -313,141 +318,17 @@ class S3Store:
             raise
         return lock.get("ObjectLockConfiguration", {})
 
-    def relative(self, conference_id: str, archive_id: str) -> str:
-        """An archive's key under the prefix, as SHA256SUMS names it."""
-        return f"{conference_id}/{archive_id}.zip"
-
     # --- uploads --------------------------------------------------------------------------
 
-    def _upload(
-        self,
-        path: Path,
-        key: str,
-        sha256: str,
-        size: int,
-        parts: tuple[bytes, ...] = (),
-        retain: bool = True,
-    ) -> None:
-        """Upload the file at ``path`` and make sure the bucket holds exactly it (locked for
-        ``retention_days`` when ``retain``); ``parts``: the SHA-256 of each of its parts,
-        from the read that verified it, if the spool gave them."""
+    def _upload(self, verified: Saved, key: str, retain: bool = True) -> None:
+        """Upload the local file ``verified`` and make sure the bucket holds exactly it
+        (locked for ``retention_days`` when ``retain``)."""
         lock = self._lock() if retain else {}
-        if size <= SINGLE_PUT_LIMIT:
-            with path.open("rb") as handle:
-                body = _Part(handle, 0, size)
-                self._client.put_object(
-                    Bucket=self._bucket,
-                    Key=key,
-                    Body=body,
-                    ChecksumAlgorithm="SHA256",
-                    ChecksumSHA256=_b64(bytes.fromhex(sha256)),
-                    Metadata={"sha256": sha256},
-                    **lock,
-                )
-            _sent_as_verified(body.sent_sha256(), bytes.fromhex(sha256), path, key)
-            expected = _b64(bytes.fromhex(sha256))
-        else:
-            expected = self._upload_parts(path, key, sha256, size, lock, parts)
+        path, sha256, size = Path(verified.location), verified.sha256, verified.size
+        expected = self._uploader.upload(path, key, sha256, size, verified.parts, lock)
         head = self._confirm(key, sha256, size, expected)
         if retain:
             self._keep_locked(key, head)
-
-    def _upload_parts(
-        self,
-        path: Path,
-        key: str,
-        sha256: str,
-        size: int,
-        lock: dict[str, Any],
-        parts: tuple[bytes, ...] = (),
-    ) -> str:
-        """A multipart upload, ``upload_concurrency`` parts at a time; returns the checksum of
-        its checksums. Any failure (of any part) aborts it. ``parts``: see :meth:`_upload`."""
-        upload = self._client.create_multipart_upload(
-            Bucket=self._bucket,
-            Key=key,
-            ChecksumAlgorithm="SHA256",
-            Metadata={"sha256": sha256},
-            **lock,
-        )
-        target = _Target(path, key, upload["UploadId"])
-        try:
-            sent, whole = self._send_parts(target, size, parts)
-            if whole is not None:  # the parts' SHA-256s were read here: of the verified file?
-                _sent_as_verified(whole, bytes.fromhex(sha256), path, key)
-            self._client.complete_multipart_upload(
-                Bucket=self._bucket,
-                Key=key,
-                UploadId=target.upload_id,
-                MultipartUpload={"Parts": [part.entry() for part in sent]},
-            )
-        except BaseException:
-            self._client.abort_multipart_upload(
-                Bucket=self._bucket, Key=key, UploadId=target.upload_id
-            )
-            raise
-        return _b64(hashlib.sha256(b"".join(part.digest for part in sent)).digest())
-
-    def _send_parts(
-        self, target: _Target, size: int, known: tuple[bytes, ...]
-    ) -> tuple[list[_Sent], bytes | None]:
-        """Send the file's parts; returns them in order, and the SHA-256 of the whole file
-        if it was read here (None: the parts' SHA-256s are ``known``).
-
-        Each part's SHA-256 is the one the spool's verifying read gave (``known``, when it
-        cut the file as this upload does); else this thread reads each part once, in order,
-        for its SHA-256 and the file's (so that both come from the same bytes). Each part is
-        handed to one of ``upload_concurrency`` threads, which sends it from a handle of its
-        own (never holding it in memory) and checks that what it sent hashes as that SHA-256.
-        At most ``upload_concurrency`` parts are in flight. Once a part has failed no
-        further part is sent; those in flight are waited for, then the failure is raised."""
-        part_size = _part_size(size)
-        concurrency = self._config.upload_concurrency
-        offsets = range(0, size, part_size)
-        whole = None if len(known) == len(offsets) else hashlib.sha256()
-        sending: set[Future[_Sent]] = set()
-        sent: list[_Sent] = []
-        with (
-            ThreadPoolExecutor(concurrency, thread_name_prefix="s3-part") as pool,
-            target.path.open("rb") as handle,
-        ):
-            try:
-                for number, offset in enumerate(offsets, start=1):
-                    length = min(part_size, size - offset)
-                    digest = (
-                        known[number - 1]
-                        if whole is None
-                        else _Part(handle, offset, length).sha256(whole)
-                    )
-                    span = _Sent(number, offset, length, digest)
-                    full = len(sending) >= concurrency  # then wait for a free place
-                    done, sending = wait(sending, 0 if not full else None, FIRST_COMPLETED)
-                    sent += [future.result() for future in done]
-                    sending.add(pool.submit(self._send_part, target, span))
-                sent += [future.result() for future in wait(sending).done]
-            except BaseException:
-                for future in sending:
-                    future.cancel()
-                wait(sending)
-                raise
-        return sorted(sent, key=lambda part: part.number), whole and whole.digest()
-
-    def _send_part(self, target: _Target, span: _Sent) -> _Sent:
-        """Send one part, read from a handle of its own; it comes back with its ETag once
-        what went out is known to hash as ``span.digest``."""
-        with target.path.open("rb") as handle:
-            part = _Part(handle, span.offset, span.length)
-            answer = self._client.upload_part(
-                Bucket=self._bucket,
-                Key=target.key,
-                UploadId=target.upload_id,
-                PartNumber=span.number,
-                Body=part,
-                ChecksumAlgorithm="SHA256",
-                ChecksumSHA256=_b64(span.digest),
-            )
-        _sent_as_verified(part.sent_sha256(), span.digest, target.path, target.key)
-        return dataclasses.replace(span, etag=answer["ETag"])
 
     def _confirm(self, key: str, sha256: str, size: int, expected_checksum: str) -> dict[str, Any]:
         """Make sure the bucket holds the object whole and with the right bytes; returns
@@ -488,45 +369,18 @@ class S3Store:
             ChecksumAlgorithm="SHA256",
         )
 
-    def _put_record(self, key: str, record: dict[str, Any]) -> None:
-        body = json.dumps(record, sort_keys=True).encode()
+    def _put_record(self, key: str, record: bytes) -> None:
         self._client.put_object(
             Bucket=self._bucket,
             Key=key.removesuffix(".zip") + ".json",
-            Body=body,
+            Body=record,
             ChecksumAlgorithm="SHA256",
-            ChecksumSHA256=_b64(hashlib.sha256(body).digest()),
+            ChecksumSHA256=b64(hashlib.sha256(record).digest()),
             ContentType="application/json",
             **self._lock(),
         )
 
     # --- helpers --------------------------------------------------------------------------
-
-    def _held(self, key: str, target: ArchiveFile, on_verified: Verified) -> int | None:
-        """The archive's size if the bucket holds it already, else None. To be sure, it is
-        read back (into a spool file, for ``on_verified``) and hashed."""
-        try:
-            head = self._client.head_object(Bucket=self._bucket, Key=key)
-        except ClientError as exc:
-            if _code(exc) in NOT_FOUND:
-                return None
-            raise
-        if target.size is not None and head["ContentLength"] != target.size:
-            return None
-        make_private_dirs(self._spool.spool())
-        with tempfile.NamedTemporaryFile(
-            dir=self._spool.spool(), prefix=".", suffix=".zip"
-        ) as copy:
-            digest = hashlib.sha256()
-            for chunk in self.read(self._location(key)):
-                copy.write(chunk)
-                digest.update(chunk)
-            copy.flush()
-            if digest.hexdigest() != target.sha256:
-                return None  # uploaded again over it (a versioned bucket keeps both)
-            on_verified(Path(copy.name))
-        self._keep_locked(key, head)
-        return head["ContentLength"]
 
     def _lock(self) -> dict[str, Any]:
         until = self._retain_until()
@@ -546,7 +400,7 @@ class S3Store:
 
 
 @functools.lru_cache(maxsize=4)
-def _client(config: StorageConfig, http: HttpConfig, route: Route, connections: int) -> Any:
+def client_for(config: StorageConfig, http: HttpConfig, route: Route, connections: int) -> Any:
     """A boto3 S3 client: the configured keys, else the standard AWS chain; through the
     ``route``'s proxy (https only, tunnelled), verifying with its CA bundle; keeping up to
     ``connections`` open (one per part in flight: past it, urllib3 would open and drop
@@ -579,9 +433,11 @@ def _client(config: StorageConfig, http: HttpConfig, route: Route, connections: 
     )
 
 
-def _part_size(size: int) -> int:
-    """How long each part of an upload of ``size`` bytes is (the last one may be shorter)."""
-    return max(PART_SIZE, -(-size // MAX_PARTS))
+def _could_be(size: int, target: ArchiveFile) -> bool:
+    """Whether an object of ``size`` bytes could be the archive ``target``."""
+    if target.size is not None:
+        return size == target.size
+    return target.limit is None or size <= target.limit
 
 
 def _plain_http(endpoint_url: str) -> bool:
@@ -630,99 +486,5 @@ def _connection_failure(bucket: str, exc: BotoCoreError) -> str:
     return f"s3 {host} (bucket {bucket}): {cause}" if host else f"s3 {bucket}: {cause}"
 
 
-@dataclass(frozen=True)
-class _Target:
-    """Where a multipart upload goes: the spool file it is read from, its key, its id."""
-
-    path: Path
-    key: str
-    upload_id: str
-
-
-@dataclass(frozen=True)
-class _Sent:
-    """One part of a multipart upload: where it lies in the file, the SHA-256 of what was
-    read there, and once the store has it, its ETag."""
-
-    number: int
-    offset: int
-    length: int
-    digest: bytes
-    etag: str = ""
-
-    def entry(self) -> dict[str, Any]:
-        """The part as CompleteMultipartUpload lists it."""
-        return {"PartNumber": self.number, "ETag": self.etag, "ChecksumSHA256": _b64(self.digest)}
-
-
-class _Part:
-    """``length`` bytes of an open file from ``offset``, as a file of their own that botocore
-    can read, measure and rewind (to sign, send and resend a part) without the part ever
-    being held in memory.
-
-    Each pass read from the start is hashed: :meth:`sent_sha256` is the hash of the last
-    whole pass, which is what went out (botocore reads a body again from its start for
-    each attempt), so that what was sent is checked against what was verified."""
-
-    def __init__(self, handle: BinaryIO, offset: int, length: int) -> None:
-        self._handle, self._offset, self._length = handle, offset, length
-        self._position = 0
-        self._pass, self._passed = hashlib.sha256(), 0
-        self._last_pass = self._pass.digest() if length == 0 else None
-
-    def sha256(self, whole: Any = None) -> bytes:
-        """The part's SHA-256, read from the file (also fed to ``whole``, the file's)."""
-        digest = hashlib.sha256()
-        while chunk := self.read(CHUNK_SIZE):
-            digest.update(chunk)
-            if whole is not None:
-                whole.update(chunk)
-        self.seek(0)
-        return digest.digest()
-
-    def sent_sha256(self) -> bytes | None:
-        """The SHA-256 of the last pass read whole from the start; None if there was none."""
-        return self._last_pass
-
-    def read(self, size: int = -1) -> bytes:
-        left = self._length - self._position
-        wanted = left if size is None or size < 0 else min(size, left)
-        self._handle.seek(self._offset + self._position)
-        data = self._handle.read(wanted)
-        if self._position == self._passed:  # read on from where this pass has got to
-            self._pass.update(data)
-            self._passed += len(data)
-            if data and self._passed == self._length:
-                self._last_pass = self._pass.digest()
-        self._position += len(data)
-        return data
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._length}[whence]
-        self._position = min(max(base + offset, 0), self._length)
-        if self._position == 0:  # a new pass
-            self._pass, self._passed = hashlib.sha256(), 0
-        return self._position
-
-    def tell(self) -> int:
-        return self._position
-
-    def __len__(self) -> int:
-        return self._length
-
-
-def _sent_as_verified(sent: bytes | None, verified: bytes, path: Path, key: str) -> None:
-    """VerificationError unless the bytes sent from the spool file hash as those verified."""
-    if sent != verified:
-        raise VerificationError(
-            f"{path} changed after it was verified: what was sent to {key} is not the "
-            "verified archive, and is not taken as stored"
-        )
-
-
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def _b64(digest: bytes) -> str:
-    return base64.b64encode(digest).decode()

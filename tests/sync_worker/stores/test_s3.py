@@ -28,6 +28,7 @@ from sync_worker.stores import (
     VerificationError,
 )
 from sync_worker.stores.s3 import S3Store
+from tests.store_driver import keep
 
 HTTP = HttpConfig(timeout_seconds=5, retries=1, retry_wait_seconds=1, retry_max_wait_seconds=5)
 SMALL = b"small archive " * 1000
@@ -76,9 +77,10 @@ def target_of(data: bytes, archive_id: str = "a1") -> ArchiveFile:
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["one put", "in parts"])
 def test_an_archive_reaches_the_bucket_whole_with_its_record(bucket, tmp_path, data):
     store = store_for(bucket, tmp_path)
-    saved = store.save(target_of(data), {"id": "a1"}, Host(data).fetch)
+    kept = keep(store, target_of(data), Host(data).fetch, {"id": "a1"})
+    saved = kept.saved
     assert saved.location == f"s3://{bucket.name}/archives/c1/a1.zip"
-    assert (saved.size, saved.fetched, saved.recovered) == (len(data), len(data), False)
+    assert (saved.size, kept.fetched, saved.recovered) == (len(data), len(data), False)
     assert bucket.read("archives/c1/a1.zip") == data
     assert json.loads(bucket.read("archives/c1/a1.json")) == {"id": "a1"}
     head = bucket.client().head_object(Bucket=bucket.name, Key="archives/c1/a1.zip")
@@ -87,43 +89,44 @@ def test_an_archive_reaches_the_bucket_whole_with_its_record(bucket, tmp_path, d
     assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # spool emptied
 
 
-def test_the_verified_file_is_shown_before_it_leaves_the_spool(bucket, tmp_path):
-    seen = []
-    store_for(bucket, tmp_path).save(
-        target_of(SMALL),
-        {},
-        Host(SMALL).fetch,
-        on_verified=lambda path: seen.append(path.read_bytes()),
-    )
-    assert seen == [SMALL]
+def test_the_verified_file_is_kept_in_the_spool_until_the_record_is_attached(bucket, tmp_path):
+    store, target = store_for(bucket, tmp_path), target_of(SMALL)
+    assert store.resume_from(target) == 0
+    with Host(SMALL).fetch(0) as download:
+        assert store.put(target, download) == len(SMALL)
+    saved = store.confirm(target)
+    assert bucket.read("archives/c1/a1.zip") == SMALL
+    assert saved.local_copy is not None and saved.local_copy.read_bytes() == SMALL
+    store.attach(target, b'{"id": "a1"}')
+    assert not saved.local_copy.exists() and bucket.read("archives/c1/a1.json") == b'{"id": "a1"}'
 
 
 def test_bytes_that_do_not_match_never_reach_the_bucket(bucket, tmp_path):
     with pytest.raises(VerificationError):
-        store_for(bucket, tmp_path).save(
-            ArchiveFile("c1", "a1", "0" * 64, len(SMALL)), {}, Host(SMALL).fetch
-        )
+        wrong = ArchiveFile("c1", "a1", "0" * 64, len(SMALL))
+        keep(store_for(bucket, tmp_path), wrong, Host(SMALL).fetch)
     assert bucket.keys() == []
     assert (tmp_path / "spool" / ".quarantine" / "a1.zip").read_bytes() == SMALL
 
 
 def test_an_archive_already_in_the_bucket_is_read_back_not_downloaded(bucket, tmp_path):
     store = store_for(bucket, tmp_path)
-    store.save(target_of(SMALL), {}, Host(SMALL).fetch)  # a pass cut short after the upload
-    seen, host = [], Host(SMALL)
-    saved = store.save(target_of(SMALL), {"id": "a1"}, host.fetch, on_verified=seen.append)
-    assert saved.recovered and host.opened == 0 and len(seen) == 1
+    keep(store, target_of(SMALL), Host(SMALL).fetch)  # a pass cut short after the upload
+    host = Host(SMALL)
+    kept = keep(store, target_of(SMALL), host.fetch, {"id": "a1"})
+    assert kept.saved.recovered and host.opened == 0 and kept.copy == SMALL
+    assert not [p for p in (tmp_path / "spool").rglob("*") if p.is_file()]  # spool emptied
 
 
 def test_wrong_bytes_under_the_key_are_uploaded_over(bucket, tmp_path):
     bucket.client().put_object(Bucket=bucket.name, Key="archives/c1/a1.zip", Body=b"x" * len(SMALL))
-    saved = store_for(bucket, tmp_path).save(target_of(SMALL), {}, Host(SMALL).fetch)
+    saved = keep(store_for(bucket, tmp_path), target_of(SMALL), Host(SMALL).fetch).saved
     assert not saved.recovered and bucket.read("archives/c1/a1.zip") == SMALL
 
 
 def test_read_back_hashes_what_the_bucket_holds(bucket, tmp_path):
     store = store_for(bucket, tmp_path, read_back=True)
-    store.save(target_of(LARGE), {}, Host(LARGE).fetch)
+    keep(store, target_of(LARGE), Host(LARGE).fetch)
     assert b"".join(store.read(f"s3://{bucket.name}/archives/c1/a1.zip")) == LARGE
 
 
@@ -152,7 +155,7 @@ LOCKED_FOR_GOOD = pytest.mark.moto_only("COMPLIANCE objects could never be remov
 @pytest.mark.parametrize("data", [SMALL, LARGE], ids=["one put", "in parts"])
 def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data, mode):
     store = store_for(bucket, tmp_path, retention_days=30, retention_mode=mode)
-    store.save(target_of(data), {}, Host(data).fetch)
+    keep(store, target_of(data), Host(data).fetch)
     client = bucket.client()
     for key in ("archives/c1/a1.zip", "archives/c1/a1.json"):
         head = client.head_object(Bucket=bucket.name, Key=key)
@@ -165,8 +168,8 @@ def test_objects_are_locked_for_the_retention_asked(bucket, tmp_path, data, mode
 
 def test_the_store_lists_and_reads_what_it_holds(bucket, tmp_path):
     store = store_for(bucket, tmp_path)
-    store.save(target_of(SMALL, "a1"), {}, Host(SMALL).fetch)
-    store.save(target_of(SMALL, "a2"), {}, Host(SMALL).fetch)
+    keep(store, target_of(SMALL, "a1"), Host(SMALL).fetch)
+    keep(store, target_of(SMALL, "a2"), Host(SMALL).fetch)
     assert list(store.archives()) == [
         f"s3://{bucket.name}/archives/c1/a1.zip",
         f"s3://{bucket.name}/archives/c1/a2.zip",
@@ -189,7 +192,7 @@ def test_a_missing_bucket_is_a_store_error_that_says_so(bucket, tmp_path):
     with pytest.raises(StoreError, match="NoSuchBucket"):
         store.tidy()
     with pytest.raises(StoreError, match="NoSuchBucket"):
-        store.save(target_of(SMALL), {}, Host(SMALL).fetch)
+        keep(store, target_of(SMALL), Host(SMALL).fetch)
 
 
 class DenyingWrites(BaseHTTPRequestHandler):
@@ -244,7 +247,7 @@ def test_a_bucket_denying_puts_is_unwritable_not_an_archive_failure(tmp_path):
         refusing_endpoint(DenyingWrites, tmp_path, **storage) as config,
         pytest.raises(StoreUnwritable) as refused,
     ):
-        S3Store(config, HTTP).save(target_of(SMALL), {}, Host(SMALL).fetch)
+        keep(S3Store(config, HTTP), target_of(SMALL), Host(SMALL).fetch)
     assert refused.value.path == "s3://locked-down/archives/"
     assert refused.value.errno_name == "AccessDenied"
     assert "s3://locked-down/archives/ cannot be written (AccessDenied" in str(refused.value)
@@ -301,7 +304,7 @@ def spread(size: int) -> bytes:
 def test_parts_sent_at_the_same_time_make_the_archive_whole(bucket, tmp_path, size, concurrency):
     data = spread(size)
     store = store_for(bucket, tmp_path, upload_concurrency=concurrency, read_back=True)
-    saved = store.save(target_of(data), {}, Host(data).fetch)
+    saved = keep(store, target_of(data), Host(data).fetch).saved
     assert saved.size == size and bucket.read("archives/c1/a1.zip") == data
     head = bucket.client().head_object(Bucket=bucket.name, Key="archives/c1/a1.zip")
     assert head["ETag"].strip('"').endswith(f"-{-(-size // (8 * MIB))}")  # that many parts
@@ -402,7 +405,7 @@ def test_a_part_refused_mid_upload_aborts_it_after_the_parts_in_flight(
     with relay(bucket, refuse_part(refused)) as server:
         store = store_for(bucket, tmp_path, endpoint_url=server.url, upload_concurrency=concurrency)
         with pytest.raises(StoreError, match="InvalidRequest: part refused"):
-            store.save(target_of(data), {}, Host(data).fetch)
+            keep(store, target_of(data), Host(data).fetch)
     assert bucket.incomplete_uploads() == []
     assert bucket.keys() == []  # nothing stored, not even the record
     aborted = next(n for n, e in enumerate(server.events) if e.startswith("DELETE "))
@@ -431,7 +434,7 @@ def test_parts_are_in_flight_at_the_same_time(bucket, tmp_path):
     data = spread(32 * MIB)
     with relay(bucket, answer) as server:
         store = store_for(bucket, tmp_path, endpoint_url=server.url, upload_concurrency=2)
-        store.save(target_of(data), {}, Host(data).fetch)
+        keep(store, target_of(data), Host(data).fetch)
     assert len(met) == 4 and bucket.read("archives/c1/a1.zip") == data
 
 
@@ -440,7 +443,7 @@ def test_bodies_are_not_hashed_again_for_the_signature_on_plain_http(bucket, tmp
     data = spread(16 * MIB + 1)
     with relay(bucket, lambda _method, _path: None) as server:
         store = store_for(bucket, tmp_path, endpoint_url=server.url)
-        store.save(target_of(data), {}, Host(data).fetch)
+        keep(store, target_of(data), Host(data).fetch)
     assert set(server.payloads) == {"UNSIGNED-PAYLOAD"}
 
 
@@ -468,30 +471,5 @@ def test_a_spool_file_changed_while_its_parts_go_is_not_taken_as_stored(bucket, 
     with relay(bucket, answer) as server:
         store = store_for(bucket, tmp_path, endpoint_url=server.url, upload_concurrency=2)
         with pytest.raises(VerificationError, match="changed after it was verified"):
-            store.save(target_of(data), {}, Host(data).fetch)
+            keep(store, target_of(data), Host(data).fetch)
     assert tries and bucket.incomplete_uploads() == [] and bucket.keys() == []
-
-
-def test_parts_the_spool_did_not_cut_as_the_upload_does_are_read_again(bucket, tmp_path):
-    data = spread(2 * 8 * MIB + 3)
-    spooled = tmp_path / "a1.zip"
-    spooled.write_bytes(data)
-    store = store_for(bucket, tmp_path, read_back=True)
-    cut_otherwise = (hashlib.sha256(data).digest(),)  # one part: not this upload's three
-    store._upload(
-        spooled, "archives/c1/a1.zip", hashlib.sha256(data).hexdigest(), len(data), cut_otherwise
-    )
-    assert bucket.read("archives/c1/a1.zip") == data
-
-
-def test_a_parts_sha256_the_file_does_not_match_is_not_taken_as_stored(bucket, tmp_path):
-    data = spread(2 * 8 * MIB + 3)
-    spooled = tmp_path / "a1.zip"
-    spooled.write_bytes(data)
-    store = store_for(bucket, tmp_path)
-    wrong = tuple(hashlib.sha256(bytes([n])).digest() for n in range(3))  # the right count
-    with pytest.raises(VerificationError, match="changed after it was verified"):
-        store._upload(
-            spooled, "archives/c1/a1.zip", hashlib.sha256(data).hexdigest(), len(data), wrong
-        )
-    assert bucket.incomplete_uploads() == [] and bucket.keys() == []

@@ -7,17 +7,16 @@ import hashlib
 import os
 import resource
 import signal
-from contextlib import contextmanager
 
 import pytest
 
-from sync_worker.config import HttpConfig, StorageConfig, load_config
+from sync_worker.config import load_config
 from sync_worker.jobs.context import AuditPlan
 from sync_worker.runner import run_pass
 from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.worker_process import log_events, run_worker
-from sync_worker.stores import ArchiveFile, Download, VerificationError
-from sync_worker.stores.s3 import S3Store
+from sync_worker.stores import VerificationError
+from sync_worker.stores.s3_upload import Uploader
 from tests.conftest import TEST_SETTINGS, write_config
 
 MIB = 1024 * 1024
@@ -342,30 +341,12 @@ def test_a_spool_file_changed_after_its_verification_never_counts_as_uploaded(
     # Another process writes into the verified spool file before it is uploaded (the same
     # size, one byte changed): the bucket must not be taken to hold the verified archive.
     bucket = SandboxBucket(s3_server)  # removed with the server, if it outlives the tests
-    store = S3Store(
-        StorageConfig(
-            backend="s3",
-            archive_dir=tmp_path / "spool",
-            bucket=bucket.name,
-            prefix="archives/",
-            endpoint_url=s3_server.url,
-            region=s3_server.region,
-            access_key_id=s3_server.access_key_id,
-            secret_access_key=s3_server.secret_access_key,
-        ),
-        HttpConfig(timeout_seconds=5, retries=1, retry_wait_seconds=1, retry_max_wait_seconds=5),
-    )
-
-    @contextmanager
-    def fetch(offset):
-        yield Download(iter([data[offset:]]), resumed=True)
-
-    def tamper(path):
-        with path.open("r+b") as handle:
-            handle.seek(len(data) // 2)
-            handle.write(b"\0" if data[len(data) // 2] else b"\1")
-
-    target = ArchiveFile("c1", "a1", hashlib.sha256(data).hexdigest(), len(data))
-    with pytest.raises(VerificationError):
-        store.save(target, {"id": "a1"}, fetch, on_verified=tamper)
+    verified = hashlib.sha256(data).hexdigest()
+    changed = bytearray(data)
+    changed[len(data) // 2] ^= 1
+    spooled = tmp_path / "a1.zip"
+    spooled.write_bytes(bytes(changed))
+    uploader = Uploader(bucket.client(), bucket.name, concurrency=2)
+    with pytest.raises(VerificationError, match="changed after it was verified"):
+        uploader.upload(spooled, "archives/c1/a1.zip", verified, len(data))
     assert bucket.incomplete_uploads() == []
