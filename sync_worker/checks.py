@@ -47,6 +47,7 @@ from sync_worker.totalexpert import (
     UPDATED_SINCE_FILTER,
     TokenBudgetExhausted,
     TotalExpertClient,
+    TotalExpertSession,
 )
 
 OK, FALLBACK, WARNING, SKIPPED, MISSING, FAIL = (
@@ -132,7 +133,7 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
     te = config.totalexpert
     kind = SharedAccess if plan.token else CachedTokenOnly
     access = kind(db, te.base_url, te.client_id, te.requests_per_minute, te.token_requests_per_hour)
-    client = TotalExpertClient(te, http, access, clock, config.network)
+    client = TotalExpertClient(TotalExpertSession(te, http, access, clock, config.network))
     where = f"Total Expert at {_host(te.base_url)}"
     try:
         findings.extend(_totalexpert_findings(config, client, where))

@@ -37,7 +37,7 @@ from sync_worker.state import pass_history, run_history
 from sync_worker.state.db import StateBusyError, open_database
 from sync_worker.state.te_access import SharedAccess
 from sync_worker.stores import open_store
-from sync_worker.totalexpert import TotalExpertClient
+from sync_worker.totalexpert import TotalExpertClient, TotalExpertSession
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
     "archives": claim_archives.run,
@@ -182,9 +182,8 @@ def _run_with_clients(
         stack.callback(flexperto.close)
         access = SharedAccess.for_config(db, config.totalexpert, config.state.busy_timeout_seconds)
         stack.callback(access.close)
-        totalexpert = TotalExpertClient(
-            config.totalexpert, config.http, access, clock, config.network
-        )
+        session = TotalExpertSession(config.totalexpert, config.http, access, clock, config.network)
+        totalexpert = TotalExpertClient(session)
         stack.callback(totalexpert.close)
         context = JobContext(
             config=config,

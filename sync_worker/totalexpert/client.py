@@ -21,12 +21,9 @@ from typing import Any
 
 import structlog
 
-from sync_worker.clock import Clock
-from sync_worker.config import HttpConfig, NetworkConfig, TotalExpertConfig
 from sync_worker.http import ApiError, TransientError
 from sync_worker.totalexpert.session import (
     SERVICE,
-    Access,
     CredentialsRejected,
     TotalExpertSession,
 )
@@ -56,17 +53,10 @@ class TotalExpertClient:
     """TE's endpoints; every request goes through :attr:`session` (token, budgets,
     retries, counts)."""
 
-    def __init__(
-        self,
-        config: TotalExpertConfig,
-        http: HttpConfig,
-        access: Access,
-        clock: Clock,
-        network: NetworkConfig | None = None,
-    ) -> None:
-        self.session = TotalExpertSession(config, http, access, clock, network)
-        self._directory_pages = config.max_list_pages
-        self._clock = clock
+    def __init__(self, session: TotalExpertSession) -> None:
+        self.session = session
+        self._directory_pages = session.config.max_list_pages
+        self._clock = session.clock
         self._log = structlog.get_logger(service=SERVICE)
 
     def close(self) -> None:

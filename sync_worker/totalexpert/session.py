@@ -99,10 +99,10 @@ class TotalExpertSession:
         clock: Clock,
         network: NetworkConfig | None = None,
     ) -> None:
-        self._config = config
+        self.config = config
         logs.add_basic_credentials(config.client_id, config.client_secret)  # as /token gets them
         self._access = access
-        self._clock = clock
+        self.clock = clock
         self._timeout = http.timeout_seconds
         self._deadline_seconds = http.deadline_seconds
         # Long enough for the token request's connection and answer; if the holder dies,
@@ -126,7 +126,7 @@ class TotalExpertSession:
 
     def token_usable_until(self) -> float | None:
         """Until when the cached access token is used, if there is one."""
-        cached = self._access.cached_token(self._clock.now())
+        cached = self._access.cached_token(self.clock.now())
         return None if cached is None else cached[1]
 
     def fetch_token(self) -> None:
@@ -169,7 +169,7 @@ class TotalExpertSession:
             SERVICE,
             lambda: self._session.request(
                 method,
-                self._config.base_url + path,
+                self.config.base_url + path,
                 headers=headers,
                 timeout=self._timeout,
                 stream=True,
@@ -181,22 +181,22 @@ class TotalExpertSession:
         )
 
     def _deadline(self) -> Deadline:
-        return Deadline(self._deadline_seconds, self._clock.now)
+        return Deadline(self._deadline_seconds, self.clock.now)
 
     def _spend_request_slot(self) -> None:
         """Take a slot from the per-minute budget, waiting for one to come back if needed."""
         while True:
-            now = self._clock.now()
+            now = self.clock.now()
             next_at = self._access.spend_request(now)
             if next_at is None:
                 return
             self._log.info("te.throttled", wait_seconds=round(next_at - now, 3))
-            self._clock.sleep(next_at - now)
+            self.clock.sleep(next_at - now)
 
     def _token(self) -> str:
         """The access token: remembered for this pass, else the one kept for every
         process, else a new one."""
-        now = self._clock.now()
+        now = self.clock.now()
         if self._remembered is None or self._remembered[1] <= now:
             self._remembered = self._shared_or_new_token()
         return self._remembered[0]
@@ -205,20 +205,20 @@ class TotalExpertSession:
         """The token kept for every process, else a new one. One process at a time asks
         for one (it holds the lease); the others wait for it and use the same token."""
         while True:
-            now = self._clock.now()
+            now = self.clock.now()
             if (cached := self._access.cached_token(now)) is not None:
                 return cached
             held_until = self._access.take_token_lease(now, self._token_lease_seconds)
             if held_until is None:
                 break
-            self._clock.sleep(min(TOKEN_WAIT_SECONDS, held_until - now))
+            self.clock.sleep(min(TOKEN_WAIT_SECONDS, held_until - now))
         try:
-            return self._access.cached_token(self._clock.now()) or self._request_token()
+            return self._access.cached_token(self.clock.now()) or self._request_token()
         finally:
             self._access.release_token_lease()
 
     def _request_token(self) -> tuple[str, float]:
-        now = self._clock.now()
+        now = self.clock.now()
         next_at = self._access.spend_token_request(now)
         if next_at is not None:
             raise TokenBudgetExhausted(next_at)
@@ -246,9 +246,9 @@ class TotalExpertSession:
         return token, self._access.keep_token(token, now + expires_in, now)
 
     def _post_token(self) -> requests.Response:
-        credentials = f"{self._config.client_id}:{self._config.client_secret}".encode()
+        credentials = f"{self.config.client_id}:{self.config.client_secret}".encode()
         return self._session.post(
-            self._config.base_url + "/token",
+            self.config.base_url + "/token",
             headers={"Authorization": "Basic " + base64.b64encode(credentials).decode()},
             json={"grant_type": "client_credentials"},
             timeout=self._timeout,

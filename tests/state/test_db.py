@@ -3,6 +3,7 @@ import stat
 import pytest
 
 from sync_worker.state.db import open_budget_database, open_database, transaction
+from tests.at_once import at_once
 
 pytestmark = pytest.mark.fast
 
@@ -66,23 +67,10 @@ def test_a_state_file_of_an_older_version_gains_the_new_columns(tmp_path):
 def test_connections_opening_a_new_file_at_once_wait_for_each_other(tmp_path):
     # Without waiting, about one in twenty such starts found the file "locked" (the
     # daemon's jobs open the state file together when it starts).
-    import threading
-
     failures = []
     for n in range(60):
         path = tmp_path / f"s{n}.db"
-
-        def open_it(path=path) -> None:
-            try:
-                open_database(path).close()
-            except Exception as exc:
-                failures.append(exc)
-
-        threads = [threading.Thread(target=open_it) for _ in range(4)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
+        failures += at_once(lambda path=path: open_database(path).close())
     assert failures == []
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-import threading
 from pathlib import Path
 
 import pytest
@@ -19,6 +18,7 @@ from sync_worker.state.db import (
     open_existing,
     open_existing_read_only,
 )
+from tests.at_once import at_once
 
 pytestmark = pytest.mark.fast
 
@@ -152,20 +152,7 @@ def test_a_file_of_a_newer_schema_is_refused_and_left_as_it_is(tmp_path):
 
 def test_connections_opening_an_old_file_at_once_migrate_it_once(tmp_path):
     path = old_file(tmp_path, SCHEMAS[0].read_text())
-    errors: list[BaseException] = []
-
-    def open_it() -> None:
-        try:
-            open_database(path).close()
-        except BaseException as exc:
-            errors.append(exc)
-
-    threads = [threading.Thread(target=open_it) for _ in range(4)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert errors == []
+    assert at_once(lambda: open_database(path).close()) == []
     db = open_database(path)
     assert migrations.version_of(db) == LATEST
     assert db["audits"].count == 2  # filled once

@@ -21,6 +21,7 @@ from sync_worker.totalexpert import (
     CredentialsRejected,
     TokenBudgetExhausted,
     TotalExpertClient,
+    TotalExpertSession,
 )
 
 HTTP = HttpConfig(timeout_seconds=5, retries=2, retry_wait_seconds=1, retry_max_wait_seconds=5)
@@ -38,7 +39,7 @@ def client_for(tmp_path, clock):
             token_requests_per_hour=token_requests_per_hour,
         )
         access = SharedAccess.for_config(open_database(tmp_path / "te.db"), te, 5.0)
-        client = TotalExpertClient(te, HTTP, access, clock)
+        client = TotalExpertClient(TotalExpertSession(te, HTTP, access, clock))
         clients.append(client)
         return client
 

@@ -26,7 +26,7 @@ from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
-from sync_worker.totalexpert import TotalExpertClient
+from sync_worker.totalexpert import TotalExpertClient, TotalExpertSession
 from tests.conftest import write_config
 
 REDIRECTS = (301, 302, 303, 307, 308)
@@ -121,7 +121,7 @@ def flexperto_client(config: Config, clock: FakeClock) -> Iterator[FlexpertoClie
 @pytest.fixture
 def te_client(config: Config, clock: FakeClock, tmp_path) -> Iterator[TotalExpertClient]:
     access = SharedAccess.for_config(open_database(tmp_path / "te.db"), config.totalexpert, 5.0)
-    client = TotalExpertClient(config.totalexpert, config.http, access, clock)
+    client = TotalExpertClient(TotalExpertSession(config.totalexpert, config.http, access, clock))
     yield client
     client.close()
 
