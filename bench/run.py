@@ -33,16 +33,16 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from sync_worker.clock import SystemClock
+from sync_worker.adapters.flexperto.client import FlexpertoClient
+from sync_worker.adapters.stores.s3 import S3Store, client_for
+from sync_worker.adapters.stores.s3_upload import Uploader, part_size_for
 from sync_worker.config import HttpConfig, StorageConfig, load_config
-from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.network import Route
+from sync_worker.core.clock import SystemClock
+from sync_worker.core.network import Route
 from sync_worker.sandbox import Sandbox, free_port, tenants_toml
 from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state import directory
 from sync_worker.state.db import open_database
-from sync_worker.stores.s3 import S3Store, client_for
-from sync_worker.stores.s3_upload import Uploader, part_size_for
 
 HERE = Path(__file__).resolve().parent
 WORK = HERE / "work"

@@ -17,13 +17,13 @@ from collections.abc import Iterator
 
 import structlog
 
-from sync_worker.clock import Clock
-from sync_worker.errors import JobStop
+from sync_worker.adapters.stores import Missing, StoreError, StoreUnavailable
+from sync_worker.core.clock import Clock
+from sync_worker.core.errors import JobStop
 from sync_worker.jobs import claim_archives, sha256sums
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import archives, audits
 from sync_worker.state.audits import Stored
-from sync_worker.stores import Missing, StoreError, StoreUnavailable
 
 MIB = 1024 * 1024
 

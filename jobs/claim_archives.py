@@ -27,25 +27,16 @@ from typing import Any
 
 import structlog
 
-from sync_worker.flexperto.client import PREFERRED_LISTING, ListingForm
-from sync_worker.flexperto.records import (
+from sync_worker.adapters.flexperto.client import PREFERRED_LISTING, ListingForm
+from sync_worker.adapters.flexperto.records import (
     IN_PROGRESS,
     ArchiveRecord,
     RecordError,
     parse_record,
     people_from_archive,
 )
-from sync_worker.http import ApiError
-from sync_worker.jobs import sha256sums
-from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.jobs.item_failures import ItemBoundary, error_text, fail_item
-from sync_worker.state import archives, capabilities, held_records, store_owner
-from sync_worker.state.abandon_rule import conference_blockers
-from sync_worker.state.archives import ArchiveRow
-from sync_worker.state.db import ThreadConnections, make_durable
-from sync_worker.state.lifecycles import ARCHIVE_ON_FAILURE, ArchiveState
-from sync_worker.state.work_items import is_due
-from sync_worker.stores import (
+from sync_worker.adapters.http import ApiError
+from sync_worker.adapters.stores import (
     ArchiveFile,
     Download,
     ForeignOwner,
@@ -57,6 +48,15 @@ from sync_worker.stores import (
     TooLarge,
     VerificationError,
 )
+from sync_worker.jobs import sha256sums
+from sync_worker.jobs.context import JobContext, Outcome
+from sync_worker.jobs.item_failures import ItemBoundary, error_text, fail_item
+from sync_worker.state import archives, capabilities, held_records, store_owner
+from sync_worker.state.abandon_rule import conference_blockers
+from sync_worker.state.archives import ArchiveRow
+from sync_worker.state.db import ThreadConnections, make_durable
+from sync_worker.state.lifecycles import ARCHIVE_ON_FAILURE, ArchiveState
+from sync_worker.state.work_items import is_due
 
 # Downloadable ones, and those still being made: they hold their conference back.
 LISTED_STATUSES = ("AVAILABLE", "ABANDONED", *sorted(IN_PROGRESS))

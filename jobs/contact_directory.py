@@ -29,10 +29,8 @@ from datetime import UTC, datetime, timedelta
 import sqlite_utils
 import structlog
 
-from sync_worker.http import ApiError
-from sync_worker.jobs.context import JobContext
-from sync_worker.state import capabilities, directory
-from sync_worker.totalexpert import (
+from sync_worker.adapters.http import ApiError
+from sync_worker.adapters.totalexpert import (
     FILTER_REJECTED,
     FILTER_SUPPORTED,
     UPDATED_SINCE_FILTER,
@@ -40,6 +38,8 @@ from sync_worker.totalexpert import (
     CredentialsRejected,
     User,
 )
+from sync_worker.jobs.context import JobContext
+from sync_worker.state import capabilities, directory
 
 # Ask for changes since a little before the last sync: clocks differ.
 SYNC_OVERLAP = timedelta(minutes=10)

@@ -10,12 +10,12 @@ from enum import StrEnum
 
 import sqlite_utils
 
-from sync_worker.clock import Clock
+from sync_worker.adapters.flexperto.client import FlexpertoClient
+from sync_worker.adapters.stores import Store
+from sync_worker.adapters.totalexpert import TotalExpertClient
 from sync_worker.config import Config
-from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.progress import Progress
-from sync_worker.stores import Store
-from sync_worker.totalexpert import TotalExpertClient
+from sync_worker.core.clock import Clock
+from sync_worker.core.progress import Progress
 
 
 class Outcome(StrEnum):

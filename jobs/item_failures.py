@@ -14,9 +14,9 @@ from collections.abc import Callable, Mapping
 from types import TracebackType
 from typing import Any
 
-from sync_worker.errors import JobStop, SyncError
+from sync_worker.core.errors import JobStop, SyncError
+from sync_worker.core.logs import exception_fields
 from sync_worker.jobs.context import JobContext, Outcome
-from sync_worker.logs import exception_fields
 from sync_worker.state.work_items import Failure, note_failure
 
 

@@ -22,9 +22,10 @@ from typing import Any
 
 import structlog
 
-from sync_worker.clock import iso_time
-from sync_worker.flexperto.records import ArchiveRecord
-from sync_worker.http import ApiError, TransientError
+from sync_worker.adapters.flexperto.records import ArchiveRecord
+from sync_worker.adapters.http import ApiError, TransientError
+from sync_worker.adapters.totalexpert import CredentialsRejected, TokenBudgetExhausted
+from sync_worker.core.clock import iso_time
 from sync_worker.jobs.contact_directory import AmbiguousAddress, ContactDirectory
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.jobs.item_failures import ItemBoundary, fail_item
@@ -37,7 +38,6 @@ from sync_worker.state.lifecycles import (
     ParticipantState,
 )
 from sync_worker.state.work_items import is_due
-from sync_worker.totalexpert import CredentialsRejected, TokenBudgetExhausted
 
 # Insights marked "sending" with one fsync before they are posted one by one.
 SENDING_BATCH = 50

@@ -12,9 +12,9 @@ from collections.abc import Iterator
 
 import structlog
 
+from sync_worker.adapters.stores import StoreError, sums_name
 from sync_worker.jobs.context import JobContext
 from sync_worker.state import audits
-from sync_worker.stores import StoreError, sums_name
 
 log = structlog.get_logger()
 

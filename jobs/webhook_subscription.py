@@ -13,10 +13,10 @@ import secrets
 
 import structlog
 
-from sync_worker import logs
+from sync_worker.adapters.flexperto.client import ListingForm
+from sync_worker.adapters.http import ApiError
 from sync_worker.config import Config
-from sync_worker.flexperto.client import ListingForm
-from sync_worker.http import ApiError
+from sync_worker.core import logs
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import capabilities, webhooks
 from sync_worker.state.db import open_read_only

@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import ArchiveRecord, read_record
+from sync_worker.adapters.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
 from sync_worker.state.lifecycles import (
     ARCHIVE_FAILING,

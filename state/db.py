@@ -20,8 +20,8 @@ from pathlib import Path
 
 import sqlite_utils
 
-from sync_worker.errors import JobStop
-from sync_worker.private_files import make_private_dirs
+from sync_worker.core.errors import JobStop
+from sync_worker.core.private_files import make_private_dirs
 from sync_worker.state.migrations import (
     BUDGET_STEPS,
     STATE_STEPS,

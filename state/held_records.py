@@ -23,8 +23,8 @@ from typing import Any
 
 import sqlite_utils
 
+from sync_worker.core.untrusted import storable
 from sync_worker.state.db import transaction
-from sync_worker.untrusted import storable
 
 REJECTED = "rejected"
 IN_PROGRESS = "in_progress"

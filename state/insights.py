@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import ArchiveRecord, read_record
+from sync_worker.adapters.flexperto.records import ArchiveRecord, read_record
 from sync_worker.state.db import transaction
 from sync_worker.state.lifecycles import (
     INSIGHT_OPEN,

@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlite_utils
 
-from sync_worker.flexperto.records import read_record
+from sync_worker.adapters.flexperto.records import read_record
 from sync_worker.state.lifecycles import (
     ARCHIVE_FAILING,
     ARCHIVE_SAFE,

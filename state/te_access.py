@@ -20,8 +20,8 @@ from urllib.parse import urlsplit
 
 import sqlite_utils
 
-from sync_worker import logs
 from sync_worker.config import TotalExpertConfig
+from sync_worker.core import logs
 from sync_worker.state import rate_limit, tokens
 from sync_worker.state.db import open_budget_database
 

@@ -1,5 +1,5 @@
 import sys
 
-from sync_worker.cli import main
+from sync_worker.app.cli import main
 
 sys.exit(main())

@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sync_worker import logs
-from sync_worker.clock import FakeClock
+from sync_worker.app.runner import PassResult, run_pass
 from sync_worker.config import Config, load_config
-from sync_worker.runner import PassResult, run_pass
+from sync_worker.core import logs
+from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
 from sync_worker.sandbox.bucket import S3Endpoint, S3Server
 from tests.s3_endpoint import ENDPOINT, ExternalS3, external

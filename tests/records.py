@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sync_worker.flexperto.records import ArchiveRecord, parse_record
+from sync_worker.adapters.flexperto.records import ArchiveRecord, parse_record
 
 
 def archive_record(

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
-from sync_worker.stores import ArchiveFile, Saved, Store
+from sync_worker.adapters.stores import ArchiveFile, Saved, Store
 
 
 @dataclass(frozen=True)

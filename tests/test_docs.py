@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker.cli import build_parser
+from sync_worker.app.cli import build_parser
 from sync_worker.config import keys
 from tests.test_monitoring import exported_names, rules
 

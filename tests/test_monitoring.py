@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from sync_worker import metrics
+from sync_worker.ops import metrics
 
 MONITORING = Path(__file__).parents[1] / "monitoring"
 

@@ -1,18 +1,18 @@
-"""The shape of the code: imports go one way only, and everything installs under
-sync_worker.
+"""The shape of the code: each folder is a layer, imports go down only and never round in
+a circle, and everything installs under sync_worker.
 
-Layers, lowest first: helpers (clock, config, logs, ...), then the adapters (the API
-clients, the archive stores, the state file), then the jobs, then what runs them (runner,
-check, status, manifest), the daemon and the demo, and the command line on top. A module
-may import from lower layers, and from its own subpackage (state, jobs, sandbox,
-flexperto, stores); nothing imports upwards, and the API clients and the state file do
-not import each other.
+One rule per folder (:data:`MAY_IMPORT`): what its modules may import of the project
+besides their own folder. Lowest first: ``core`` (the helpers), ``config``, ``adapters``
+(one per external system; the API clients and the stores do not import each other), the
+state file, the jobs, the operator's commands (``ops``), then what runs it all (``app``).
+The sandbox is imported by ``app`` alone, and only by the commands that use it.
 """
 
 from __future__ import annotations
 
 import ast
 import tomllib
+from graphlib import CycleError, TopologicalSorter
 from pathlib import Path
 
 import pytest
@@ -22,54 +22,26 @@ pytestmark = pytest.mark.fast
 ROOT = Path(__file__).resolve().parent.parent
 # Where the installed subpackages live in the repository (pyproject's package-dir).
 FOLDERS = {"sync_worker.jobs": ROOT / "jobs", "sync_worker.state": ROOT / "state"}
-LAYERS = {
-    "sync_worker.clock": 0,
-    "sync_worker.errors": -1,
-    "sync_worker.closed_stdout": 0,
-    "sync_worker.config": 0,
-    "sync_worker.config_show": 1,
-    "sync_worker.logs": 0,
-    "sync_worker.private_files": 0,
-    "sync_worker.untrusted": 0,
-    # the download policy imports nothing of ours; config validates its entries with it
-    "sync_worker.flexperto.download_targets": -1,
-    # how each service is reached (proxy, CA bundle); config validates its keys with it
-    "sync_worker.network": -1,
-    "sync_worker.http": 1,
-    "sync_worker.locks": 1,
-    "sync_worker.progress": 1,
-    "sync_worker.flexperto.records": 1,
-    "sync_worker.sandbox": 1,
-    "sync_worker.flexperto.client": 2,
-    "sync_worker.totalexpert": 2,
-    "sync_worker.stores": 2,
-    "sync_worker.healthcheck": 2,
-    "sync_worker.state": 2,
-    "sync_worker.jobs": 3,
-    # the passes' rendering (the jobs' outcomes), for status and the history command
-    "sync_worker.history": 4,
-    "sync_worker.runner": 4,
-    "sync_worker.checks": 4,
-    "sync_worker.status": 5,
-    "sync_worker.metrics": 4,
-    "sync_worker.webhook_receiver": 2,
-    "sync_worker.manifest": 4,
-    "sync_worker.scheduler": 5,
-    "sync_worker.demo": 5,
-    "sync_worker.command_docs": 5,
-    "sync_worker.cli": 6,
-    "sync_worker.__main__": 7,
-    "sync_worker": 7,
+CORE = "sync_worker.core"
+CONFIG = "sync_worker.config"
+HTTP = "sync_worker.adapters.http"
+RECORDS = "sync_worker.adapters.flexperto.records"
+BELOW_JOBS = (CORE, CONFIG, "sync_worker.adapters", "sync_worker.state")
+MAY_IMPORT = {
+    CORE: (),
+    CONFIG: (CORE,),
+    "sync_worker.adapters": (CORE, CONFIG, HTTP, RECORDS),
+    "sync_worker.adapters.flexperto": (CORE, CONFIG, HTTP),
+    "sync_worker.adapters.totalexpert": (CORE, CONFIG, HTTP),
+    "sync_worker.adapters.stores": (CORE, CONFIG, HTTP),
+    # the archive record, parsed once at the boundary, is what the state file keeps
+    "sync_worker.state": (CORE, CONFIG, RECORDS),
+    "sync_worker.jobs": BELOW_JOBS,
+    "sync_worker.ops": (*BELOW_JOBS, "sync_worker.jobs"),
+    "sync_worker.app": (*BELOW_JOBS, "sync_worker.jobs", "sync_worker.ops", "sync_worker.sandbox"),
+    "sync_worker.sandbox": (CORE,),
+    "sync_worker": ("sync_worker.app",),  # the package itself and __main__
 }
-SUBPACKAGES = (
-    "sync_worker.config",
-    "sync_worker.state",
-    "sync_worker.jobs",
-    "sync_worker.sandbox",
-    "sync_worker.flexperto",
-    "sync_worker.stores",
-    "sync_worker.totalexpert",
-)
 
 
 def modules() -> dict[str, Path]:
@@ -83,20 +55,19 @@ def modules() -> dict[str, Path]:
     return found
 
 
-def layer(module: str) -> int:
-    """The layer of a module: that of the longest declared prefix of its name."""
-    prefixes = [p for p in LAYERS if module == p or module.startswith(p + ".")]
-    assert prefixes, f"{module} has no layer: add it to LAYERS"
-    return LAYERS[max(prefixes, key=len)]
+def within(module: str, prefix: str) -> bool:
+    return module == prefix or module.startswith(prefix + ".")
 
 
-def subpackage(module: str) -> str | None:
-    return next((p for p in SUBPACKAGES if module == p or module.startswith(p + ".")), None)
+def folder_of(module: str) -> str:
+    """The folder whose rule a module follows: the longest one holding it."""
+    holding = [folder for folder in MAY_IMPORT if within(module, folder)]
+    return max(holding, key=len)
 
 
 def imports(path: Path, known: set[str]) -> set[str]:
-    """The project's modules that ``path`` imports (a name imported from a package counts
-    as the module of that name when there is one)."""
+    """The project's modules that ``path`` imports, anywhere in it (a name imported from a
+    package counts as the module of that name when there is one)."""
     found = set()
     for node in ast.walk(ast.parse(path.read_text())):
         if isinstance(node, ast.Import):
@@ -105,22 +76,47 @@ def imports(path: Path, known: set[str]) -> set[str]:
             for alias in node.names:
                 candidate = f"{node.module}.{alias.name}"
                 found.add(candidate if candidate in known else node.module)
-    return {name for name in found if name.split(".")[0] == "sync_worker"}
+    return {name for name in found if within(name, "sync_worker")}
 
 
 MODULES = modules()
 
 
+def allowed(module: str, target: str) -> bool:
+    """Whether ``module`` may import ``target``: from its own folder, or by its rule."""
+    own = folder_of(module)
+    if own != "sync_worker" and within(target, own):
+        return True
+    return any(within(target, lower) for lower in MAY_IMPORT[own])
+
+
 @pytest.mark.parametrize("module", sorted(MODULES))
-def test_imports_go_down_only(module):
-    wrong = []
-    for target in imports(MODULES[module], set(MODULES)):
-        same_subpackage = subpackage(module) is not None and subpackage(module) == subpackage(
-            target
-        )
-        if not same_subpackage and layer(target) >= layer(module):
-            wrong.append(f"{module} (layer {layer(module)}) imports {target} ({layer(target)})")
+def test_imports_follow_the_rule_of_their_folder(module):
+    wrong = sorted(
+        f"{module} ({folder_of(module)}) imports {target}"
+        for target in imports(MODULES[module], set(MODULES))
+        if not allowed(module, target)
+    )
     assert wrong == []
+
+
+def test_no_module_sits_outside_a_folder_with_a_rule():
+    loose = [m for m in MODULES if folder_of(m) == "sync_worker" and m not in LOOSE_ALLOWED]
+    assert loose == []
+
+
+LOOSE_ALLOWED = {"sync_worker", "sync_worker.__main__"}
+
+
+def test_imports_never_go_round_in_a_circle():
+    graph = {m: imports(path, set(MODULES)) & set(MODULES) - {m} for m, path in MODULES.items()}
+    # a package's __init__ importing its own modules is how a package speaks for them
+    for module, targets in graph.items():
+        graph[module] = {t for t in targets if not within(module, t)}
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        pytest.fail(f"imports go round: {' -> '.join(exc.args[1])}")
 
 
 def test_only_sync_worker_is_installed():
@@ -130,3 +126,17 @@ def test_only_sync_worker_is_installed():
     assert declared == FOLDERS
     packages = {name for name, path in MODULES.items() if path.name == "__init__.py"}
     assert packages == set(setuptools["packages"])
+
+
+def test_tests_mirror_the_source_tree():
+    """A test of a module sits in the folder that mirrors the module's (tests/sync_worker/
+    for sync_worker/, tests/jobs/ and tests/state/ for jobs/ and state/)."""
+    tests = ROOT / "tests"
+    sources = {"sync_worker": ROOT / "sync_worker", "jobs": ROOT / "jobs", "state": ROOT / "state"}
+    astray = []
+    for top, source in sources.items():
+        for test in (tests / top).rglob("test_*.py"):
+            folder = test.parent.relative_to(tests / top)
+            if not (source / folder).is_dir():
+                astray.append(str(test.relative_to(ROOT)))
+    assert astray == []

@@ -1,7 +1,7 @@
 """Paste the generated config example and key table into docs/configuration.md.
 
 Run from the repository root (``make docs-config``) after changing a declaration in
-sync_worker/config/schema.py; tests/sync_worker/test_config.py fails while the page is stale.
+sync_worker/config/schema.py; tests/sync_worker/config/test_config.py fails while the page is stale.
 """
 
 from pathlib import Path

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from sync_worker.flexperto.download_targets import DownloadTargets
-from sync_worker.network import DIRECT, SERVICES, Route, check_ca_bundle, check_proxy
+from sync_worker.core.download_targets import DownloadTargets
+from sync_worker.core.network import DIRECT, SERVICES, Route, check_ca_bundle, check_proxy
 
 ENV_PREFIX = "SYNC_WORKER_"
 MIB = 1024 * 1024

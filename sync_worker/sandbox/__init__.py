@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from urllib.parse import urlsplit
 
-from sync_worker.clock import Clock, SystemClock
+from sync_worker.core.clock import Clock, SystemClock
 from sync_worker.sandbox.bucket import S3Endpoint, S3Server, SandboxBucket
 from sync_worker.sandbox.dialect import LENIENT, STRICT, Dialect
 from sync_worker.sandbox.faults import Fault

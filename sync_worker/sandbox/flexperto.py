@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote, unquote
 
-from sync_worker.clock import Clock
+from sync_worker.core.clock import Clock
 from sync_worker.sandbox.dialect import Dialect
 from sync_worker.sandbox.http import FakeService, Incoming, Reply
 from sync_worker.sandbox.webhooks import Webhooks

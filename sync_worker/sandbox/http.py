@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from sync_worker.clock import Clock
+from sync_worker.core.clock import Clock
 from sync_worker.sandbox.faults import Fault, FaultList
 
 SEND_CHUNK = 1024 * 1024

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sync_worker.clock import Clock
+from sync_worker.core.clock import Clock
 from sync_worker.sandbox.dialect import Dialect
 from sync_worker.sandbox.http import FakeService, Incoming, Reply
 

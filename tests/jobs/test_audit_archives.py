@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import structlog
 
-from sync_worker.clock import FakeClock
+from sync_worker.adapters.stores import SUMS_NAME
+from sync_worker.app.runner import run_pass
+from sync_worker.core.clock import FakeClock
 from sync_worker.jobs.audit_archives import Throttle
 from sync_worker.jobs.context import AuditPlan, Outcome
-from sync_worker.runner import run_pass
 from sync_worker.state.db import open_database
-from sync_worker.stores import SUMS_NAME
 from tests.conftest import write_config
 from tests.tcp_forwarder import behind_a_forwarder
 

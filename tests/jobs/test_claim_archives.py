@@ -9,10 +9,10 @@ from dataclasses import replace
 
 import pytest
 
+from sync_worker.adapters.flexperto.client import ListingForm
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.flexperto.client import ListingForm
 from sync_worker.jobs.claim_archives import LISTED_STATUSES
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, STRICT, Fault
 from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.state import capabilities

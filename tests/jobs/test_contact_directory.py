@@ -4,7 +4,7 @@ from dataclasses import replace
 
 import pytest
 
-from sync_worker.runner import run_pass
+from sync_worker.app.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.state import capabilities
 from sync_worker.state.db import open_database

@@ -6,9 +6,9 @@ import io
 import json
 from datetime import UTC, datetime
 
-from sync_worker import metrics, status
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
+from sync_worker.ops import metrics, status
 from sync_worker.state import rate_limit, te_access
 from sync_worker.state.db import open_database
 from tests.conftest import write_config

@@ -5,9 +5,9 @@ from dataclasses import replace
 
 import pytest
 
-from sync_worker.cli import main
+from sync_worker.app.cli import main
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state import rate_limit, te_access

@@ -7,9 +7,9 @@ import json
 
 import pytest
 
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
 from sync_worker.jobs.webhook_subscription import GRACE_SECONDS, accepted_secrets
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault
 from sync_worker.state import webhooks
 from sync_worker.state.db import open_database

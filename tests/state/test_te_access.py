@@ -1,7 +1,7 @@
 import pytest
 
-from sync_worker import logs
 from sync_worker.config import TotalExpertConfig
+from sync_worker.core import logs
 from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess

@@ -47,11 +47,11 @@ from contextlib import nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from sync_worker.adapters.stores import Missing, open_store
 from sync_worker.config import Config, load_config
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
 from sync_worker.sandbox.worker_process import log_events, worker_command
 from sync_worker.state.db import open_database
-from sync_worker.stores import Missing, open_store
 
 KILL_EVENTS = (
     "archive.listed",

@@ -13,8 +13,8 @@ from sync_worker.sandbox import Sandbox
 
 def stored_bytes(config: Config, archive_id: str) -> bytes:
     """The bytes of a stored archive, from wherever the ledger says the store keeps it."""
+    from sync_worker.adapters.stores import open_store
     from sync_worker.state.db import open_database
-    from sync_worker.stores import open_store
 
     db = open_database(config.state.database)
     try:

@@ -13,8 +13,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.state.db import open_database
 from tests.conftest import write_config

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.worker_process import log_events, start_worker
 from sync_worker.state.db import open_database

@@ -11,7 +11,7 @@ import sqlite3
 
 import pytest
 
-from sync_worker.cli import main
+from sync_worker.app.cli import main
 from sync_worker.state import db as state_db
 
 # The tables that grow with history, and the aliases the worker's queries give them.

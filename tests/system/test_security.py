@@ -6,8 +6,8 @@ import stat
 
 import pytest
 
-from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.http import ApiError, new_session
+from sync_worker.adapters.flexperto.client import FlexpertoClient
+from sync_worker.adapters.http import ApiError, new_session
 from sync_worker.sandbox import Fault
 from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state.db import open_database

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from sync_worker.app.runner import run_passes
 from sync_worker.config import load_tenants
-from sync_worker.runner import run_passes
 from sync_worker.sandbox import Sandbox, tenants_toml
 from sync_worker.sandbox.seed import ANNA, BERND, ERIKA, MAX
 from sync_worker.sandbox.worker_process import run_worker

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 import trustme
 
-from sync_worker.checks import FAIL, OK, run_checks
-from sync_worker.clock import FakeClock
+from sync_worker.adapters.flexperto.client import FlexpertoClient
+from sync_worker.adapters.http import TransientError
+from sync_worker.app.runner import run_pass
 from sync_worker.config import Config, load_config
-from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.http import TransientError
-from sync_worker.runner import run_pass
+from sync_worker.core.clock import FakeClock
+from sync_worker.ops.checks import FAIL, OK, run_checks
 from sync_worker.sandbox import STRICT, Sandbox, free_port
 from sync_worker.sandbox.bucket import S3Server
 from tests.conftest import TEST_SETTINGS

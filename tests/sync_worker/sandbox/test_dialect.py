@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import requests
 
-from sync_worker.clock import FakeClock
+from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
 from sync_worker.sandbox.seed import INSIGHT_TYPE, seed_archive_id
 

@@ -17,7 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 import requests
 
-from sync_worker.clock import FakeClock
+from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import Sandbox, free_port
 
 # These test the sandbox's lenient dialect itself; test_dialect.py covers the others.

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import requests
 
-from sync_worker.clock import FakeClock
+from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import Sandbox
 
 # These test the sandbox's lenient dialect itself; test_dialect.py covers the others.

@@ -10,13 +10,13 @@ import signal
 
 import pytest
 
+from sync_worker.adapters.stores import VerificationError
+from sync_worker.adapters.stores.s3_upload import Uploader
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
 from sync_worker.jobs.context import AuditPlan
-from sync_worker.runner import run_pass
 from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.worker_process import log_events, run_worker
-from sync_worker.stores import VerificationError
-from sync_worker.stores.s3_upload import Uploader
 from tests.conftest import TEST_SETTINGS, write_config
 
 MIB = 1024 * 1024

@@ -17,14 +17,14 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from sync_worker.flexperto.records import (
+from sync_worker.adapters.flexperto.records import (
     RESERVED_IDS,
     RecordError,
     is_safe_id,
     parse_record,
     read_record,
 )
-from sync_worker.http import Answer, ApiError, OversizedNumber, json_body
+from sync_worker.adapters.http import Answer, ApiError, OversizedNumber, json_body
 
 FUZZ = settings(
     max_examples=int(os.environ.get("FUZZ_EXAMPLES", "300")),

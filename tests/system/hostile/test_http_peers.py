@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from sync_worker.clock import FakeClock
+from sync_worker.adapters.flexperto.client import FlexpertoClient
+from sync_worker.adapters.http import ApiError, TransientError
+from sync_worker.adapters.totalexpert import TotalExpertClient, TotalExpertSession
+from sync_worker.app.runner import run_pass
 from sync_worker.config import Config, ConfigError, load_config
-from sync_worker.flexperto.client import FlexpertoClient
-from sync_worker.http import ApiError, TransientError
-from sync_worker.runner import run_pass
+from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
-from sync_worker.totalexpert import TotalExpertClient, TotalExpertSession
 from tests.conftest import write_config
 
 REDIRECTS = (301, 302, 303, 307, 308)

@@ -16,10 +16,10 @@ from dataclasses import replace
 import pytest
 from prometheus_client import generate_latest
 
-from sync_worker import metrics
-from sync_worker.cli import main
+from sync_worker.app.cli import main
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
+from sync_worker.ops import metrics
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.sandbox.http import Incoming, Reply
 from sync_worker.state.db import open_database

@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
+from sync_worker.app.runner import run_pass
 from sync_worker.config import Config, load_config
 from sync_worker.jobs.claim_archives import LISTED_STATUSES
-from sync_worker.runner import run_pass
 from sync_worker.sandbox import Fault, Sandbox
 from sync_worker.sandbox.http import Incoming, Reply
 from sync_worker.sandbox.seed import ANNA, MAX

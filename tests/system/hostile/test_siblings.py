@@ -12,14 +12,14 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
-from sync_worker.runner import run_pass
+from sync_worker.ops.status import render_table
 from sync_worker.sandbox import Fault
 from sync_worker.state import archives
 from sync_worker.state.abandon_rule import HARMLESS_STATUSES, Sibling, blockers
 from sync_worker.state.db import open_database
 from sync_worker.state.lifecycles import ARCHIVE_SAFE, ArchiveState
-from sync_worker.status import render_table
 from tests.conftest import write_config
 
 GOOD = {"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}

@@ -9,9 +9,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from sync_worker.cli import main
-from sync_worker.clock import FakeClock
-from sync_worker.runner import run_pass
+from sync_worker.app.cli import main
+from sync_worker.app.runner import run_pass
+from sync_worker.core.clock import FakeClock
 from sync_worker.state.db import open_database, transaction
 
 # Another process that opens the state file, reads, and closes it (a `status` call).

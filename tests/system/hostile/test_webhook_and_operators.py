@@ -24,13 +24,13 @@ import pytest
 import requests
 import structlog
 
-from sync_worker import logs
-from sync_worker.cli import main
+from sync_worker.adapters.webhook_receiver import MAX_CONNECTIONS, WebhookReceiver
+from sync_worker.app.cli import main
 from sync_worker.config import load_config
+from sync_worker.core import logs
 from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import ANNA, MAX
 from sync_worker.sandbox.worker_process import start_worker
-from sync_worker.webhook_receiver import MAX_CONNECTIONS, WebhookReceiver
 
 SECRET_PATH = "F40mfum7pZC8DtdgGOYSijx26blP0HLs"
 PAYLOAD = {"data": {"archive_id": "a-1", "archive_subject": {"conference_id": "c-1"}}}

@@ -1,0 +1,2 @@
+"""What runs the work: one pass (runner), the daemon (scheduler), the demo and sandbox,
+and the command line."""
