@@ -10,7 +10,7 @@ from typing import Any
 
 import sqlite_utils
 
-from sync_worker.adapters.flexperto.records import ArchiveRecord, read_record
+from sync_worker.adapters.flexperto.records import ArchiveRecord, OfArchive, read_record
 from sync_worker.state.db import transaction
 from sync_worker.state.lifecycles import (
     ARCHIVE_FAILING,
@@ -25,7 +25,7 @@ SAFE = sql_list(ARCHIVE_SAFE)
 
 
 @dataclass(frozen=True)
-class ArchiveRow:
+class ArchiveRow(OfArchive):
     """One archive as the state file knows it: its record (as last listed, or as stored),
     and where the worker is with it."""
 
@@ -37,14 +37,6 @@ class ArchiveRow:
     last_error: str | None
     path: str | None
     stored_at: float | None
-
-    @property
-    def archive_id(self) -> str:
-        return self.record.archive_id
-
-    @property
-    def conference_id(self) -> str:
-        return self.record.conference_id
 
 
 def get(db: sqlite_utils.Database, archive_id: str) -> ArchiveRow | None:

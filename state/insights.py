@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import sqlite_utils
 
-from sync_worker.adapters.flexperto.records import ArchiveRecord, read_record
+from sync_worker.adapters.flexperto.records import ArchiveRecord, OfArchive, read_record
 from sync_worker.state.db import transaction
 from sync_worker.state.lifecycles import (
     INSIGHT_OPEN,
@@ -45,7 +45,7 @@ class ParticipantRow:
 
 
 @dataclass(frozen=True)
-class InsightRow:
+class InsightRow(OfArchive):
     """An insight to post for one archive and contact, with the archive's record."""
 
     record: ArchiveRecord
@@ -53,14 +53,6 @@ class InsightRow:
     owner_id: int
     state: InsightState
     next_attempt_at: float | None
-
-    @property
-    def archive_id(self) -> str:
-        return self.record.archive_id
-
-    @property
-    def conference_id(self) -> str:
-        return self.record.conference_id
 
 
 def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:

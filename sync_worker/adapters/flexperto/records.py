@@ -93,6 +93,21 @@ class ArchiveRecord:
         return self.status in DOWNLOADABLE
 
 
+class OfArchive:
+    """What is about one archive, through its ``record``: the archive's and its
+    conference's ids (rows of the state file that carry the record)."""
+
+    record: ArchiveRecord
+
+    @property
+    def archive_id(self) -> str:
+        return self.record.archive_id
+
+    @property
+    def conference_id(self) -> str:
+        return self.record.conference_id
+
+
 def is_safe_id(value: object) -> TypeGuard[str]:
     return isinstance(value, str) and SAFE_ID.fullmatch(value) is not None
 

@@ -4,8 +4,10 @@ import csv
 import io
 import json
 import re
+import signal
 import subprocess
 import sys
+import tomllib
 from dataclasses import replace
 
 import pytest
@@ -224,20 +226,23 @@ def test_demo_runs_end_to_end_and_explains(tmp_path):
     )
 
 
-def test_sandbox_command_prints_a_working_config(tmp_path):
-    import signal
-    import tomllib
-
-    process = start_worker(
-        "sandbox", "--dir", str(tmp_path / "sb"), "--fault", "te:path=/heartbeat,status=503"
-    )
+def printed_config(process) -> dict:
+    """The config the sandbox command prints (its last line names the state file)."""
     lines = []
     assert process.stdout is not None
     for line in process.stdout:
         lines.append(line)
         if line.startswith("database"):
             break
-    config = tomllib.loads("".join(lines))
+    return tomllib.loads("".join(lines))
+
+
+def test_sandbox_command_prints_a_working_config(tmp_path):
+
+    process = start_worker(
+        "sandbox", "--dir", str(tmp_path / "sb"), "--fault", "te:path=/heartbeat,status=503"
+    )
+    config = printed_config(process)
     assert config["flexperto"]["base_url"].startswith("http://127.0.0.1:")
     heartbeat = requests.get(config["totalexpert"]["base_url"] + "/heartbeat", timeout=5)
     assert heartbeat.status_code == 503  # the fault given on the command line
@@ -246,20 +251,12 @@ def test_sandbox_command_prints_a_working_config(tmp_path):
 
 
 def test_sandbox_command_with_s3_storage_serves_a_bucket(tmp_path):
-    import signal
-    import tomllib
 
     import boto3
 
     process = start_worker("sandbox", "--dir", str(tmp_path / "sb"), "--storage", "s3")
     try:
-        lines = []
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.append(line)
-            if line.startswith("database"):
-                break
-        storage = tomllib.loads("".join(lines))["storage"]
+        storage = printed_config(process)["storage"]
         assert storage["backend"] == "s3"
         s3 = boto3.client(
             "s3",

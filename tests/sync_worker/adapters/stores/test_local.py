@@ -13,6 +13,8 @@ from sync_worker.adapters.stores import ArchiveFile, Download, VerificationError
 from sync_worker.adapters.stores.local import LocalStore
 from tests.store_driver import keep
 
+pytestmark = pytest.mark.fast
+
 DATA = b"zip bytes " * 1000
 SHA = hashlib.sha256(DATA).hexdigest()
 TARGET = ArchiveFile("c1", "a1", SHA, len(DATA))
