@@ -405,7 +405,7 @@ def _keep(ctx: JobContext, record: ArchiveRecord, target: ArchiveFile, bound: An
         bound.info("archive.recovered", path=found.location)
         return found
     offset = ctx.store.resume_from(target)
-    size = target.size  # unless the copy an earlier try left is complete already:
+    size = target.size  # that of a complete copy an earlier try left (offset None)
     if offset is not None:
         try:
             with _download(ctx, record, offset) as download:

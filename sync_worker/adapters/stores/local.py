@@ -291,7 +291,7 @@ class LocalStore:
         digest, size, parts = found
         if digest == target.sha256:
             path = folder.path / name
-            return Saved(str(path), digest, size, True, local_copy=path, parts=parts)
+            return Saved(str(path), digest, size, recovered=True, local_copy=path, parts=parts)
         self._quarantine(folder, name, target.archive_id)
         return None
 

@@ -117,7 +117,8 @@ class S3Store:
             except VerificationError:
                 return None  # uploaded again over it (a versioned bucket keeps both)
             self._keep_locked(key, head)
-        return Saved(self._location(key), copy.sha256, size, True, local_copy=copy.local_copy)
+        location = self._location(key)
+        return Saved(location, copy.sha256, size, recovered=True, local_copy=copy.local_copy)
 
     def resume_from(self, target: ArchiveFile) -> int | None:
         """As the spool's; None also when the spool holds the archive verified already (a
