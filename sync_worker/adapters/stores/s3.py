@@ -303,7 +303,8 @@ class S3Store:
 
     def _object_lock(self, days: int) -> dict[str, Any]:
         """The bucket's Object Lock configuration; {} when it has none; Misconfigured when
-        this client may not read it (``days``: the retention that needs it)."""
+        this client may not read it, or the store has no Object Lock at all (``days``: the
+        retention that needs it)."""
         try:
             lock = self._client.get_object_lock_configuration(Bucket=self._bucket)
         except ClientError as exc:
@@ -315,6 +316,14 @@ class S3Store:
                     f"s3 {self._bucket}: the bucket's Object Lock configuration cannot be read "
                     f"({_code(exc)}), and storage.retention_days = {days} needs it: grant "
                     "s3:GetBucketObjectLockConfiguration, or set storage.retention_days = 0",
+                ) from None
+            if _code(exc) in NOT_IMPLEMENTED:
+                raise Misconfigured(
+                    self._bucket,
+                    f"s3 {self._bucket}: the store has no Object Lock (it answers "
+                    f"{_code(exc)}), and storage.retention_days = {days} asks for it: no "
+                    "archive can be locked there, so none is downloaded. Use a store with "
+                    "Object Lock, or set storage.retention_days = 0",
                 ) from None
             raise
         return lock.get("ObjectLockConfiguration", {})

@@ -211,10 +211,10 @@ class DenyingWrites(BaseHTTPRequestHandler):
         pass
 
 
-def deny(handler: BaseHTTPRequestHandler) -> None:
-    """Answer as S3 does a request its policy refuses."""
-    body = b"<Error><Code>AccessDenied</Code><Message>Access Denied</Message></Error>"
-    handler.send_response(403)
+def deny(handler: BaseHTTPRequestHandler, status=403, code="AccessDenied") -> None:
+    """Answer as S3 does a request its policy refuses (or, with a 501, one it cannot do)."""
+    body = f"<Error><Code>{code}</Code><Message>no</Message></Error>".encode()
+    handler.send_response(status)
     handler.send_header("Content-Type", "application/xml")
     handler.send_header("Content-Length", str(len(body)))
     handler.end_headers()
@@ -273,6 +273,28 @@ def test_a_lock_configuration_this_client_may_not_read_is_misconfigured(tmp_path
     assert refused.value.bucket == "no-lock-reads"
     assert "grant s3:GetBucketObjectLockConfiguration" in str(refused.value)
     assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
+
+
+class WithoutObjectLock(BaseHTTPRequestHandler):
+    """An S3-compatible store that has no Object Lock at all (it answers NotImplemented)."""
+
+    def do_GET(self):
+        deny(self, 501, "NotImplemented")
+
+    def log_message(self, *_args):
+        pass
+
+
+def test_a_store_without_object_lock_is_misconfigured_for_a_retention(tmp_path):
+    storage = {"bucket": "lockless", "retention_days": 1}
+    with (
+        refusing_endpoint(WithoutObjectLock, tmp_path, **storage) as config,
+        pytest.raises(Misconfigured) as refused,
+    ):
+        S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    assert refused.value.bucket == "lockless"
+    assert "storage.retention_days = 0" in str(refused.value)
+    assert not (tmp_path / "spool").exists()
 
 
 def test_a_bucket_without_object_lock_is_misconfigured_for_a_retention(s3_server, tmp_path):
