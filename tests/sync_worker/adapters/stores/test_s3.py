@@ -263,18 +263,6 @@ class DenyingLockReads(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_lock_configuration_this_client_may_not_read_is_misconfigured(tmp_path):
-    storage = {"bucket": "no-lock-reads", "retention_days": 1}
-    with (
-        refusing_endpoint(DenyingLockReads, tmp_path, **storage) as config,
-        pytest.raises(Misconfigured) as refused,
-    ):
-        S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
-    assert refused.value.bucket == "no-lock-reads"
-    assert "grant s3:GetBucketObjectLockConfiguration" in str(refused.value)
-    assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
-
-
 class WithoutObjectLock(BaseHTTPRequestHandler):
     """An S3-compatible store that has no Object Lock at all (it answers NotImplemented)."""
 
@@ -285,16 +273,24 @@ class WithoutObjectLock(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_store_without_object_lock_is_misconfigured_for_a_retention(tmp_path):
-    storage = {"bucket": "lockless", "retention_days": 1}
+@pytest.mark.parametrize(
+    ("handler", "fix"),
+    [
+        (DenyingLockReads, "grant s3:GetBucketObjectLockConfiguration"),
+        (WithoutObjectLock, "Use a store with Object Lock"),
+    ],
+    ids=["the client may not read it", "the store has none"],
+)
+def test_a_lock_configuration_that_cannot_be_read_is_misconfigured(tmp_path, handler, fix):
+    storage = {"bucket": "no-lock", "retention_days": 1}
     with (
-        refusing_endpoint(WithoutObjectLock, tmp_path, **storage) as config,
+        refusing_endpoint(handler, tmp_path, **storage) as config,
         pytest.raises(Misconfigured) as refused,
     ):
         S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
-    assert refused.value.bucket == "lockless"
-    assert "storage.retention_days = 0" in str(refused.value)
-    assert not (tmp_path / "spool").exists()
+    assert refused.value.bucket == "no-lock"
+    assert fix in str(refused.value) and "storage.retention_days = 0" in str(refused.value)
+    assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
 
 
 def test_a_bucket_without_object_lock_is_misconfigured_for_a_retention(s3_server, tmp_path):
