@@ -18,10 +18,10 @@ two workers with state files of their own would write into each other's partial 
 A file only ever appears under its final name complete, fsynced and verified: bytes go to
 the ``.part`` file, every write checked to have taken all it was given, then it is fsynced,
 read back through a descriptor of its own and hashed as the file system returns it,
-checked, and renamed atomically; the folder is fsynced after the rename (with the record's,
-by :meth:`LocalStore.attach`). Folders are 0700
-and files 0600. SHA256SUMS gets a line as each archive is stored (a pass cut short may
-repeat one, which sha256sum does not mind); the audit rewrites it whole from the ledger.
+checked, and renamed atomically; the folder is fsynced after the rename, with the
+record's, by :meth:`LocalStore.attach`. Folders are 0700 and files 0600. SHA256SUMS gets a
+line as each archive is stored (a pass cut short may repeat one, which sha256sum does not
+mind); the audit rewrites it whole from the ledger.
 
 Nothing inside the folder is reached through a symbolic link: every folder and file is
 opened relative to its folder's descriptor with ``O_NOFOLLOW``, and a name is checked not
@@ -161,9 +161,6 @@ class LocalStore:
             self._write_record(folder, f"{target.archive_id}.json", record)
             self._append_sum(root, target)
 
-    def forget(self, target: ArchiveFile) -> None:
-        self.discard_partial(target.conference_id, target.archive_id)
-
     @contextlib.contextmanager
     def _folder_of(
         self, target: ArchiveFile, create: bool = True
@@ -180,23 +177,24 @@ class LocalStore:
         except OSError as exc:
             raise StoreUnwritable.from_os_error(exc, self.root) or exc from None
 
-    def discard_partial(self, conference_id: str, archive_id: str) -> None:
+    def forget(self, target: ArchiveFile) -> None:
+        """Delete the partial file, if there is one."""
         with (
             contextlib.suppress(FileNotFoundError, NotADirectoryError, LinkRefused),
             self._root(create=False) as root,
-            root.folder(conference_id, create=False) as folder,
+            root.folder(target.conference_id, create=False) as folder,
         ):
-            folder.unlink(_part_name(archive_id))
+            folder.unlink(_part_name(target.archive_id))
 
-    def remove(self, conference_id: str, archive_id: str) -> None:
+    def remove(self, target: ArchiveFile) -> None:
         """Delete a stored archive and its record (the S3 store's spool, once uploaded)."""
         # The folder stays: another download of the conference may be writing into it.
         with (
             contextlib.suppress(FileNotFoundError),
             self._root(create=False) as root,
-            root.folder(conference_id, create=False) as folder,
+            root.folder(target.conference_id, create=False) as folder,
         ):
-            for name in (f"{archive_id}.zip", f"{archive_id}.json"):
+            for name in (f"{target.archive_id}.zip", f"{target.archive_id}.json"):
                 with contextlib.suppress(FileNotFoundError):
                     folder.unlink(name)
 

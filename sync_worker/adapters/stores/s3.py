@@ -143,7 +143,7 @@ class S3Store:
         or partial, can go."""
         with _store_errors(self._bucket, self._prefix):
             self._put_record(self._key(target), record)
-        self._spool.remove(target.conference_id, target.archive_id)
+        self._spool.remove(target)
         self._spool.forget(target)
 
     def forget(self, target: ArchiveFile) -> None:
