@@ -21,9 +21,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from sync_worker.state import archives, held_records
+from sync_worker.state.db import Database
 from sync_worker.state.lifecycles import ARCHIVE_SAFE
 
 # Remote statuses in which an archive has no file an abandon could delete.
@@ -53,7 +52,7 @@ def blockers(siblings: Iterable[Sibling]) -> list[str]:
     return [sibling.key for sibling in siblings if blocks(sibling)]
 
 
-def conference_blockers(db: sqlite_utils.Database, conference_id: str) -> list[str]:
+def conference_blockers(db: Database, conference_id: str) -> list[str]:
     """What holds ``conference_id`` back now, from the ledger and the held records."""
     known = [Sibling(*row) for row in archives.of_conference(db, conference_id)]
     held = [

@@ -8,10 +8,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from sync_worker.adapters.flexperto.records import ArchiveRecord, OfArchive, read_record
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, execute_many, transaction
 from sync_worker.state.lifecycles import (
     ARCHIVE_FAILING,
     ARCHIVE_OPEN,
@@ -39,7 +37,7 @@ class ArchiveRow(OfArchive):
     stored_at: float | None
 
 
-def get(db: sqlite_utils.Database, archive_id: str) -> ArchiveRow | None:
+def get(db: Database, archive_id: str) -> ArchiveRow | None:
     row = next(db.query("select * from archives where archive_id = ?", [archive_id]), None)
     return None if row is None else _archive_row(row)
 
@@ -58,9 +56,7 @@ def _archive_row(row: dict[str, Any]) -> ArchiveRow:
     )
 
 
-def note_listed(
-    db: sqlite_utils.Database, records: Iterable[ArchiveRecord], now: float
-) -> list[str]:
+def note_listed(db: Database, records: Iterable[ArchiveRecord], now: float) -> list[str]:
     """Remember listed archives, in one transaction: a first sighting is created pending,
     with the status it was first listed with, a known one gets its latest status (and
     record, until stored). Claimed ones are left alone. Returns the ids seen for the first
@@ -81,9 +77,8 @@ def note_listed(
                 "record, first_seen_at, first_seen_status, attempts) "
                 "values (?, ?, ?, ?, ?, ?, ?, ?, 0) "
                 "on conflict (archive_id) do update set remote_status = excluded.remote_status, "
-                f"record = iif(state in {SAFE}, record, excluded.record), "
-                f"sha256 = iif(state in {SAFE}, sha256, excluded.sha256), "
-                f"conference_id = iif(state in {SAFE}, conference_id, excluded.conference_id)",
+                f"record = {_unless_safe('record')}, sha256 = {_unless_safe('sha256')}, "
+                f"conference_id = {_unless_safe('conference_id')}",
                 [
                     item.archive_id,
                     item.conference_id,
@@ -98,8 +93,13 @@ def note_listed(
     return new
 
 
+def _unless_safe(column: str) -> str:
+    """In an upsert: the listed value of ``column``, unless the archive is stored already."""
+    return f"case when archives.state in {SAFE} then archives.{column} else excluded.{column} end"
+
+
 def mark_stored(
-    db: sqlite_utils.Database,
+    db: Database,
     archive_id: str,
     path: str,
     size: int,
@@ -119,12 +119,13 @@ def mark_stored(
             [ArchiveState.STORED, path, size, now, archive_id],
         )
         db.execute(
-            "insert or ignore into audits (archive_id, audited_at) values (?, 0)", [archive_id]
+            "insert into audits (archive_id, audited_at) values (?, 0) on conflict do nothing",
+            [archive_id],
         )
-        # plain SQL on the hot path: sqlite-utils' insert_all inspects the table on each call
-        db.conn.executemany(
-            "insert or ignore into participants (archive_id, email, name, moderator_email, "
-            "state, attempts) values (?, ?, ?, ?, ?, 0)",
+        execute_many(
+            db,
+            "insert into participants (archive_id, email, name, moderator_email, state, "
+            "attempts) values (?, ?, ?, ?, ?, 0) on conflict do nothing",
             [
                 (archive_id, email, name, moderator_email, ParticipantState.PENDING)
                 for email, name in participants
@@ -132,13 +133,13 @@ def mark_stored(
         )
 
 
-def mark_claimed(db: sqlite_utils.Database, archive_id: str, now: float) -> None:
+def mark_claimed(db: Database, archive_id: str, now: float) -> None:
     """One archive is claimed (found already abandoned at Flexperto)."""
     with transaction(db):
         _claim(db, "archive_id = ?", [archive_id], now)
 
 
-def mark_conference_claimed(db: sqlite_utils.Database, conference_id: str, now: float) -> int:
+def mark_conference_claimed(db: Database, conference_id: str, now: float) -> int:
     """Abandon succeeded for a conference: every stored archive of it is claimed."""
     with transaction(db):
         return _claim(
@@ -146,7 +147,7 @@ def mark_conference_claimed(db: sqlite_utils.Database, conference_id: str, now: 
         )
 
 
-def _claim(db: sqlite_utils.Database, where: str, params: list[Any], now: float) -> int:
+def _claim(db: Database, where: str, params: list[Any], now: float) -> int:
     return db.execute(
         "update archives set state = ?, claimed_at = ?, attempts = 0, last_error = null, "
         f"next_attempt_at = null where {where}",
@@ -154,7 +155,7 @@ def _claim(db: sqlite_utils.Database, where: str, params: list[Any], now: float)
     ).rowcount
 
 
-def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
+def open_work(db: Database) -> list[ArchiveRow]:
     """Archives not yet claimed nor parked, oldest first."""
     rows = db.query(
         f"select * from archives where state in {sql_list(ARCHIVE_OPEN)} "
@@ -163,7 +164,7 @@ def open_work(db: sqlite_utils.Database) -> list[ArchiveRow]:
     return [_archive_row(row) for row in rows]
 
 
-def of_conference(db: sqlite_utils.Database, conference_id: str) -> list[tuple[str, str, str]]:
+def of_conference(db: Database, conference_id: str) -> list[tuple[str, str, str]]:
     """Every archive of the conference the ledger knows, in any state: (archive_id, state,
     remote_status)."""
     return db.execute(
@@ -173,7 +174,7 @@ def of_conference(db: sqlite_utils.Database, conference_id: str) -> list[tuple[s
     ).fetchall()
 
 
-def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
+def retry_failed(db: Database, archive_id: str | None = None) -> int:
     """Put failing and parked archives (one, or all) back to work at once; returns how many."""
     # "state in" leads with the state index: the claimed ledger is not scanned
     where = (

@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 
 OK, MISMATCH, MISSING = "ok", "mismatch", "missing"
 PAGE = 500
@@ -28,7 +26,7 @@ class Stored:
     sha256: str
 
 
-def least_recently_audited(db: sqlite_utils.Database, limit: int) -> list[Stored]:
+def least_recently_audited(db: Database, limit: int) -> list[Stored]:
     """The ``limit`` archives audited longest ago (never audited first)."""
     rows = db.query(
         "select a.archive_id, a.conference_id, a.path as location, a.sha256 from audits u "
@@ -38,7 +36,7 @@ def least_recently_audited(db: sqlite_utils.Database, limit: int) -> list[Stored
     return [Stored(**row) for row in rows]
 
 
-def every_stored(db: sqlite_utils.Database) -> Iterator[Stored]:
+def every_stored(db: Database) -> Iterator[Stored]:
     """Every stored archive, a page at a time."""
     after = ""
     while True:
@@ -57,11 +55,11 @@ def every_stored(db: sqlite_utils.Database) -> Iterator[Stored]:
         after = page[-1].archive_id
 
 
-def count(db: sqlite_utils.Database) -> int:
+def count(db: Database) -> int:
     return db.execute("select count(*) from audits").fetchone()[0]
 
 
-def note(db: sqlite_utils.Database, archive_id: str, result: str, detail: str, now: float) -> None:
+def note(db: Database, archive_id: str, result: str, detail: str, now: float) -> None:
     with transaction(db):
         db.execute(
             "update audits set audited_at = ?, result = ?, detail = ? where archive_id = ?",

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 
 # The capabilities there are.
 LISTING_FORM = "flexperto.listing_form"  # a flexperto.ListingForm, as text
@@ -30,12 +28,12 @@ class Decision:
         return self.decided_at < now - seconds
 
 
-def get(db: sqlite_utils.Database, name: str) -> Decision | None:
+def get(db: Database, name: str) -> Decision | None:
     row = next(db.query("select value, decided_at from capabilities where name = ?", [name]), None)
     return None if row is None else Decision(row["value"], row["decided_at"])
 
 
-def put(db: sqlite_utils.Database, name: str, value: str, now: float) -> Decision | None:
+def put(db: Database, name: str, value: str, now: float) -> Decision | None:
     """Remember ``value`` for ``name``; returns the decision it replaces, if any."""
     with transaction(db):
         previous = get(db, name)
@@ -48,12 +46,12 @@ def put(db: sqlite_utils.Database, name: str, value: str, now: float) -> Decisio
     return previous
 
 
-def forget(db: sqlite_utils.Database, name: str) -> None:
+def forget(db: Database, name: str) -> None:
     with transaction(db):
         db.execute("delete from capabilities where name = ?", [name])
 
 
-def everything(db: sqlite_utils.Database) -> dict[str, Decision]:
+def everything(db: Database) -> dict[str, Decision]:
     """Every decision, by name."""
     return {
         row["name"]: Decision(row["value"], row["decided_at"])

@@ -1,5 +1,9 @@
 """Opening the state database: schema, durability settings, file permissions, transactions.
 
+The state is a SQLite file by default, or a PostgreSQL database (state.postgres): the state
+modules take either as a :data:`Database` and write SQL both engines run; the few verbs
+that differ (:func:`execute_many`, :func:`has_table`, :func:`upsert`) are here.
+
 The state file is shared by every process that runs against the same configuration (the
 daemon, a cron run, ``status``), so writes go through :func:`transaction`, which takes
 SQLite's write lock up front (``BEGIN IMMEDIATE``) and waits up to ``busy_timeout`` for it.
@@ -14,14 +18,17 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
+import psycopg
 import sqlite_utils
 
 from sync_worker.core.errors import JobStop
 from sync_worker.core.private_files import make_private_dirs
+from sync_worker.state import postgres_schema
 from sync_worker.state.migrations import (
     BUDGET_STEPS,
     STATE_STEPS,
@@ -31,6 +38,10 @@ from sync_worker.state.migrations import (
     migrate,
     pending,
 )
+from sync_worker.state.postgres import PostgresDatabase, connect
+
+# A state database on either engine.
+Database = sqlite_utils.Database | PostgresDatabase
 
 BUSY_TIMEOUT_SECONDS = 30.0
 
@@ -47,6 +58,31 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
     """Open (creating if needed) the state database, private to the current user, migrated
     to the schema this code knows (state.migrations); StateFileError for a newer one."""
     return _open(path, busy_timeout, STATE_STEPS)
+
+
+def open_postgres(dsn: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> PostgresDatabase:
+    """Connect to a state database on PostgreSQL, migrated to the schema this code knows;
+    StateFileError for a newer one, StateBusyError when another worker holds the write
+    lock too long."""
+    db = connect(dsn, busy_timeout)
+    where = _where(db)
+    try:
+        if postgres_schema.pending(db, where):
+            with transaction(db):
+                postgres_schema.migrate(db, where)
+    except NewerSchemaError as exc:
+        db.close()
+        raise StateFileError(str(exc)) from None
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def _where(db: PostgresDatabase) -> str:
+    """The database, for a message: its name and host (never the password)."""
+    info = db.conn.info
+    return f"{info.dbname} on {info.host}"
 
 
 def open_budget_database(
@@ -230,9 +266,7 @@ def _create_private(path: Path) -> None:
 
 
 @contextmanager
-def transaction(
-    db: sqlite_utils.Database, durable: bool = False
-) -> Iterator[sqlite_utils.Database]:
+def transaction(db: Database, durable: bool = False) -> Iterator[Database]:
     """Run a block as one write transaction: all of it is committed, or none.
 
     Every commit survives the process being killed. A ``durable`` one is also fsynced
@@ -240,6 +274,7 @@ def transaction(
     irreversible remote action (abandon, an insight POST) is about to rely on. The others
     may be lost to a power cut, which only makes a later pass redo an idempotent step.
     """
+    durable = durable and isinstance(db, sqlite_utils.Database)  # PostgreSQL: see there
     if durable:
         db.execute("PRAGMA synchronous=FULL")
     try:
@@ -255,19 +290,72 @@ def transaction(
             db.execute("PRAGMA synchronous=NORMAL")
 
 
-def make_durable(db: sqlite_utils.Database) -> None:
-    """Fsync every commit made so far (a durable commit syncs all that precede it)."""
+def make_durable(db: Database) -> None:
+    """Fsync every commit made so far (a durable commit syncs all that precede it). On
+    PostgreSQL each commit is flushed already (state.postgres)."""
+    if isinstance(db, PostgresDatabase):
+        return
     with transaction(db, durable=True):
         db.execute("insert or replace into durable_marks (id, at) values (1, julianday('now'))")
 
 
-def _begin(db: sqlite_utils.Database) -> None:
+def _begin(db: Database) -> None:
     try:
-        db.execute("BEGIN IMMEDIATE")
+        if isinstance(db, PostgresDatabase):
+            db.begin()
+        else:
+            db.execute("BEGIN IMMEDIATE")
+    except psycopg.errors.LockNotAvailable as exc:
+        db.execute("ROLLBACK")
+        raise StateBusyError(f"state database is locked by another worker: {exc}") from exc
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
             raise StateBusyError(f"state database is locked by another process: {exc}") from exc
         raise
+
+
+def limit_clause(limit: int | None) -> str:
+    """`` limit N``, or nothing for no limit (SQLite's -1 is an error on PostgreSQL)."""
+    return "" if limit is None else f" limit {int(limit)}"
+
+
+def differ(left: str, right: str) -> str:
+    """SQL for "the two expressions differ", a null differing from a value and not from
+    another null (SQLite's ``is not``; ``is distinct from`` needs SQLite 3.39)."""
+    return f"not (coalesce({left} = {right}, false) or ({left} is null and {right} is null))"
+
+
+def execute_many(db: Database, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+    """Run one statement for each row of parameters (on the hot path: sqlite-utils' table
+    helpers inspect the table on each call)."""
+    if isinstance(db, PostgresDatabase):
+        db.executemany(sql, rows)
+    else:
+        db.conn.executemany(sql, rows)
+
+
+def has_table(db: Database, name: str) -> bool:
+    return db.has_table(name) if isinstance(db, PostgresDatabase) else db[name].exists()
+
+
+def upsert(
+    db: Database, table: str, rows: Iterable[Mapping[str, Any]], pk: tuple[str, ...]
+) -> None:
+    """Insert rows, or update the columns they name where one with the same ``pk`` exists
+    (every row names the same columns). ``table`` and the column names are the caller's
+    constants, never input."""
+    rows = list(rows)
+    if not rows:
+        return
+    columns = list(rows[0])
+    updates = ", ".join(f"{name} = excluded.{name}" for name in columns if name not in pk)
+    execute_many(
+        db,
+        f"insert into {table} ({', '.join(columns)}) values ({', '.join('?' for _ in columns)}) "
+        f"on conflict ({', '.join(pk)}) "
+        + (f"do update set {updates}" if updates else "do nothing"),
+        [[row[name] for name in columns] for row in rows],
+    )
 
 
 class ThreadConnections:

@@ -13,9 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, limit_clause, transaction, upsert
 
 CONTACTS_SYNCED_AT = "contacts_synced_at"
 USERS_SYNCED_AT = "users_synced_at"
@@ -24,47 +22,43 @@ CONTACT_PAGES = "contact_pages"
 CONTACT_PAGES_SEEN_AT = "contact_pages_seen_at"
 
 
-def get_meta(db: sqlite_utils.Database, key: str) -> str | None:
+def get_meta(db: Database, key: str) -> str | None:
     row = next(db.query("select value from te_meta where key = ?", [key]), None)
     return None if row is None else row["value"]
 
 
-def set_meta(db: sqlite_utils.Database, values: dict[str, str]) -> None:
+def set_meta(db: Database, values: dict[str, str]) -> None:
     with transaction(db):
-        db["te_meta"].upsert_all(
-            [{"key": key, "value": value} for key, value in values.items()], pk="key"
+        upsert(
+            db, "te_meta", [{"key": key, "value": value} for key, value in values.items()], ("key",)
         )
 
 
-def forget_meta(db: sqlite_utils.Database, key: str) -> None:
+def forget_meta(db: Database, key: str) -> None:
     with transaction(db):
         db.execute("delete from te_meta where key = ?", [key])
 
 
-def upsert_contacts(
-    db: sqlite_utils.Database, contacts: Iterable[dict[str, Any]], now: float
-) -> None:
+def upsert_contacts(db: Database, contacts: Iterable[dict[str, Any]], now: float) -> None:
     """Insert or update contacts (dicts with contact_id, email, owner_id) seen at ``now``."""
     # taken before the transaction: producing them may need the database
     rows = [{**row, "seen_at": now} for row in contacts]
     with transaction(db):
-        db["te_contacts"].upsert_all(rows, pk="contact_id")
+        upsert(db, "te_contacts", rows, ("contact_id",))
 
 
-def contacts_by_email(
-    db: sqlite_utils.Database, email: str, limit: int = -1
-) -> list[dict[str, Any]]:
-    """The contacts with ``email``, at most ``limit`` of them (-1: all)."""
+def contacts_by_email(db: Database, email: str, limit: int | None = None) -> list[dict[str, Any]]:
+    """The contacts with ``email``, at most ``limit`` of them (None: all)."""
     return list(
         db.query(
             "select contact_id, email, owner_id from te_contacts where email = ? "
-            "order by contact_id limit ?",
-            [email.lower(), limit],
+            f"order by contact_id{limit_clause(limit)}",
+            [email.lower()],
         )
     )
 
 
-def forget_contact(db: sqlite_utils.Database, contact_id: int) -> None:
+def forget_contact(db: Database, contact_id: int) -> None:
     """Drop a contact TE no longer knows, and any cached lookup that returned it."""
     with transaction(db):
         db.execute(
@@ -75,14 +69,14 @@ def forget_contact(db: sqlite_utils.Database, contact_id: int) -> None:
         db.execute("delete from te_contacts where contact_id = ?", [contact_id])
 
 
-def upsert_users(db: sqlite_utils.Database, users: Iterable[dict[str, Any]], now: float) -> None:
+def upsert_users(db: Database, users: Iterable[dict[str, Any]], now: float) -> None:
     """Insert or update users (dicts with user_id, email) seen at ``now``."""
     rows = [{**row, "seen_at": now} for row in users]
     with transaction(db):
-        db["te_users"].upsert_all(rows, pk="user_id")
+        upsert(db, "te_users", rows, ("user_id",))
 
 
-def drop_unseen(db: sqlite_utils.Database, since: float) -> int:
+def drop_unseen(db: Database, since: float) -> int:
     """After a complete re-read that began at ``since``: drop the contacts and users it did
     not show (TE deleted them), and the cached lookups that returned such contacts."""
     with transaction(db):
@@ -100,21 +94,24 @@ def drop_unseen(db: sqlite_utils.Database, since: float) -> int:
     return dropped
 
 
-def user_by_email(db: sqlite_utils.Database, email: str) -> dict[str, Any] | None:
+def user_by_email(db: Database, email: str) -> dict[str, Any] | None:
     return next(
         db.query("select user_id, email from te_users where email = ?", [email.lower()]), None
     )
 
 
-def note_lookup(db: sqlite_utils.Database, email: str, kind: str, now: float) -> None:
+def note_lookup(db: Database, email: str, kind: str, now: float) -> None:
     """Remember that ``email`` was looked up as a ``kind`` (contact/user) at ``now``."""
     with transaction(db):
-        db["te_lookups"].upsert(
-            {"email": email.lower(), "kind": kind, "looked_up_at": now}, pk=("email", "kind")
+        upsert(
+            db,
+            "te_lookups",
+            [{"email": email.lower(), "kind": kind, "looked_up_at": now}],
+            ("email", "kind"),
         )
 
 
-def looked_up_since(db: sqlite_utils.Database, email: str, kind: str, since: float) -> bool:
+def looked_up_since(db: Database, email: str, kind: str, since: float) -> bool:
     row = next(
         db.query(
             "select 1 from te_lookups where email = ? and kind = ? and looked_up_at >= ?",
@@ -126,19 +123,22 @@ def looked_up_since(db: sqlite_utils.Database, email: str, kind: str, since: flo
 
 
 def replace_contacts_of(
-    db: sqlite_utils.Database, email: str, contacts: Iterable[dict[str, Any]], now: float
+    db: Database, email: str, contacts: Iterable[dict[str, Any]], now: float
 ) -> None:
     """Store what a lookup of ``email`` found (perhaps nothing), replacing what was known."""
     rows = [{**row, "seen_at": now} for row in contacts]
     with transaction(db):
         db.execute("delete from te_contacts where email = ?", [email.lower()])
-        db["te_contacts"].upsert_all(rows, pk="contact_id")
-        db["te_lookups"].upsert(
-            {"email": email.lower(), "kind": "contact", "looked_up_at": now}, pk=("email", "kind")
+        upsert(db, "te_contacts", rows, ("contact_id",))
+        upsert(
+            db,
+            "te_lookups",
+            [{"email": email.lower(), "kind": "contact", "looked_up_at": now}],
+            ("email", "kind"),
         )
 
 
-def contact_lookups_since(db: sqlite_utils.Database, since: float) -> int:
+def contact_lookups_since(db: Database, since: float) -> int:
     """How many addresses were looked up one by one since ``since``."""
     return db.execute(
         "select count(*) from te_lookups where kind = 'contact' and looked_up_at >= ?", [since]

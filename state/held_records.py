@@ -21,10 +21,8 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
-
 from sync_worker.core.untrusted import storable
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, differ, transaction
 
 REJECTED = "rejected"
 IN_PROGRESS = "in_progress"
@@ -68,7 +66,7 @@ def record_conference(raw: object) -> str | None:
 
 
 def hold(
-    db: sqlite_utils.Database,
+    db: Database,
     raw: object,
     kind: str,
     reason: str,
@@ -83,8 +81,8 @@ def hold(
         db.execute(
             "insert into held_records (key, conference_id, kind, reason, listing, "
             "first_seen_at, last_seen_at) values (?, ?, ?, ?, ?, ?, ?) on conflict (key) do "
-            "update set conference_id = case when listing = excluded.listing and "
-            "conference_id is not excluded.conference_id then null "
+            "update set conference_id = case when held_records.listing = excluded.listing and "
+            f"{differ('held_records.conference_id', 'excluded.conference_id')} then null "
             "else excluded.conference_id end, kind = excluded.kind, "
             "reason = excluded.reason, listing = excluded.listing, "
             "last_seen_at = excluded.last_seen_at",
@@ -92,18 +90,18 @@ def hold(
         )
 
 
-def forget_unseen(db: sqlite_utils.Database, listing: str) -> int:
+def forget_unseen(db: Database, listing: str) -> int:
     """After a complete ``listing``: forget what it did not hold; returns how many."""
     with transaction(db):
         return db.execute("delete from held_records where listing != ?", [listing]).rowcount
 
 
-def get(db: sqlite_utils.Database, key: str) -> HeldRecord | None:
+def get(db: Database, key: str) -> HeldRecord | None:
     row = next(db.query("select * from held_records where key = ?", [key]), None)
     return None if row is None else _held(row)
 
 
-def blocking(db: sqlite_utils.Database, conference_id: str) -> list[HeldRecord]:
+def blocking(db: Database, conference_id: str) -> list[HeldRecord]:
     """The held records that hold ``conference_id`` back: its own, and those of no
     readable conference."""
     rows = db.query(
@@ -114,14 +112,14 @@ def blocking(db: sqlite_utils.Database, conference_id: str) -> list[HeldRecord]:
     return [_held(row) for row in rows]
 
 
-def listed(db: sqlite_utils.Database, limit: int) -> tuple[list[HeldRecord], int]:
+def listed(db: Database, limit: int) -> tuple[list[HeldRecord], int]:
     """Up to ``limit`` held records, oldest first, and how many there are."""
     total = db.execute("select count(*) from held_records").fetchone()[0]
     rows = db.query("select * from held_records order by first_seen_at, key limit ?", [limit])
     return [_held(row) for row in rows], total
 
 
-def counts(db: sqlite_utils.Database) -> dict[str, int]:
+def counts(db: Database) -> dict[str, int]:
     """Held records per kind."""
     return dict(db.execute("select kind, count(*) from held_records group by kind").fetchall())
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, has_table, transaction
 
 CREDENTIALS = "credentials"
 INSIGHT_TYPE = "insight_type"
@@ -35,9 +33,9 @@ def client_fingerprint(base_url: str, client_id: str, client_secret: str) -> str
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def current(db: sqlite_utils.Database) -> Block | None:
+def current(db: Database) -> Block | None:
     """The block in force, if any (None too for a state file without the table)."""
-    if not db["insight_blocks"].exists():
+    if not has_table(db, "insight_blocks"):
         return None
     row = db.execute(
         "select kind, reason, since, retry_at, client from insight_blocks where id = 1"
@@ -46,7 +44,7 @@ def current(db: sqlite_utils.Database) -> Block | None:
 
 
 def note(
-    db: sqlite_utils.Database,
+    db: Database,
     kind: str,
     reason: str,
     now: float,
@@ -59,14 +57,16 @@ def note(
         found = current(db)
         since = now if found is None else found.since
         db.execute(
-            "insert or replace into insight_blocks (id, kind, reason, since, retry_at, client) "
-            "values (1, ?, ?, ?, ?, ?)",
+            "insert into insight_blocks (id, kind, reason, since, retry_at, client) "
+            "values (1, ?, ?, ?, ?, ?) on conflict (id) do update set kind = excluded.kind, "
+            "reason = excluded.reason, since = excluded.since, retry_at = excluded.retry_at, "
+            "client = excluded.client",
             [kind, reason, since, retry_at, client],
         )
     return Block(kind, reason, since, retry_at, client)
 
 
-def clear(db: sqlite_utils.Database) -> Block | None:
+def clear(db: Database) -> Block | None:
     """Insights flow again: forget the block; returns the one there was."""
     with transaction(db):
         found = current(db)

@@ -18,10 +18,8 @@ import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import sqlite_utils
-
 from sync_worker.adapters.flexperto.records import ArchiveRecord, OfArchive, read_record
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, execute_many, transaction
 from sync_worker.state.lifecycles import (
     INSIGHT_OPEN,
     INSIGHT_RETRIED,
@@ -55,7 +53,7 @@ class InsightRow(OfArchive):
     next_attempt_at: float | None
 
 
-def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:
+def open_participants(db: Database) -> list[ParticipantRow]:
     """Participants still to be matched, oldest archive first."""
     rows = db.query(
         "select p.archive_id, a.conference_id, p.email, p.moderator_email, p.next_attempt_at "
@@ -67,7 +65,7 @@ def open_participants(db: sqlite_utils.Database) -> list[ParticipantRow]:
 
 
 def queue_insights(
-    db: sqlite_utils.Database,
+    db: Database,
     archive_id: str,
     email: str,
     contacts: Iterable[tuple[int, int]],
@@ -79,9 +77,10 @@ def queue_insights(
         state = (
             InsightState.SENDING if _abandoned_elsewhere(db, archive_id) else InsightState.PENDING
         )
-        db.conn.executemany(
-            "insert or ignore into insights (archive_id, contact_id, owner_id, email, state, "
-            "attempts) values (?, ?, ?, ?, ?, 0)",
+        execute_many(
+            db,
+            "insert into insights (archive_id, contact_id, owner_id, email, state, attempts) "
+            "values (?, ?, ?, ?, ?, 0) on conflict do nothing",
             [(archive_id, contact_id, owner_id, email, state) for contact_id, owner_id in contacts],
         )
         _close_participant(
@@ -92,13 +91,13 @@ def queue_insights(
         )
 
 
-def park_participant(db: sqlite_utils.Database, archive_id: str, email: str, error: str) -> None:
+def park_participant(db: Database, archive_id: str, email: str, error: str) -> None:
     """Park a participant as ``ambiguous`` (too many contacts share its address), with why."""
     with transaction(db):
         _close_participant(db, archive_id, email, ParticipantState.AMBIGUOUS, error[:500])
 
 
-def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
+def _abandoned_elsewhere(db: Database, archive_id: str) -> bool:
     """Whether the archive was listed ABANDONED before this worker abandoned it: first seen
     so, or so since (the listing does not update a claimed archive)."""
     row = db.execute(
@@ -109,7 +108,7 @@ def _abandoned_elsewhere(db: sqlite_utils.Database, archive_id: str) -> bool:
 
 
 def _close_participant(
-    db: sqlite_utils.Database,
+    db: Database,
     archive_id: str,
     email: str,
     state: ParticipantState,
@@ -122,7 +121,7 @@ def _close_participant(
     )
 
 
-def open_insights(db: sqlite_utils.Database) -> list[InsightRow]:
+def open_insights(db: Database) -> list[InsightRow]:
     """Insights not yet sent nor parked, oldest archive first, each with its archive's
     record (parsed once per row)."""
     rows = db.query(
@@ -143,7 +142,7 @@ def open_insights(db: sqlite_utils.Database) -> list[InsightRow]:
     ]
 
 
-def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> None:
+def mark_sending(db: Database, keys: Iterable[tuple[str, int]]) -> None:
     """Mark insights (archive id, contact id) as about to be posted, durably: after a crash
     or a power cut, each is looked for in TE before it is posted again."""
     with transaction(db, durable=True):
@@ -155,7 +154,7 @@ def mark_sending(db: sqlite_utils.Database, keys: Iterable[tuple[str, int]]) -> 
 
 
 def mark_sent(
-    db: sqlite_utils.Database,
+    db: Database,
     archive_id: str,
     contact_id: int,
     te_insight_id: int | None,
@@ -170,9 +169,7 @@ def mark_sent(
         )
 
 
-def set_te_insight_id(
-    db: sqlite_utils.Database, archive_id: str, contact_id: int, te_insight_id: int
-) -> None:
+def set_te_insight_id(db: Database, archive_id: str, contact_id: int, te_insight_id: int) -> None:
     """Note the id of a sent insight, learnt after the fact."""
     with transaction(db):
         db.execute(
@@ -182,7 +179,7 @@ def set_te_insight_id(
 
 
 def give_up(
-    db: sqlite_utils.Database,
+    db: Database,
     archive_id: str,
     contact_id: int,
     error: str,
@@ -198,7 +195,7 @@ def give_up(
         )
 
 
-def retry_failed(db: sqlite_utils.Database, archive_id: str | None = None) -> int:
+def retry_failed(db: Database, archive_id: str | None = None) -> int:
     """Put failing and parked participants and insights (of one archive, or all) back to work.
     An ``ambiguous`` participant is matched again (under the ceiling then configured).
 

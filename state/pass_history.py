@@ -14,9 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, limit_clause, transaction
 
 TABLE = "passes"
 OK, FAILED, STOPPED, UNFINISHED = "ok", "failed", "stopped", "unfinished"
@@ -46,17 +44,15 @@ class PassRecord:
         return None if self.finished_at is None else self.finished_at - self.started_at
 
 
-def start_pass(
-    db: sqlite_utils.Database, started_at: float, jobs: Sequence[str], tenant: str | None
-) -> int:
+def start_pass(db: Database, started_at: float, jobs: Sequence[str], tenant: str | None) -> int:
     """Record that a pass has begun; its id, for :func:`finish_pass`."""
     with transaction(db):
-        cursor = db.execute(
-            f"insert into {TABLE} (started_at, jobs, tenant) values (?, ?, ?)",
+        row = db.execute(
+            f"insert into {TABLE} (started_at, jobs, tenant) values (?, ?, ?) returning id",
             [started_at, json.dumps(list(jobs)), tenant],
-        )
-    assert cursor.lastrowid is not None
-    return cursor.lastrowid
+        ).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 @dataclass(frozen=True)
@@ -72,7 +68,7 @@ class PassEnd:
     te_tokens_requested: int
 
 
-def finish_pass(db: sqlite_utils.Database, pass_id: int, end: PassEnd, keep_after: float) -> None:
+def finish_pass(db: Database, pass_id: int, end: PassEnd, keep_after: float) -> None:
     """Complete the pass's row, and delete up to PRUNE_BATCH passes that started before
     ``keep_after``, in one transaction."""
     with transaction(db):
@@ -97,14 +93,12 @@ def finish_pass(db: sqlite_utils.Database, pass_id: int, end: PassEnd, keep_afte
         )
 
 
-def passes(
-    db: sqlite_utils.Database, since: float | None = None, limit: int | None = None
-) -> list[PassRecord]:
+def passes(db: Database, since: float | None = None, limit: int | None = None) -> list[PassRecord]:
     """The passes that started at or after ``since``, the newest first, at most ``limit``."""
     where, params = ("where started_at >= ?", [since]) if since is not None else ("", [])
     rows = db.query(
-        f"select * from {TABLE} {where} order by started_at desc, id desc limit ?",
-        [*params, limit if limit is not None else -1],
+        f"select * from {TABLE} {where} order by started_at desc, id desc{limit_clause(limit)}",
+        params,
     )
     return [_record(row) for row in rows]
 

@@ -1,4 +1,4 @@
-"""Rate-limit buckets kept in SQLite, shared by every process using the same state file.
+"""Rate-limit buckets kept in the state, shared by every process using the same database.
 
 A bucket holds ``limit`` tokens; a spent token comes back exactly ``window`` seconds after
 it was spent. That is a token bucket with a per-token refill, and it guarantees what Total
@@ -10,14 +10,10 @@ transaction across processes.
 
 from __future__ import annotations
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 
 
-def try_spend(
-    db: sqlite_utils.Database, bucket: str, limit: int, window: float, now: float
-) -> float | None:
+def try_spend(db: Database, bucket: str, limit: int, window: float, now: float) -> float | None:
     """Spend one token now. Returns None on success, else when the next token comes back."""
     with transaction(db):
         used = _expire(db, bucket, now - window)
@@ -31,16 +27,18 @@ def try_spend(
         return oldest + window
 
 
-def used(db: sqlite_utils.Database, bucket: str, window: float, now: float) -> int:
+def used(db: Database, bucket: str, window: float, now: float) -> int:
     """Tokens of ``bucket`` spent in the last ``window`` seconds (reads only)."""
     return db.execute(
         "select count(*) from rate_events where bucket = ? and at > ?", [bucket, now - window]
     ).fetchone()[0]
 
 
-def _expire(db: sqlite_utils.Database, bucket: str, horizon: float) -> int:
+def _expire(db: Database, bucket: str, horizon: float) -> int:
     """Forget spends at or before ``horizon``; returns how many remain."""
-    db.execute("insert or ignore into rate_counts (bucket, used) values (?, 0)", [bucket])
+    db.execute(
+        "insert into rate_counts (bucket, used) values (?, 0) on conflict do nothing", [bucket]
+    )
     expired = db.execute(
         "delete from rate_events where bucket = ? and at <= ?", [bucket, horizon]
     ).rowcount

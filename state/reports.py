@@ -5,7 +5,7 @@ Counts come from aggregates over the ``(state, next_attempt_at)`` indexes; faili
 are found through the same indexes (a claimed or sent row is never looked at); archives are
 read in pages along the ``(first_seen_at, archive_id)`` index, each page with its insights
 in one query, so that memory stays flat however many archives there are. A page filtered by
-state is read along that index too (the unary ``+`` keeps SQLite off the state index): from
+state is read along that index too (``state || ''`` keeps the engine off the state index): from
 the state index every page would sort all the matching rows again, a cost that grows with
 the square of the history, where reading along the age index grows with it linearly.
 """
@@ -17,9 +17,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any
 
-import sqlite_utils
-
 from sync_worker.adapters.flexperto.records import read_record
+from sync_worker.state.db import Database
 from sync_worker.state.lifecycles import (
     ARCHIVE_FAILING,
     ARCHIVE_SAFE,
@@ -48,7 +47,7 @@ ARCHIVE_FIELDS = (
 )
 
 
-def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
+def counts(db: Database) -> dict[str, dict[str, int]]:
     """Archives per state; insights per state, with participants that got none (no_match,
     ambiguous, or not matched yet) counted by their own state."""
     archives = dict(db.execute("select state, count(*) from archives group by state").fetchall())
@@ -66,7 +65,7 @@ def counts(db: sqlite_utils.Database) -> dict[str, dict[str, int]]:
     return {"archives": archives, "insights": dict(insights)}
 
 
-def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]], int]:
+def failing(db: Database, limit: int) -> tuple[list[dict[str, Any]], int]:
     """Up to ``limit`` items that failed or are parked, with their last error, oldest
     archive first; and how many there are in all."""
     # the states in which an item can carry an error (the indexes lead with the state)
@@ -81,7 +80,7 @@ def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]]
         "union all select archive_id, 'insight ' || email, state, attempts, null, last_error "
         f"from participants where state in {participants} and last_error is not null"
     )
-    total = db.execute(f"select count(*) from ({union})").fetchone()[0]
+    total = db.execute(f"select count(*) from ({union}) f").fetchone()[0]
     rows = db.query(
         f"select f.* from ({union}) f join archives a using (archive_id) "
         "order by a.first_seen_at, f.archive_id, f.item limit ?",
@@ -91,16 +90,17 @@ def failing(db: sqlite_utils.Database, limit: int) -> tuple[list[dict[str, Any]]
 
 
 def archives_with_insights(
-    db: sqlite_utils.Database,
+    db: Database,
     states: tuple[str, ...] = (),
     since: float | None = None,
     limit: int | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Every archive (of ``states``, first seen at or after ``since``; at most ``limit``)
     oldest first, each with its insights and its participants that got none."""
-    where, params = ["1"], []
+    where, params = ["true"], []
     if states:
-        where.append(f"+state in {_in(states)}")  # unary +: paged along the age index
+        # || '': no index on the expression, so paged along the age index
+        where.append(f"state || '' in {_in(states)}")
         params.extend(states)
     if since is not None:
         where.append("first_seen_at >= ?")
@@ -128,7 +128,7 @@ def archives_with_insights(
             left -= len(page)
 
 
-def _outcomes_of(archive_ids: list[str], db: sqlite_utils.Database) -> dict[str, list[dict]]:
+def _outcomes_of(archive_ids: list[str], db: Database) -> dict[str, list[dict]]:
     """The insights and unmatched participants of the given archives, by archive."""
     ids = _in(archive_ids)
     rows = db.query(
@@ -136,7 +136,9 @@ def _outcomes_of(archive_ids: list[str], db: sqlite_utils.Database) -> dict[str,
         f"sent_at from insights where archive_id in {ids} "
         "union all select archive_id, email, null, state, null, attempts, last_error, null "
         f"from participants where archive_id in {ids} and state != '{ParticipantState.MATCHED}' "
-        "order by archive_id, contact_id, email",
+        # nulls first: SQLite's order, the participants before the insights (PostgreSQL
+        # puts nulls last)
+        "order by archive_id, contact_id nulls first, email",
         [*archive_ids, *archive_ids],
     )
     found: dict[str, list[dict]] = {}
@@ -168,14 +170,15 @@ MANIFEST_FIELDS = (
 )
 
 
-def manifest(db: sqlite_utils.Database, since: float | None = None) -> Iterator[dict[str, Any]]:
+def manifest(db: Database, since: float | None = None) -> Iterator[dict[str, Any]]:
     """One row per stored archive (stored at or after ``since``), for an auditor: what it
     was, where it is, when it was last verified, and the insights it gave, a page at a
     time along the ledger's age index."""
     after: list[Any] = []
     while True:
         keyset = ["(a.first_seen_at, a.archive_id) > (?, ?)"] if after else []
-        where = [f"+a.state in {sql_list(ARCHIVE_SAFE)}", *keyset]  # +: not the state index
+        # || '': no index on the expression, so paged along the age index
+        where = [f"a.state || '' in {sql_list(ARCHIVE_SAFE)}", *keyset]
         params: list[Any] = [*after]
         if since is not None:
             where.append("a.stored_at >= ?")
@@ -213,7 +216,7 @@ def _manifest_row(row: dict[str, Any], participants: int, sent: dict[str, list[i
     }
 
 
-def _participant_counts(db: sqlite_utils.Database, ids: list[str]) -> dict[str, int]:
+def _participant_counts(db: Database, ids: list[str]) -> dict[str, int]:
     rows = db.execute(
         f"select archive_id, count(*) from participants where archive_id in {_in(ids)} "
         "group by archive_id",
@@ -222,7 +225,7 @@ def _participant_counts(db: sqlite_utils.Database, ids: list[str]) -> dict[str, 
     return dict(rows)
 
 
-def _insight_ids(db: sqlite_utils.Database, ids: list[str]) -> dict[str, list[int]]:
+def _insight_ids(db: Database, ids: list[str]) -> dict[str, list[int]]:
     found: dict[str, list[int]] = {}
     rows = db.execute(
         f"select archive_id, te_insight_id from insights where archive_id in {_in(ids)} "

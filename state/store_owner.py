@@ -10,18 +10,16 @@ from __future__ import annotations
 
 import uuid
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 
 
-def state_id(db: sqlite_utils.Database) -> str:
+def state_id(db: Database) -> str:
     """The state file's id, made on first use."""
     found = _state_id(db)
     if found is None:
         with transaction(db):
             db.execute(
-                "insert or ignore into state_identity (id, state_id) values (1, ?)",
+                "insert into state_identity (id, state_id) values (1, ?) on conflict do nothing",
                 [uuid.uuid4().hex],
             )
         found = _state_id(db)
@@ -29,6 +27,6 @@ def state_id(db: sqlite_utils.Database) -> str:
     return found
 
 
-def _state_id(db: sqlite_utils.Database) -> str | None:
+def _state_id(db: Database) -> str | None:
     row = next(db.query("select state_id from state_identity where id = 1"), None)
     return None if row is None else row["state_id"]

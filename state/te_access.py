@@ -18,12 +18,10 @@ import hashlib
 import secrets
 from urllib.parse import urlsplit
 
-import sqlite_utils
-
 from sync_worker.config import TotalExpertConfig
 from sync_worker.core import logs
 from sync_worker.state import rate_limit, tokens
-from sync_worker.state.db import open_budget_database
+from sync_worker.state.db import Database, open_budget_database
 
 WINDOW_MARGIN_SECONDS = 1.0
 REQUEST_WINDOW = 60.0 + WINDOW_MARGIN_SECONDS
@@ -49,7 +47,7 @@ class SharedAccess:
 
     def __init__(
         self,
-        db: sqlite_utils.Database,
+        db: Database,
         base_url: str,
         client_id: str,
         requests_per_minute: int,
@@ -67,7 +65,7 @@ class SharedAccess:
 
     @classmethod
     def for_config(
-        cls, state_db: sqlite_utils.Database, config: TotalExpertConfig, busy_timeout: float
+        cls, state_db: Database, config: TotalExpertConfig, busy_timeout: float
     ) -> SharedAccess:
         """Kept in the shared budget file if one is configured, else in ``state_db``."""
         budget_file = config.shared_budget_file

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,7 @@ class Secret:
     retired_at: float | None
 
 
-def current(db: sqlite_utils.Database) -> Secret | None:
+def current(db: Database) -> Secret | None:
     """The newest secret Flexperto accepted and that is not retired."""
     row = next(
         db.query(
@@ -37,7 +35,7 @@ def current(db: sqlite_utils.Database) -> Secret | None:
     return None if row is None else _secret(row)
 
 
-def prepare(db: sqlite_utils.Database, secret: str, now: float) -> None:
+def prepare(db: Database, secret: str, now: float) -> None:
     """Write ``secret`` down before it is registered; retire any left pending by a crash."""
     with transaction(db, durable=True):
         db.execute(
@@ -50,9 +48,7 @@ def prepare(db: sqlite_utils.Database, secret: str, now: float) -> None:
         )
 
 
-def confirm(
-    db: sqlite_utils.Database, secret: str, subscription_id: str | None, now: float
-) -> None:
+def confirm(db: Database, secret: str, subscription_id: str | None, now: float) -> None:
     """Flexperto accepted ``secret``: it becomes the current one, the others are retired."""
     with transaction(db, durable=True):
         db.execute(
@@ -65,12 +61,12 @@ def confirm(
         )
 
 
-def retire(db: sqlite_utils.Database, secret: str, now: float) -> None:
+def retire(db: Database, secret: str, now: float) -> None:
     with transaction(db):
         db.execute("update webhook_secrets set retired_at = ? where secret = ?", [now, secret])
 
 
-def accepted(db: sqlite_utils.Database, now: float, grace: float) -> list[str]:
+def accepted(db: Database, now: float, grace: float) -> list[str]:
     """The secrets a delivery may carry now: all not retired, and those retired within
     ``grace`` seconds."""
     return [
@@ -82,7 +78,7 @@ def accepted(db: sqlite_utils.Database, now: float, grace: float) -> list[str]:
     ]
 
 
-def expired(db: sqlite_utils.Database, now: float, grace: float) -> list[Secret]:
+def expired(db: Database, now: float, grace: float) -> list[Secret]:
     """Secrets retired more than ``grace`` seconds ago: their subscriptions can go."""
     return [
         _secret(row)
@@ -90,7 +86,7 @@ def expired(db: sqlite_utils.Database, now: float, grace: float) -> list[Secret]
     ]
 
 
-def forget(db: sqlite_utils.Database, secret: str) -> None:
+def forget(db: Database, secret: str) -> None:
     with transaction(db):
         db.execute("delete from webhook_secrets where secret = ?", [secret])
 

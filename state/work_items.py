@@ -12,9 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import sqlite_utils
-
-from sync_worker.state.db import transaction
+from sync_worker.state.db import Database, transaction
 from sync_worker.state.lifecycles import GIVEN_UP
 
 ERROR_LIMIT = 500
@@ -40,7 +38,7 @@ def backoff_delay(attempts: int, policy: RetryPolicy) -> float:
 
 
 def note_failure(
-    db: sqlite_utils.Database,
+    db: Database,
     table: str,
     key: dict[str, Any],
     error: str,
@@ -51,23 +49,26 @@ def note_failure(
     """Count a failed attempt of an open item and move it to ``transitions[its state]``, or
     park it. Returns None, recording nothing, when the item is missing or its state is not
     a key of ``transitions`` (it was finished before the failure)."""
-    where = " and ".join(f"[{column}] = :{column}" for column in key)
+    where = " and ".join(f"{column} = ?" for column in key)
     with transaction(db):
-        row = next(db.query(f"select state, attempts from [{table}] where {where}", key), None)
+        row = next(
+            db.query(f"select state, attempts from {table} where {where}", list(key.values())),
+            None,
+        )
         if row is None or row["state"] not in transitions:
             return None
         attempts = row["attempts"] + 1
         given_up = attempts >= policy.max_attempts
         db.execute(
-            f"update [{table}] set state = :state, attempts = :attempts, last_error = :error, "
-            f"next_attempt_at = :next where {where}",
-            {
-                **key,
-                "state": GIVEN_UP if given_up else transitions[row["state"]],
-                "attempts": attempts,
-                "error": error[:ERROR_LIMIT],
-                "next": None if given_up else now + backoff_delay(attempts, policy),
-            },
+            f"update {table} set state = ?, attempts = ?, last_error = ?, next_attempt_at = ? "
+            f"where {where}",
+            [
+                GIVEN_UP if given_up else transitions[row["state"]],
+                attempts,
+                error[:ERROR_LIMIT],
+                None if given_up else now + backoff_delay(attempts, policy),
+                *key.values(),
+            ],
         )
     return Failure(row["state"], given_up)
 

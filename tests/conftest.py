@@ -32,6 +32,8 @@ from sync_worker.core import logs
 from sync_worker.core.clock import FakeClock
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Sandbox
 from sync_worker.sandbox.bucket import S3Endpoint, S3Server
+from sync_worker.state.db import Database, open_database, open_postgres
+from tests.postgres_cluster import BIN_ENV, PostgresCluster, server_bin
 from tests.s3_endpoint import ENDPOINT, ExternalS3, external
 
 # Fast retries for tests; the clock is fake, so backoff waits cost no real time.
@@ -104,12 +106,60 @@ def s3_server() -> Iterator[S3Endpoint]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[PostgresCluster]:
+    """A private PostgreSQL cluster for the session (of this test process)."""
+    bin_dir = server_bin()
+    if bin_dir is None:
+        pytest.fail(
+            "PostgreSQL's server is not installed: apt-get install postgresql (.ci/run does), "
+            f"or name its bin folder in {BIN_ENV}"
+        )
+    cluster = PostgresCluster(bin_dir)
+    cluster.start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def state_engine(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture
+def open_state(
+    request: pytest.FixtureRequest, state_engine: str, tmp_path: Path
+) -> Iterator[Callable[[], Database]]:
+    """``open_state()`` opens the test's state database on the engine of ``state_engine``
+    (a file, or a new database of the session's cluster): each call a new connection to the
+    same database, closed after the test."""
+    opened: list[Database] = []
+    dsn = (
+        request.getfixturevalue("postgres_cluster").new_database()
+        if state_engine == "postgresql"
+        else ""
+    )
+
+    def open_it() -> Database:
+        db = open_postgres(dsn) if dsn else open_database(tmp_path / "s.db")
+        opened.append(db)
+        return db
+
+    yield open_it
+    for db in opened:
+        db.close()
+
+
 @pytest.fixture(autouse=True)
 def _fast_tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
     """A ``fast`` test that starts a process or sleeps in its own thread fails, saying so
-    (threads it starts may wait: a lock's contention is state-layer logic)."""
+    (threads it starts may wait: a lock's contention is state-layer logic). The session's
+    PostgreSQL cluster, which a state-layer test on that engine needs, is started first."""
     if request.node.get_closest_marker("fast") is None:
         return
+    callspec = getattr(request.node, "callspec", None)
+    if callspec is not None and callspec.params.get("state_engine") == "postgresql":
+        request.getfixturevalue("postgres_cluster")
     owner = threading.get_ident()
 
     def refused(name: str, real: Callable) -> Callable:

@@ -4,12 +4,13 @@ from sync_worker.state import archives, insights
 from sync_worker.state.db import open_database
 from sync_worker.state.lifecycles import InsightState
 from tests.records import archive_record
+from tests.state_rows import row_of
 
 pytestmark = pytest.mark.fast
 
 
-def ledger_with(tmp_path, *archive_ids):
-    return queued(open_database(tmp_path / "s.db"), *archive_ids)
+def ledger_with(open_state, *archive_ids):
+    return queued(open_state(), *archive_ids)
 
 
 def queued(db, *archive_ids):
@@ -22,11 +23,11 @@ def queued(db, *archive_ids):
 
 
 def state_of(db, archive_id):
-    return db["insights"].get((archive_id, 451))["state"]
+    return row_of(db, "insights", archive_id=archive_id, contact_id=451)["state"]
 
 
-def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(tmp_path):
-    db = ledger_with(tmp_path, "a1", "a2")
+def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(open_state):
+    db = ledger_with(open_state, "a1", "a2")
     insights.give_up(db, "a1", 451, "cannot tell", InsightState.UNVERIFIED)
     insights.give_up(db, "a2", 451, "HTTP 422")
     assert insights.retry_failed(db) == 2
@@ -34,24 +35,27 @@ def test_retry_posts_an_unverified_insight_and_looks_before_reposting_others(tmp
     assert state_of(db, "a2") == "sending"  # may have been posted: look first
 
 
-def test_retry_of_one_archive_leaves_the_others_alone(tmp_path):
-    db = ledger_with(tmp_path, "a1", "a2")
+def test_retry_of_one_archive_leaves_the_others_alone(open_state):
+    db = ledger_with(open_state, "a1", "a2")
     insights.give_up(db, "a1", 451, "cannot tell", InsightState.UNVERIFIED)
     insights.give_up(db, "a2", 451, "cannot tell", InsightState.UNVERIFIED)
     assert insights.retry_failed(db, "a2") == 1
     assert (state_of(db, "a1"), state_of(db, "a2")) == ("unverified", "pending")
 
 
-def test_a_sent_insight_may_have_no_te_id_and_learn_it_later(tmp_path):
-    db = ledger_with(tmp_path, "a1")
+def test_a_sent_insight_may_have_no_te_id_and_learn_it_later(open_state):
+    db = ledger_with(open_state, "a1")
     insights.mark_sent(db, "a1", 451, None, now=5.0)
-    assert (state_of(db, "a1"), db["insights"].get(("a1", 451))["te_insight_id"]) == ("sent", None)
+    assert (
+        state_of(db, "a1"),
+        row_of(db, "insights", archive_id="a1", contact_id=451)["te_insight_id"],
+    ) == ("sent", None)
     insights.set_te_insight_id(db, "a1", 451, 9001)
-    assert db["insights"].get(("a1", 451))["te_insight_id"] == 9001
+    assert row_of(db, "insights", archive_id="a1", contact_id=451)["te_insight_id"] == 9001
 
 
-def test_insights_of_an_archive_abandoned_elsewhere_are_looked_for_first(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_insights_of_an_archive_abandoned_elsewhere_are_looked_for_first(open_state):
+    db = open_state()
     archives.note_listed(db, [archive_record("rescued", status="ABANDONED")], now=0.0)
     archives.note_listed(db, [archive_record("ours"), archive_record("theirs")], now=0.0)
     archives.note_listed(db, [archive_record("theirs", status="ABANDONED")], now=1.0)
@@ -80,12 +84,14 @@ def test_an_archive_listed_by_an_older_version_is_queued_as_before(tmp_path):
     assert state_of(queued(db, "a1"), "a1") == "pending"
 
 
-def test_retry_matches_an_ambiguous_participant_again(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_retry_matches_an_ambiguous_participant_again(open_state):
+    db = open_state()
     archives.note_listed(db, [archive_record("a1")], now=0.0)
     archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [("p@example.org", "P")], None)
     insights.park_participant(db, "a1", "p@example.org", "more than 20 contacts")
-    assert db["participants"].get(("a1", "p@example.org"))["state"] == "ambiguous"
+    assert (
+        row_of(db, "participants", archive_id="a1", email="p@example.org")["state"] == "ambiguous"
+    )
     assert insights.open_participants(db) == []
     assert insights.retry_failed(db, "a1") == 1
     assert [row.email for row in insights.open_participants(db)] == ["p@example.org"]

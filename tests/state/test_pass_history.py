@@ -23,8 +23,8 @@ def end(at: float, outcome: str = pass_history.OK, **fields) -> PassEnd:
     return PassEnd(finished_at=at, outcome=outcome, **values)
 
 
-def test_a_pass_is_written_as_it_starts_and_completed_as_it_ends(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_a_pass_is_written_as_it_starts_and_completed_as_it_ends(open_state):
+    db = open_state()
     pass_id = pass_history.start_pass(db, 100.0, ["archives", "insights"], "acme")
     [running] = pass_history.passes(db)
     assert (running.outcome, running.finished_at, running.duration) == ("unfinished", None, None)
@@ -40,8 +40,8 @@ def test_a_pass_is_written_as_it_starts_and_completed_as_it_ends(tmp_path):
     assert (done.bytes_stored, done.te_requests, done.te_tokens_requested) == (10, 3, 1)
 
 
-def test_passes_are_listed_newest_first_since_a_moment_up_to_a_limit(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_passes_are_listed_newest_first_since_a_moment_up_to_a_limit(open_state):
+    db = open_state()
     for n in range(5):
         pass_history.start_pass(db, 100.0 * n, ["archives"], None)
     assert [p.started_at for p in pass_history.passes(db)] == [400, 300, 200, 100, 0]
@@ -49,9 +49,9 @@ def test_passes_are_listed_newest_first_since_a_moment_up_to_a_limit(tmp_path):
     assert [p.started_at for p in pass_history.passes(db, since=200, limit=2)] == [400, 300]
 
 
-def test_old_passes_are_pruned_as_a_pass_ends_a_bounded_number_at_a_time(tmp_path, monkeypatch):
+def test_old_passes_are_pruned_as_a_pass_ends_a_bounded_number_at_a_time(open_state, monkeypatch):
     monkeypatch.setattr(pass_history, "PRUNE_BATCH", 2)
-    db = open_database(tmp_path / "s.db")
+    db = open_state()
     for n in range(5):
         pass_history.start_pass(db, n * DAY, ["archives"], None)
     now = 100 * DAY

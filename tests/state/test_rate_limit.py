@@ -3,13 +3,12 @@ import threading
 import pytest
 
 from sync_worker.state import rate_limit
-from sync_worker.state.db import open_database
 
 pytestmark = pytest.mark.fast
 
 
-def test_spends_up_to_the_limit_then_says_when_a_token_returns(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_spends_up_to_the_limit_then_says_when_a_token_returns(open_state):
+    db = open_state()
     for i in range(3):
         assert rate_limit.try_spend(db, "b", 3, 60.0, 100.0 + i) is None
     assert rate_limit.try_spend(db, "b", 3, 60.0, 130.0) == 160.0
@@ -17,8 +16,8 @@ def test_spends_up_to_the_limit_then_says_when_a_token_returns(tmp_path):
     assert rate_limit.used(db, "b", 60.0, 160.0) == 3
 
 
-def test_never_more_than_limit_in_any_window(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_never_more_than_limit_in_any_window(open_state):
+    db = open_state()
     spent = []
     now = 0.0
     while now < 600:
@@ -30,26 +29,24 @@ def test_never_more_than_limit_in_any_window(tmp_path):
     assert len(spent) >= 90
 
 
-def test_buckets_are_independent(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_buckets_are_independent(open_state):
+    db = open_state()
     assert rate_limit.try_spend(db, "a", 1, 60.0, 0.0) is None
     assert rate_limit.try_spend(db, "b", 1, 60.0, 0.0) is None
     assert rate_limit.try_spend(db, "a", 1, 60.0, 1.0) == 60.0
 
 
-def test_shared_between_connections_under_contention(tmp_path):
-    path = tmp_path / "s.db"
-    open_database(path).close()
+def test_shared_between_connections_under_contention(open_state):
+    open_state()
     granted = []
     lock = threading.Lock()
 
     def worker():
-        db = open_database(path)
+        db = open_state()
         for _ in range(20):
             if rate_limit.try_spend(db, "b", 25, 60.0, 1000.0) is None:
                 with lock:
                     granted.append(1)
-        db.close()
 
     threads = [threading.Thread(target=worker) for _ in range(4)]
     for thread in threads:

@@ -1,13 +1,12 @@
 import pytest
 
 from sync_worker.state import run_history
-from sync_worker.state.db import open_database
 
 pytestmark = pytest.mark.fast
 
 
-def test_a_run_is_recorded_per_job_and_totals_add_up(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_a_run_is_recorded_per_job_and_totals_add_up(open_state):
+    db = open_state()
     run_history.record_run(db, ["archives", "insights"], 100.0, 2.5, True, {"te_requests": 3})
     run_history.record_run(db, ["insights"], 200.0, 1.0, False, {"te_requests": 4})
     runs = {row["job"]: row for row in run_history.job_runs(db)}
@@ -24,7 +23,7 @@ def test_a_run_is_recorded_per_job_and_totals_add_up(tmp_path):
     assert run_history.totals(db) == {"te_requests": 7}
 
 
-def test_nothing_recorded_reads_empty(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_nothing_recorded_reads_empty(open_state):
+    db = open_state()
     assert run_history.job_runs(db) == []
     assert run_history.totals(db) == {}

@@ -5,6 +5,7 @@ from sync_worker.core import logs
 from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
+from tests.state_rows import count_of
 
 pytestmark = pytest.mark.fast
 
@@ -27,38 +28,38 @@ def te_config():
     return make
 
 
-def test_request_slots_come_back_a_minute_and_a_second_later(tmp_path):
-    shared = access(open_database(tmp_path / "s.db"))
+def test_request_slots_come_back_a_minute_and_a_second_later(open_state):
+    shared = access(open_state())
     assert shared.spend_request(100.0) is None
     assert shared.spend_request(100.5) is None
     assert shared.spend_request(101.0) == 100.0 + te_access.REQUEST_WINDOW
     assert shared.spend_request(161.0) is None
 
 
-def test_token_requests_have_their_own_hourly_budget(tmp_path):
-    shared = access(open_database(tmp_path / "s.db"))
+def test_token_requests_have_their_own_hourly_budget(open_state):
+    shared = access(open_state())
     assert shared.spend_token_request(0.0) is None
     assert shared.spend_token_request(10.0) == te_access.TOKEN_WINDOW
     assert shared.spend_request(10.0) is None  # the per-minute budget is apart
 
 
-def test_a_kept_token_is_shared_used_until_shortly_before_expiry_and_masked(tmp_path):
-    until = access(open_database(tmp_path / "s.db")).keep_token("tok-abcdef", 4000.0, 400.0)
+def test_a_kept_token_is_shared_used_until_shortly_before_expiry_and_masked(open_state):
+    until = access(open_state()).keep_token("tok-abcdef", 4000.0, 400.0)
     assert until < 4000.0
-    other_process = access(open_database(tmp_path / "s.db"))
+    other_process = access(open_state())
     assert other_process.cached_token(500.0) == ("tok-abcdef", until)
     assert other_process.cached_token(until) is None
     assert logs.mask("Bearer tok-abcdef") == "Bearer [REDACTED]"
 
 
-def test_tokens_are_kept_per_client(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_tokens_are_kept_per_client(open_state):
+    db = open_state()
     access(db, "one").keep_token("tok-one", 4000.0, 0.0)
     assert access(db, "two").cached_token(0.0) is None
 
 
-def test_dropping_a_rejected_token_spares_a_newer_one(tmp_path):
-    shared = access(open_database(tmp_path / "s.db"))
+def test_dropping_a_rejected_token_spares_a_newer_one(open_state):
+    shared = access(open_state())
     shared.keep_token("tok-new", 4000.0, 0.0)
     shared.drop_token("tok-old")
     assert shared.cached_token(0.0)[0] == "tok-new"
@@ -66,8 +67,8 @@ def test_dropping_a_rejected_token_spares_a_newer_one(tmp_path):
     assert shared.cached_token(0.0) is None
 
 
-def test_buckets_follow_the_host_not_the_path_or_the_client(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_buckets_follow_the_host_not_the_path_or_the_client(open_state):
+    db = open_state()
     one = SharedAccess(db, "https://te.example/v1", "one", 1, 1)
     other_client = SharedAccess(db, "https://TE.example/v2", "two", 1, 1)
     other_host = SharedAccess(db, "https://te2.example/v1", "one", 1, 1)
@@ -90,20 +91,20 @@ def test_a_shared_budget_file_is_one_budget_for_every_state_file(tmp_path, te_co
     assert workers[2].requests_left(1.0) == 0
     for worker in workers:
         worker.close()
-    assert not open_database(tmp_path / "state-0.db")["rate_events"].count
+    assert not count_of(open_database(tmp_path / "state-0.db"), "rate_events")
 
 
-def test_without_a_shared_budget_the_state_file_keeps_it(tmp_path, te_config):
+def test_without_a_shared_budget_the_state_file_keeps_it(open_state, te_config):
     te = te_config(None, requests_per_minute=2)
-    db = open_database(tmp_path / "state.db")
+    db = open_state()
     access = SharedAccess.for_config(db, te, 5.0)
     access.spend_request(0.0)
     access.close()  # leaves the state file, which it does not own, open
-    assert db["rate_events"].count == 1
+    assert count_of(db, "rate_events") == 1
 
 
-def test_what_is_left_of_the_budgets_and_the_token(tmp_path):
-    shared = access(open_database(tmp_path / "s.db"), per_minute=3, tokens_per_hour=2)
+def test_what_is_left_of_the_budgets_and_the_token(open_state):
+    shared = access(open_state(), per_minute=3, tokens_per_hour=2)
     assert (shared.requests_left(0.0), shared.token_requests_left(0.0)) == (3, 2)
     shared.spend_request(0.0)
     shared.spend_token_request(0.0)

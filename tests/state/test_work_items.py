@@ -3,7 +3,6 @@ from dataclasses import dataclass
 import pytest
 
 from sync_worker.state import archives
-from sync_worker.state.db import open_database
 from sync_worker.state.work_items import Failure, backoff_delay, is_due, note_failure
 from tests.records import archive_record
 
@@ -23,8 +22,8 @@ def test_backoff_doubles_up_to_the_ceiling():
     assert [backoff_delay(n, Policy()) for n in (1, 2, 3, 4)] == [10.0, 20.0, 25.0, 25.0]
 
 
-def test_failures_back_off_then_park(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_failures_back_off_then_park(open_state):
+    db = open_state()
     assert archives.note_listed(db, [archive_record("a1")], now=0.0) == ["a1"]
     key = {"archive_id": "a1"}
     assert note_failure(db, "archives", key, "boom", 100.0, Policy(), OPEN) == Failure(
@@ -42,8 +41,8 @@ def test_failures_back_off_then_park(tmp_path):
     assert archives.get(db, "a1").state == "pending"
 
 
-def test_a_failure_never_moves_a_finished_item_back(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_a_failure_never_moves_a_finished_item_back(open_state):
+    db = open_state()
     archives.note_listed(db, [archive_record("a1")], now=0.0)
     archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
     archives.mark_claimed(db, "a1", 2.0)
@@ -53,8 +52,8 @@ def test_a_failure_never_moves_a_finished_item_back(tmp_path):
     assert (row.state, row.attempts, row.last_error) == ("claimed", 0, None)
 
 
-def test_a_stored_item_keeps_its_state_while_it_waits(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_a_stored_item_keeps_its_state_while_it_waits(open_state):
+    db = open_state()
     archives.note_listed(db, [archive_record("a1")], now=0.0)
     archives.mark_stored(db, "a1", "/x.zip", 1, 1.0, [], None)
     failure = note_failure(db, "archives", {"archive_id": "a1"}, "503", 3.0, Policy(), OPEN)
@@ -62,6 +61,6 @@ def test_a_stored_item_keeps_its_state_while_it_waits(tmp_path):
     assert archives.get(db, "a1").state == "stored"
 
 
-def test_a_missing_item_records_nothing(tmp_path):
-    db = open_database(tmp_path / "s.db")
+def test_a_missing_item_records_nothing(open_state):
+    db = open_state()
     assert note_failure(db, "archives", {"archive_id": "x"}, "e", 0.0, Policy(), OPEN) is None
