@@ -54,6 +54,7 @@ from sync_worker.jobs.item_failures import ItemBoundary, error_text, fail_item
 from sync_worker.state import archives, capabilities, held_records, store_owner
 from sync_worker.state.abandon_rule import conference_blockers
 from sync_worker.state.archives import ArchiveRow
+from sync_worker.state.configured import open_state, state_place
 from sync_worker.state.db import ThreadConnections, make_durable
 from sync_worker.state.lifecycles import ARCHIVE_ON_FAILURE, ArchiveState
 from sync_worker.state.work_items import is_due
@@ -133,8 +134,8 @@ def claim_store(ctx: JobContext, logger: Any) -> bool:
     when it is another's (``storage.foreign_owner``), cannot keep archives as configured
     (``storage.misconfigured``) or cannot be reached."""
     try:
-        state_file = ctx.config.state.database
-        ctx.store.claim(StoreOwner.of(store_owner.state_id(ctx.db), state_file))
+        place = state_place(ctx.config.state, ctx.db)
+        ctx.store.claim(StoreOwner.of(store_owner.state_id(ctx.db), place))
     except ForeignOwner as exc:
         logger.error("storage.foreign_owner", error=str(exc), owner=exc.owner.describe())
     except Misconfigured as exc:
@@ -162,9 +163,7 @@ def _in_parallel(
     if workers <= 1:
         _each(ctx, rows, step)
         return
-    connections = ThreadConnections(
-        ctx.config.state.database, ctx.config.state.busy_timeout_seconds
-    )
+    connections = ThreadConnections(lambda: open_state(ctx.config.state))
     waiting: SimpleQueue[ArchiveRow] = SimpleQueue()
     for row in rows:
         waiting.put(row)

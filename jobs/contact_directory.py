@@ -26,7 +26,6 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 
-import sqlite_utils
 import structlog
 
 from sync_worker.adapters.http import ApiError
@@ -40,6 +39,7 @@ from sync_worker.adapters.totalexpert import (
 )
 from sync_worker.jobs.context import JobContext
 from sync_worker.state import capabilities, directory
+from sync_worker.state.db import Database
 
 # Ask for changes since a little before the last sync: clocks differ.
 SYNC_OVERLAP = timedelta(minutes=10)
@@ -240,7 +240,7 @@ class ContactDirectory:
         directory.set_meta(self._db, marks)
 
 
-def _upsert_in_batches(db: sqlite_utils.Database, contacts: Iterable[Contact], now: float) -> None:
+def _upsert_in_batches(db: Database, contacts: Iterable[Contact], now: float) -> None:
     """Store contacts a page or so at a time: one transaction each, little memory."""
     batch: list[dict[str, object]] = []
     for contact in contacts:

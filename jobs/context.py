@@ -8,14 +8,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-import sqlite_utils
-
 from sync_worker.adapters.flexperto.client import FlexpertoClient
 from sync_worker.adapters.stores import Store
 from sync_worker.adapters.totalexpert import TotalExpertClient
 from sync_worker.config import Config
 from sync_worker.core.clock import Clock
 from sync_worker.core.progress import Progress
+from sync_worker.state.db import Database
 
 
 class Outcome(StrEnum):
@@ -120,7 +119,7 @@ class JobContext:
     """
 
     config: Config
-    db: sqlite_utils.Database
+    db: Database
     clock: Clock
     flexperto: FlexpertoClient
     totalexpert: TotalExpertClient

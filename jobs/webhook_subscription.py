@@ -19,7 +19,8 @@ from sync_worker.config import Config
 from sync_worker.core import logs
 from sync_worker.jobs.context import JobContext, Outcome
 from sync_worker.state import capabilities, webhooks
-from sync_worker.state.db import open_read_only
+from sync_worker.state.configured import open_state_read_only, state_exists
+from sync_worker.state.db import NoState, has_table
 
 GRACE_SECONDS = 3600.0  # Flexperto retries a delivery for under a second; ample margin
 DAY = 86400.0
@@ -89,11 +90,14 @@ def _remove_expired(ctx: JobContext, now: float) -> None:
 def accepted_secrets(config: Config, now: float) -> list[str]:
     """The secret paths a delivery for this tenant may carry now, from its state file
     (none before the first run)."""
-    if not config.state.database.exists():
+    if not state_exists(config.state):
         return []
-    db = open_read_only(config.state.database, config.state.busy_timeout_seconds)
     try:
-        if not db["webhook_secrets"].exists():
+        db = open_state_read_only(config.state)
+    except NoState:
+        return []
+    try:
+        if not has_table(db, "webhook_secrets"):
             return []
         return webhooks.accepted(db, now, GRACE_SECONDS)
     finally:

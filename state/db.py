@@ -18,7 +18,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -38,7 +38,7 @@ from sync_worker.state.migrations import (
     migrate,
     pending,
 )
-from sync_worker.state.postgres import PostgresDatabase, connect
+from sync_worker.state.postgres import PostgresDatabase, connect, describe
 
 # A state database on either engine.
 Database = sqlite_utils.Database | PostgresDatabase
@@ -54,6 +54,14 @@ class StateFileError(Exception):
     """The state file a command needs is missing, unreadable or not a state file at all."""
 
 
+class NoState(StateFileError):
+    """The state database is there but empty: no pass has made the state yet."""
+
+
+# What a broken, locked or unreachable state raises, on either engine.
+DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
+
+
 def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
     """Open (creating if needed) the state database, private to the current user, migrated
     to the schema this code knows (state.migrations); StateFileError for a newer one."""
@@ -61,11 +69,15 @@ def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sql
 
 
 def open_postgres(dsn: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> PostgresDatabase:
-    """Connect to a state database on PostgreSQL, migrated to the schema this code knows;
-    StateFileError for a newer one, StateBusyError when another worker holds the write
-    lock too long."""
-    db = connect(dsn, busy_timeout)
-    where = _where(db)
+    """Connect to a state database on PostgreSQL, migrated to the schema this code knows
+    (made if empty); StateFileError for a newer one, StateBusyError when another worker
+    holds the write lock too long."""
+    return migrated(connect(dsn, busy_timeout))
+
+
+def migrated(db: PostgresDatabase) -> PostgresDatabase:
+    """``db`` migrated to the schema this code knows (closed if it cannot be)."""
+    where = describe(db)
     try:
         if postgres_schema.pending(db, where):
             with transaction(db):
@@ -77,12 +89,6 @@ def open_postgres(dsn: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Postg
         db.close()
         raise
     return db
-
-
-def _where(db: PostgresDatabase) -> str:
-    """The database, for a message: its name and host (never the password)."""
-    info = db.conn.info
-    return f"{info.dbname} on {info.host}"
 
 
 def open_budget_database(
@@ -306,7 +312,6 @@ def _begin(db: Database) -> None:
         else:
             db.execute("BEGIN IMMEDIATE")
     except psycopg.errors.LockNotAvailable as exc:
-        db.execute("ROLLBACK")
         raise StateBusyError(f"state database is locked by another worker: {exc}") from exc
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):
@@ -359,20 +364,19 @@ def upsert(
 
 
 class ThreadConnections:
-    """One connection per thread to the same state file, for work spread over threads: a
-    connection runs one transaction at a time."""
+    """One connection per thread to the same state, for work spread over threads: a
+    connection runs one transaction at a time. ``opener`` opens one (state.configured)."""
 
-    def __init__(self, path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> None:
-        self._path = path
-        self._busy_timeout = busy_timeout
+    def __init__(self, opener: Callable[[], Database]) -> None:
+        self._opener = opener
         self._local = threading.local()
-        self._opened: list[sqlite_utils.Database] = []
+        self._opened: list[Database] = []
         self._lock = threading.Lock()
 
-    def get(self) -> sqlite_utils.Database:
+    def get(self) -> Database:
         db = getattr(self._local, "db", None)
         if db is None:
-            db = open_database(self._path, self._busy_timeout)
+            db = self._opener()
             self._local.db = db
             with self._lock:
                 self._opened.append(db)

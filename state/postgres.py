@@ -15,6 +15,7 @@ default), so a durable transaction needs nothing more.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
@@ -51,9 +52,15 @@ class PostgresDatabase:
             yield from cursor
 
     def begin(self) -> None:
-        """Start a write transaction, holding the state's write lock until it ends."""
+        """Start a write transaction, holding the state's write lock until it ends; none is
+        left open when the lock is not had (``lock_timeout``, a lost connection)."""
         self.conn.execute("begin")
-        self.conn.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+        try:
+            self.conn.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
+        except BaseException:
+            with contextlib.suppress(psycopg.Error):
+                self.conn.execute("rollback")
+            raise
 
     def has_table(self, name: str) -> bool:
         """Whether the table exists, as the statement's snapshot sees the catalog (not the
@@ -85,6 +92,12 @@ def connect(dsn: str, busy_timeout: float) -> PostgresDatabase:
     for name, seconds in KEEPALIVES.items():
         conn.execute(f"set tcp_keepalives_{name} = {seconds}")
     return PostgresDatabase(conn)
+
+
+def describe(db: PostgresDatabase) -> str:
+    """The database, for a message: its name and host (never the password)."""
+    info = db.conn.info
+    return f"{info.dbname} on {info.host}"
 
 
 @functools.lru_cache(maxsize=1024)

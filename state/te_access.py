@@ -1,10 +1,13 @@
 """What Total Expert lets this host do: its per-minute request budget, its hourly
 token-request budget, and the cached access token.
 
-They are kept in the state file, or, with ``totalexpert.shared_budget``, in a budget file
+They are kept in the state, or, with ``totalexpert.shared_budget``, in a budget file
 that every worker on the host shares whatever its state file: TE counts requests per
 source IP, not per client. Buckets are keyed by TE host, tokens by base URL and client id.
-Every process using the same file (the daemon, a cron run, ``check``, another tenant's
+A state in PostgreSQL is shared by workers on several hosts: those behind one source
+address spend from one budget, and ``totalexpert.egress`` names the address when the
+workers of one database leave by several (each name its own budget; the token is shared).
+Every process using the same state (the daemon, a cron run, ``check``, another tenant's
 worker) shares them, through the buckets of state.rate_limit and the token of state.tokens.
 A spent slot comes back a minute (or an hour) and a second after it was spent: the second
 covers the difference between our clock and TE's, and the request's travel time. Every
@@ -28,12 +31,17 @@ REQUEST_WINDOW = 60.0 + WINDOW_MARGIN_SECONDS
 TOKEN_WINDOW = 3600.0 + WINDOW_MARGIN_SECONDS
 
 
-def request_bucket(base_url: str) -> str:
-    return f"totalexpert:requests:{_host(base_url)}"
+def request_bucket(base_url: str, egress: str = "") -> str:
+    return f"totalexpert:requests:{_host(base_url)}{_at(egress)}"
 
 
-def token_bucket(base_url: str) -> str:
-    return f"totalexpert:tokens:{_host(base_url)}"
+def token_bucket(base_url: str, egress: str = "") -> str:
+    return f"totalexpert:tokens:{_host(base_url)}{_at(egress)}"
+
+
+def _at(egress: str) -> str:
+    """The egress address's name in a bucket's key: none for the state's one budget."""
+    return f"@{egress}" if egress else ""
 
 
 def _host(base_url: str) -> str:
@@ -53,13 +61,14 @@ class SharedAccess:
         requests_per_minute: int,
         token_requests_per_hour: int,
         owns_db: bool = False,
+        egress: str = "",
     ) -> None:
         self._db = db
         self._owns_db = owns_db
         self._token_key = hashlib.sha256(f"{base_url}\n{client_id}".encode()).hexdigest()[:32]
         self._holder = secrets.token_hex(8)  # this object, as a token-lease holder
-        self._request_bucket = request_bucket(base_url)
-        self._token_bucket = token_bucket(base_url)
+        self._request_bucket = request_bucket(base_url, egress)
+        self._token_bucket = token_bucket(base_url, egress)
         self._requests_per_minute = requests_per_minute
         self._token_requests_per_hour = token_requests_per_hour
 
@@ -76,6 +85,7 @@ class SharedAccess:
             config.requests_per_minute,
             config.token_requests_per_hour,
             owns_db=budget_file is not None,
+            egress=config.egress,
         )
 
     def close(self) -> None:

@@ -72,6 +72,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     config.addinivalue_line("markers", "s3_only: runs with an S3 bucket on loopback only")
     config.addinivalue_line(
+        "markers",
+        "both_states: runs also with the state in PostgreSQL (a private cluster) and an S3 bucket",
+    )
+    config.addinivalue_line(
+        "markers", "postgresql_only: runs with the state in PostgreSQL and an S3 bucket only"
+    )
+    config.addinivalue_line(
         "markers", "fast: of the fast tier (make test-fast): no process started, no real sleep"
     )
     config.addinivalue_line(
@@ -94,7 +101,20 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("sandbox_mode", ["lenient"] if lenient_only else list(SANDBOX_MODES))
     if "store_kind" in metafunc.fixturenames:
         kinds = ["local", "s3"] if marked("both_stores") else ["local"]
-        metafunc.parametrize("store_kind", ["s3"] if marked("s3_only") else kinds)
+        kinds = ["s3"] if marked("s3_only") else kinds
+        if "state_kind" not in metafunc.fixturenames:
+            metafunc.parametrize("store_kind", kinds)
+            return
+        pairs = [(kind, "sqlite") for kind in kinds]
+        ids = list(kinds)
+        if marked("postgresql_only"):
+            pairs, ids = [], []
+        if marked("both_states") or marked(
+            "postgresql_only"
+        ):  # a state in PostgreSQL wants a shared store: S3
+            pairs.append(("s3", "postgresql"))
+            ids.append("s3-postgresql")
+        metafunc.parametrize(("store_kind", "state_kind"), pairs, ids=ids)
 
 
 @pytest.fixture(scope="session")
@@ -225,16 +245,25 @@ def sandbox_in(tmp_path: Path, clock: FakeClock) -> Iterator[Callable[..., tuple
         running.stop()
 
 
-def write_config(folder: Path, sandbox: Sandbox, extra: str = "") -> Path:
+def write_config(folder: Path, sandbox: Sandbox, extra: str = "", state: str = "") -> Path:
+    """The config file for ``sandbox``, with more keys of its ``[state]`` in ``state``."""
     path = folder / "config.toml"
-    path.write_text(sandbox.config_toml("archives", "state.db") + TEST_SETTINGS + extra)
+    path.write_text(sandbox.config_toml("archives", "state.db") + state + TEST_SETTINGS + extra)
     path.chmod(0o600)  # it holds the sandbox's secrets
     return path
 
 
 @pytest.fixture
-def config(tmp_path: Path, sandbox: Sandbox) -> Config:
-    return load_config(write_config(tmp_path, sandbox), env={})
+def config(
+    tmp_path: Path, sandbox: Sandbox, state_kind: str, request: pytest.FixtureRequest
+) -> Config:
+    """A config pointing at the sandbox, its state in a file or in a new database of the
+    session's PostgreSQL cluster."""
+    state = ""
+    if state_kind == "postgresql":
+        dsn = request.getfixturevalue("postgres_cluster").new_database()
+        state = f'backend = "postgresql"\ndsn = {json.dumps(dsn)}\n'
+    return load_config(write_config(tmp_path, sandbox, state=state), env={})
 
 
 @pytest.fixture

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
+from sync_worker.config import StateConfig
 from sync_worker.state.db import Database
 
 
@@ -19,3 +21,9 @@ def rows_of(db: Database, table: str, order_by: str) -> list[dict[str, Any]]:
 
 def count_of(db: Database, table: str) -> int:
     return int(db.execute(f"select count(*) from {table}").fetchone()[0])
+
+
+def state_keys(state: StateConfig) -> str:
+    """The keys of ``[state]`` (tests.conftest.write_config's ``state``) that name the same
+    state as ``state``: none for the SQLite file, the backend and dsn of a database."""
+    return f'backend = "postgresql"\ndsn = {json.dumps(state.dsn)}\n' if state.shared else ""

@@ -22,7 +22,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
-import sqlite_utils
 import structlog
 
 from sync_worker.adapters import healthcheck
@@ -31,12 +30,13 @@ from sync_worker.adapters.stores import open_store
 from sync_worker.adapters.totalexpert import TotalExpertClient, TotalExpertSession
 from sync_worker.config import Config
 from sync_worker.core.clock import Clock
-from sync_worker.core.locks import LockHeld, job_locks
+from sync_worker.core.locks import LockHeld
 from sync_worker.core.logs import exception_fields, mask
 from sync_worker.jobs import audit_archives, claim_archives, push_insights, webhook_subscription
 from sync_worker.jobs.context import AuditPlan, JobContext, Outcome, PassStats
 from sync_worker.state import pass_history, run_history
-from sync_worker.state.db import StateBusyError, open_database
+from sync_worker.state.configured import job_locks, open_state
+from sync_worker.state.db import Database, StateBusyError
 from sync_worker.state.te_access import SharedAccess
 
 JOBS: dict[str, Callable[[JobContext], None]] = {
@@ -108,7 +108,7 @@ def _run_pass(
     monitor = config.network.common_route()
     healthcheck.ping_start(config.monitoring.healthcheck_url, monitor)
     try:
-        with job_locks(config.state.database, jobs):
+        with job_locks(config.state, jobs):
             _run_jobs(
                 config, clock, jobs, stats, stop_requested, audit_plan or AuditPlan(), started
             )
@@ -149,7 +149,7 @@ def _run_jobs(
     audit_plan: AuditPlan,
     started: float,
 ) -> None:
-    db = open_database(config.state.database, config.state.busy_timeout_seconds)
+    db = open_state(config.state)
     try:
         pass_id = _begin_record(db, clock, jobs, config.tenant or None)
         try:
@@ -170,7 +170,7 @@ def _run_jobs(
 
 def _run_with_clients(
     config: Config,
-    db: sqlite_utils.Database,
+    db: Database,
     clock: Clock,
     jobs: Sequence[str],
     stats: PassStats,
@@ -213,7 +213,7 @@ def _run_with_clients(
 
 
 def _begin_record(
-    db: sqlite_utils.Database, clock: Clock, jobs: Sequence[str], tenant: str | None
+    db: Database, clock: Clock, jobs: Sequence[str], tenant: str | None
 ) -> int | None:
     """The pass's row in the history (state.pass_history), or None if it could not be
     written (logged; the pass goes on)."""
@@ -225,7 +225,7 @@ def _begin_record(
 
 
 def _end_record(
-    db: sqlite_utils.Database,
+    db: Database,
     clock: Clock,
     pass_id: int | None,
     stats: PassStats,
@@ -262,7 +262,7 @@ def _error_text(exc: BaseException) -> str:
 
 
 def _remember(
-    db: sqlite_utils.Database,
+    db: Database,
     clock: Clock,
     jobs: Sequence[str],
     duration: float,

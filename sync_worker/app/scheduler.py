@@ -15,7 +15,6 @@ TE host share its budget. A stop signal lets the item in hand finish: the jobs c
 from __future__ import annotations
 
 import signal
-import sqlite3
 import threading
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -34,6 +33,7 @@ from sync_worker.core.logs import exception_fields
 from sync_worker.jobs.context import Outcome
 from sync_worker.jobs.webhook_subscription import accepted_secrets
 from sync_worker.ops import metrics
+from sync_worker.state.db import DATABASE_ERRORS, StateFileError
 
 AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machine first
 WEBHOOK_CHECK = timedelta(hours=1)  # how often the subscription and its rotation are seen to
@@ -203,7 +203,7 @@ class Daemon:
             return
         try:
             self._receiver.accept(config.tenant, accepted_secrets(config, self._clock.now()))
-        except (sqlite3.Error, OSError) as exc:
+        except (*DATABASE_ERRORS, StateFileError, OSError) as exc:
             log.warning(
                 "webhook.secrets_unreadable", **config.log_fields(), **exception_fields(exc)
             )

@@ -137,6 +137,11 @@ def _tenant(raw: dict[str, Any], env: Mapping[str, str], base_dir: Path, table: 
 
 def _check_tenants_apart(configs: list[Config]) -> None:
     """Tenants keep their own state file and store, and share TE's budget per host."""
+    if len(configs) > 1 and any(config.state.shared for config in configs):
+        raise ConfigError(
+            "[[tenant]] tables with state.backend postgresql are not supported yet: "
+            "run a worker per tenant, each with its own config"
+        )
     for what, place in (
         ("name", lambda c: c.tenant),
         ("state.database", lambda c: c.state.database),

@@ -151,6 +151,15 @@ class TotalExpertConfig:
         example="/var/lib/sync-worker/te-budget.db",
     )
 
+    egress: str = setting(
+        "",
+        help="postgresql state: the name of the source address TE sees this worker's "
+        "requests come from; the workers of one state database with the same egress share "
+        "one budget (empty: all of them)",
+        optional=True,
+        example="nat-frankfurt",
+    )
+
     @property
     def shared_budget_file(self) -> Path | None:
         return self.shared_budget or None
@@ -232,14 +241,29 @@ class StorageConfig:
 
 @dataclass(frozen=True, kw_only=True)
 class StateConfig:
+    backend: str = setting(
+        "sqlite",
+        help="where the state is kept: `sqlite` (the file `database`, for the workers of one "
+        "host) or `postgresql` (the database `dsn`, for workers on several hosts)",
+        choices=("sqlite", "postgresql"),
+    )
     database: Path = setting(
         "state.db",
-        help="the SQLite state file",
+        help="sqlite: the state file",
         example="/var/lib/sync-worker/state.db",
+    )
+    dsn: str = setting(
+        "",
+        help="postgresql: a libpq connection string or URI, e.g. `host=db.internal "
+        "dbname=sync_worker user=sync_worker sslmode=verify-full`; a secret when it holds a "
+        "password (or leave the password to ~/.pgpass or PGPASSWORD)",
+        optional=True,
+        secret_env="SYNC_WORKER_STATE_DSN",
+        credential="state_dsn",
     )
     busy_timeout_seconds: float = setting(
         30.0,
-        help="wait at most this long for another process's lock on the state file, then "
+        help="wait at most this long for another process's lock on the state, then "
         "report `state.busy`",
         positive=True,
     )
@@ -249,6 +273,15 @@ class StateConfig:
         "deleted as passes end",
         positive=True,
     )
+
+    def __post_init__(self) -> None:
+        if self.backend == "postgresql" and not self.dsn:
+            raise ConfigError("config key state.dsn is required with backend postgresql")
+
+    @property
+    def shared(self) -> bool:
+        """Whether workers on other hosts may share this state (PostgreSQL)."""
+        return self.backend == "postgresql"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -510,6 +543,18 @@ class Config:
     tenant: str = ""
     # Where each key's value came from, by "section.key" (for `config show`); not a section.
     origins: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.state.shared and self.storage.backend == "local":
+            raise ConfigError(
+                "state.backend postgresql lets workers on several hosts share the state, and "
+                "a conference must not be split across their disks: use storage.backend s3"
+            )
+        if self.state.shared and self.totalexpert.shared_budget_file:
+            raise ConfigError(
+                "totalexpert.shared_budget is a file of one host: with state.backend "
+                "postgresql TE's budget is kept in the state database (totalexpert.egress)"
+            )
 
     def log_fields(self) -> dict[str, str]:
         """The ``tenant`` field for this tenant's events: none for a file without tenants,

@@ -15,12 +15,9 @@ Every request has a short deadline and is not retried, and a failure names the h
 
 from __future__ import annotations
 
-import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
-
-import sqlite_utils
 
 from sync_worker.adapters.flexperto.client import PREFERRED_LISTING, FlexpertoClient, ListingForm
 from sync_worker.adapters.flexperto.records import RecordError, parse_record
@@ -39,12 +36,20 @@ from sync_worker.core.clock import Clock, iso_time
 from sync_worker.core.network import SERVICES
 from sync_worker.core.private_files import describe_writable_dir
 from sync_worker.state import capabilities
+from sync_worker.state.configured import (
+    open_existing_state,
+    open_state_read_only,
+    private_copy,
+    state_place,
+)
 from sync_worker.state.db import (
+    DATABASE_ERRORS,
+    Database,
+    NoState,
     StateBusyError,
     StateFileError,
     memory_copy,
     open_budget_database,
-    open_existing,
     open_existing_read_only,
     open_memory_database,
 )
@@ -59,7 +64,7 @@ OK, FALLBACK, WARNING, SKIPPED, MISSING, FAIL = (
     "FAIL",
 )
 PROBE_SECONDS = 10.0
-DB_ERRORS = (OSError, sqlite3.Error, StateBusyError, StateFileError)
+DB_ERRORS = (OSError, *DATABASE_ERRORS, StateBusyError, StateFileError)
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,14 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
         return [*findings, Finding("totalexpert budget", FAIL, detail)]
     te = config.totalexpert
     kind = SharedAccess if plan.token else CachedTokenOnly
-    access = kind(db, te.base_url, te.client_id, te.requests_per_minute, te.token_requests_per_hour)
+    access = kind(
+        db,
+        te.base_url,
+        te.client_id,
+        te.requests_per_minute,
+        te.token_requests_per_hour,
+        egress=te.egress,
+    )
     client = TotalExpertClient(TotalExpertSession(te, http, access, clock, config.network))
     where = f"Total Expert at {_host(te.base_url)}"
     try:
@@ -186,27 +198,26 @@ def _store_finding(config: Config, plan: CheckPlan) -> Finding:
     )
 
 
-def _access_database(config: Config, token: bool) -> sqlite_utils.Database:
-    """Where check finds TE's budgets and cached token: the budget file, else the state
-    file. A copy in memory (nothing written); with ``--token`` the file itself, when it
-    is there, so that the token requested serves the passes. Neither is ever made. A
-    broken budget file raises; a broken state file is left to the state finding."""
+def _access_database(config: Config, token: bool) -> Database:
+    """Where check finds TE's budgets and cached token: the budget file, else the state.
+    A copy in memory (nothing written); with ``--token`` the file or database itself, when
+    a pass has made it, so that the token requested serves the passes. Neither is ever
+    made. A broken budget file raises; a broken state is left to the state finding."""
     budget = config.totalexpert.shared_budget_file
-    source = budget or config.state.database
-    if not source.is_file():
+    if budget is not None:
+        if not budget.is_file():
+            return open_memory_database()
+        timeout = config.state.busy_timeout_seconds
+        return open_budget_database(budget, timeout) if token else memory_copy(budget, timeout)
+    if not config.state.shared and not config.state.database.is_file():
         return open_memory_database()
-    timeout = config.state.busy_timeout_seconds
     try:
-        if not token:
-            return memory_copy(source, timeout)
-        return open_budget_database(source, timeout) if budget else open_existing(source, timeout)
+        return open_existing_state(config.state) if token else private_copy(config.state)
     except DB_ERRORS:
-        if budget:
-            raise
         return open_memory_database()
 
 
-def _state_copy(config: Config) -> sqlite_utils.Database:
+def _state_copy(config: Config) -> Database:
     path = config.state.database
     try:
         return memory_copy(path) if path.is_file() else open_memory_database()
@@ -251,7 +262,7 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
         ApiError,
         OSError,
         RecordError,
-        sqlite3.Error,
+        *DATABASE_ERRORS,
         StoreError,
         StateFileError,
     ) as exc:
@@ -268,9 +279,12 @@ def _led_by(where: str, detail: str) -> str:
 
 
 def _state(config: Config) -> str:
-    """The state file opens read-only and SQLite finds every page of it sound
+    """The state opens read-only and is sound: SQLite finds every page of the file sound
     (``integrity_check`` reads them all: a damaged index or page that a cursory query would
-    not notice). None yet is a finding of its own, if a pass can make it."""
+    not notice); PostgreSQL's database is at this code's schema. None yet is a finding of
+    its own, if a pass can make it."""
+    if config.state.shared:
+        return _state_database(config)
     path = config.state.database
     if not path.exists() and not path.is_symlink():
         place = describe_writable_dir(path.parent)
@@ -286,6 +300,19 @@ def _state(config: Config) -> str:
     if problems != ["ok"]:
         raise StateFileError(f"{path} fails SQLite's integrity check: " + "; ".join(problems))
     return f"{path} opens and passes SQLite's integrity check"
+
+
+def _state_database(config: Config) -> str:
+    try:
+        db = open_state_read_only(config.state)
+    except NoState as exc:
+        raise MissingState(f"{exc}; the first pass makes it") from None
+    try:
+        place = state_place(config.state, db)
+        archives = db.execute("select count(*) from archives").fetchone()[0]
+    finally:
+        db.close()
+    return f"{place} opens read-only at this code's schema, {archives} archive(s) in the ledger"
 
 
 def _listing(client: FlexpertoClient) -> str:
@@ -364,7 +391,7 @@ def _insight_data(client: TotalExpertClient, type_id: int) -> str:
     return "TE lists insights with their data: unanswered POSTs are looked for, not repeated"
 
 
-def _remembered(config: Config, access_db: sqlite_utils.Database) -> list[Finding]:
+def _remembered(config: Config, access_db: Database) -> list[Finding]:
     """What passes have learnt and use now: in the state file, of which ``access_db`` is
     a copy unless TE's budgets are in a budget file."""
     if config.totalexpert.shared_budget_file is None:
@@ -376,7 +403,7 @@ def _remembered(config: Config, access_db: sqlite_utils.Database) -> list[Findin
         db.close()
 
 
-def _remembered_in(db: sqlite_utils.Database) -> list[Finding]:
+def _remembered_in(db: Database) -> list[Finding]:
     findings = []
     for name, decision in capabilities.everything(db).items():
         value = decision.value

@@ -10,7 +10,6 @@ shows.
 from __future__ import annotations
 
 import os
-import sqlite3
 import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -25,7 +24,8 @@ from sync_worker.config import REMOTE_METRICS, Config, parse_listen
 from sync_worker.core.clock import Clock
 from sync_worker.core.logs import exception_fields
 from sync_worker.state import held_records, insight_blocks, reports, run_history
-from sync_worker.state.db import open_read_only
+from sync_worker.state.configured import open_state_read_only, state_exists
+from sync_worker.state.db import DATABASE_ERRORS, NoState, StateFileError, has_table, open_read_only
 from sync_worker.state.lifecycles import ARCHIVE_SAFE, ARCHIVE_UNSTORED, GIVEN_UP, TABLES, sql_list
 from sync_worker.state.te_access import SharedAccess
 
@@ -55,11 +55,13 @@ class StateCollector(Collector):
     def collect(self) -> Iterator[Metric]:
         found = families()
         for config in self._configs:
-            if not config.state.database.exists():
+            if not state_exists(config.state):
                 continue  # nothing has run yet
             try:
                 _collect_tenant(config, self._clock.now(), found)
-            except (sqlite3.Error, OSError) as exc:
+            except NoState:
+                continue  # nothing has run yet
+            except (*DATABASE_ERRORS, StateFileError, OSError) as exc:
                 fields = {**config.log_fields(), **exception_fields(exc)}
                 log.warning("metrics.unreadable", **fields)
         yield from found.values()
@@ -153,7 +155,7 @@ def families() -> dict[str, Metric]:
 
 def _collect_tenant(config: Config, now: float, families: dict[str, Metric]) -> None:
     tenant = config.tenant
-    db = open_read_only(config.state.database, config.state.busy_timeout_seconds)
+    db = open_state_read_only(config.state)
     try:
         counts = reports.counts(db)
         for state, count in sorted(counts["archives"].items()):
@@ -163,7 +165,7 @@ def _collect_tenant(config: Config, now: float, families: dict[str, Metric]) -> 
         families["stored_bytes"].add_metric([tenant], _stored_bytes(db))
         for kind, count in _given_up(db).items():
             families["given_up_items"].add_metric([tenant, kind], count)
-        held = held_records.counts(db) if db["held_records"].exists() else {}
+        held = held_records.counts(db) if has_table(db, "held_records") else {}
         for kind in held_records.KINDS:
             families["held_records"].add_metric([tenant, kind], held.get(kind, 0))
         oldest = _oldest_unstored(db)
@@ -214,6 +216,7 @@ def _add_budget(config: Config, state_db: Any, now: float, families: dict[str, M
             config.totalexpert.client_id,
             config.totalexpert.requests_per_minute,
             config.totalexpert.token_requests_per_hour,
+            egress=config.totalexpert.egress,
         )
         families["te_requests_left"].add_metric([config.tenant], access.requests_left(now))
         families["te_token_requests_left"].add_metric(
@@ -228,9 +231,12 @@ def _add_budget(config: Config, state_db: Any, now: float, families: dict[str, M
 
 
 def _stored_bytes(db: Any) -> int:
-    return db.execute(
-        f"select coalesce(sum(size), 0) from archives where state in {sql_list(ARCHIVE_SAFE)}"
-    ).fetchone()[0]
+    """The bytes stored (an int: PostgreSQL's sum of bigints is a numeric)."""
+    return int(
+        db.execute(
+            f"select coalesce(sum(size), 0) from archives where state in {sql_list(ARCHIVE_SAFE)}"
+        ).fetchone()[0]
+    )
 
 
 def _given_up(db: Any) -> dict[str, int]:

@@ -12,18 +12,17 @@ from __future__ import annotations
 import json
 from typing import Any, TextIO
 
-import sqlite_utils
-
 from sync_worker.core.clock import iso_time
 from sync_worker.ops import history
 from sync_worker.state import held_records, insight_blocks, pass_history, reports
+from sync_worker.state.db import Database
 
 TIME_FIELDS = ("next_attempt_at", "first_seen_at", "stored_at", "claimed_at", "sent_at")
 FAILING_SHOWN = 50
 RECENT_PASSES = 5
 
 
-def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
+def render_table(db: Database, limit: int = FAILING_SHOWN) -> str:
     """What blocks insights, if anything does; counts per state, then up to ``limit``
     failing or parked items, then the last RECENT_PASSES passes."""
     counts = reports.counts(db)
@@ -38,7 +37,7 @@ def render_table(db: sqlite_utils.Database, limit: int = FAILING_SHOWN) -> str:
     return "\n".join(lines)
 
 
-def _failing(db: sqlite_utils.Database, limit: int) -> list[str]:
+def _failing(db: Database, limit: int) -> list[str]:
     """Up to ``limit`` failing or parked items, each with its next try and last error."""
     rows, total = reports.failing(db, limit)
     if not rows:
@@ -56,7 +55,7 @@ def _failing(db: sqlite_utils.Database, limit: int) -> list[str]:
     return lines
 
 
-def _recent_passes(db: sqlite_utils.Database) -> list[str]:
+def _recent_passes(db: Database) -> list[str]:
     """The last few passes, the newest first (all of them: sync-worker history)."""
     recent = pass_history.passes(db, limit=RECENT_PASSES)
     if not recent:
@@ -64,7 +63,7 @@ def _recent_passes(db: sqlite_utils.Database) -> list[str]:
     return ["", "Recent passes (sync-worker history for more)", *history.render_table(recent)]
 
 
-def _blocked(db: sqlite_utils.Database) -> list[str]:
+def _blocked(db: Database) -> list[str]:
     """The line saying why no insight reaches Total Expert, when none can (state.insight_blocks)."""
     block = insight_blocks.current(db)
     if block is None:
@@ -75,7 +74,7 @@ def _blocked(db: sqlite_utils.Database) -> list[str]:
     return [line, ""]
 
 
-def blocked_json(db: sqlite_utils.Database) -> dict[str, Any] | None:
+def blocked_json(db: Database) -> dict[str, Any] | None:
     """The block in force, for ``status --json``: kind, reason, since and next try."""
     block = insight_blocks.current(db)
     if block is None:
@@ -88,7 +87,7 @@ def blocked_json(db: sqlite_utils.Database) -> dict[str, Any] | None:
     }
 
 
-def _held(db: sqlite_utils.Database, limit: int) -> list[str]:
+def _held(db: Database, limit: int) -> list[str]:
     """The held records, which keep their conference (or, without one, every conference)
     from being abandoned."""
     held, total = held_records.listed(db, limit)
@@ -114,7 +113,7 @@ def _more(hidden: int) -> list[str]:
 
 
 def write_json(
-    db: sqlite_utils.Database,
+    db: Database,
     out: TextIO,
     states: tuple[str, ...] = (),
     since: float | None = None,

@@ -12,11 +12,11 @@ from sync_worker.app.runner import run_pass
 from sync_worker.core.clock import FakeClock
 from sync_worker.jobs.audit_archives import Throttle
 from sync_worker.jobs.context import AuditPlan, Outcome
-from sync_worker.state.db import open_database
-from tests.conftest import write_config
+from sync_worker.state.configured import open_state
+from tests.state_rows import rows_of
 from tests.tcp_forwarder import behind_a_forwarder
 
-pytestmark = pytest.mark.both_stores
+pytestmark = [pytest.mark.both_stores, pytest.mark.both_states]
 EVERYTHING = AuditPlan(everything=True)
 
 
@@ -25,19 +25,21 @@ def audit(run, plan=EVERYTHING):
 
 
 def ledger(config):
-    db = open_database(config.state.database)
+    db = open_state(config.state)
     try:
         return {
-            row["archive_id"]: row for row in db["archives"].rows_where("stored_at is not null")
+            row["archive_id"]: row
+            for row in rows_of(db, "archives", "archive_id")
+            if row["stored_at"] is not None
         }
     finally:
         db.close()
 
 
 def audit_rows(config):
-    db = open_database(config.state.database)
+    db = open_state(config.state)
     try:
-        return {row["archive_id"]: row for row in db["audits"].rows}
+        return {row["archive_id"]: row for row in rows_of(db, "audits", "archive_id")}
     finally:
         db.close()
 
@@ -190,9 +192,8 @@ def test_an_audit_reads_no_faster_than_asked(sandbox, config, run, clock):
 
 
 @pytest.mark.s3_only
-def test_a_store_lost_mid_audit_stops_it_at_once(sandbox, tmp_path, log_lines):
-    write_config(tmp_path, sandbox)
-    forwarder, config = behind_a_forwarder(sandbox, tmp_path)
+def test_a_store_lost_mid_audit_stops_it_at_once(sandbox, config, tmp_path, log_lines):
+    forwarder, config = behind_a_forwarder(sandbox, tmp_path)  # config's file, its state
     try:
         assert run_pass(config, sandbox.clock).exit_code == 0  # three archives stored
         processors = structlog.get_config()["processors"]

@@ -16,9 +16,11 @@ from sync_worker.jobs.claim_archives import LISTED_STATUSES
 from sync_worker.sandbox import LENIENT, STRICT, Fault
 from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.state import capabilities
+from sync_worker.state.configured import open_state
 from sync_worker.state.db import open_database
-from tests.conftest import SimulatedCrash, write_config
-from tests.lifecycle_moves import record_moves, undeclared_moves
+from tests.conftest import SimulatedCrash
+from tests.jobs.declared_moves import record_state_moves, undeclared_state_moves
+from tests.state_rows import count_of, row_of, rows_of
 from tests.tcp_forwarder import behind_a_forwarder
 
 
@@ -34,6 +36,33 @@ def first_available(sandbox):
     return next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
 
 
+def archive_row(config, archive_id):
+    db = open_state(config.state)
+    try:
+        return row_of(db, "archives", archive_id=archive_id)
+    finally:
+        db.close()
+
+
+def archive_rows(config):
+    db = open_state(config.state)
+    try:
+        return rows_of(db, "archives", "archive_id")
+    finally:
+        db.close()
+
+
+def in_the_store(sandbox, config, conference, archive_id):
+    """Whether the store holds the archive under the name a stored one has (in the folder,
+    or the bucket; an S3 store's spool in archive_dir holds none once uploaded)."""
+    name = f"{conference}/{archive_id}.zip"
+    if sandbox.bucket is None:
+        return (config.storage.archive_dir / name).exists()
+    keys = sandbox.bucket.keys()
+    return config.storage.prefix + name in keys
+
+
+@pytest.mark.both_states
 def test_corrupted_archive_is_kept_aside_and_not_abandoned(sandbox, config, run, clock, log_lines):
     bad = first_available(sandbox)
     conference = bad["subject"]["conference_id"]
@@ -43,8 +72,9 @@ def test_corrupted_archive_is_kept_aside_and_not_abandoned(sandbox, config, run,
     assert sandbox.flexperto.record(bad["id"])["status"] == "AVAILABLE"
     assert not any(conference in r.path for r in abandon_requests(sandbox))
     assert not (config.storage.archive_dir / conference / f"{bad['id']}.zip").exists()
+    assert not in_the_store(sandbox, config, conference, bad["id"])
     assert (config.storage.archive_dir / ".quarantine" / f"{bad['id']}.zip").exists()
-    row = open_database(config.state.database)["archives"].get(bad["id"])
+    row = archive_row(config, bad["id"])
     assert row["state"] == "failed" and "sha256" in row["last_error"]
     assert [e for e in log_lines() if e["event"] == "archive.hash_mismatch"]
     # the others went through
@@ -58,6 +88,7 @@ def test_corrupted_archive_is_kept_aside_and_not_abandoned(sandbox, config, run,
     assert sandbox.flexperto.record(bad["id"])["status"] == "ABANDONED"
 
 
+@pytest.mark.both_states
 def test_api_key_never_reaches_the_download_host(sandbox, run):
     run()
     assert sandbox.s3.requests
@@ -66,6 +97,7 @@ def test_api_key_never_reaches_the_download_host(sandbox, run):
     assert all(r.headers.get("api-key") == sandbox.api_key for r in sandbox.flexperto.requests)
 
 
+@pytest.mark.both_states
 @pytest.mark.lenient_only  # the documents do not say the list shows ABANDONED records
 def test_abandoned_but_never_stored_archive_is_downloaded(sandbox, config, run):
     record = sandbox.flexperto.add_archive(
@@ -74,12 +106,13 @@ def test_abandoned_but_never_stored_archive_is_downloaded(sandbox, config, run):
         participants=[],
     )
     run()
-    row = open_database(config.state.database)["archives"].get(record["id"])
+    row = archive_row(config, record["id"])
     assert row["state"] == "claimed"
     assert downloads(sandbox, record["id"])
     assert not any(record["subject"]["conference_id"] in r.path for r in abandon_requests(sandbox))
 
 
+@pytest.mark.both_states
 def test_conference_is_abandoned_only_when_all_its_archives_are_stored(sandbox, config, run, clock):
     first = first_available(sandbox)
     conference = first["subject"]["conference_id"]
@@ -91,9 +124,8 @@ def test_conference_is_abandoned_only_when_all_its_archives_are_stored(sandbox, 
     sandbox.flexperto.set_checksum(second["id"], sandbox.flexperto.blob_sha256(second["id"]))
     clock.advance(config.retry.backoff_seconds)
     run()
-    db = open_database(config.state.database)
-    assert db["archives"].get(first["id"])["state"] == "claimed"
-    assert db["archives"].get(second["id"])["state"] == "claimed"
+    assert archive_row(config, first["id"])["state"] == "claimed"
+    assert archive_row(config, second["id"])["state"] == "claimed"
     assert len([r for r in abandon_requests(sandbox) if conference in r.path]) == 1
 
 
@@ -123,6 +155,7 @@ def test_stored_files_are_private(sandbox, config, run):
         assert stat.S_IMODE(path.stat().st_mode) == 0o700
 
 
+@pytest.mark.both_states
 def test_interrupted_download_resumes_with_a_range_request(sandbox, config, run, clock):
     record = sandbox.flexperto.add_archive(status="AVAILABLE", size=5 * 1024 * 1024)
     sandbox.add_fault("s3", Fault(path=record["id"], action="truncate", times=1))
@@ -138,6 +171,7 @@ def test_interrupted_download_resumes_with_a_range_request(sandbox, config, run,
     assert not part.exists()
 
 
+@pytest.mark.both_states
 def test_failed_listing_is_reported_and_other_work_continues(sandbox, config, run):
     sandbox.add_fault("flexperto", Fault(path="/conferences/archives", status=500, times=None))
     result = run()
@@ -145,6 +179,7 @@ def test_failed_listing_is_reported_and_other_work_continues(sandbox, config, ru
     assert sandbox.s3.requests == []
 
 
+@pytest.mark.both_states
 def test_archives_download_in_parallel_each_verified_on_its_own(sandbox, config, run):
     # Each download waits at the barrier until all three are in flight at once: a worker
     # that downloaded one at a time would break the barrier and fail them.
@@ -190,14 +225,15 @@ def test_a_refused_listing_form_is_replaced_and_remembered(sandbox_in, clock, lo
     assert statuses == ([200] * len(LISTED_STATUSES) if form.status_filter else [200])
 
 
+@pytest.mark.both_states
 @pytest.mark.parametrize("page_size", [2, 3])
-def test_a_listing_that_ignores_paging_is_read_once(sandbox, tmp_path, clock, page_size):
+def test_a_listing_that_ignores_paging_is_read_once(sandbox, config, tmp_path, clock, page_size):
     records = [r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE"]
     everything = json.dumps({"items": records}).encode()
     sandbox.add_fault(
         "flexperto", Fault(path="/conferences/archives$", status=200, body=everything, times=None)
     )
-    path = write_config(tmp_path, sandbox)
+    path = tmp_path / "config.toml"  # config's, naming its state
     path.write_text(path.read_text().replace("page_size = 100", f"page_size = {page_size}"))
     run_pass(load_config(path, env={}), clock)
     lists = [r for r in sandbox.flexperto.requests if r.path.endswith("/conferences/archives")]
@@ -222,6 +258,7 @@ def test_participants_missing_from_records_are_read_from_the_archive(sandbox_in,
     assert {i["owner_id"] for i in created if i["contact_id"] in max_contacts} == {anna["id"]}
 
 
+@pytest.mark.both_states
 def test_a_stored_archive_the_listing_did_not_show_is_looked_up_before_abandoning(
     sandbox, config, run, clock, crash
 ):
@@ -242,8 +279,7 @@ def test_a_stored_archive_the_listing_did_not_show_is_looked_up_before_abandonin
     run()
     abandons = Counter(r.path for r in abandon_requests(sandbox))
     assert set(abandons.values()) == {1}
-    db = open_database(config.state.database)
-    assert {row["state"] for row in db["archives"].rows} == {"claimed"}
+    assert {row["state"] for row in archive_rows(config)} == {"claimed"}
 
 
 def test_a_storage_host_without_ranges_starts_over(sandbox_in, clock):
@@ -262,12 +298,15 @@ def test_a_storage_host_without_ranges_starts_over(sandbox_in, clock):
     assert sandbox.flexperto.record(record["id"])["status"] == "ABANDONED"
 
 
-def test_an_endless_download_is_stopped_at_the_archives_size(sandbox, tmp_path, clock, log_lines):
+@pytest.mark.both_states
+def test_an_endless_download_is_stopped_at_the_archives_size(
+    sandbox, config, tmp_path, clock, log_lines
+):
     record = sandbox.flexperto.add_archive(status="AVAILABLE", size=3 * 1024 * 1024)
     sandbox.add_fault("s3", Fault(path=record["id"], action="endless", times=None))
     ceiling = 8 * 1024 * 1024  # what records without a size (strict) may have
     env = {"SYNC_WORKER_FLEXPERTO_MAX_ARCHIVE_GIB": str(ceiling / 1024**3)}
-    config = load_config(write_config(tmp_path, sandbox), env=env)
+    config = load_config(tmp_path / "config.toml", env=env)  # config's, naming its state
     assert run_pass(config, clock).exit_code == 1
     [stopped] = [e for e in log_lines() if e["event"] == "archive.too_large"]
     assert stopped["archive_id"] == record["id"] and "stopped" in stopped["error"]
@@ -276,9 +315,11 @@ def test_an_endless_download_is_stopped_at_the_archives_size(sandbox, tmp_path, 
     assert kept.stat().st_size <= limit  # never more than the archive may have
     folder = config.storage.archive_dir / record["subject"]["conference_id"]
     assert not list(folder.glob(f"*{record['id']}*"))  # no partial file, nothing stored
+    assert not in_the_store(sandbox, config, record["subject"]["conference_id"], record["id"])
     assert sandbox.flexperto.record(record["id"])["status"] == "AVAILABLE"  # not abandoned
 
 
+@pytest.mark.both_states
 def test_a_gzip_encoded_download_is_hashed_as_sent_and_refused(sandbox, config, run, log_lines):
     record = sandbox.flexperto.add_archive(status="AVAILABLE")
     sandbox.add_fault("s3", Fault(path=record["id"], action="gzip", times=None))
@@ -292,6 +333,7 @@ def test_a_gzip_encoded_download_is_hashed_as_sent_and_refused(sandbox, config, 
     assert downloads and all(r.headers.get("accept-encoding") == "identity" for r in downloads)
 
 
+@pytest.mark.both_states
 @pytest.mark.s3_only
 def test_uploads_left_in_the_bucket_are_aborted_when_a_pass_starts(sandbox, config, run, log_lines):
     key = f"{config.storage.prefix}c-left/left.zip"
@@ -301,6 +343,7 @@ def test_uploads_left_in_the_bucket_are_aborted_when_a_pass_starts(sandbox, conf
     assert [e["key"] for e in log_lines() if e["event"] == "storage.upload_aborted"] == [key]
 
 
+@pytest.mark.both_states
 @pytest.mark.s3_only
 def test_an_unreachable_bucket_fails_the_pass_and_abandons_nothing(
     sandbox, tmp_path, run, log_lines
@@ -315,6 +358,7 @@ def test_an_unreachable_bucket_fails_the_pass_and_abandons_nothing(
     assert "-gone" in event["error"]
 
 
+@pytest.mark.both_states
 @pytest.mark.both_stores
 def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run):
     run()
@@ -329,6 +373,7 @@ def test_sha256sums_names_every_stored_archive_after_a_pass(sandbox, config, run
     assert sorted(text.splitlines()) == expected
 
 
+@pytest.mark.both_states
 @pytest.mark.s3_only
 def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
     sandbox, config, tmp_path, log_lines
@@ -346,9 +391,14 @@ def test_a_bucket_without_object_lock_stops_the_job_once_before_any_download(
     assert events[0]["bucket"] == plain.name
     assert f"s3 {plain.name}: the bucket has no Object Lock" in events[0]["error"]
     assert "storage.retention_days = 0" in events[0]["error"]
-    assert open_database(config.state.database)["archives"].count == 0  # none listed or charged
+    db = open_state(config.state)
+    try:
+        assert count_of(db, "archives") == 0  # none listed or charged
+    finally:
+        db.close()
 
 
+@pytest.mark.both_states
 @pytest.mark.s3_only
 def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
     sandbox, config, tmp_path, log_lines
@@ -365,7 +415,7 @@ def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
     try:
         result = run_pass(lost, sandbox.clock, jobs=["archives"])
         events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
-        rows = {r["archive_id"]: r for r in open_database(lost.state.database)["archives"].rows}
+        rows = {r["archive_id"]: r for r in archive_rows(lost)}
         fetched = [r.path for r in sandbox.s3.requests if r.status in (200, 206)]
         in_spool = [p.stem for p in lost.storage.archive_dir.glob("*/*.zip")]
         forwarder.start()
@@ -392,6 +442,7 @@ def test_a_store_lost_mid_pass_stops_the_job_at_once_and_the_next_pass_resumes(
     assert not list(lost.storage.archive_dir.glob("*/*.zip"))  # the spool emptied
 
 
+@pytest.mark.both_states
 @pytest.mark.s3_only
 def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event(
     sandbox, config, tmp_path, log_lines
@@ -402,7 +453,7 @@ def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event
     try:
         result = run_pass(lost, sandbox.clock, jobs=["archives"])
         events = [e for e in log_lines() if e["event"].startswith(("storage.", "item.", "job."))]
-        rows = list(open_database(lost.state.database)["archives"].rows)
+        rows = archive_rows(lost)
         forwarder.start()
         listed = sandbox.bucket.keys()
         again = run_pass(lost, sandbox.clock, jobs=["archives"])
@@ -423,6 +474,6 @@ def test_a_store_lost_under_parallel_downloads_stops_every_thread_with_one_event
 @pytest.fixture(autouse=True)
 def _declared_moves(config):
     """Every creation and move of an item in these tests is one its lifecycle declares."""
-    record_moves(config.state.database)
+    record_state_moves(config.state)
     yield
-    assert undeclared_moves(config.state.database) == []
+    assert undeclared_state_moves(config.state) == []

@@ -6,18 +6,24 @@ import io
 import json
 from datetime import UTC, datetime
 
+import pytest
+
 from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
 from sync_worker.ops import metrics, status
 from sync_worker.state import rate_limit, te_access
-from sync_worker.state.db import open_database
+from sync_worker.state.configured import open_state
 from tests.conftest import write_config
+from tests.state_rows import state_keys
+
+pytestmark = pytest.mark.both_states
 
 HOUR = 3600.0
 
 
-def config_with(tmp_path, sandbox, old, new):
-    path = write_config(tmp_path, sandbox)
+def config_with(tmp_path, sandbox, config, old="", new=""):
+    """The config of the sandbox on ``config``'s state, ``old`` replaced by ``new``."""
+    path = write_config(tmp_path, sandbox, state=state_keys(config.state))
     path.write_text(path.read_text().replace(old, new))
     return load_config(path, env={})
 
@@ -30,7 +36,7 @@ def blocked(config, clock, reason):
 
 
 def table(config):
-    db = open_database(config.state.database)
+    db = open_state(config.state)
     try:
         return status.render_table(db)
     finally:
@@ -42,10 +48,10 @@ def iso(moment):
 
 
 def test_a_wrong_secret_blocks_insights_names_the_cause_and_is_tried_once_an_hour(
-    sandbox, tmp_path, clock, log_lines
+    sandbox, config, tmp_path, clock, log_lines
 ):
     secret = sandbox.client_secret
-    wrong = config_with(tmp_path, sandbox, secret, "not-" + secret)
+    wrong = config_with(tmp_path, sandbox, config, secret, "not-" + secret)
     started = clock.now()
     assert run_pass(wrong, clock).exit_code == 1
     assert sandbox.totalexpert.token_requests == 1
@@ -74,7 +80,7 @@ def test_a_wrong_secret_blocks_insights_names_the_cause_and_is_tried_once_an_hou
     assert sandbox.totalexpert.token_requests == 2
     assert f"Insights blocked since {iso(started)} because" in table(wrong)  # still since then
 
-    right = load_config(write_config(tmp_path, sandbox), env={})
+    right = config_with(tmp_path, sandbox, config)
     assert run_pass(right, clock).exit_code == 0  # corrected: tried at once
     assert sandbox.totalexpert.token_requests == 3
     assert len(sandbox.totalexpert.insights()) >= 3
@@ -84,10 +90,10 @@ def test_a_wrong_secret_blocks_insights_names_the_cause_and_is_tried_once_an_hou
 
 
 def test_a_missing_insight_type_blocks_insights_until_it_exists(
-    sandbox, tmp_path, clock, log_lines
+    sandbox, config, tmp_path, clock, log_lines
 ):
     config = config_with(
-        tmp_path, sandbox, 'insight_type = "', 'insight_type = "Conference archived v2'
+        tmp_path, sandbox, config, 'insight_type = "', 'insight_type = "Conference archived v2'
     )
     name = config.totalexpert.insight_type
     assert run_pass(config, clock).exit_code == 1
@@ -102,11 +108,14 @@ def test_a_missing_insight_type_blocks_insights_until_it_exists(
 
 def test_a_spent_token_budget_is_shown_until_insights_flow(sandbox, config, run, clock):
     sandbox.totalexpert.revoke_tokens()
-    db = open_database(config.state.database)
-    for _ in range(2):  # another process spent the hour's token requests
-        rate_limit.try_spend(
-            db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
-        )
+    db = open_state(config.state)
+    try:
+        for _ in range(2):  # another process spent the hour's token requests
+            rate_limit.try_spend(
+                db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
+            )
+    finally:
+        db.close()
     run()
     until = iso(clock.now() - 10 + 3601.0)
     assert f"because token budget spent until {until}" in table(config)
@@ -117,7 +126,7 @@ def test_a_spent_token_budget_is_shown_until_insights_flow(sandbox, config, run,
     assert blocked(config, clock, "token_budget") == 0
 
 
-def test_credentials_rejected_mid_pass_charge_no_participant(sandbox, tmp_path, clock, run):
+def test_credentials_rejected_mid_pass_charge_no_participant(sandbox, config, tmp_path, clock, run):
     assert run().exit_code == 0  # the insight type is kept: the first call is a contact's
     clock.advance(HOUR + 60)  # the token has expired, the hour's token requests are back
     sandbox.flexperto.add_archive(
@@ -125,22 +134,29 @@ def test_credentials_rejected_mid_pass_charge_no_participant(sandbox, tmp_path, 
         participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": "Lena"}],
     )
     secret = sandbox.client_secret
-    wrong = config_with(tmp_path, sandbox, secret, "not-" + secret)
+    wrong = config_with(tmp_path, sandbox, config, secret, "not-" + secret)
     before = sandbox.totalexpert.token_requests
     assert run_pass(wrong, clock).exit_code == 1
     assert sandbox.totalexpert.token_requests == before + 1  # no look-up asks again
-    db = open_database(wrong.state.database)
-    charged = db.execute("select count(*) from participants where attempts > 0").fetchone()[0]
+    db = open_state(wrong.state)
+    try:
+        charged = db.execute("select count(*) from participants where attempts > 0").fetchone()[0]
+    finally:
+        db.close()
     assert charged == 0
     assert "because credentials rejected (400 invalid_client)" in table(wrong)
 
 
-def test_status_json_carries_the_block(sandbox, tmp_path, clock):
+def test_status_json_carries_the_block(sandbox, config, tmp_path, clock):
     secret = sandbox.client_secret
-    wrong = config_with(tmp_path, sandbox, secret, "not-" + secret)
+    wrong = config_with(tmp_path, sandbox, config, secret, "not-" + secret)
     run_pass(wrong, clock)
     out = io.StringIO()
-    status.write_json(open_database(wrong.state.database), out)
+    db = open_state(wrong.state)
+    try:
+        status.write_json(db, out)
+    finally:
+        db.close()
     assert json.loads(out.getvalue())["insights_blocked"] == {
         "kind": "credentials",
         "reason": "credentials rejected (400 invalid_client)",

@@ -11,9 +11,10 @@ from sync_worker.config import load_config
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.sandbox.worker_process import run_worker
 from sync_worker.state import rate_limit, te_access
+from sync_worker.state.configured import open_state
 from sync_worker.state.db import open_database
-from tests.conftest import write_config
-from tests.lifecycle_moves import record_moves, undeclared_moves
+from tests.jobs.declared_moves import record_state_moves, undeclared_state_moves
+from tests.state_rows import rows_of
 
 
 def wait_until(condition, seconds=5.0):
@@ -24,15 +25,26 @@ def wait_until(condition, seconds=5.0):
         time.sleep(0.02)
 
 
+def insight_rows(config):
+    db = open_state(config.state)
+    try:
+        return rows_of(db, "insights", "archive_id, contact_id")
+    finally:
+        db.close()
+
+
 def per_archive_and_contact(sandbox):
     return [
         (i["data"]["flexperto_archive_id"], i["contact_id"]) for i in sandbox.totalexpert.insights()
     ]
 
 
-def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, clock, log_lines):
+@pytest.mark.both_states
+def test_lost_answer_to_a_post_does_not_double_the_insight(
+    sandbox, config, tmp_path, clock, log_lines
+):
     # The POST is handled by TE but the answer comes too late for the client.
-    fast = write_config(tmp_path, sandbox)
+    fast = tmp_path / "config.toml"  # config's, naming its state
     text = fast.read_text().replace("timeout_seconds = 5", "timeout_seconds = 1")
     fast.write_text(text)
     config = load_config(fast, env={})
@@ -41,8 +53,7 @@ def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, cl
     )
     first = run_pass(config, clock)
     assert first.exit_code == 1
-    db = open_database(config.state.database)
-    assert any(r["state"] == "sending" for r in db["insights"].rows)
+    assert any(r["state"] == "sending" for r in insight_rows(config))
     wait_until(lambda: len(sandbox.totalexpert.insights()) == 1)
     clock.advance(config.retry.backoff_seconds)
     assert run_pass(config, clock).exit_code == 0
@@ -51,6 +62,7 @@ def test_lost_answer_to_a_post_does_not_double_the_insight(sandbox, tmp_path, cl
     assert any(e["event"] == "insight.sent" and e.get("recovered") for e in log_lines())
 
 
+@pytest.mark.both_states
 def test_token_is_shared_by_two_processes(sandbox, config, tmp_path):
     config_file = tmp_path / "config.toml"
     for _ in range(2):
@@ -59,6 +71,7 @@ def test_token_is_shared_by_two_processes(sandbox, config, tmp_path):
     assert len(sandbox.totalexpert.insights()) >= 3
 
 
+@pytest.mark.both_states
 def test_rejected_token_is_replaced_once(sandbox, run):
     run()
     sandbox.totalexpert.revoke_tokens()
@@ -71,13 +84,17 @@ def test_rejected_token_is_replaced_once(sandbox, run):
     assert sandbox.totalexpert.tokens_issued == 2
 
 
+@pytest.mark.both_states
 def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, clock, log_lines):
     sandbox.totalexpert.revoke_tokens()
-    db = open_database(config.state.database)
-    for _ in range(2):  # another process spent the hour's token requests
-        rate_limit.try_spend(
-            db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
-        )
+    db = open_state(config.state)
+    try:
+        for _ in range(2):  # another process spent the hour's token requests
+            rate_limit.try_spend(
+                db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
+            )
+    finally:
+        db.close()
     result = run()
     assert result.exit_code == 0
     assert sandbox.totalexpert.token_requests == 0
@@ -88,6 +105,7 @@ def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, cloc
     assert len(sandbox.totalexpert.insights()) == 4
 
 
+@pytest.mark.both_states
 def test_unknown_contact_is_parked_with_te_reason(sandbox, config, run, log_lines):
     reason = "Unable to find target for relationship: 'contact'"
     sandbox.add_fault(
@@ -95,14 +113,13 @@ def test_unknown_contact_is_parked_with_te_reason(sandbox, config, run, log_line
     )
     result = run()
     assert result.exit_code == 1
-    parked = [
-        r for r in open_database(config.state.database)["insights"].rows if r["state"] == "given_up"
-    ]
+    parked = [r for r in insight_rows(config) if r["state"] == "given_up"]
     assert len(parked) == 1 and "Unable to find target" in parked[0]["last_error"]
     assert len(sandbox.totalexpert.insights()) == 2
 
 
-def test_limits_hold_with_a_small_per_minute_budget(sandbox, tmp_path, clock):
+@pytest.mark.both_states
+def test_limits_hold_with_a_small_per_minute_budget(sandbox, config, tmp_path, clock):
     sandbox.totalexpert.set_limits(requests_per_minute=5)
     for n in range(6):
         sandbox.flexperto.add_archive(
@@ -110,7 +127,7 @@ def test_limits_hold_with_a_small_per_minute_budget(sandbox, tmp_path, clock):
             moderator={"account_id": "e-1", "email": "anna.expert@bank.example", "name": "Anna"},
             participants=[{"account_id": "p", "email": "lena.lang@example.org", "name": f"L{n}"}],
         )
-    path = write_config(tmp_path, sandbox)
+    path = tmp_path / "config.toml"  # config's, naming its state
     path.write_text(
         path.read_text().replace("requests_per_minute = 1000", "requests_per_minute = 5")
     )
@@ -171,6 +188,6 @@ def test_an_unanswered_post_is_parked_when_te_lists_insights_without_their_data(
 @pytest.fixture(autouse=True)
 def _declared_moves(config):
     """Every creation and move of an item in these tests is one its lifecycle declares."""
-    record_moves(config.state.database)
+    record_state_moves(config.state)
     yield
-    assert undeclared_moves(config.state.database) == []
+    assert undeclared_state_moves(config.state) == []

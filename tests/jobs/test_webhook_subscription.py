@@ -12,20 +12,25 @@ from sync_worker.config import load_config
 from sync_worker.jobs.webhook_subscription import GRACE_SECONDS, accepted_secrets
 from sync_worker.sandbox import Fault
 from sync_worker.state import webhooks
-from sync_worker.state.db import open_database
+from sync_worker.state.configured import open_state
 from tests.conftest import write_config
+from tests.state_rows import state_keys
+
+pytestmark = pytest.mark.both_states
 
 PUBLIC = "https://hooks.bank.example/flexperto"
 DAY = 86400
 
 
 @pytest.fixture
-def hooked(sandbox, tmp_path):
+def hooked(sandbox, config, tmp_path):
+    """``config`` (its state) with a webhook."""
     return load_config(
         write_config(
             tmp_path,
             sandbox,
             f'[webhook]\nlisten = "127.0.0.1:8787"\npublic_url = "{PUBLIC}"\nrotate_days = 30\n',
+            state=state_keys(config.state),
         ),
         env={},
     )
@@ -82,16 +87,22 @@ def test_a_refused_registration_is_a_failure_and_polling_goes_on(sandbox, hooked
     sandbox.add_fault("flexperto", Fault(path="/subscriptions/webhook", status=400, times=1))
     assert subscribe(hooked, clock).exit_code == 1
     assert [e["event"] for e in log_lines()].count("webhook.register_failed") == 1
-    db = open_database(hooked.state.database)
-    assert webhooks.current(db) is None
+    db = open_state(hooked.state)
+    try:
+        assert webhooks.current(db) is None
+    finally:
+        db.close()
     assert run_pass(hooked, clock).exit_code == 0  # the archives are claimed all the same
     assert subscribe(hooked, clock).exit_code == 0  # and the next try subscribes
     assert len(subscribed_urls(sandbox)) == 1
 
 
 def test_a_secret_left_pending_by_a_crash_is_retired_not_lost(sandbox, hooked, clock):
-    db = open_database(hooked.state.database)
-    webhooks.prepare(db, "crashed-before-flexperto-answered", clock.now())
+    db = open_state(hooked.state)
+    try:
+        webhooks.prepare(db, "crashed-before-flexperto-answered", clock.now())
+    finally:
+        db.close()
     subscribe(hooked, clock)
     accepted = accepted_secrets(hooked, clock.now())
     assert "crashed-before-flexperto-answered" in accepted and len(accepted) == 2

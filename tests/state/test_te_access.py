@@ -5,7 +5,7 @@ from sync_worker.core import logs
 from sync_worker.state import te_access
 from sync_worker.state.db import open_database
 from sync_worker.state.te_access import SharedAccess
-from tests.state_rows import count_of
+from tests.state_rows import count_of, rows_of
 
 pytestmark = pytest.mark.fast
 
@@ -113,3 +113,66 @@ def test_what_is_left_of_the_budgets_and_the_token(open_state):
     assert shared.token_expiry() is None
     shared.keep_token("tok-x", 3600.0, 0.0)
     assert shared.token_expiry() == 3600.0
+
+
+def behind(db, egress, per_minute=1, tokens_per_hour=1):
+    return SharedAccess(
+        db, "https://te.example/v1", "client", per_minute, tokens_per_hour, egress=egress
+    )
+
+
+def test_workers_behind_other_egresses_spend_from_budgets_of_their_own(open_state):
+    db = open_state()
+    frankfurt, dublin = behind(db, "nat-frankfurt"), behind(open_state(), "nat-dublin")
+    assert frankfurt.spend_request(0.0) is None
+    assert frankfurt.spend_token_request(0.0) is None
+    assert dublin.spend_request(0.0) is None
+    assert dublin.spend_token_request(0.0) is None
+    assert (frankfurt.requests_left(1.0), frankfurt.token_requests_left(1.0)) == (0, 0)
+    assert behind(db, "").requests_left(1.0) == 1  # the state's one budget is apart too
+
+
+def test_workers_behind_other_egresses_share_the_cached_token(open_state):
+    until = behind(open_state(), "nat-frankfurt").keep_token("tok-egress", 4000.0, 0.0)
+    assert behind(open_state(), "nat-dublin").cached_token(1.0) == ("tok-egress", until)
+    assert behind(open_state(), "").cached_token(1.0) == ("tok-egress", until)
+
+
+def test_workers_behind_one_egress_share_one_budget(open_state):
+    first, second = behind(open_state(), "nat-frankfurt"), behind(open_state(), "nat-frankfurt")
+    assert first.spend_request(0.0) is None
+    assert second.spend_request(0.0) == te_access.REQUEST_WINDOW
+    assert first.spend_token_request(0.0) is None
+    assert second.spend_token_request(0.0) == te_access.TOKEN_WINDOW
+
+
+def test_without_an_egress_the_buckets_keep_their_names(open_state):
+    assert te_access.request_bucket("https://TE.example/v1") == "totalexpert:requests:te.example"
+    assert te_access.token_bucket("https://TE.example/v1") == "totalexpert:tokens:te.example"
+    assert te_access.request_bucket("https://te.example/v1", "") == (
+        te_access.request_bucket("https://te.example/v1")
+    )
+    db = open_state()
+    behind(db, "").spend_request(0.0)
+    behind(db, "").spend_token_request(0.0)
+    assert rows_of(db, "rate_events", "bucket") == [
+        {"bucket": "totalexpert:requests:te.example", "at": 0.0},
+        {"bucket": "totalexpert:tokens:te.example", "at": 0.0},
+    ]
+
+
+def test_an_egress_is_named_in_its_buckets(open_state):
+    db = open_state()
+    behind(db, "nat-frankfurt").spend_request(0.0)
+    assert rows_of(db, "rate_events", "bucket")[0]["bucket"] == (
+        "totalexpert:requests:te.example@nat-frankfurt"
+    )
+
+
+def test_the_configured_egress_picks_the_budget(open_state):
+    db = open_state()
+    te = TotalExpertConfig(
+        client_id="client", client_secret="secret", requests_per_minute=1, egress="nat-dublin"
+    )
+    SharedAccess.for_config(db, te, 5.0).spend_request(0.0)
+    assert rows_of(db, "rate_events", "bucket")[0]["bucket"].endswith("@nat-dublin")

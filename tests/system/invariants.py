@@ -9,16 +9,17 @@ from collections import Counter
 
 from sync_worker.config import Config
 from sync_worker.sandbox import Sandbox
+from tests.state_rows import row_of, rows_of
 
 
 def stored_bytes(config: Config, archive_id: str) -> bytes:
     """The bytes of a stored archive, from wherever the ledger says the store keeps it."""
     from sync_worker.adapters.stores import open_store
-    from sync_worker.state.db import open_database
+    from sync_worker.state.configured import open_state
 
-    db = open_database(config.state.database)
+    db = open_state(config.state)
     try:
-        location = db["archives"].get(archive_id)["path"]
+        location = row_of(db, "archives", archive_id=archive_id)["path"]
     finally:
         db.close()
     return b"".join(open_store(config.storage, config.http).read(location))
@@ -48,11 +49,11 @@ def assert_claimed_once(sandbox: Sandbox, config: Config, expected: dict[str, di
 def assert_consistent(sandbox: Sandbox, config: Config) -> None:
     """What must hold after any pass, finished or not: nothing is abandoned at Flexperto
     that is not stored here with the right bytes, and the ledger agrees with TE."""
-    from sync_worker.state.db import open_database
+    from sync_worker.state.configured import open_state
 
-    db = open_database(config.state.database)
+    db = open_state(config.state)
     try:
-        rows = {row["archive_id"]: row for row in db["archives"].rows}
+        rows = {row["archive_id"]: row for row in rows_of(db, "archives", "archive_id")}
         for record in sandbox.flexperto.records():
             if record["status"] != "ABANDONED":
                 continue
@@ -65,7 +66,10 @@ def assert_consistent(sandbox: Sandbox, config: Config) -> None:
             for i in sandbox.totalexpert.insights()
         )
         assert set(in_te.values()) <= {1}, in_te
-        ledger = {(r["archive_id"], r["contact_id"]): r["state"] for r in db["insights"].rows}
+        ledger = {
+            (r["archive_id"], r["contact_id"]): r["state"]
+            for r in rows_of(db, "insights", "archive_id, contact_id")
+        }
         for key in in_te:  # posted: known to the ledger, as sent or as possibly sent
             assert ledger.get(key) in ("sent", "sending"), (key, ledger.get(key))
         for key, state in ledger.items():

@@ -10,7 +10,7 @@ import pytest
 from tests.conftest import SimulatedCrash
 from tests.system.invariants import assert_claimed_once
 
-pytestmark = pytest.mark.both_stores
+pytestmark = [pytest.mark.both_stores, pytest.mark.both_states]
 
 STEPS = [
     ("archive.listed", 1),

@@ -115,9 +115,10 @@ class StoreOwner:
     state_file: str
 
     @classmethod
-    def of(cls, state_id: str, state_file: Path) -> StoreOwner:
-        """The state file ``state_file`` of this host, whose id is ``state_id``."""
-        return cls(state_id, socket.gethostname(), str(state_file.resolve()))
+    def of(cls, state_id: str, state_place: str) -> StoreOwner:
+        """The state at ``state_place`` (state.configured.state_place), seen from this
+        host, whose id is ``state_id``."""
+        return cls(state_id, socket.gethostname(), state_place)
 
     def same_as(self, other: StoreOwner) -> bool:
         """Whether ``other`` is this state file: the same id (the file moved to another

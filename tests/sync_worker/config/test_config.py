@@ -1,3 +1,4 @@
+import io
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,7 @@ from sync_worker.config import (
     markdown_table,
     validate_base_url,
 )
+from sync_worker.core import logs
 
 pytestmark = pytest.mark.fast
 
@@ -343,3 +345,71 @@ def test_metrics_leave_loopback_only_when_the_operator_says_so(tmp_path):
     config = load_config(write(tmp_path, MINIMAL + section), env={})
     assert (config.metrics.listen, config.metrics.allow_remote) == ("0.0.0.0:9464", True)
     assert load_config(write(tmp_path, MINIMAL), env={}).metrics.allow_remote is False
+
+
+DSN = "host=db.internal dbname=sync_worker user=sync_worker password=hunter2"
+POSTGRES = (
+    MINIMAL
+    + '[storage]\nbackend = "s3"\nbucket = "archives"\n'
+    + f'[state]\nbackend = "postgresql"\ndsn = "{DSN}"\n'
+)
+
+
+def test_the_state_is_a_sqlite_file_unless_the_config_says_otherwise(tmp_path):
+    state = load_config(write(tmp_path, MINIMAL), env={}).state
+    assert (state.backend, state.dsn, state.shared) == ("sqlite", "", False)
+    assert load_config(write(tmp_path, POSTGRES), env={}).state.shared is True
+
+
+def test_a_postgresql_state_needs_a_dsn(tmp_path):
+    text = POSTGRES.replace(f'dsn = "{DSN}"\n', "")
+    with pytest.raises(ConfigError, match=r"state\.dsn is required with backend postgresql"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_a_postgresql_state_needs_the_archives_in_a_bucket(tmp_path):
+    text = POSTGRES.replace('[storage]\nbackend = "s3"\nbucket = "archives"\n', "")
+    with pytest.raises(ConfigError, match=r"state\.backend postgresql .* use storage\.backend s3"):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_a_postgresql_state_keeps_te_budget_itself_not_in_a_shared_budget_file(tmp_path):
+    text = POSTGRES.replace(
+        'client_secret = "te-secret"', 'client_secret = "te-secret"\nshared_budget = "te-budget.db"'
+    )
+    with pytest.raises(
+        ConfigError, match=r"totalexpert\.shared_budget is a file of one host.*totalexpert\.egress"
+    ):
+        load_config(write(tmp_path, text), env={})
+
+
+def test_tenant_tables_are_refused_with_a_postgresql_state(tmp_path):
+    tenants = "".join(
+        f'[[tenant]]\nname = "bank-{n}"\n[tenant.storage]\nbucket = "archives-{n}"\n'
+        for n in ("a", "b")
+    )
+    with pytest.raises(
+        ConfigError, match=r"\[\[tenant\]\] tables with state\.backend postgresql are not supported"
+    ):
+        load_tenants(write(tmp_path, POSTGRES + tenants), env={})
+
+
+def test_the_dsn_may_come_from_the_environment_and_is_masked_in_logs(tmp_path):
+    variable = "SYNC_WORKER_STATE_DSN"
+    text = POSTGRES.replace(f'dsn = "{DSN}"\n', "")
+    config = load_config(write(tmp_path, text), env={variable: DSN})
+    assert config.state.dsn == DSN
+    assert config.origins["state.dsn"] == f"env {variable}"
+    assert DSN in config.secrets()
+    logs.configure("json", "info", stream=io.StringIO(), secrets=config.secrets())
+    assert "hunter2" not in logs.mask(f"cannot connect to {DSN}")
+
+
+def test_the_dsn_may_come_from_a_systemd_credential(tmp_path):
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    (credentials / "state_dsn").write_text(DSN + "\n")
+    text = POSTGRES.replace(f'dsn = "{DSN}"\n', "")
+    config = load_config(write(tmp_path, text), env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert config.state.dsn == DSN
+    assert config.origins["state.dsn"] == "credential state_dsn"

@@ -287,7 +287,7 @@ def test_a_lock_configuration_that_cannot_be_read_is_misconfigured(tmp_path, han
         refusing_endpoint(handler, tmp_path, **storage) as config,
         pytest.raises(Misconfigured) as refused,
     ):
-        S3Store(config, HTTP).claim(StoreOwner.of("id", tmp_path / "state.db"))
+        S3Store(config, HTTP).claim(StoreOwner.of("id", str(tmp_path / "state.db")))
     assert refused.value.bucket == "no-lock"
     assert fix in str(refused.value) and "storage.retention_days = 0" in str(refused.value)
     assert not (tmp_path / "spool").exists()  # nothing claimed, not even the spool
@@ -296,10 +296,12 @@ def test_a_lock_configuration_that_cannot_be_read_is_misconfigured(tmp_path, han
 def test_a_bucket_without_object_lock_is_misconfigured_for_a_retention(s3_server, tmp_path):
     plain = SandboxBucket(s3_server, locked=False)
     store = store_for(plain, tmp_path, retention_days=1)
-    for step in (lambda: store.claim(StoreOwner.of("id", tmp_path / "state.db")), store.probe):
+    for step in (lambda: store.claim(StoreOwner.of("id", str(tmp_path / "state.db"))), store.probe):
         with pytest.raises(Misconfigured, match=f"s3 {plain.name}: the bucket has no Object Lock"):
             step()
-    store_for(plain, tmp_path, retention_days=0).claim(StoreOwner.of("id", tmp_path / "state.db"))
+    store_for(plain, tmp_path, retention_days=0).claim(
+        StoreOwner.of("id", str(tmp_path / "state.db"))
+    )
     assert plain.keys() == ["archives/.owner"]  # without retention, the bucket serves
 
 
