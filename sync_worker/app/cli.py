@@ -18,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from sync_worker.app.runner import run_passes
+from sync_worker.app.runner import JOBS, run_passes
 from sync_worker.app.scheduler import Daemon
 from sync_worker.config import (
     Config,
@@ -33,8 +33,9 @@ from sync_worker.core.clock import SystemClock
 from sync_worker.jobs.context import AuditPlan
 from sync_worker.ops import command_docs, config_show, history, manifest, metrics, status
 from sync_worker.ops.checks import PROBE_SECONDS, CheckPlan, run_checks
-from sync_worker.state import archives, insights, pass_history, reports
-from sync_worker.state.db import StateFileError, open_existing, open_existing_read_only
+from sync_worker.state import archives, insights, pass_history, reports, state_copy
+from sync_worker.state.configured import open_existing_state, open_state_read_only
+from sync_worker.state.db import StateFileError
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 HISTORY_SHOWN = 100  # passes that `history` shows without --limit
@@ -156,6 +157,16 @@ def build_parser() -> argparse.ArgumentParser:
     which = retry.add_mutually_exclusive_group(required=True)
     which.add_argument("archive_id", nargs="?", help="the archive to retry")
     which.add_argument("--all-failed", action="store_true", help="every failing or parked item")
+    migrate = commands.add_parser(
+        "migrate-state",
+        help="copy a state file into the config's empty PostgreSQL state database",
+    )
+    migrate.add_argument(
+        "--from",
+        dest="source",
+        metavar="PATH",
+        help="the SQLite state file to copy (default: state.database); it is left as it is",
+    )
     init = commands.add_parser("init-config", help="write a commented example config")
     init.add_argument("path", help="where to write it")
     init.add_argument("--force", action="store_true", help="overwrite an existing file")
@@ -312,7 +323,7 @@ def _write_metrics(configs: list[Config]) -> None:
 
 
 def _status(config: Config, args: argparse.Namespace) -> int:
-    db = open_existing(config.state.database)
+    db = open_existing_state(config.state)
     try:
         if args.json:
             status.write_json(db, sys.stdout, tuple(args.state), args.since, args.limit)
@@ -324,7 +335,7 @@ def _status(config: Config, args: argparse.Namespace) -> int:
 
 
 def _history(config: Config, args: argparse.Namespace) -> int:
-    db = open_existing(config.state.database)
+    db = open_existing_state(config.state)
     try:
         passes = pass_history.passes(db, args.since, args.limit or HISTORY_SHOWN)
     finally:
@@ -338,7 +349,7 @@ def _history(config: Config, args: argparse.Namespace) -> int:
 
 def _audit(configs: list[Config], args: argparse.Namespace) -> int:
     for config in configs:  # audits what passes stored: never against a new state file
-        open_existing_read_only(config.state.database).close()
+        open_state_read_only(config.state).close()
     plan = AuditPlan(
         everything=args.all, sample=args.sample, max_bytes_per_second=args.max_bytes_per_second
     )
@@ -348,7 +359,7 @@ def _audit(configs: list[Config], args: argparse.Namespace) -> int:
 
 
 def _export(config: Config, args: argparse.Namespace) -> int:
-    db = open_existing(config.state.database)
+    db = open_existing_state(config.state)
     try:
         manifest.write(reports.manifest(db, args.since), sys.stdout, args.format)
     finally:
@@ -398,7 +409,7 @@ def _config(configs: list[Config], args: argparse.Namespace) -> int:
 
 def _retry(config: Config, args: argparse.Namespace) -> int:
     archive_id = None if args.all_failed else args.archive_id
-    db = open_existing(config.state.database)
+    db = open_existing_state(config.state)
     try:
         if archive_id and archives.get(db, archive_id) is None:
             _tell(f"sync-worker: no archive {archive_id!r} in the state database")
@@ -407,6 +418,31 @@ def _retry(config: Config, args: argparse.Namespace) -> int:
     finally:
         db.close()
     print(f"{count} item(s) put back to work; the next pass tries them")
+    return EXIT_OK
+
+
+def _migrate_state(config: Config, args: argparse.Namespace) -> int:
+    """Copy a state file into the config's state database (state.state_copy)."""
+    if not config.state.shared:
+        _tell(
+            "sync-worker: migrate-state copies into a PostgreSQL state: set state.backend = "
+            '"postgresql" and state.dsn in the config, and name the file with --from'
+        )
+        return EXIT_USAGE
+    source = Path(args.source) if args.source else config.state.database
+    try:
+        report = state_copy.copy_state(
+            source, config.state.dsn, JOBS, config.state.busy_timeout_seconds
+        )
+    except state_copy.StateCopyError as exc:
+        _tell(f"sync-worker: {exc}")
+        return EXIT_FAILED
+    for table, rows in report.rows.items():
+        print(f"{table:<16} {rows:>9} rows")
+    print(
+        f"the state of {source} is now in the database {report.target}: workers may switch "
+        'to state.backend = "postgresql"; the file is left as it was'
+    )
     return EXIT_OK
 
 
@@ -437,6 +473,7 @@ TENANT_COMMANDS = {
     "status": _status,
     "retry": _retry,
     "history": _history,
+    "migrate-state": _migrate_state,
 }
 
 

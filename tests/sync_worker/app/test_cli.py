@@ -19,7 +19,7 @@ from sync_worker.sandbox import STRICT, Sandbox, tenants_toml
 from sync_worker.sandbox.bucket import SandboxBucket
 from sync_worker.sandbox.seed import ANNA, LENA
 from sync_worker.sandbox.worker_process import run_worker, start_worker
-from sync_worker.state.db import open_database
+from sync_worker.state.configured import open_state
 from sync_worker.state.reports import MANIFEST_FIELDS
 from tests.conftest import write_config
 
@@ -49,6 +49,7 @@ def test_usage_error_exits_2():
     assert sync_worker("no-such-command").returncode == 2
 
 
+@pytest.mark.both_states
 def test_run_once_then_status_json(sandbox, tmp_path, config):
     config_file = str(tmp_path / "config.toml")
     result = sync_worker("--config", config_file, "run-once")
@@ -74,6 +75,7 @@ def test_run_once_then_status_json(sandbox, tmp_path, config):
     assert len(sent) == 3 and all(i["te_insight_id"] for i in sent)
 
 
+@pytest.mark.both_states
 def test_status_table_shows_failing_items(sandbox, tmp_path, config, capsys):
     bad = next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
     sandbox.flexperto.corrupt_blob(bad["id"])
@@ -86,6 +88,7 @@ def test_status_table_shows_failing_items(sandbox, tmp_path, config, capsys):
     assert bad["id"] in table and "sha256" in table
 
 
+@pytest.mark.both_states
 def test_retry_puts_a_parked_archive_back(sandbox, tmp_path, config, capsys):
     bad = next(r for r in sandbox.flexperto.records() if r["status"] == "AVAILABLE")
     sandbox.flexperto.corrupt_blob(bad["id"])
@@ -102,8 +105,9 @@ def test_retry_puts_a_parked_archive_back(sandbox, tmp_path, config, capsys):
     assert sandbox.flexperto.record(bad["id"])["status"] == "ABANDONED"
 
 
+@pytest.mark.both_states
 def test_retry_of_an_unknown_archive_is_a_usage_error(sandbox, tmp_path, config):
-    open_database(config.state.database).close()
+    open_state(config.state).close()
     assert main(["--config", str(tmp_path / "config.toml"), "retry", "nope"]) == 2
 
 
@@ -121,9 +125,10 @@ def findings(out: str) -> dict[str, tuple[str, str]]:
     return found
 
 
+@pytest.mark.both_states
 @pytest.mark.both_stores
 def test_check_reaches_both_services_and_caches_the_token(sandbox, tmp_path, config, capsys):
-    open_database(config.state.database).close()  # as a first pass leaves it
+    open_state(config.state).close()  # as a first pass leaves it
     assert main(["--config", str(tmp_path / "config.toml"), "check", "--token"]) == 0
     found = findings(capsys.readouterr().out)
     routes = {"network flexperto", "network storage_host", "network totalexpert"}
@@ -355,6 +360,7 @@ def test_audit_options_are_checked(sandbox, tmp_path, config):
     assert both.returncode == 2
 
 
+@pytest.mark.both_states
 def test_export_writes_the_manifest_as_csv_or_json_lines(sandbox, tmp_path, config, capsys):
     config_file = str(tmp_path / "config.toml")
     assert main(["--config", config_file, "run-once"]) == 0
@@ -425,3 +431,49 @@ def test_only_demo_and_sandbox_load_the_sandbox():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert done.stdout.strip() == "[]"
+
+
+def ledger_counts(table: str) -> list[str]:
+    """The counts per state of ``status``'s table."""
+    return [line for line in table.splitlines() if line.startswith(("Archives:", "Insights:"))]
+
+
+@pytest.mark.s3_only
+def test_migrate_state_moves_the_checkpoints_into_postgresql(
+    sandbox, tmp_path, config, postgres_cluster, capsys
+):
+    config_file = str(tmp_path / "config.toml")
+    for _ in range(2):  # the second stores the archive that was still packing
+        assert main(["--config", config_file, "run-once"]) == 0
+    assert main(["--config", config_file, "migrate-state"]) == 2  # the config's state: a file
+    assert "set state.backend" in capsys.readouterr().err
+    assert main(["--config", config_file, "status"]) == 0
+    counts = ledger_counts(capsys.readouterr().out)
+    assert counts == ["Archives: claimed 4", "Insights: no_match 1, sent 4"]
+    downloads, posted = len(sandbox.s3.requests), len(sandbox.totalexpert.insights())
+    assert downloads == 4 and posted == 4
+    assert main(["--config", config_file, "export", "--format", "jsonl"]) == 0
+    manifest = capsys.readouterr().out
+    dsn = postgres_cluster.new_database()
+    write_config(tmp_path, sandbox, state=f'backend = "postgresql"\ndsn = {json.dumps(dsn)}\n')
+
+    assert main(["--config", config_file, "migrate-state"]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    assert "archives                 4 rows" in printed
+    assert printed[-1].startswith(f"the state of {config.state.database} is now in the database")
+    assert printed[-1].endswith("the file is left as it was")
+    assert main(["--config", config_file, "export", "--format", "jsonl"]) == 0
+    assert capsys.readouterr().out == manifest  # every archive as it was, read from the database
+    assert main(["--config", config_file, "run-once"]) == 0
+    assert len(sandbox.s3.requests) == downloads  # nothing downloaded again
+    assert len(sandbox.totalexpert.insights()) == posted  # nothing posted again
+    capsys.readouterr()
+    assert main(["--config", config_file, "export", "--format", "jsonl"]) == 0
+    assert capsys.readouterr().out == manifest
+    assert main(["--config", config_file, "status"]) == 0
+    assert ledger_counts(capsys.readouterr().out) == counts
+    assert main(["--config", config_file, "history", "--json"]) == 0
+    passes = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(passes) == 3  # the file's two, and the one on the database
+    assert main(["--config", config_file, "migrate-state"]) == 1  # never into a filled one
+    assert "holds a state already" in capsys.readouterr().err

@@ -49,11 +49,13 @@ INVOCATIONS: dict[str, list[tuple[tuple[str, ...], int]]] = {
     "config": [(("config", "show"), EXIT_CLOSED_PIPE), (("config", "validate"), EXIT_CLOSED_PIPE)],
     "completion": [(("completion", "bash"), EXIT_CLOSED_PIPE)],
     "man": [(("man",), EXIT_CLOSED_PIPE)],
+    # into a new database, from the sandbox's state file ({state}): see command_config
+    "migrate-state": [(("migrate-state", "--from", "{state}"), EXIT_CLOSED_PIPE)],
 }
 # Commands that log nothing when all is well.
 SILENT = frozenset(
     {"status", "export", "retry", "init-config", "check", "sandbox", "history", "config"}
-    | {"completion", "man"}
+    | {"completion", "man", "migrate-state"}
 )
 LOG_OPTIONS = ("--log-format", "json", "--log-level", "debug")
 WATCHDOG_SECONDS = 120
@@ -88,9 +90,28 @@ def worked(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield config
 
 
-def invocation(args: tuple[str, ...], tmp_path: Path) -> list[str]:
+@pytest.fixture
+def command_config(command: str, worked: Path, tmp_path: Path, request) -> Path:
+    """The config a case runs with: the sandbox's; for ``migrate-state``, the same with
+    its state in a new database of the session's PostgreSQL cluster (and, as that wants,
+    a bucket: the command does not reach it)."""
+    if command != "migrate-state":
+        return worked
+    dsn = request.getfixturevalue("postgres_cluster").new_database()
+    text = worked.read_text().replace(
+        "[state]\n", f'[state]\nbackend = "postgresql"\ndsn = {json.dumps(dsn)}\n'
+    )
+    text = text.replace("[storage]\n", '[storage]\nbackend = "s3"\nbucket = "unused"\n')
+    path = tmp_path / "postgresql.toml"
+    path.write_text(text)
+    path.chmod(0o600)
+    return path
+
+
+def invocation(args: tuple[str, ...], tmp_path: Path, worked: Path) -> list[str]:
     """The command line of a case, logging everything as JSON."""
-    return [*LOG_OPTIONS, *(arg.format(dir=tmp_path / "fresh") for arg in args)]
+    places = {"dir": tmp_path / "fresh", "state": worked.parent / "state.db"}
+    return [*LOG_OPTIONS, *(arg.format(**places) for arg in args)]
 
 
 def run_command(command: str, args: list[str], config: Path, **options) -> tuple[str, str, int]:
@@ -141,8 +162,8 @@ def test_every_command_has_an_invocation():
 
 
 @pytest.mark.parametrize(("command", "args", "_closed_exit"), CASES)
-def test_no_log_line_on_stdout(command, args, _closed_exit, worked, tmp_path):
-    out, err, code = run_command(command, invocation(args, tmp_path), worked)
+def test_no_log_line_on_stdout(command, args, _closed_exit, worked, command_config, tmp_path):
+    out, err, code = run_command(command, invocation(args, tmp_path, worked), command_config)
     assert "Traceback" not in err
     assert code == 0, err[-2000:]
     assert [line for line in out.splitlines() if is_log_line(line)] == []
@@ -151,11 +172,15 @@ def test_no_log_line_on_stdout(command, args, _closed_exit, worked, tmp_path):
 
 
 @pytest.mark.parametrize(("command", "args", "closed_exit"), CASES)
-def test_a_closed_stdout_ends_the_command_quietly(command, args, closed_exit, worked, tmp_path):
+def test_a_closed_stdout_ends_the_command_quietly(
+    command, args, closed_exit, worked, command_config, tmp_path
+):
     reader, writer = os.pipe()
     os.close(reader)  # nobody reads: the first write fails with EPIPE
     try:
-        _out, err, code = run_command(command, invocation(args, tmp_path), worked, stdout=writer)
+        _out, err, code = run_command(
+            command, invocation(args, tmp_path, worked), command_config, stdout=writer
+        )
     finally:
         os.close(writer)
     assert "Traceback" not in err
@@ -166,12 +191,18 @@ def test_a_closed_stdout_ends_the_command_quietly(command, args, closed_exit, wo
 
 
 @pytest.mark.parametrize(("command", "args", "_closed_exit"), CASES)
-def test_no_stdout_at_all_is_no_traceback(command, args, _closed_exit, worked, tmp_path):
+def test_no_stdout_at_all_is_no_traceback(
+    command, args, _closed_exit, worked, command_config, tmp_path
+):
     """stdout closed before the worker starts (``>&-``): Python has no sys.stdout."""
     if command == "sandbox":
         pytest.skip("it serves until stopped, and prints nothing that could tell when")
     _out, err, _code = run_command(
-        command, invocation(args, tmp_path), worked, stdout=None, preexec_fn=lambda: os.close(1)
+        command,
+        invocation(args, tmp_path, worked),
+        command_config,
+        stdout=None,
+        preexec_fn=lambda: os.close(1),
     )
     assert "Traceback" not in err
 
