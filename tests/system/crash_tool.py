@@ -7,25 +7,27 @@ land at a uniformly random time into a pass; the other half right after the work
 randomly chosen step (listing, download, verification, SQLite commits, abandon, insight
 POST), plus a random few milliseconds. New archives keep arriving so that there is always
 work to cut, and before some passes TE's tokens are revoked or a fault is armed (a 500, a
-reset, a truncated download...). After the last kill, passes run until nothing is left, and
-the invariants are checked:
+reset, a truncated download...). The state is a SQLite file or, with ``--state postgresql``
+(which wants ``--storage s3``), a database of a private PostgreSQL cluster started for the
+run. After the last kill, passes run until nothing is left, and the invariants are checked:
 
 - every archive that was AVAILABLE is stored once, with the bytes Flexperto hashed;
 - no archive was abandoned before its verified file was renamed into place (or its object
-  was in the bucket) and its SQLite record committed;
+  was in the bucket) and its record committed to the state;
 - every matched contact has exactly one insight per archive;
 - no temporary file and no incomplete upload is left behind;
 - Total Expert's per-minute and token limits were never exceeded;
 - no run, killed or not, printed a traceback; the last pass exits 0;
-- the state file passes SQLite's integrity check.
+- on SQLite, the state file passes SQLite's integrity check; on PostgreSQL, the database is
+  at the latest schema version and every one of its tables can be read.
 
-With ``--crowd``, the passes are not alone with the state file: a daemon (``sync-worker
-run``, a pass a second) runs throughout and is itself SIGKILLed and restarted at random,
-and an operator calls ``status`` over and over, as on a host where cron passes, the daemon
-and people share one state file.
+With ``--crowd``, the passes are not alone with the state: a daemon (``sync-worker run``, a
+pass a second) runs throughout and is itself SIGKILLed and restarted at random, and an
+operator calls ``status`` over and over, as on a host where cron passes, the daemon and
+people share one state file (or, on PostgreSQL, one database).
 
 Usage: python -m tests.system.crash_tool --kills 1000 [--seed N] [--keep DIR] [--strict]
-       [--storage s3] [--crowd]
+       [--storage s3] [--state postgresql] [--crowd]
 """
 
 from __future__ import annotations
@@ -43,15 +45,22 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from sync_worker.adapters.stores import Missing, open_store
-from sync_worker.config import Config, load_config
+import psycopg
+
+from sync_worker.adapters.stores import Missing, Store, open_store
+from sync_worker.config import Config, StateConfig, load_config
 from sync_worker.sandbox import LENIENT, STRICT, Dialect, Fault, Sandbox
 from sync_worker.sandbox.worker_process import log_events, worker_command
-from sync_worker.state.db import open_database
+from sync_worker.state import postgres_schema
+from sync_worker.state.configured import open_state, state_exists
+from sync_worker.state.db import Database
+from sync_worker.state.postgres import PostgresDatabase, connect
+from tests.postgres_cluster import BIN_ENV, PostgresCluster, server_bin
+from tests.state_rows import count_of, rows_of
 
 KILL_EVENTS = (
     "archive.listed",
@@ -105,6 +114,7 @@ CHAOS_RATE = 0.2  # share of passes that get a fault, and (separately) revoked t
 # that kills (which can lose a fresh token) never exhaust the budget within a run. Past
 # it, the worker rightly waits for the hour to end.
 MAX_REVOCATIONS = TOKEN_REQUESTS_PER_HOUR // 3
+STATES = ("sqlite", "postgresql")
 PARTICIPANTS = (
     "max.kunde@example.org",
     "erika.muster@example.org",
@@ -135,18 +145,33 @@ def run(
     dialect: Dialect = LENIENT,
     storage: str = "local",
     crowd: bool = False,
+    state: str = "sqlite",
 ) -> Report:
+    """Kill ``kills`` passes and check the invariants; ``state`` is ``sqlite`` (a file in
+    ``folder``) or ``postgresql`` (a database of a private cluster, stopped at the end;
+    only with ``storage="s3"``: a shared state wants a shared store)."""
+    if state not in STATES:
+        raise ValueError(f"state must be one of {STATES}, not {state!r}")
+    if state == "postgresql" and storage != "s3":
+        raise ValueError("a state in PostgreSQL needs storage='s3'")
     rng = random.Random(seed)
     report = Report()
-    with Sandbox(
-        folder / "sandbox",
-        te_requests_per_minute=REQUESTS_PER_MINUTE,
-        te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR,
-        dialect=dialect,
-        storage=storage,
-    ) as sandbox:
+    with ExitStack() as stack:
+        dsn = _private_database(stack) if state == "postgresql" else ""
+        sandbox = stack.enter_context(
+            Sandbox(
+                folder / "sandbox",
+                te_requests_per_minute=REQUESTS_PER_MINUTE,
+                te_token_requests_per_hour=TOKEN_REQUESTS_PER_HOUR,
+                dialect=dialect,
+                storage=storage,
+            )
+        )
         config = folder / "config.toml"
         text = sandbox.config_toml(str(folder / "archives"), str(folder / "state.db"))
+        if dsn:  # [state] ends the text, its database line last: the engine's keys follow
+            assert text.endswith(f"database = {json.dumps(str(folder / 'state.db'))}\n")
+            text += f'backend = "postgresql"\ndsn = {json.dumps(dsn)}\n'
         config.write_text(
             text.replace(
                 "token_requests_per_hour = 2",
@@ -156,13 +181,30 @@ def run(
             + (CROWD_SETTINGS if crowd else "")
         )
         config.chmod(0o600)  # it holds the sandbox's secrets
+        loaded = load_config(config, env={})
+        assert loaded.state.shared == bool(dsn)
         with Crowd(config, random.Random(rng.random()), report) if crowd else nullcontext():
             _kill_passes(sandbox, config, rng, report, kills)
         for server in ("flexperto", "s3", "te"):
             sandbox.service(server).faults.clear()
-        report.passes_to_finish = _finish(config, report)
-        _check(sandbox, folder, load_config(config, env={}), report)
+        report.passes_to_finish = _finish(config, loaded.state, report)
+        _check(sandbox, folder, loaded, report)
     return report
+
+
+def _private_database(stack: ExitStack) -> str:
+    """Start a PostgreSQL cluster of the run's own, stopped when ``stack`` closes; the DSN
+    of a new database in it."""
+    bin_dir = server_bin()
+    if bin_dir is None:
+        raise RuntimeError(
+            "PostgreSQL's server is not installed: apt-get install postgresql, "
+            f"or name its bin folder in {BIN_ENV}"
+        )
+    cluster = PostgresCluster(bin_dir)
+    stack.callback(cluster.stop)  # also when start fails half-way: stop removes its folder
+    cluster.start()
+    return cluster.new_database()
 
 
 def _kill_passes(
@@ -218,9 +260,9 @@ class Crowd:
                 self._report.daemon_kills += 1
 
     def _operator(self) -> None:
-        state_file = self._config.parent / "state.db"
+        state = load_config(self._config, env={}).state
         while not self._stop.is_set():
-            if not state_file.exists():  # status reads a state file, it makes none
+            if not _state_made(state):  # status reads a state a pass made, it makes none
                 self._stop.wait(0.1)
                 continue
             done = subprocess.run(
@@ -317,7 +359,7 @@ def _kill(process: subprocess.Popen) -> None:
         process.send_signal(signal.SIGKILL)
 
 
-def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
+def _finish(config: Path, state: StateConfig, report: Report, max_passes: int = 10) -> int:
     output = ""
     for n in range(1, max_passes + 1):
         result = subprocess.run(
@@ -328,7 +370,7 @@ def _finish(config: Path, report: Report, max_passes: int = 10) -> int:
         )
         output = result.stderr
         report.tracebacks += _tracebacks(result.stdout + result.stderr)
-        if result.returncode == 0 and _nothing_open(config.parent / "state.db"):
+        if result.returncode == 0 and _nothing_open(state):
             return n
     report.problems.append(
         f"work still open after {max_passes} clean passes; the last one logged "
@@ -342,8 +384,20 @@ def _complaints(log: str) -> Counter[str]:
     return Counter(e["event"] for e in log_events(log) if e.get("level") in ("warning", "error"))
 
 
-def _nothing_open(database: Path) -> bool:
-    db = open_database(database)
+def _state_made(state: StateConfig) -> bool:
+    """Whether a pass has made the state: its file is there, or its database has a schema
+    (made whole in the transaction that records its version)."""
+    if not state.shared:
+        return state_exists(state)
+    db = connect(state.dsn, state.busy_timeout_seconds)
+    try:
+        return postgres_schema.version_of(db) > 0
+    finally:
+        db.close()
+
+
+def _nothing_open(state: StateConfig) -> bool:
+    db = open_state(state)
     try:
         open_archives = db.execute(
             "select count(*) from archives where state != 'claimed'"
@@ -363,8 +417,27 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
     problems = report.problems
     store = open_store(config.storage, config.http)
     placed = _placed_at(sandbox, folder)
-    db = open_database(folder / "state.db")
-    rows = {row["archive_id"]: row for row in db["archives"].rows}
+    problems.extend(_damage(config.state))  # first: open_state would migrate an old schema
+    db = open_state(config.state)
+    try:
+        _check_state(sandbox, folder, store, placed, db, report)
+    finally:
+        db.close()
+    report.tracebacks += _tracebacks((folder / STDERR_LOG).read_text())
+    if report.tracebacks:
+        problems.append(f"{report.tracebacks} traceback(s) in the runs' output")
+
+
+def _check_state(
+    sandbox: Sandbox,
+    folder: Path,
+    store: Store,
+    placed: dict[str, float],
+    db: Database,
+    report: Report,
+) -> None:
+    problems = report.problems
+    rows = {row["archive_id"]: row for row in rows_of(db, "archives", "archive_id")}
     abandons = [r for r in sandbox.flexperto.requests if r.path.endswith("/archive/abandon")]
     first_abandon: dict[str, float] = {}
     for request in abandons:
@@ -380,7 +453,7 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
         if record["status"] != "ABANDONED":
             problems.append(f"{archive_id} was never abandoned")
         if row is None or row["state"] != "claimed":
-            problems.append(f"{archive_id} is not claimed in SQLite: {row and row['state']}")
+            problems.append(f"{archive_id} is not claimed in the state: {row and row['state']}")
             continue
         digest = hashlib.sha256()
         try:
@@ -394,7 +467,7 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
         abandoned_at = first_abandon.get(conference)
         if abandoned_at is not None:
             if row["stored_at"] > abandoned_at:
-                problems.append(f"{archive_id}: abandoned before its SQLite record")
+                problems.append(f"{archive_id}: abandoned before its state record")
             if placed[row["path"]] > abandoned_at + 0.01:
                 problems.append(f"{archive_id}: abandoned before its file was in place")
     keys = Counter(
@@ -402,7 +475,8 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
     )
     report.insights = len(keys)
     problems.extend(f"insight doubled: {key}" for key, n in keys.items() if n > 1)
-    expected = {(r["archive_id"], r["contact_id"]) for r in db["insights"].rows}
+    ledger = rows_of(db, "insights", "archive_id, contact_id")
+    expected = {(r["archive_id"], r["contact_id"]) for r in ledger}
     if set(keys) != expected:
         problems.append(f"insights in TE differ from the ledger: {set(keys) ^ expected}")
     leftovers = [p for p in (folder / "archives").rglob("*") if p.name.endswith((".part", ".tmp"))]
@@ -418,13 +492,40 @@ def _check(sandbox: Sandbox, folder: Path, config: Config, report: Report) -> No
         problems.append(f"TE answered 429 {te.rate_limited_count} times")
     if sandbox.s3.api_key_rejections:
         problems.append("the api-key was sent to the download host")
-    integrity = db.execute("pragma integrity_check").fetchone()[0]
-    if integrity != "ok":
-        problems.append(f"state file damaged: {integrity}")
-    report.tracebacks += _tracebacks((folder / STDERR_LOG).read_text())
-    if report.tracebacks:
-        problems.append(f"{report.tracebacks} traceback(s) in the runs' output")
-    db.close()
+
+
+def _damage(state: StateConfig) -> list[str]:
+    """What is wrong with the state itself: SQLite's integrity check of the file; on
+    PostgreSQL (which keeps its own files whole), a schema version other than the latest,
+    or a table that cannot be read, as the passes left them (read without migrating)."""
+    if not state.shared:
+        sqlite = open_state(state)
+        try:
+            integrity = sqlite.execute("pragma integrity_check").fetchone()[0]
+        finally:
+            sqlite.close()
+        return [] if integrity == "ok" else [f"state file damaged: {integrity}"]
+    db = connect(state.dsn, state.busy_timeout_seconds)
+    try:
+        return _postgres_damage(db)
+    finally:
+        db.close()
+
+
+def _postgres_damage(db: PostgresDatabase) -> list[str]:
+    problems = []
+    version, latest = postgres_schema.version_of(db), postgres_schema.POSTGRES_STEPS[-1].number
+    if version != latest:
+        problems.append(f"state database at schema version {version}, not {latest}")
+    listed = db.query(
+        "select tablename from pg_tables where schemaname = current_schema() order by 1"
+    )
+    for table in [row["tablename"] for row in listed]:
+        try:
+            count_of(db, table)
+        except psycopg.Error as exc:
+            problems.append(f"state table {table} unreadable: {exc}")
+    return problems
 
 
 def _placed_at(sandbox: Sandbox, folder: Path) -> dict[str, float]:
@@ -451,9 +552,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--storage", choices=("local", "s3"), default="local")
     parser.add_argument(
-        "--crowd", action="store_true", help="a daemon and status calls share the state file"
+        "--state",
+        choices=STATES,
+        default="sqlite",
+        help="a SQLite file, or a database of a private PostgreSQL cluster (needs --storage s3)",
+    )
+    parser.add_argument(
+        "--crowd", action="store_true", help="a daemon and status calls share the state"
     )
     args = parser.parse_args(argv)
+    if args.state == "postgresql" and args.storage != "s3":
+        parser.error("--state postgresql needs --storage s3 (a shared state wants a shared store)")
     folder = args.keep or Path(tempfile.mkdtemp(prefix="crash-tool-"))
     folder.mkdir(parents=True, exist_ok=True)
     try:
@@ -464,6 +573,7 @@ def main(argv: list[str] | None = None) -> int:
             STRICT if args.strict else LENIENT,
             args.storage,
             args.crowd,
+            args.state,
         )
     finally:
         if args.keep is None:
@@ -474,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
                 "seed": args.seed,
                 "strict": args.strict,
                 "storage": args.storage,
+                "state": args.state,
                 "crowd": args.crowd,
                 **report.__dict__,
             },

@@ -1,5 +1,6 @@
 """Real SIGKILLs of real worker processes, a bounded number of them, with revoked tokens
-and faults between them, against both sandboxes and both stores (see crash_tool.py)."""
+and faults between them, against both sandboxes, both stores and both state engines (see
+crash_tool.py)."""
 
 import os
 
@@ -11,11 +12,18 @@ from tests.system import crash_tool
 KILLS = int(os.environ.get("CRASH_TOOL_KILLS", "50"))
 
 
-@pytest.mark.parametrize("storage", ["local", "s3"])
+# A state in PostgreSQL (a private cluster of the run's) wants a shared store: S3.
+@pytest.mark.parametrize(
+    ("storage", "state"),
+    [("local", "sqlite"), ("s3", "sqlite"), ("s3", "postgresql")],
+    ids=["local", "s3", "s3-postgresql"],
+)
 @pytest.mark.parametrize("dialect", [LENIENT, STRICT], ids=["lenient", "strict"])
-def test_random_kills_lose_nothing_and_double_nothing(tmp_path, dialect, storage):
+def test_random_kills_lose_nothing_and_double_nothing(tmp_path, dialect, storage, state):
     seed = int.from_bytes(os.urandom(4), "big")
-    report = crash_tool.run(KILLS, seed=seed, folder=tmp_path, dialect=dialect, storage=storage)
+    report = crash_tool.run(
+        KILLS, seed=seed, folder=tmp_path, dialect=dialect, storage=storage, state=state
+    )
     assert report.problems == [], f"seed {seed}"
     assert report.kills == KILLS
     assert report.archives >= KILLS
