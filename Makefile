@@ -19,11 +19,13 @@ demo-s3: $(STAMP)
 
 ## test: install the test extras and run the linter and the whole test suite, with coverage
 test: $(STAMP)
+	tools/ensure-postgresql
 	$(BIN)/ruff check .
 	$(BIN)/pytest --cov -n $(TEST_PROCESSES) --dist worksteal
 
 ## test-fast: the fast tier only (pure logic and the state layer; no process, no sleep), in seconds
 test-fast: $(STAMP)
+	tools/ensure-postgresql
 	$(BIN)/pytest -m fast -q
 
 lint: $(STAMP)
