@@ -18,6 +18,7 @@ from sync_worker.state.db import (
     Database,
     NoState,
     StateFileError,
+    closed_on_failure,
     execute_many,
     memory_copy,
     migrated,
@@ -28,7 +29,6 @@ from sync_worker.state.db import (
     open_postgres,
 )
 from sync_worker.state.job_locks import job_locks as database_locks
-from sync_worker.state.migrations import NewerSchemaError
 from sync_worker.state.postgres import PostgresDatabase, connect, describe
 
 
@@ -45,11 +45,8 @@ def open_existing_state(config: StateConfig) -> Database:
     if not config.shared:
         return open_existing(config.database, config.busy_timeout_seconds)
     db = connect(config.dsn, config.busy_timeout_seconds)
-    try:
+    with closed_on_failure(db):
         _require_state(db)
-    except BaseException:
-        db.close()
-        raise
     return migrated(db)
 
 
@@ -59,19 +56,13 @@ def open_state_read_only(config: StateConfig) -> Database:
     if not config.shared:
         return open_existing_read_only(config.database, config.busy_timeout_seconds)
     db = connect(config.dsn, config.busy_timeout_seconds)
-    try:
+    with closed_on_failure(db):
         _require_state(db)
         if postgres_schema.pending(db, describe(db)):
             raise StateFileError(
                 f"the state database {describe(db)} has an older schema: the next pass migrates it"
             )
         db.execute("set default_transaction_read_only = on")
-    except NewerSchemaError as exc:
-        db.close()
-        raise StateFileError(str(exc)) from None
-    except BaseException:
-        db.close()
-        raise
     return db
 
 

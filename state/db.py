@@ -78,17 +78,25 @@ def open_postgres(dsn: str, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> Postg
 def migrated(db: PostgresDatabase) -> PostgresDatabase:
     """``db`` migrated to the schema this code knows (closed if it cannot be)."""
     where = describe(db)
-    try:
+    with closed_on_failure(db):
         if postgres_schema.pending(db, where):
             with transaction(db):
                 postgres_schema.migrate(db, where)
+    return db
+
+
+@contextmanager
+def closed_on_failure(db: Database) -> Iterator[None]:
+    """Close ``db`` if the block fails; a schema newer than this code knows fails as
+    StateFileError."""
+    try:
+        yield
     except NewerSchemaError as exc:
         db.close()
         raise StateFileError(str(exc)) from None
     except BaseException:
         db.close()
         raise
-    return db
 
 
 def open_budget_database(
@@ -111,16 +119,10 @@ def _open(path: Path, busy_timeout: float, steps: tuple[Step, ...]) -> sqlite_ut
     conn.execute("PRAGMA synchronous=NORMAL")
     conn.execute("PRAGMA foreign_keys=ON")
     db = sqlite_utils.Database(conn)
-    try:
+    with closed_on_failure(db):
         if pending(db, steps, path):  # a read: a file already migrated takes no write lock
             with transaction(db):
                 migrate(db, steps, path)
-    except NewerSchemaError as exc:
-        db.close()
-        raise StateFileError(str(exc)) from None
-    except BaseException:
-        db.close()
-        raise
     return db
 
 

@@ -37,6 +37,13 @@ def undeclared_moves(database: Path) -> list[tuple[str, str | None, str]]:
     conn = sqlite3.connect(database)
     seen = conn.execute(f"select distinct item, old, new from {RECORDED}").fetchall()
     conn.close()
+    return undeclared_among(seen)
+
+
+def undeclared_among(
+    seen: list[tuple[str, str | None, str]],
+) -> list[tuple[str, str | None, str]]:
+    """Of the (table, old state, new state) recorded, those the lifecycles do not declare."""
     lifecycle = {table: kind for kind, table in TABLES.items()}
     found = []
     for item, old, new in seen:

@@ -10,8 +10,8 @@ import psycopg
 
 from sync_worker.config import StateConfig
 from sync_worker.state.configured import open_state
-from sync_worker.state.lifecycles import MOVES, STARTS, TABLES
-from tests.lifecycle_moves import RECORDED, record_moves, undeclared_moves
+from sync_worker.state.lifecycles import TABLES
+from tests.lifecycle_moves import RECORDED, record_moves, undeclared_among, undeclared_moves
 
 RECORD = f"""
 create table if not exists {RECORDED} (item text, old text, new text);
@@ -51,11 +51,4 @@ def undeclared_state_moves(state: StateConfig) -> list[tuple[str, str | None, st
         return undeclared_moves(state.database)
     with closing(psycopg.connect(state.dsn, autocommit=True)) as conn:
         seen = conn.execute(f"select distinct item, old, new from {RECORDED}").fetchall()
-    lifecycle = {table: kind for kind, table in TABLES.items()}
-    found = []
-    for item, old, new in seen:
-        kind = lifecycle[item]
-        allowed = STARTS[kind] if old is None else MOVES[kind].get(kind(old), frozenset())
-        if new not in allowed:
-            found.append((item, old, new))
-    return found
+    return undeclared_among(seen)

@@ -20,7 +20,7 @@ from sync_worker.state.configured import open_state
 from sync_worker.state.db import open_database
 from tests.conftest import SimulatedCrash
 from tests.jobs.declared_moves import record_state_moves, undeclared_state_moves
-from tests.state_rows import count_of, row_of, rows_of
+from tests.state_rows import count_of, row_of, rows_in
 from tests.tcp_forwarder import behind_a_forwarder
 
 
@@ -45,11 +45,7 @@ def archive_row(config, archive_id):
 
 
 def archive_rows(config):
-    db = open_state(config.state)
-    try:
-        return rows_of(db, "archives", "archive_id")
-    finally:
-        db.close()
+    return rows_in(config.state, "archives", "archive_id")
 
 
 def in_the_store(sandbox, config, conference, archive_id):

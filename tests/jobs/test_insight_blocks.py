@@ -11,10 +11,9 @@ import pytest
 from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
 from sync_worker.ops import metrics, status
-from sync_worker.state import rate_limit, te_access
 from sync_worker.state.configured import open_state
 from tests.conftest import write_config
-from tests.state_rows import state_keys
+from tests.state_rows import spend_token_requests, state_keys
 
 pytestmark = pytest.mark.both_states
 
@@ -108,14 +107,7 @@ def test_a_missing_insight_type_blocks_insights_until_it_exists(
 
 def test_a_spent_token_budget_is_shown_until_insights_flow(sandbox, config, run, clock):
     sandbox.totalexpert.revoke_tokens()
-    db = open_state(config.state)
-    try:
-        for _ in range(2):  # another process spent the hour's token requests
-            rate_limit.try_spend(
-                db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
-            )
-    finally:
-        db.close()
+    spend_token_requests(config, clock.now() - 10)  # as another process did
     run()
     until = iso(clock.now() - 10 + 3601.0)
     assert f"because token budget spent until {until}" in table(config)

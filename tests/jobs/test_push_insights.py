@@ -10,11 +10,9 @@ from sync_worker.app.runner import run_pass
 from sync_worker.config import load_config
 from sync_worker.sandbox import LENIENT, Fault
 from sync_worker.sandbox.worker_process import run_worker
-from sync_worker.state import rate_limit, te_access
-from sync_worker.state.configured import open_state
 from sync_worker.state.db import open_database
 from tests.jobs.declared_moves import record_state_moves, undeclared_state_moves
-from tests.state_rows import rows_of
+from tests.state_rows import rows_in, spend_token_requests
 
 
 def wait_until(condition, seconds=5.0):
@@ -26,11 +24,7 @@ def wait_until(condition, seconds=5.0):
 
 
 def insight_rows(config):
-    db = open_state(config.state)
-    try:
-        return rows_of(db, "insights", "archive_id, contact_id")
-    finally:
-        db.close()
+    return rows_in(config.state, "insights", "archive_id, contact_id")
 
 
 def per_archive_and_contact(sandbox):
@@ -87,14 +81,7 @@ def test_rejected_token_is_replaced_once(sandbox, run):
 @pytest.mark.both_states
 def test_spent_token_budget_leaves_the_work_for_later(sandbox, config, run, clock, log_lines):
     sandbox.totalexpert.revoke_tokens()
-    db = open_state(config.state)
-    try:
-        for _ in range(2):  # another process spent the hour's token requests
-            rate_limit.try_spend(
-                db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now() - 10
-            )
-    finally:
-        db.close()
+    spend_token_requests(config, clock.now() - 10)  # as another process did
     result = run()
     assert result.exit_code == 0
     assert sandbox.totalexpert.token_requests == 0

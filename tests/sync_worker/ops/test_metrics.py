@@ -15,9 +15,8 @@ from sync_worker.config import ConfigError
 from sync_worker.ops import metrics
 from sync_worker.sandbox import Fault, free_port
 from sync_worker.sandbox.seed import seed_archive_id
-from sync_worker.state import rate_limit, te_access
-from sync_worker.state.db import open_database
 from tests.conftest import write_config
+from tests.state_rows import spend_token_requests
 
 DOWNLOAD_FAILS = seed_archive_id(2)
 
@@ -90,11 +89,7 @@ def test_every_metric_after_a_pass_with_a_failure_and_a_429(sandbox, config, run
 
 def test_items_given_up_and_a_spent_token_budget_are_counted(sandbox, config, run, clock):
     sandbox.add_fault("flexperto", Fault(path=f"{DOWNLOAD_FAILS}/download", status=403, times=None))
-    db = open_database(config.state.database)
-    for _ in range(2):  # another process spent the hour's token requests
-        rate_limit.try_spend(
-            db, te_access.token_bucket(config.totalexpert.base_url), 2, 3601.0, clock.now()
-        )
+    spend_token_requests(config, clock.now())  # as another process did
     for _ in range(config.retry.max_attempts):
         run()
         clock.advance(config.retry.max_backoff_seconds)
