@@ -23,7 +23,6 @@ from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import sqlite_utils
 
 from sync_worker.core.errors import JobStop
@@ -38,7 +37,13 @@ from sync_worker.state.migrations import (
     migrate,
     pending,
 )
-from sync_worker.state.postgres import PostgresDatabase, connect, describe
+from sync_worker.state.postgres import (
+    PostgresDatabase,
+    WriteLockTimeout,
+    connect,
+    describe,
+    driver_errors,
+)
 
 # A state database on either engine.
 Database = sqlite_utils.Database | PostgresDatabase
@@ -58,8 +63,10 @@ class NoState(StateFileError):
     """The state database is there but empty: no pass has made the state yet."""
 
 
-# What a broken, locked or unreachable state raises, on either engine.
-DATABASE_ERRORS = (sqlite3.Error, psycopg.Error)
+def database_errors() -> tuple[type[Exception], ...]:
+    """What a broken, locked or unreachable state raises, on either engine (psycopg's only
+    once it is loaded: state.postgres)."""
+    return (sqlite3.Error, *driver_errors())
 
 
 def open_database(path: Path, busy_timeout: float = BUSY_TIMEOUT_SECONDS) -> sqlite_utils.Database:
@@ -313,7 +320,7 @@ def _begin(db: Database) -> None:
             db.begin()
         else:
             db.execute("BEGIN IMMEDIATE")
-    except psycopg.errors.LockNotAvailable as exc:
+    except WriteLockTimeout as exc:
         raise StateBusyError(f"state database is locked by another worker: {exc}") from exc
     except sqlite3.OperationalError as exc:
         if "locked" in str(exc) or "busy" in str(exc):

@@ -14,10 +14,8 @@ import hashlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 
-import psycopg
-
 from sync_worker.core.locks import LockHeld
-from sync_worker.state.postgres import PostgresDatabase, connect
+from sync_worker.state.postgres import PostgresDatabase, connect, driver_errors
 
 
 def lock_key(job: str) -> int:
@@ -37,7 +35,7 @@ def job_locks(dsn: str, jobs: Iterable[str], busy_timeout: float) -> Iterator[No
     finally:
         # Released before this returns: closing alone frees them only once the server's
         # process for the session has ended, a moment later.
-        with suppress(psycopg.Error):
+        with suppress(*driver_errors()):
             db.execute("select pg_advisory_unlock_all()")
         db.close()
 

@@ -11,17 +11,21 @@ what it read until it commits, whichever host runs it. Waiting for that lock is 
 ``lock_timeout`` (the state's busy timeout). Every commit is flushed to PostgreSQL's WAL
 before it returns (``synchronous_commit = on`` for the session, whatever the server's
 default), so a durable transaction needs nothing more.
+
+psycopg is imported when a connection is made, not with this module: a worker whose state
+is a SQLite file never loads it (nor libpq), as one without S3 never loads boto3.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import sys
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import psycopg
-from psycopg.rows import dict_row
+if TYPE_CHECKING:
+    import psycopg
 
 # pg_advisory_xact_lock's key for "a write transaction of the state": any fixed bigint.
 WRITE_LOCK = 0x5_7A7E
@@ -31,6 +35,10 @@ CONNECT_TIMEOUT_SECONDS = 10
 # among them: state.job_locks); and by this worker, whose statement then fails instead of
 # waiting for a server that is gone.
 KEEPALIVES = {"idle": 10, "interval": 5, "count": 3}
+
+
+class WriteLockTimeout(Exception):
+    """Another worker held the state's write lock for longer than ``lock_timeout``."""
 
 
 class PostgresDatabase:
@@ -47,19 +55,26 @@ class PostgresDatabase:
             cursor.executemany(_placeholders(sql), rows)
 
     def query(self, sql: str, params: Sequence[Any] = ()) -> Iterator[dict[str, Any]]:
+        from psycopg.rows import dict_row
+
         with self.conn.cursor(row_factory=dict_row) as cursor:
             cursor.execute(_placeholders(sql), params)
             yield from cursor
 
     def begin(self) -> None:
         """Start a write transaction, holding the state's write lock until it ends; none is
-        left open when the lock is not had (``lock_timeout``, a lost connection)."""
+        left open when the lock is not had (``lock_timeout``, a lost connection): then
+        WriteLockTimeout, or what psycopg raised."""
+        import psycopg
+
         self.conn.execute("begin")
         try:
             self.conn.execute("select pg_advisory_xact_lock(%s)", [WRITE_LOCK])
-        except BaseException:
+        except BaseException as exc:
             with contextlib.suppress(psycopg.Error):
                 self.conn.execute("rollback")
+            if isinstance(exc, psycopg.errors.LockNotAvailable):
+                raise WriteLockTimeout(str(exc)) from exc
             raise
 
     def has_table(self, name: str) -> bool:
@@ -79,6 +94,8 @@ class PostgresDatabase:
 
 def connect(dsn: str, busy_timeout: float) -> PostgresDatabase:
     """Connect to the database of ``dsn``, waiting at most ``busy_timeout`` for a lock."""
+    import psycopg
+
     conn = psycopg.connect(
         dsn,
         autocommit=True,
@@ -98,6 +115,12 @@ def describe(db: PostgresDatabase) -> str:
     """The database, for a message: its name and host (never the password)."""
     info = db.conn.info
     return f"{info.dbname} on {info.host}"
+
+
+def driver_errors() -> tuple[type[Exception], ...]:
+    """psycopg's base error, once psycopg is loaded; none before (nothing can raise one)."""
+    psycopg = sys.modules.get("psycopg")
+    return () if psycopg is None else (psycopg.Error,)
 
 
 @functools.lru_cache(maxsize=1024)

@@ -33,7 +33,7 @@ from sync_worker.core.logs import exception_fields
 from sync_worker.jobs.context import Outcome
 from sync_worker.jobs.webhook_subscription import accepted_secrets
 from sync_worker.ops import metrics
-from sync_worker.state.db import DATABASE_ERRORS, StateFileError
+from sync_worker.state.db import StateFileError, database_errors
 
 AUDIT_DELAY = timedelta(minutes=10)  # after start: the first pass has the machine first
 WEBHOOK_CHECK = timedelta(hours=1)  # how often the subscription and its rotation are seen to
@@ -203,7 +203,7 @@ class Daemon:
             return
         try:
             self._receiver.accept(config.tenant, accepted_secrets(config, self._clock.now()))
-        except (*DATABASE_ERRORS, StateFileError, OSError) as exc:
+        except (*database_errors(), StateFileError, OSError) as exc:
             log.warning(
                 "webhook.secrets_unreadable", **config.log_fields(), **exception_fields(exc)
             )

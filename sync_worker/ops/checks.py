@@ -43,11 +43,11 @@ from sync_worker.state.configured import (
     state_place,
 )
 from sync_worker.state.db import (
-    DATABASE_ERRORS,
     Database,
     NoState,
     StateBusyError,
     StateFileError,
+    database_errors,
     memory_copy,
     open_budget_database,
     open_existing_read_only,
@@ -64,7 +64,11 @@ OK, FALLBACK, WARNING, SKIPPED, MISSING, FAIL = (
     "FAIL",
 )
 PROBE_SECONDS = 10.0
-DB_ERRORS = (OSError, *DATABASE_ERRORS, StateBusyError, StateFileError)
+
+
+def _db_errors() -> tuple[type[Exception], ...]:
+    """What opening or reading the state or the budget may raise."""
+    return (OSError, *database_errors(), StateBusyError, StateFileError)
 
 
 @dataclass(frozen=True)
@@ -132,7 +136,7 @@ def run_checks(config: Config, clock: Clock, plan: CheckPlan = CheckPlan()) -> l
         flexperto.close()
     try:
         db = _access_database(config, plan.token)
-    except DB_ERRORS as exc:
+    except _db_errors() as exc:
         detail = f"{config.totalexpert.shared_budget}: {type(exc).__name__}: {exc}"
         return [*findings, Finding("totalexpert budget", FAIL, detail)]
     te = config.totalexpert
@@ -213,7 +217,7 @@ def _access_database(config: Config, token: bool) -> Database:
         return open_memory_database()
     try:
         return open_existing_state(config.state) if token else private_copy(config.state)
-    except DB_ERRORS:
+    except _db_errors():
         return open_memory_database()
 
 
@@ -221,7 +225,7 @@ def _state_copy(config: Config) -> Database:
     path = config.state.database
     try:
         return memory_copy(path) if path.is_file() else open_memory_database()
-    except DB_ERRORS:
+    except _db_errors():
         return open_memory_database()
 
 
@@ -262,7 +266,7 @@ def _check(name: str, probe: Callable[[], str], where: str = "") -> Finding:
         ApiError,
         OSError,
         RecordError,
-        *DATABASE_ERRORS,
+        *database_errors(),
         StoreError,
         StateFileError,
     ) as exc:

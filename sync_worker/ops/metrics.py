@@ -25,7 +25,7 @@ from sync_worker.core.clock import Clock
 from sync_worker.core.logs import exception_fields
 from sync_worker.state import held_records, insight_blocks, reports, run_history
 from sync_worker.state.configured import open_state_read_only, state_exists
-from sync_worker.state.db import DATABASE_ERRORS, NoState, StateFileError, has_table, open_read_only
+from sync_worker.state.db import NoState, StateFileError, database_errors, has_table, open_read_only
 from sync_worker.state.lifecycles import ARCHIVE_SAFE, ARCHIVE_UNSTORED, GIVEN_UP, TABLES, sql_list
 from sync_worker.state.te_access import SharedAccess
 
@@ -61,7 +61,7 @@ class StateCollector(Collector):
                 _collect_tenant(config, self._clock.now(), found)
             except NoState:
                 continue  # nothing has run yet
-            except (*DATABASE_ERRORS, StateFileError, OSError) as exc:
+            except (*database_errors(), StateFileError, OSError) as exc:
                 fields = {**config.log_fields(), **exception_fields(exc)}
                 log.warning("metrics.unreadable", **fields)
         yield from found.values()

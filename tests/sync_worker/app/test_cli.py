@@ -477,3 +477,19 @@ def test_migrate_state_moves_the_checkpoints_into_postgresql(
     assert len(passes) == 3  # the file's two, and the one on the database
     assert main(["--config", config_file, "migrate-state"]) == 1  # never into a filled one
     assert "holds a state already" in capsys.readouterr().err
+
+
+def test_a_pass_on_a_state_file_loads_no_postgresql_driver(sandbox, tmp_path, config):
+    """psycopg (and libpq) are loaded only for a state in PostgreSQL: a worker on the
+    embedded defaults pays neither their start-up time nor their memory."""
+    probe = (
+        "import sys; from sync_worker.app import cli; "
+        f"code = cli.main(['--config', {str(tmp_path / 'config.toml')!r}, 'run-once']); "
+        "code = code or cli.main(['--config', "
+        f"{str(tmp_path / 'config.toml')!r}, 'status']); "
+        "print(code, sorted(m for m in sys.modules if m.split('.')[0] in ('psycopg', 'boto3')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=120
+    )
+    assert done.stdout.strip().splitlines()[-1] == "0 []"
